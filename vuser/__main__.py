@@ -1,0 +1,3 @@
+from vuser.cli import main
+
+raise SystemExit(main())
