@@ -1,0 +1,38 @@
+"""Helpers for the QEMU tests (a plain module: ``tests/qemu`` is no package, so that it
+cannot shadow the ``qemu`` namespace package of ``qemu.qmp``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+def run_vuser(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m vuser ARGS`` with the given environment additions."""
+    full = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "vuser", *args], capture_output=True, text=True,
+                          env=full, timeout=timeout)
