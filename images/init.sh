@@ -1,0 +1,71 @@
+#!/bin/busybox sh
+# /init of a vuser guest image (see images/guest.toml, vuser/guest/image.py).
+#
+# Mounts proc, sysfs, devtmpfs and hugetlbfs, loads the modules, then either
+# runs the guest tests named by vuser.tests=a,b on the kernel command line
+# (default: all), printing KTAP on the console, or, with vuser.shell=1, gives
+# an interactive shell. It ends through isa-debug-exit: 0 when every test
+# passed, 1 otherwise (QEMU exits with (value << 1) | 1).
+
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin HOME=/root
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/hugepages /tmp
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /tmp
+
+. /etc/vuser/image.conf
+
+mount -t hugetlbfs hugetlbfs /dev/hugepages
+echo "$VUSER_HUGEPAGES" > /proc/sys/vm/nr_hugepages
+notes=""
+got=$(cat /proc/sys/vm/nr_hugepages)
+[ "$got" = "$VUSER_HUGEPAGES" ] || notes="$notes|reserved $got of $VUSER_HUGEPAGES hugepages"
+for m in $VUSER_MODULES; do
+	out=$(insmod "/lib/modules/$m.ko" 2>&1) || notes="$notes|insmod $m: $out"
+done
+
+tests=$VUSER_TESTS_ALL
+shell=0
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in
+	vuser.tests=*) tests=$(echo "${arg#vuser.tests=}" | tr , ' ') ;;
+	vuser.shell=1) shell=1 ;;
+	esac
+done
+
+if [ "$shell" = 1 ]; then
+	echo "vuser guest: tests are in /tests (${VUSER_TESTS_ALL}); exit the shell to power off"
+	echo "$notes" | tr '|' '\n' | sed '/^$/d'
+	setsid cttyhack sh -l
+	exec /sbin/vuser-debug-exit 0
+fi
+
+dmesg -n 1    # keep kernel messages off the console while tests print KTAP
+n=0
+for t in $tests; do n=$((n + 1)); done
+echo "KTAP version 1"
+echo "1..$n"
+echo "$notes" | tr '|' '\n' | sed '/^$/d; s/^/# /'
+i=0
+failed=0
+for t in $tests; do
+	i=$((i + 1))
+	if [ ! -x "/tests/$t" ]; then
+		echo "not ok $i $t # no guest test called $t"
+		failed=1
+		continue
+	fi
+	(cd /tmp && KTAP_INDENT=4 "/tests/$t")
+	rc=$?
+	if [ "$rc" = 0 ]; then
+		echo "ok $i $t"
+	else
+		dmesg | tail -n 15 | sed 's/^/# dmesg: /'
+		echo "not ok $i $t # exit status $rc"
+		failed=1
+	fi
+done
+exec /sbin/vuser-debug-exit "$failed"

@@ -1,0 +1,10 @@
+"""Guest images and guest-side test results.
+
+- ``image``: build (and cache) the kernel + initramfs a guest boots from.
+- ``newc``: the initramfs archive writer.
+- ``kernel``: the Debian kernel package layout and module dependency closure.
+- ``programs``: compiling ``guest-tests/`` statically with the host's gcc.
+- ``elfcases``: reading the test cases a guest test binary declares.
+- ``ktap``: parsing the KTAP the guest prints on its serial console.
+- ``pytest_plugin``: guest test cases as pytest items.
+"""

@@ -1,0 +1,184 @@
+"""A Debian kernel package, unpacked: the kernel image, its config, its modules.
+
+Layouts (checked by unpacking the packages with ``dpkg-deb -x``):
+
+- bookworm ``linux-image-<abi>-<flavour>``: ``boot/vmlinuz-<rel>``,
+  ``boot/config-<rel>`` and ``lib/modules/<rel>/kernel/**.ko`` in one package.
+  There is no ``modules.dep`` (``depmod`` runs at install time), so the
+  dependencies come from each module's ``.modinfo`` ``depends=`` entry.
+- trixie: the same, with modules under ``usr/lib/modules`` as ``.ko.xz``;
+  those are decompressed here with ``lzma``.
+- sid: the kernel is split into ``linux-binary-*`` (``usr/lib/modules/<rel>/
+  vmlinuz``), ``linux-base-*`` and ``linux-modules-*``. Not handled: that is
+  reported as such.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import lzma
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from vuser.errors import UserError
+
+__all__ = ["KernelError", "KernelTree", "module_name"]
+
+_MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
+
+
+class KernelError(UserError):
+    """The kernel package cannot be used for a guest image."""
+
+
+def module_name(path: str | Path) -> str:
+    """``drivers/uio/uio-pci_generic.ko.xz`` -> ``uio_pci_generic`` (kmod's
+    rule: dashes and underscores are the same)."""
+    name = Path(path).name
+    for suffix in _MODULE_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.replace("-", "_")
+
+
+def _decompress(path: Path) -> bytes:
+    raw = path.read_bytes()
+    if path.name.endswith(".ko.xz"):
+        try:
+            return lzma.decompress(raw)
+        except lzma.LZMAError as e:
+            raise KernelError(f"{path}: corrupt xz module ({e})") from None
+    if path.name.endswith(".ko.gz"):
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise KernelError(f"{path}: corrupt gzip module ({e})") from None
+    if path.name.endswith(".ko.zst"):
+        raise KernelError(f"{path}: zstd-compressed modules are not handled "
+                          "(Python has no zstd before 3.14)")
+    return raw
+
+
+@dataclass
+class KernelTree:
+    """The kernel of one unpacked linux-image package (see module doc)."""
+
+    release: str
+    vmlinuz: Path
+    config: Path
+    modules_dir: Path
+    _index: dict[str, Path] | None = field(default=None, repr=False)
+
+    @classmethod
+    def find(cls, root: str | Path) -> KernelTree:
+        """Locate the kernel in ``root``, a ``dpkg-deb -x`` output folder."""
+        root = Path(root)
+        images = sorted(root.glob("boot/vmlinuz-*"))
+        if not images:
+            split = sorted(root.glob("usr/lib/modules/*/vmlinuz"))
+            if split:
+                raise KernelError(
+                    f"{split[0]}: this kernel comes split into linux-binary/linux-base/"
+                    "linux-modules packages (newer suites); that layout is not handled, "
+                    "use Debian 12 (bookworm)'s linux-image package")
+            raise KernelError(f"{root}: no boot/vmlinuz-* (not a linux-image package?)")
+        if len(images) > 1:
+            raise KernelError(f"{root}: several kernels: {[p.name for p in images]}")
+        release = images[0].name.removeprefix("vmlinuz-")
+        config = root / "boot" / f"config-{release}"
+        if not config.is_file():
+            raise KernelError(f"{root}: no boot/config-{release}")
+        for base in ("lib/modules", "usr/lib/modules"):
+            modules_dir = root / base / release
+            if (modules_dir / "kernel").is_dir():
+                break
+        else:
+            raise KernelError(f"{root}: no lib/modules/{release}/kernel "
+                              "(modules in a separate package are not handled)")
+        return cls(release=release, vmlinuz=images[0], config=config, modules_dir=modules_dir)
+
+    def config_options(self) -> dict[str, str]:
+        """``CONFIG_X=v`` lines as ``{"X": "v"}``; ``# CONFIG_X is not set`` is absent."""
+        opts = {}
+        for line in self.config.read_text(errors="replace").splitlines():
+            m = re.match(r"CONFIG_(\w+)=(.*)$", line)
+            if m:
+                opts[m.group(1)] = m.group(2).strip('"')
+        return opts
+
+    def check_config(self, required: dict[str, list[str]]) -> None:
+        """Raise ``KernelError`` naming every option not set to an allowed value."""
+        opts = self.config_options()
+        bad = [f"CONFIG_{k}={opts.get(k, 'n')} (want {'/'.join(v)})"
+               for k, v in required.items() if opts.get(k, "n") not in v]
+        if bad:
+            raise KernelError(f"kernel {self.release} lacks what the guest needs: "
+                              + ", ".join(bad))
+
+    def builtin(self) -> set[str]:
+        """Names of the modules built into the kernel (``modules.builtin``)."""
+        path = self.modules_dir / "modules.builtin"
+        if not path.is_file():
+            return set()
+        return {module_name(line.strip()) for line in path.read_text().splitlines() if line.strip()}
+
+    def index(self) -> dict[str, Path]:
+        """Module name -> file, for every module in the package."""
+        if self._index is None:
+            idx: dict[str, Path] = {}
+            for p in (self.modules_dir / "kernel").rglob("*.ko*"):
+                if p.name.endswith(_MODULE_SUFFIXES):
+                    idx[module_name(p)] = p
+            self._index = idx
+        return self._index
+
+    def module_bytes(self, name: str) -> bytes:
+        """The module ``name`` as an uncompressed ELF object."""
+        try:
+            path = self.index()[name]
+        except KeyError:
+            raise KernelError(f"kernel {self.release} has no module {name!r}") from None
+        return _decompress(path)
+
+    def depends(self, name: str) -> list[str]:
+        """Direct dependencies of module ``name`` (``.modinfo`` ``depends=``)."""
+        data = self.module_bytes(name)
+        try:
+            sec = ELFFile(io.BytesIO(data)).get_section_by_name(".modinfo")
+        except ELFError as e:
+            raise KernelError(f"module {name}: not an ELF object ({e})") from None
+        if sec is None:
+            raise KernelError(f"module {name}: no .modinfo section")
+        for entry in sec.data().split(b"\0"):
+            if entry.startswith(b"depends="):
+                return [module_name(d) for d in entry[8:].decode().split(",") if d]
+        return []
+
+    def closure(self, names: list[str]) -> list[str]:
+        """``names`` and everything they depend on, dependencies first; modules
+        built into the kernel are left out (nothing to load)."""
+        builtin = self.builtin()
+        order: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(name: str) -> None:
+            name = module_name(name + ".ko")
+            if name in order or name in builtin:
+                return
+            if name in visiting:
+                raise KernelError(f"module dependency cycle through {name}")
+            visiting.add(name)
+            for dep in self.depends(name):
+                visit(dep)
+            visiting.discard(name)
+            order.append(name)
+
+        for n in names:
+            visit(n)
+        return order
