@@ -29,6 +29,7 @@ __all__ = ["CFLAGS", "GuestProgram", "ProgramSet", "build_programs", "cached_pro
            "source_digest", "sources"]
 
 CFLAGS = ("-static", "-O2", "-g0", "-Wall", "-Wextra", "-std=gnu11")
+_RECIPE = 2  # bump when _compile() changes how binaries are made
 _STAMP = "programs.ok"
 
 
@@ -82,7 +83,7 @@ def _compiler_id(gcc: str) -> str:
 def source_digest(root: Path = paths.GUEST_TESTS, compiler: str = "") -> str:
     """sha256 over every source file (path and content), the compiler and the flags."""
     h = hashlib.sha256()
-    h.update(f"{compiler}\0{' '.join(CFLAGS)}\0".encode())
+    h.update(f"{_RECIPE}\0{compiler}\0{' '.join(CFLAGS)}\0".encode())
     for kind, files in sorted(sources(root).items()):
         for p in files:
             h.update(f"{kind}\0{p.relative_to(root)}\0".encode())

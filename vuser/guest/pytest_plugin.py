@@ -1,0 +1,274 @@
+"""Guest test cases as pytest items.
+
+A manifest (``tests/guest/guest_tests.toml``) names each guest test program
+(``guest-tests/<name>.c``) with the vuser devices its guest boots against::
+
+    [enumerate]
+    devices = ["sample"]
+    timeout = 300       # seconds the guest may run
+
+Collection builds the programs (host gcc, cached) and reads the cases each
+declares from its ``.vuser_cases`` ELF section, so every case is an item
+before anything boots: ``guest_tests.toml::enumerate::find_device``. The first
+item of a program builds the image and boots the guest once
+(``vuser.qemu.launcher.launch``); every item then reads its case's KTAP line:
+``ok`` passes, ``not ok`` fails, ``# SKIP`` skips, ``# TODO`` xfails. A case
+that was declared but never reported fails, with the guest's end and the
+console tail. One more item per program, ``guest_exit``, fails when the guest
+did not end cleanly through isa-debug-exit with a status that agrees with its
+results (timeout, server death, panic, crash after the last case).
+
+Items are marked ``guest``. They skip only when no QEMU can be found or
+provisioned, or no host gcc can build the guest tests, and say so.
+
+Hook it up from a ``conftest.py``: ``from vuser.guest.pytest_plugin import
+pytest_collect_file``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vuser.errors import UserError
+from vuser.guest import ktap, programs
+
+__all__ = ["MANIFEST_NAME", "pytest_collect_file", "GuestManifest", "GuestProgramNode",
+           "GuestCaseItem", "GuestExitItem", "ProgramSpec", "load_manifest"]
+
+MANIFEST_NAME = "guest_tests.toml"
+EXIT_ITEM = "guest_exit"
+DEFAULT_TIMEOUT_S = 300.0
+# pytest-timeout budget of the item that boots: image (first run: download),
+# QEMU (first run: provisioning) and the guest itself.
+SETUP_ALLOWANCE_S = 1200.0
+CONSOLE_TAIL = 40
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    name: str
+    devices: tuple[str, ...]
+    timeout: float
+
+
+def load_manifest(path: Path) -> dict[str, ProgramSpec]:
+    """Parse the manifest; ``UserError`` naming the bad entry."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UserError(f"{path}: {e}") from None
+    specs = {}
+    for name, entry in data.items():
+        if not isinstance(entry, dict):
+            raise UserError(f"{path}: [{name}] must be a table")
+        unknown = set(entry) - {"devices", "timeout"}
+        if unknown:
+            raise UserError(f"{path}: [{name}] has unknown keys {sorted(unknown)}")
+        devices = entry.get("devices", [])
+        timeout = entry.get("timeout", DEFAULT_TIMEOUT_S)
+        if not isinstance(devices, list) or not all(isinstance(d, str) and d for d in devices):
+            raise UserError(f"{path}: [{name}] devices must be a list of device types")
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise UserError(f"{path}: [{name}] timeout must be a positive number")
+        specs[name] = ProgramSpec(name, tuple(devices), float(timeout))
+    return specs
+
+
+class GuestFailure(Exception):
+    """A guest case or guest run failed; the message is the whole report."""
+
+
+@dataclass
+class _Run:
+    """The outcome of booting one program's guest, shared by its items."""
+
+    skip: str | None = None  # a missing prerequisite
+    error: str | None = None  # the image or the launch failed before the guest ran
+    result: Any = None  # vuser.qemu.launcher.GuestResult
+    program: ktap.KtapResult | None = None
+    doc: ktap.KtapDocument | None = None
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.name == MANIFEST_NAME:
+        return GuestManifest.from_parent(parent, path=file_path)
+    return None
+
+
+class GuestManifest(pytest.File):
+    """``guest_tests.toml``: one ``GuestProgramNode`` per guest test program."""
+
+    def collect(self):
+        specs = load_manifest(self.path)
+        try:
+            progs = programs.build_programs()
+        except UserError as e:
+            if "gcc not found" in str(e):
+                yield _SkipItem.from_parent(self, name="build_guest_tests",
+                                            reason=f"prerequisite missing: {e}")
+                return
+            raise
+        for name, prog in sorted(progs.tests.items()):
+            spec = specs.get(name)
+            if spec is None:
+                yield _ErrorItem.from_parent(
+                    self, name=name,
+                    message=f"guest test {name} is not in {self.path.name}: add a [{name}] "
+                            "table saying which devices its guest needs")
+                continue
+            yield GuestProgramNode.from_parent(self, name=name, spec=spec, cases=prog.cases)
+        for name in sorted(set(specs) - set(progs.tests)):
+            yield _ErrorItem.from_parent(
+                self, name=name, message=f"{self.path.name} lists [{name}] but there is no "
+                                         f"guest-tests/{name}.c")
+
+
+class GuestProgramNode(pytest.Collector):
+    """One guest test program: its cases, then ``guest_exit``; boots once."""
+
+    def __init__(self, *, spec: ProgramSpec, cases: tuple[str, ...], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.spec = spec
+        self.cases = cases
+        self._run: _Run | None = None
+
+    def collect(self):
+        for case in self.cases:
+            yield GuestCaseItem.from_parent(self, name=case)
+        yield GuestExitItem.from_parent(self, name=EXIT_ITEM)
+
+    def run(self) -> _Run:
+        if self._run is None:
+            self._run = self._boot()
+        return self._run
+
+    def _boot(self) -> _Run:
+        from vuser.guest.image import build_image
+        from vuser.qemu.find import find_qemu
+        from vuser.qemu.launcher import launch
+
+        try:
+            qemu = find_qemu(show_progress=False)
+        except UserError as e:
+            return _Run(skip=f"prerequisite missing: no QEMU with vfio-user-pci: {e}")
+        try:
+            image = build_image(tests=[self.name], progress=False)
+            result = launch(image, devices=list(self.spec.devices), timeout=self.spec.timeout,
+                            qemu=qemu)
+        except UserError as e:
+            return _Run(error=str(e))
+        doc = ktap.parse(result.console)
+        return _Run(result=result, doc=doc, program=doc.find(self.name))
+
+
+def _guest_end(run: _Run) -> str:
+    r = run.result
+    if r.error:
+        return r.error
+    return f"the guest exited through isa-debug-exit with status {r.exit_status}"
+
+
+def _report(run: _Run, headline: str, details: list[str] = ()) -> str:
+    r = run.result
+    parts = [headline, *details, f"guest: {_guest_end(run)}"]
+    if r.server_died or (r.error and r.server_log):
+        tail = "\n".join(r.server_log.rstrip().splitlines()[-15:])
+        parts.append(f"--- server log (tail) ---\n{tail}")
+    parts.append(f"--- console (last {CONSOLE_TAIL} lines) ---\n{r.console_tail(CONSOLE_TAIL)}")
+    return "\n".join(parts)
+
+
+class _GuestItem(pytest.Item):
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.add_marker(pytest.mark.guest)
+        self.add_marker(pytest.mark.timeout(self.parent.spec.timeout + SETUP_ALLOWANCE_S))
+
+    def _outcome(self) -> _Run:
+        run = self.parent.run()
+        if run.skip:
+            pytest.skip(run.skip)
+        if run.error:
+            raise GuestFailure(f"the guest could not be started: {run.error}")
+        self.add_report_section("call", "guest console", run.result.console)
+        return run
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, GuestFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, None, f"guest {self.parent.name}::{self.name}"
+
+
+class GuestCaseItem(_GuestItem):
+    """One declared case, judged by its KTAP result line."""
+
+    def runtest(self) -> None:
+        run = self._outcome()
+        case = run.program.find(self.name) if run.program else None
+        if case is None or case.status is None:
+            where = ("the program never started" if run.program is None
+                     else "the program stopped before reporting it")
+            raise GuestFailure(_report(run, f"case {self.name} was declared but never "
+                                            f"reported ({where})"))
+        if case.status is ktap.Status.PASS:
+            return
+        if case.status is ktap.Status.SKIP:
+            pytest.skip(f"guest: {case.reason or 'skipped'}")
+        if case.status is ktap.Status.XFAIL:
+            pytest.xfail(f"guest: {case.reason or 'TODO'}")
+        details = [f"  # {d}" for d in case.diagnostics] + [f"  | {o}" for o in case.output]
+        raise GuestFailure(_report(run, f"not ok {case.number} {self.name}"
+                                        + (f" # {case.reason}" if case.reason else ""), details))
+
+
+class GuestExitItem(_GuestItem):
+    """The guest ended through isa-debug-exit, consistently with its results."""
+
+    def runtest(self) -> None:
+        run = self._outcome()
+        r = run.result
+        if r.error:
+            raise GuestFailure(_report(run, "the guest did not end cleanly"))
+        prog = run.program
+        if prog is None or prog.status is None:
+            raise GuestFailure(_report(run, f"the guest never reported program {self.parent.name}"))
+        failed = prog.status is ktap.Status.FAIL
+        if r.exit_status != int(failed):
+            raise GuestFailure(_report(run, f"exit status {r.exit_status} disagrees with the "
+                                            f"program's result ({prog.status.value})"))
+        if failed and all(c.status in (ktap.Status.PASS, ktap.Status.SKIP) for c in prog.subtests):
+            diag = "; ".join(prog.diagnostics[-3:])
+            raise GuestFailure(_report(run, f"every case passed but the program failed: "
+                                            f"{prog.reason or 'no reason'} {diag}".rstrip()))
+
+
+class _SkipItem(pytest.Item):
+    def __init__(self, *, reason: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.reason = reason
+        self.add_marker(pytest.mark.guest)
+
+    def runtest(self) -> None:
+        pytest.skip(self.reason)
+
+
+class _ErrorItem(pytest.Item):
+    def __init__(self, *, message: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.message = message
+
+    def runtest(self) -> None:
+        raise GuestFailure(self.message)
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, GuestFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
