@@ -1,0 +1,185 @@
+"""A ``Connection`` on a non-blocking UNIX socket, driven by the asyncio loop.
+
+Plain asyncio streams drop SCM_RIGHTS fds, so the channel reads with
+``recvmsg`` from a ``loop.add_reader`` callback and writes with ``sendmsg``,
+queuing what the socket does not take (fds go with the first byte only).
+Every complete message is handed to ``on_event`` from the reader callback, in
+order, before the next one is parsed: a server answers synchronous requests
+without ever awaiting, so requests are processed strictly in order and a
+reply can never wait on anything the client has yet to send.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import errno
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+
+from vuser.protocol.connection import Connection, close_fds
+from vuser.protocol.consts import SCM_MAX_FD
+from vuser.protocol.events import NEED_DATA, ConnectionClosed, ErrorReply, Event, Reply, Request
+from vuser.transport.trace import describe
+
+log = logging.getLogger(__name__)
+trace_log = logging.getLogger("vuser.trace")
+
+RECV_SIZE = 256 << 10
+_CMSG_SPACE = socket.CMSG_SPACE(SCM_MAX_FD * array.array("i").itemsize)
+#: Stop reading while this much output is queued (a peer that does not read
+#: its replies must not make us buffer without bound).
+OUT_HIGH_WATER = 8 << 20
+
+
+def fds_from_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % fds.itemsize
+            fds.frombytes(data[:usable])
+    return list(fds)
+
+
+class Channel:
+    """Pumps one socket through one ``Connection``.
+
+    ``on_event(event)`` gets every event, ``ConnectionClosed`` last; after it
+    the channel is closed (socket shut, buffered fds closed).
+    """
+
+    def __init__(self, sock: socket.socket, conn: Connection,
+                 on_event: Callable[[Event], None], *, name: str = "vfio-user",
+                 trace: int = 0) -> None:
+        sock.setblocking(False)
+        self.sock, self.conn, self.on_event = sock, conn, on_event
+        self.name, self.trace = name, trace
+        self.closed = False
+        self._loop = asyncio.get_running_loop()
+        self._out: deque[tuple[memoryview, list[int]]] = deque()
+        self._out_bytes = 0
+        self._reading = False
+        self._fd = sock.fileno()
+
+    def start(self) -> None:
+        self._resume_reading()
+
+    # --- output ------------------------------------------------------------------
+
+    def send(self, event: Request | Reply | ErrorReply) -> None:
+        """Send an event now, or queue it; a closed channel drops it."""
+        if self.closed:
+            return
+        data, fds = self.conn.send(event)
+        if self.trace:
+            trace_log.debug("%s → %s", self.name, describe(event))
+            if self.trace > 1:
+                trace_log.debug("%s → %s", self.name, data[:64].hex())
+        self._write(memoryview(data), fds)
+
+    def _write(self, view: memoryview, fds: list[int]) -> None:
+        if not self._out:
+            sent = self._send_now(view, fds)
+            if sent is None or sent == len(view):
+                return
+            view, fds = view[sent:], (fds if sent == 0 else [])
+            self._loop.add_writer(self._fd, self._writable)
+        self._out.append((view, fds))
+        self._out_bytes += len(view)
+        if self._out_bytes > OUT_HIGH_WATER:
+            self._pause_reading()
+
+    def _send_now(self, view: memoryview, fds: list[int]) -> int | None:
+        """Bytes sent (0 if the socket is full); None if the peer is gone."""
+        try:
+            if fds:
+                return self.sock.sendmsg(
+                    [view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            return self.sock.send(view)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as e:
+            # The peer went away; the reader sees EOF and closes the channel.
+            log.debug("%s: send failed: %s", self.name, e)
+            self._drop_output()
+            self._resume_reading()
+            return None
+
+    def _writable(self) -> None:
+        while self._out:
+            view, fds = self._out[0]
+            sent = self._send_now(view, fds)
+            if sent is None:
+                return
+            self._out_bytes -= sent
+            if sent < len(view):
+                self._out[0] = (view[sent:], [] if sent else fds)
+                return
+            self._out.popleft()
+        self._loop.remove_writer(self._fd)
+        self._resume_reading()
+
+    def _drop_output(self) -> None:
+        self._out.clear()
+        self._out_bytes = 0
+        if not self.closed:
+            self._loop.remove_writer(self._fd)
+
+    # --- input -------------------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+
+    def _resume_reading(self) -> None:
+        if not self._reading and not self.closed:
+            self._loop.add_reader(self._fd, self._readable)
+            self._reading = True
+
+    def _readable(self) -> None:
+        try:
+            data, ancdata, msg_flags, _ = self.sock.recvmsg(RECV_SIZE, _CMSG_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno not in (errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE):
+                log.warning("%s: receive failed: %s", self.name, e)
+            data, ancdata, msg_flags = b"", [], 0
+        fds = fds_from_ancdata(ancdata)
+        if msg_flags & socket.MSG_CTRUNC:
+            # The kernel dropped fds it had no room for: the message is unusable
+            # and we cannot tell where it ends with any certainty. Hang up.
+            close_fds(fds)
+            log.warning("%s: control data truncated; closing the connection", self.name)
+            self._finish(ConnectionClosed(partial=True, pending=self.conn.awaiting_replies))
+            return
+        if self.trace > 1 and data:
+            trace_log.debug("%s ← %d bytes %s fds=%s", self.name, len(data), data[:64].hex(), fds)
+        self.conn.receive_data(data, fds)
+        while not self.closed:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                break
+            if self.trace:
+                trace_log.debug("%s ← %s", self.name, describe(event))
+            if isinstance(event, ConnectionClosed):
+                self._finish(event)
+                break
+            self.on_event(event)
+
+    def _finish(self, event: ConnectionClosed) -> None:
+        self.close()
+        self.on_event(event)
+
+    def close(self) -> None:
+        """Shut the socket and close every fd still buffered. Idempotent."""
+        if self.closed:
+            return
+        self._pause_reading()
+        self._drop_output()
+        self.closed = True
+        self.conn.abort()
+        self.sock.close()

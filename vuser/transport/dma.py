@@ -1,0 +1,267 @@
+"""Device DMA into the client's memory: the DMA_MAP table and the ``DmaPort``.
+
+``DmaSpace`` is one connection's view of the client's memory (spec
+"VFIO_USER_DMA_MAP"/"_UNMAP"):
+- ``map``/``unmap``/``unmap_all`` keep the table the client builds with
+  DMA_MAP/UNMAP: EEXIST when a map overlaps another (an identical re-map is
+  accepted, as libvfio-user does, because QEMU aborts on a failed map after
+  realize), ENOENT when an unmap matches no mapping exactly (no splitting),
+  ENOSPC past ``max_dma_maps``.
+- A mapping with an fd is reached through an ``mmap(MAP_SHARED)`` of its file.
+  Mappings of one regular file (a memfd: guest RAM) share one mmap of the
+  whole file, keyed by (st_dev, st_ino) — QEMU sends an fd per section, and
+  one per IOTLB entry under a vIOMMU, far more than RLIMIT_NOFILE. The received
+  fd is closed at once; the mmap holds the file until its last mapping goes.
+- A mapping without an fd (anonymous guest RAM, ROM) is reached by DMA_READ /
+  DMA_WRITE messages to the client, through a ``MessageDma``.
+
+``translate(addr, n, write)`` is the one function that turns a bus address
+range into pieces of those mappings. The IOMMU issue replaces it: addresses
+become IOVAs translated by the ioasid model, and DMA_MAP becomes
+``ioas_map_file`` on the VM's GPA IOAS.
+
+Limitation: a client that shrinks a mapped file after DMA_MAP makes a later
+DMA to the lost pages raise SIGBUS; the map-time check (range within the
+file) cannot prevent that. QEMU never shrinks guest RAM.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import logging
+import mmap
+import os
+import stat
+from dataclasses import dataclass
+from typing import Protocol
+
+from vuser.errors import RemoteProtocolError
+from vuser.protocol.backend import DmaError
+from vuser.protocol.connection import close_fds
+from vuser.protocol.consts import (
+    MAX_DMA_MAPS, VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DmaSpace", "DmaMapping", "Segment", "MessageDma"]
+
+
+class MessageDma(Protocol):
+    """DMA by DMA_READ/DMA_WRITE messages (the transport chunks them)."""
+
+    async def dma_read_message(self, addr: int, n: int) -> bytes: ...
+
+    async def dma_write_message(self, addr: int, data: bytes) -> None: ...
+
+
+class _File:
+    """One mmap of a client file, shared by the mappings into it."""
+
+    def __init__(self, mm: mmap.mmap, base: int, key: tuple[int, ...] | None) -> None:
+        self.mm, self.base, self.key, self.refs = mm, base, key, 0
+
+
+@dataclass(frozen=True)
+class DmaMapping:
+    """One DMA_MAP: ``size`` bytes of client memory at bus address ``addr``."""
+
+    addr: int
+    size: int
+    flags: int          # VFIO_USER_F_DMA_REGION_READ | _WRITE
+    offset: int         # file offset of ``addr``
+    file: _File | None  # None: reached by DMA_READ/WRITE messages
+    ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the file
+
+    @property
+    def last(self) -> int:
+        return self.addr + self.size - 1
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``length`` bytes at ``addr``, all inside ``mapping``."""
+
+    mapping: DmaMapping
+    addr: int
+    length: int
+
+
+class DmaSpace:
+    """The client's memory as one connection sees it; a ``DmaPort`` for devices."""
+
+    def __init__(self, message_dma: MessageDma | None = None, *,
+                 max_maps: int = MAX_DMA_MAPS) -> None:
+        self.message_dma = message_dma
+        self.max_maps = max_maps
+        self._maps: list[DmaMapping] = []   # sorted by addr, never overlapping
+        self._addrs: list[int] = []
+        self._files: dict[tuple[int, ...], _File] = {}
+        self.closed = False
+
+    @property
+    def mappings(self) -> tuple[DmaMapping, ...]:
+        return tuple(self._maps)
+
+    # --- the table (DMA_MAP / DMA_UNMAP) -------------------------------------
+
+    def map(self, addr: int, size: int, flags: int, fd: int | None, offset: int) -> None:
+        """Add a mapping; always consumes ``fd``. ``RemoteProtocolError`` on failure."""
+        try:
+            self._map(addr, size, flags, fd, offset)
+        finally:
+            if fd is not None:
+                close_fds((fd,))
+
+    def _map(self, addr: int, size: int, flags: int, fd: int | None, offset: int) -> None:
+        if self.closed:
+            raise RemoteProtocolError(errno.ENOTCONN, "DMA space closed")
+        if size == 0 or addr + size > 1 << 64:
+            raise RemoteProtocolError(errno.EINVAL, f"bad DMA range {addr:#x}+{size:#x}")
+        ident = None
+        if fd is not None:
+            st = _fstat(fd)
+            ident = (st.st_dev, st.st_ino)
+        i = bisect.bisect_right(self._addrs, addr + size - 1)
+        if i and self._maps[i - 1].last >= addr:
+            old = self._maps[i - 1]
+            if (old.addr, old.size, old.flags, old.ident) == (addr, size, flags, ident) and \
+                    (fd is None or old.offset == offset):
+                return  # the same mapping again: accepted, as libvfio-user does
+            raise RemoteProtocolError(errno.EEXIST, f"DMA map {addr:#x}+{size:#x} overlaps "
+                                      f"{old.addr:#x}+{old.size:#x}")
+        if len(self._maps) >= self.max_maps:
+            raise RemoteProtocolError(errno.ENOSPC, f"more than {self.max_maps} DMA maps")
+        file = None
+        if fd is not None:
+            file = self._open(fd, offset, size, bool(flags & VFIO_USER_F_DMA_REGION_WRITE))
+        file_refs(file, +1)
+        self._maps.insert(i, DmaMapping(addr, size, flags, offset, file, ident))
+        self._addrs.insert(i, addr)
+        log.debug("dma map %#x+%#x flags %d %s", addr, size, flags,
+                  "fd" if file else "message")
+
+    def _open(self, fd: int, offset: int, size: int, writable: bool) -> _File:
+        st = _fstat(fd)
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        try:
+            if stat.S_ISREG(st.st_mode):
+                if offset + size > st.st_size:
+                    raise RemoteProtocolError(errno.EINVAL, f"DMA map {offset:#x}+{size:#x} "
+                                              f"beyond the file's {st.st_size:#x} bytes")
+                key = (st.st_dev, st.st_ino, writable)
+                file = self._files.get(key)
+                if file is None or len(file.mm) < offset + size:
+                    mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, prot)
+                    file = self._files[key] = _File(mm, 0, key)
+                return file
+            base = offset - offset % mmap.ALLOCATIONGRANULARITY
+            mm = mmap.mmap(fd, offset - base + size, mmap.MAP_SHARED, prot, offset=base)
+            return _File(mm, base, None)
+        except OSError as e:
+            raise RemoteProtocolError(e.errno or errno.EINVAL, f"mmap of the DMA fd: {e}") from None
+        except (ValueError, OverflowError) as e:
+            raise RemoteProtocolError(errno.EINVAL, f"mmap of the DMA fd: {e}") from None
+
+    def unmap(self, addr: int, size: int) -> None:
+        """Remove the mapping that is exactly ``addr``/``size`` (ENOENT otherwise)."""
+        i = bisect.bisect_left(self._addrs, addr)
+        if i == len(self._maps) or (self._maps[i].addr, self._maps[i].size) != (addr, size):
+            raise RemoteProtocolError(errno.ENOENT, f"no DMA mapping {addr:#x}+{size:#x}")
+        self._drop(i)
+        log.debug("dma unmap %#x+%#x", addr, size)
+
+    def unmap_all(self) -> None:
+        while self._maps:
+            self._drop(len(self._maps) - 1)
+
+    def close(self) -> None:
+        """The client is gone: drop every mapping; later DMA fails ENOTCONN."""
+        self.unmap_all()
+        self.closed = True
+
+    def _drop(self, i: int) -> None:
+        m = self._maps.pop(i)
+        del self._addrs[i]
+        file_refs(m.file, -1)
+        if m.file is not None and m.file.refs == 0:
+            if m.file.key is not None and self._files.get(m.file.key) is m.file:
+                del self._files[m.file.key]
+            m.file.mm.close()
+
+    # --- translation: the one narrow function --------------------------------
+
+    def translate(self, addr: int, n: int, write: bool) -> list[Segment]:
+        """The mappings that cover ``[addr, addr + n)``, in order.
+
+        Raises ``DmaError``: EFAULT where no mapping covers a byte, EPERM where
+        a mapping lacks the READ/WRITE permission, ENOTCONN once closed.
+        """
+        segments, pos = [], 0
+        while pos < n:
+            seg = self._segment(addr + pos, n - pos, write, addr, n)
+            segments.append(seg)
+            pos += seg.length
+        return segments
+
+    def _segment(self, addr: int, n: int, write: bool, whole: int, whole_n: int) -> Segment:
+        if self.closed:
+            raise DmaError(errno.ENOTCONN, whole, whole_n, "the client is gone")
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i < 0 or self._maps[i].last < addr or addr + n > 1 << 64:
+            raise DmaError(errno.EFAULT, whole, whole_n, f"DMA to unmapped {addr:#x}")
+        m = self._maps[i]
+        need = VFIO_USER_F_DMA_REGION_WRITE if write else VFIO_USER_F_DMA_REGION_READ
+        if not m.flags & need:
+            raise DmaError(errno.EPERM, whole, whole_n,
+                           f"DMA {'write' if write else 'read'} to {addr:#x} not permitted")
+        return Segment(m, addr, min(n, m.addr + m.size - addr))
+
+    # --- DmaPort --------------------------------------------------------------
+
+    async def dma_read(self, addr: int, n: int) -> bytes:
+        self.translate(addr, n, write=False)  # all of it is reachable, or nothing happens
+        out, pos = bytearray(), 0
+        while pos < n:
+            seg = self._segment(addr + pos, n - pos, False, addr, n)
+            m = seg.mapping
+            if m.file is not None:
+                at = m.offset - m.file.base + (seg.addr - m.addr)
+                out += m.file.mm[at:at + seg.length]
+            else:
+                out += await self._messages(addr, n).dma_read_message(seg.addr, seg.length)
+            pos += seg.length
+        return bytes(out)
+
+    async def dma_write(self, addr: int, data: bytes) -> None:
+        n = len(data)
+        self.translate(addr, n, write=True)
+        view, pos = memoryview(data), 0
+        while pos < n:
+            seg = self._segment(addr + pos, n - pos, True, addr, n)
+            m = seg.mapping
+            if m.file is not None:
+                at = m.offset - m.file.base + (seg.addr - m.addr)
+                m.file.mm[at:at + seg.length] = view[pos:pos + seg.length]
+            else:
+                await self._messages(addr, n).dma_write_message(
+                    seg.addr, bytes(view[pos:pos + seg.length]))
+            pos += seg.length
+
+    def _messages(self, addr: int, n: int) -> MessageDma:
+        if self.message_dma is None:
+            raise DmaError(errno.EFAULT, addr, n, "no client to send DMA messages to")
+        return self.message_dma
+
+
+def file_refs(file: _File | None, delta: int) -> None:
+    if file is not None:
+        file.refs += delta
+
+
+def _fstat(fd: int) -> os.stat_result:
+    try:
+        return os.fstat(fd)
+    except OSError as e:
+        raise RemoteProtocolError(errno.EBADF, f"DMA fd: {e}") from None
