@@ -1,0 +1,46 @@
+"""Helpers for the PCI tests: real eventfds, closed at teardown if still open."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError as e:
+        assert e.errno == errno.EBADF
+        return False
+    return True
+
+
+def efd_count(fd: int) -> int:
+    """Read and reset an eventfd counter; 0 if nothing was signalled."""
+    try:
+        return os.eventfd_read(fd)
+    except BlockingIOError:
+        return 0
+
+
+@pytest.fixture
+def eventfds():
+    """``eventfds(n)`` makes n non-blocking eventfds; leftovers closed at teardown."""
+    made: list[int] = []
+
+    def make(n: int = 1) -> list[int]:
+        fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(n)]
+        made.extend(fds)
+        return fds
+
+    yield make
+    for fd in set(made):  # still-open eventfds only: a closed number may have been reused
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                is_eventfd = "eventfd-count" in f.read()
+        except OSError:
+            continue
+        if is_eventfd:
+            os.close(fd)

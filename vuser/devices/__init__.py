@@ -1,0 +1,16 @@
+"""Guest-visible device models, by name (``vuser serve --device TYPE``).
+
+``DEVICE_TYPES`` maps a type name to its class; the constructor takes keyword
+options only (``TYPE@PATH,key=value`` on the command line passes strings).
+"""
+
+from __future__ import annotations
+
+from .base import PciDevice
+from .sample import SampleDevice
+
+__all__ = ["DEVICE_TYPES", "PciDevice", "SampleDevice"]
+
+DEVICE_TYPES: dict[str, type[PciDevice]] = {
+    "sample": SampleDevice,
+}
