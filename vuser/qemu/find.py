@@ -124,20 +124,25 @@ def find_qemu(*, provision: bool = True, show_progress: bool = True,
     else:
         reasons.append("no qemu-system-x86_64 in PATH")
 
+    from vuser.qemu.provision import provision_qemu, provisioned_qemu
+    ready = provisioned_qemu(cache=cache)
+    if ready is not None:
+        return ready
     if not provision or provisioning_disabled():
         why = f"${NO_PROVISION_ENV} is set" if provisioning_disabled() else "provisioning disabled"
         raise UserError(f"no QEMU with vfio-user-pci ({reasons[0]}) and {why}; "
                         f"set ${QEMU_ENV} or allow provisioning")
-    from vuser.qemu.provision import provision_qemu
     return provision_qemu(cache=cache, show_progress=show_progress)
 
 
 def installed(cache: Path | None = None) -> QemuBinary | None:
-    """The QEMU that ``find_qemu`` would use without provisioning, or None (for doctor)."""
+    """The QEMU ``find_qemu`` would use without provisioning; None if it would have to.
+
+    For ``vuser doctor``. Raises ``UserError`` if ``$VUSER_QEMU`` is set but unusable.
+    """
+    if os.environ.get(QEMU_ENV):
+        return find_qemu(provision=False, cache=cache)
     try:
         return find_qemu(provision=False, cache=cache)
     except UserError:
-        from vuser.qemu.provision import provisioned_qemu
-        if os.environ.get(QEMU_ENV):
-            return None
-        return provisioned_qemu(cache=cache)
+        return None

@@ -250,7 +250,7 @@ class _Run:
         for dev, sock in zip(self.devices, sockets):
             argv += ["--device", f"{dev}@{sock}"]
         argv += self.extra_server_args
-        log.info("server: %s", " ".join(argv))
+        log.debug("server: %s", " ".join(argv))
         try:
             self.server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                            stderr=subprocess.STDOUT, start_new_session=True)
@@ -272,7 +272,7 @@ class _Run:
             time.sleep(0.02)
 
     def _start_qemu(self, argv: list[str]) -> None:
-        log.info("qemu: %s", " ".join(argv))
+        log.debug("qemu: %s", " ".join(argv))
         stdin = subprocess.PIPE if self.console_input is not None else subprocess.DEVNULL
         try:
             self.qemu = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,

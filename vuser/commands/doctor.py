@@ -1,0 +1,83 @@
+"""``vuser doctor``: what is there and what is missing to boot guests; changes nothing."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "check QEMU, KVM, the guest image and the guest tests"
+DESCRIPTION = """\
+Report, without downloading or building anything:
+  - QEMU: version, path and source (env, system, provisioned), or why none fits;
+  - KVM: whether a KVM guest actually runs here (a short probe), else TCG;
+  - the guest image and the guest tests: built for the current sources or not.
+Exit status 0 when `vuser run` can boot a guest without provisioning, else 1.
+"""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-kvm-probe", action="store_true",
+                        help="only check /dev/kvm, do not boot a probe guest")
+
+
+def _line(ok: bool | None, what: str, text: str) -> str:
+    mark = {True: "[green]ok[/]", False: "[red]--[/]", None: "[yellow]??[/]"}[ok]
+    return f"{mark}  [bold]{what:<12}[/] {text}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from vuser.errors import UserError
+    from vuser.qemu import find
+
+    out = Console(highlight=False, soft_wrap=True)
+    healthy = True
+
+    qemu = None
+    try:
+        qemu = find.installed()
+    except UserError as e:
+        out.print(_line(False, "QEMU", escape(str(e))))
+        healthy = False
+    else:
+        if qemu:
+            out.print(_line(True, "QEMU", escape(f"{qemu.version} ({qemu.source}) {qemu.path}")))
+        else:
+            out.print(_line(False, "QEMU", "none with vfio-user-pci; `vuser provision --qemu` "
+                                           "unpacks Debian's into the cache"))
+            healthy = False
+
+    if qemu is None:
+        out.print(_line(None, "KVM", "not probed (no QEMU)"))
+    elif args.no_kvm_probe:
+        from vuser.qemu.kvm import KVM_DEV
+        import os
+        usable = KVM_DEV.exists() and os.access(KVM_DEV, os.R_OK | os.W_OK)
+        out.print(_line(None, "KVM", f"{KVM_DEV} {'accessible' if usable else 'not accessible'} "
+                                     "(not probed); guests use TCG unless --accel kvm"))
+    else:
+        from vuser.qemu.kvm import probe_kvm
+        kvm = probe_kvm(qemu)
+        note = "; `vuser run --accel kvm` may be used" if kvm.usable else "; guests use TCG"
+        out.print(_line(kvm.usable, "KVM", escape(kvm.reason + note)))
+
+    try:
+        from vuser.guest.image import status
+        st = status()
+    except (ImportError, UserError) as e:
+        out.print(_line(False, "guest image", escape(f"cannot check: {e}")))
+        return 1
+    if st["image"]:
+        out.print(_line(True, "guest image", escape(f"kernel {st['kernel']}, {st['path']}")))
+    else:
+        out.print(_line(False, "guest image", escape((st.get("problem") or "not built")
+                                                     + "; `vuser provision --image` builds it")))
+        healthy = False
+    if st["tests_built"]:
+        tests = ", ".join(f"{n} ({c} cases)" for n, c in sorted(st["tests"].items())) or "none"
+        out.print(_line(True, "guest tests", escape(tests)))
+    else:
+        out.print(_line(False, "guest tests", "not built; `vuser provision --image` builds them"))
+        healthy = False
+    return 0 if healthy else 1
