@@ -1,0 +1,352 @@
+"""Bound devices and their commands (iommufd ``device.c``, VFIO cdev ioctls).
+
+``device_bind`` (BIND_IOMMUFD) makes an ``IommuDevice`` an object of the
+context; ``device_attach`` / ``device_replace`` / ``device_detach``
+(ATTACH/DETACH_IOMMUFD_PT and iommufd's PASID attach) connect it, or one of
+its PASIDs, to an IOAS (through an automatic paging HWPT) or to a HWPT;
+``device_unbind`` releases it. The group rules are in ``registry``.
+
+Attach rules, as in iommufd and its selftest (``iommufd_device_pasid``):
+
+- attaching what is already attached is a no-op; attaching something else
+  gives EBUSY: use ``device_replace``, which needs an attachment (EINVAL)
+  and on any failure leaves the old one in place;
+- a PASID needs a device whose PASID width covers it and a PASID-compatible
+  HWPT (allocated with the PASID flag, or automatic for a PASID-capable
+  device); a RID HWPT that is not PASID-compatible excludes PASID attaches,
+  and the other way round (EINVAL);
+- the RIDs of one group share one HWPT (EINVAL otherwise); replacing the
+  RID's HWPT moves the whole group;
+- the first attach of a device to an IOAS reserves, in it, what lies outside
+  the device's aperture plus its reserved regions (EADDRINUSE if mapped or
+  allowed);
+- an automatic HWPT is freed when its last device moves away.
+
+Each device has a vPASID -> pPASID table (identity unless set). ``translate``
+takes the PASID the device emits (the pPASID); faults and page requests
+report the vPASID.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Any
+
+from .errors import IommufdError, fail
+from .hwpt import Hwpt, HwptNested, HwptPaging, paging_of
+from .ioas import Ioas
+from .objects import IommufdObject, ObjectTable, ObjType
+from .registry import IommuDevice, IommuRegistry
+from .uapi import U64_MAX
+
+if TYPE_CHECKING:
+    from .viommu import Vdevice
+
+
+class BoundDevice(IommufdObject):
+    """``struct iommufd_device``: a device bound to this context."""
+
+    TYPE = ObjType.DEVICE
+
+    def __init__(self, dev: IommuDevice) -> None:
+        super().__init__()
+        self.dev = dev
+        #: What each PASID (None: the RID) is attached to.
+        self.attach: dict[int | None, Hwpt] = {}
+        self.v2p: dict[int, int] = {}
+        self.p2v: dict[int, int] = {}
+        self.vdevices: set[Vdevice] = set()
+        self._resv: dict[Ioas, int] = {}
+
+    def vpasid(self, pasid: int | None) -> int | None:
+        """The guest's name for the PASID the device emitted."""
+        if pasid is None:
+            return None
+        return self.p2v.get(pasid, pasid)
+
+    def reserved_ranges(self) -> list[tuple[int, int]]:
+        lo, hi = self.dev.aperture
+        out = list(self.dev.reserved)
+        if lo > 0:
+            out.append((0, lo - 1))
+        if hi < U64_MAX:
+            out.append((hi + 1, U64_MAX))
+        return out
+
+    def describe(self) -> dict[str, object]:
+        d = super().describe()
+        d.update(label=self.dev.label, name=self.dev.name,
+                 attach=sorted(([p, h.id] for p, h in self.attach.items()),
+                               key=lambda a: -1 if a[0] is None else a[0]),
+                 pasid_map=sorted([v, p] for v, p in self.v2p.items()))
+        return d
+
+
+class DeviceCommands:
+    """Device commands of ``IoasidContext``."""
+
+    _objects: ObjectTable
+    registry: IommuRegistry
+    if TYPE_CHECKING:
+        def _flush_dev(self, bd: BoundDevice, pasid: Any, addr: int = 0,
+                       npages: int = U64_MAX) -> int: ...
+        def _auto_respond(self, bd: BoundDevice, pasid: Any) -> None: ...
+        def _destroy_obj(self, obj: IommufdObject) -> None: ...
+
+    def _device(self, dev_id: int) -> BoundDevice:
+        return self._objects.get(dev_id, BoundDevice)
+
+    # -- bind / unbind --------------------------------------------------------
+    def device_bind(self, device: IommuDevice | int) -> int:
+        """VFIO_DEVICE_BIND_IOMMUFD: bind a device (object or label); returns dev_id.
+
+        The first bind in a group makes this context its owner and blocks the
+        whole group's DMA. EBUSY if the device is bound already; EPERM if its
+        group belongs to another context; EINVAL for another registry's device.
+        """
+        dev = self.registry.by_label(device) if isinstance(device, int) else device
+        if not isinstance(dev, IommuDevice) or dev.registry is not self.registry:
+            raise fail(errno.EINVAL, "not a device of this context's registry")
+        if dev.ctx is not None:
+            raise fail(errno.EBUSY, f"{dev.name} is already bound")
+        group = dev.group
+        if group.owner is not None and group.owner is not self:
+            raise fail(errno.EPERM, f"group {group.gid} is owned by another context")
+        bd = self._objects.commit(BoundDevice(dev))
+        group.owner = self  # type: ignore[assignment]
+        dev.ctx, dev.dev_id = self, bd.id  # type: ignore[assignment]
+        return bd.id
+
+    def device_unbind(self, dev_id: int) -> None:
+        """Unbind: detach every PASID and the RID, destroy the device's vDEVICEs.
+
+        Unbinding the last bound device of a group releases the group.
+        """
+        bd = self._device(dev_id)
+        for pasid in [p for p in bd.attach if p is not None] + (
+                [None] if None in bd.attach else []):
+            self._detach(bd, pasid)
+        for vdev in list(bd.vdevices):
+            self._destroy_obj(vdev)
+        self._flush_dev(bd, "all")
+        self._objects.remove(bd)
+        dev = bd.dev
+        dev.ctx, dev.dev_id = None, 0
+        if not any(d.ctx is self for d in dev.group.devices):
+            dev.group.owner = None
+
+    # -- attach / replace / detach ---------------------------------------------
+    def _check_pasid(self, bd: BoundDevice, pasid: int | None) -> None:
+        if pasid is None:
+            return
+        if not bd.dev.pasid_width:
+            raise fail(errno.EINVAL, f"{bd.dev.name} has no PASID capability")
+        if not isinstance(pasid, int) or not 0 < pasid < 1 << bd.dev.pasid_width:
+            raise fail(errno.EINVAL, f"PASID {pasid!r} outside 1..2^{bd.dev.pasid_width}-1")
+
+    def _check_compat(self, bd: BoundDevice, pasid: int | None, hwpt: Hwpt,
+                      replacing: bool = False) -> None:
+        """iommufd's PASID-compatibility, group, dirty and reserved-range rules."""
+        if pasid is not None:
+            if not hwpt.pasid_compat:
+                raise fail(errno.EINVAL, f"HWPT {hwpt.id} is not PASID-compatible")
+            rid = bd.attach.get(None)
+            if rid is not None and not rid.pasid_compat:
+                raise fail(errno.EINVAL, "the RID's HWPT is not PASID-compatible")
+        else:
+            if not hwpt.pasid_compat and any(p is not None for p in bd.attach):
+                raise fail(errno.EINVAL, f"HWPT {hwpt.id} is not PASID-compatible and "
+                                         "PASIDs are attached")
+            g = bd.dev.group
+            if not replacing and g.rid_hwpt is not None and g.rid_hwpt is not hwpt:
+                raise fail(errno.EINVAL, "the group's RIDs are attached elsewhere")
+        s2 = paging_of(hwpt)
+        if s2.enforce_dirty and not bd.dev.dirty_tracking:
+            raise fail(errno.EINVAL, f"{bd.dev.name} cannot track dirty pages")
+        if not bd._resv.get(s2.ioas):
+            s2.ioas.iopt.check_reserve(bd.reserved_ranges())
+
+    def _link(self, bd: BoundDevice, pasid: int | None, hwpt: Hwpt) -> None:
+        """Record an attachment (all checks done)."""
+        ioas = paging_of(hwpt).ioas
+        if not bd._resv.get(ioas):
+            ioas.iopt.add_reserved(bd, bd.reserved_ranges())
+        bd._resv[ioas] = bd._resv.get(ioas, 0) + 1
+        bd.attach[pasid] = hwpt
+        hwpt.users += 1
+        hwpt.attached.add((bd, pasid))
+        if pasid is None:
+            g = bd.dev.group
+            g.rid_hwpt = hwpt
+            g.rid_devices.add(bd)
+
+    def _unlink(self, bd: BoundDevice, pasid: int | None) -> Hwpt:
+        """Undo ``_link``, flush the caches and answer pending page requests."""
+        hwpt = bd.attach.pop(pasid)
+        hwpt.users -= 1
+        hwpt.attached.discard((bd, pasid))
+        ioas = paging_of(hwpt).ioas
+        bd._resv[ioas] -= 1
+        if not bd._resv[ioas]:
+            del bd._resv[ioas]
+            ioas.iopt.remove_reserved(bd)
+        if pasid is None:
+            g = bd.dev.group
+            g.rid_devices.discard(bd)
+            if not g.rid_devices:
+                g.rid_hwpt = None
+        self._flush_dev(bd, pasid)
+        if hwpt.fault is not None:
+            self._auto_respond(bd, pasid)
+        return hwpt
+
+    def _put_auto(self, hwpt: Hwpt) -> None:
+        if hwpt.auto and hwpt.users == 0:
+            self._destroy_obj(hwpt)
+
+    def _resolve_pt(self, bd: BoundDevice, pasid: int | None, pt_id: int,
+                    try_attach: Any) -> tuple[Hwpt, bool]:
+        """The HWPT for ``pt_id``: itself, or an automatic one for an IOAS.
+
+        Returns ``(hwpt, new)``; a new automatic HWPT is not committed yet.
+        Existing automatic HWPTs are tried first; EINVAL means "incompatible,
+        try the next", as in ``iommufd_device_auto_get_domain``.
+        """
+        pt = self._objects.get(pt_id)
+        if isinstance(pt, (HwptPaging, HwptNested)):
+            return pt, False
+        if not isinstance(pt, Ioas):
+            raise fail(errno.EINVAL, f"object {pt_id} is a {pt.TYPE.value}, not an IOAS/HWPT")
+        for hwpt in list(pt.hwpts):
+            if not hwpt.auto:
+                continue
+            try:
+                try_attach(hwpt)
+            except IommufdError as e:
+                if e.errno == errno.EINVAL:
+                    continue
+                raise
+            return hwpt, False
+        hwpt = HwptPaging(pt, pasid_compat=bool(bd.dev.pasid_width))
+        hwpt.auto = True
+        try_attach(hwpt)
+        return hwpt, True
+
+    def _commit_auto(self, hwpt: HwptPaging) -> None:
+        self._objects.commit(hwpt)
+        hwpt.ioas.users += 1
+        hwpt.ioas.hwpts.append(hwpt)
+
+    def device_attach(self, dev_id: int, pt_id: int, pasid: int | None = None) -> int:
+        """Attach the RID (``pasid=None``) or a PASID to an IOAS or HWPT.
+
+        Returns the HWPT id actually attached (the automatic one for an
+        IOAS). Errors: EBUSY if attached elsewhere (use ``device_replace``);
+        EINVAL for a PASID the device cannot carry or an incompatible HWPT;
+        EADDRINUSE when the device's aperture would narrow mapped or allowed
+        IOVAs; ENOENT for ids.
+        """
+        bd = self._device(dev_id)
+        self._check_pasid(bd, pasid)
+        cur = bd.attach.get(pasid)
+        if cur is not None:
+            pt = self._objects.get(pt_id)
+            if pt is cur or (isinstance(pt, Ioas) and cur.auto and paging_of(cur).ioas is pt):
+                return cur.id
+            raise fail(errno.EBUSY, f"{'RID' if pasid is None else f'PASID {pasid}'} is "
+                                    f"attached to HWPT {cur.id}; replace it")
+        hwpt, new = self._resolve_pt(bd, pasid, pt_id,
+                                     lambda h: self._check_compat(bd, pasid, h))
+        if new:
+            self._commit_auto(hwpt)  # type: ignore[arg-type]
+        self._link(bd, pasid, hwpt)
+        return hwpt.id
+
+    def device_replace(self, dev_id: int, pt_id: int, pasid: int | None = None) -> int:
+        """Replace what the RID or a PASID is attached to, atomically.
+
+        EINVAL when nothing is attached. Every check runs before any change,
+        so on failure the old HWPT stays. Replacing the RID moves every
+        attached RID of the group. The old automatic HWPT is freed when
+        unused. Returns the new HWPT id.
+        """
+        bd = self._device(dev_id)
+        self._check_pasid(bd, pasid)
+        cur = bd.attach.get(pasid)
+        if cur is None:
+            raise fail(errno.EINVAL, "nothing attached to replace")
+        targets = [bd] if pasid is not None else sorted(bd.dev.group.rid_devices,
+                                                        key=lambda b: b.id)
+
+        def check(h: Hwpt) -> None:
+            for t in targets:
+                self._check_compat(t, pasid, h, replacing=True)
+
+        hwpt, new = self._resolve_pt(bd, pasid, pt_id, check)
+        if hwpt is cur:
+            return cur.id
+        if new:
+            self._commit_auto(hwpt)  # type: ignore[arg-type]
+        for t in targets:
+            # Checks passed for every target, so re-linking cannot fail.
+            self._unlink(t, pasid)
+            self._link(t, pasid, hwpt)
+        self._put_auto(cur)
+        return hwpt.id
+
+    def device_detach(self, dev_id: int, pasid: int | None = None) -> None:
+        """VFIO_DEVICE_DETACH_IOMMUFD_PT: the RID or PASID goes back to blocking.
+
+        EINVAL when nothing is attached. Pending page requests of that PASID
+        are answered INVALID; the old automatic HWPT is freed when unused.
+        """
+        bd = self._device(dev_id)
+        self._check_pasid(bd, pasid)
+        if pasid not in bd.attach:
+            raise fail(errno.EINVAL, "nothing attached")
+        self._detach(bd, pasid)
+
+    def _detach(self, bd: BoundDevice, pasid: int | None) -> None:
+        hwpt = self._unlink(bd, pasid)
+        self._put_auto(hwpt)
+
+    # -- lookups and the vPASID table --------------------------------------------
+    def device_lookup(self, label: int) -> int:
+        """The dev_id of the device with this label, bound here; else ENOENT."""
+        dev = self.registry.by_label(label)
+        if dev.ctx is not self:
+            raise fail(errno.ENOENT, f"label {label:#x} is not bound to this context")
+        return dev.dev_id
+
+    def device_pasid_map(self, dev_id: int, vpasid: int, ppasid: int | None) -> None:
+        """Set (or, with ``ppasid=None``, clear) vPASID -> pPASID for a device.
+
+        EINVAL for values outside the device's PASID width; EEXIST when the
+        pPASID already has another vPASID.
+        """
+        bd = self._device(dev_id)
+        self._check_pasid(bd, vpasid)
+        if ppasid is None:
+            p = bd.v2p.pop(vpasid, None)
+            if p is not None:
+                bd.p2v.pop(p, None)
+            return
+        self._check_pasid(bd, ppasid)
+        if bd.p2v.get(ppasid, vpasid) != vpasid:
+            raise fail(errno.EEXIST, f"pPASID {ppasid} already maps vPASID {bd.p2v[ppasid]}")
+        old = bd.v2p.get(vpasid)
+        if old is not None:
+            bd.p2v.pop(old, None)
+        bd.v2p[vpasid] = ppasid
+        bd.p2v[ppasid] = vpasid
+
+    def device_ppasid(self, dev_id: int, vpasid: int) -> int:
+        """The pPASID for a vPASID (identity when unmapped)."""
+        return self._device(dev_id).v2p.get(vpasid, vpasid)
+
+    def device_info(self, dev_id: int) -> dict[str, Any]:
+        """Model extension: the device, its attachments and PASID table."""
+        bd = self._device(dev_id)
+        d = bd.dev.describe()
+        d.update(bd.describe())
+        return d

@@ -1,0 +1,409 @@
+"""The DMA path: ``translate`` and what hangs off it (architecture.md §1, §3).
+
+``translate(dev_id, pasid, iova, length, access)`` returns the host memory
+behind a device's DMA as ``Segment``s (memoryview slices of the pinned
+buffers, with their IOVA and GPA for tracing), or a ``Fault``. It never
+raises on guest-caused problems. The warm path is an IOTLB probe and a
+memoryview slice; a miss walks the first stage (for a nested HWPT) through
+the stage-2 parent, resolves the GPA in the parent's IOAS, and caches the
+combined translation.
+
+Also here: ``read``/``write`` conveniences, ATS translation requests, the
+IOTLB invalidations that are not HWPT_INVALIDATE (per page, per PASID,
+global), the flushes that follow host-side stage-2 unmaps and attach
+changes (device-TLB hooks included), counters, the fault observers and the
+trace hook.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from .errors import fail
+from .hwpt import Hwpt, HwptNested, HwptPaging
+from .io_pagetable import READABLE, WRITEABLE
+from .iotlb import Iotlb, IotlbEntry
+from .objects import ObjectTable
+from .pagetable.results import Access, Fault, FaultReason, Stage
+from .pagetable.walker import second_stage_ok, walk_first_stage
+from .uapi import ALL_PASIDS, U64_MAX, Stats
+
+if TYPE_CHECKING:
+    from .device import BoundDevice
+    from .ioas import Ioas
+
+_ADDR_END = 1 << 64
+_W = int(Access.WRITE)
+#: Allowed-access sets of an IOAS area by its prot (READABLE 4 | WRITEABLE 2).
+_AREA_OK = {p: second_stage_ok(bool(p & READABLE), bool(p & WRITEABLE)) for p in range(8)}
+
+
+class Segment(NamedTuple):
+    """A piece of a translated DMA: ``mem`` is host memory for ``[iova, iova + len)``."""
+
+    iova: int
+    gpa: int
+    mem: memoryview
+
+
+@dataclass(frozen=True)
+class AtsTranslation:
+    """An ATS translation completion: one page and what it allows."""
+
+    iova: int
+    size: int
+    gpa: int
+    read: bool
+    write: bool
+    mem: memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    """One trace record (``kind``: "translate", "fault" or "invalidate").
+
+    ``stage`` is what answered: ``Stage.IOTLB`` on a hit, ``S1`` for a nested
+    walk, ``S2`` for a stage-2-only lookup, the faulting stage on a fault.
+    ``count`` is the number of IOTLB entries an invalidation dropped.
+    """
+
+    time: float
+    kind: str
+    label: int | None
+    pasid: int | None
+    iova: int
+    gpa: int | None
+    stage: int
+    hit: bool
+    fault: int | None = None
+    count: int = 0
+    length: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time": self.time, "kind": self.kind, "label": self.label, "pasid": self.pasid,
+                "iova": self.iova, "gpa": self.gpa, "stage": int(self.stage), "hit": self.hit,
+                "fault": self.fault, "count": self.count, "length": self.length}
+
+
+TraceHook = Callable[[TraceEvent], None]
+FaultObserver = Callable[[Fault], None]
+
+
+class DmaCommands:
+    """The DMA path of ``IoasidContext``."""
+
+    _objects: ObjectTable
+    _iotlb: Iotlb
+    _stats: Stats
+    _trace: TraceHook | None
+    _fault_observers: list[FaultObserver]
+    _clock: Callable[[], float]
+
+    # -- translation ---------------------------------------------------------
+    def translate(self, dev_id: int, pasid: int | None, iova: int, length: int,
+                  access: int) -> list[Segment] | Fault:
+        """Translate a DMA of ``length`` bytes at ``iova`` from ``(dev_id, pasid)``.
+
+        ``pasid`` is the PASID the device emits (None: untagged, the RID);
+        ``access`` is an ``Access`` combination (READ, WRITE, EXEC, PRIV).
+        Returns the segments in order, or the first ``Fault`` (nothing is
+        returned for the pages before it). Faults are counted, traced and
+        passed to the fault observers. ENOENT (raised) for an unknown
+        ``dev_id``; ``ValueError`` for a negative length or bad ``access``:
+        both are bugs of the caller, not of the guest.
+        """
+        if access.__class__ is not int:
+            access = int(access)
+        stats = self._stats
+        stats.translations += 1
+        end = iova + length
+        if length <= 0 or iova < 0 or end > _ADDR_END:
+            return self._translate_edge(dev_id, pasid, iova, length, access)
+        tlb = self._iotlb
+        trace = self._trace
+        segs: list[Segment] = []
+        addr = iova
+        while True:
+            e = tlb.lookup(dev_id, pasid, addr)
+            if e is not None and (e.ok >> access) & 1:
+                stats.hits += 1
+                if trace is not None:
+                    self._trace_translate(e, addr, Stage.IOTLB, True)
+            else:
+                e = self._miss(dev_id, pasid, addr, access)
+                if e.__class__ is Fault:
+                    return e  # type: ignore[return-value]
+            off = addr - e.iova
+            n = e.size - off
+            if n > end - addr:
+                n = end - addr
+            segs.append(Segment(addr, e.gpa + off, e.mem[off:off + n]))
+            if access & _W and e.s2.dirty_tracking:
+                e.s2.mark_dirty(e.gpa + off, n)
+            addr += n
+            if addr >= end:
+                return segs
+
+    def _translate_edge(self, dev_id: int, pasid: int | None, iova: int, length: int,
+                        access: int) -> list[Segment] | Fault:
+        if not isinstance(iova, int) or not isinstance(length, int) or length < 0 or iova < 0:
+            raise ValueError(f"bad DMA range iova={iova!r} length={length!r}")
+        if length == 0:
+            return []
+        bd = self._bound(dev_id)
+        return self._report(bd, pasid, Fault(FaultReason.ADDR_BEYOND_MGAW, Stage.S1, iova,
+                                              access, iova))
+
+    def _bound(self, dev_id: int) -> BoundDevice:
+        from .device import BoundDevice
+        return self._objects.get(dev_id, BoundDevice)
+
+    def _miss(self, dev_id: int, pasid: int | None, addr: int, access: int
+              ) -> IotlbEntry | Fault:
+        """Walk, check and cache one page; the slow half of ``translate``."""
+        stats = self._stats
+        stats.misses += 1
+        if not 0 < access < 16:
+            raise ValueError(f"bad access {access!r}")
+        bd = self._bound(dev_id)
+        hwpt = bd.attach.get(pasid)
+        if hwpt is None:
+            reason = FaultReason.CONTEXT_ENTRY_P if pasid is None else FaultReason.PASID_ENTRY_P
+            return self._report(bd, pasid, Fault(reason, Stage.BLOCKED, addr, access, addr))
+        if hwpt.__class__ is HwptNested:
+            s2: HwptPaging = hwpt.parent  # type: ignore[attr-defined]
+            stats.walks += 1
+            t = walk_first_stage(s2, addr, access, root=hwpt.pgtbl_addr,  # type: ignore[attr-defined]
+                                 levels=hwpt.levels, sre=hwpt.sre,  # type: ignore[attr-defined]
+                                 wpe=hwpt.wpe, eafe=hwpt.eafe)  # type: ignore[attr-defined]
+            if t.__class__ is Fault:
+                stats.memory_reads += t.reads  # type: ignore[union-attr]
+                return self._report(bd, pasid, t)  # type: ignore[arg-type]
+            stats.memory_reads += t.reads  # type: ignore[union-attr]
+            stats.memory_writes += t.writes  # type: ignore[union-attr]
+            gpa = t.output + (addr - t.iova)  # type: ignore[union-attr]
+            size = t.size  # type: ignore[union-attr]
+            ok = t.ok  # type: ignore[union-attr]
+            stage = Stage.S1
+        else:
+            s2 = hwpt  # type: ignore[assignment]
+            gpa, size, ok, stage = addr, 1 << 30, 0xFFFF, Stage.S2
+        area = s2.ioas.iopt.find(gpa)
+        if area is None:
+            return self._report(bd, pasid, Fault(FaultReason.PAGING_ENTRY_INV, Stage.S2, gpa,
+                                                 access, addr))
+        s2ok = _AREA_OK[area.prot]
+        if not (s2ok >> access) & 1:
+            reason = FaultReason.WRITE if access & _W and (s2ok >> (access & ~_W)) & 1 \
+                else FaultReason.READ
+            return self._report(bd, pasid, Fault(reason, Stage.S2, gpa, access, addr))
+        while size > 4096:
+            base = gpa & ~(size - 1)
+            if base >= area.iova and base + size - 1 <= area.last:
+                break
+            size >>= 9
+        base_gpa = gpa & ~(size - 1)
+        off = area.offset + (base_gpa - area.iova)
+        e = IotlbEntry(dev_id, pasid, hwpt.id, s2, addr & ~(size - 1), size, base_gpa,
+                       area.pages.mem[off:off + size], ok & s2ok)
+        self._iotlb.insert(e)
+        if self._trace is not None:
+            self._trace_translate(e, addr, stage, False)
+        return e
+
+    def _report(self, bd: BoundDevice, pasid: int | None, f: Fault) -> Fault:
+        """Fill in the device fields of a fault, count it, tell the observers."""
+        f = f.with_(pasid=bd.vpasid(pasid), label=bd.dev.label, dev_id=bd.id)
+        self._stats.faults += 1
+        for cb in list(self._fault_observers):
+            cb(f)
+        if self._trace is not None:
+            self._trace(TraceEvent(self._clock(), "fault", f.label, f.pasid,
+                                   f.iova if f.iova is not None else f.addr,
+                                   f.addr if f.stage == Stage.S2 else None, int(f.stage), False,
+                                   int(f.reason)))
+        return f
+
+    def _trace_translate(self, e: IotlbEntry, addr: int, stage: Stage, hit: bool) -> None:
+        bd = self._objects.find(e.dev_id)
+        label = bd.dev.label if bd is not None else None  # type: ignore[attr-defined]
+        vp = bd.vpasid(e.pasid) if bd is not None else e.pasid  # type: ignore[attr-defined]
+        assert self._trace is not None
+        self._trace(TraceEvent(self._clock(), "translate", label, vp, addr,
+                               e.gpa + (addr - e.iova), int(stage), hit))
+
+    # -- conveniences for device code ------------------------------------------
+    def read(self, dev_id: int, pasid: int | None, iova: int, length: int,
+             access: int = Access.READ) -> bytes | Fault:
+        """DMA read: the bytes, or the ``Fault``."""
+        segs = self.translate(dev_id, pasid, iova, length, access)
+        if segs.__class__ is Fault:
+            return segs  # type: ignore[return-value]
+        if len(segs) == 1:  # type: ignore[arg-type]
+            return bytes(segs[0].mem)  # type: ignore[index]
+        return b"".join(s.mem for s in segs)  # type: ignore[union-attr]
+
+    def write(self, dev_id: int, pasid: int | None, iova: int,
+              data: bytes | bytearray | memoryview, access: int = Access.WRITE) -> None | Fault:
+        """DMA write of ``data``: all of it, or nothing and the ``Fault``."""
+        segs = self.translate(dev_id, pasid, iova, len(data), access)
+        if segs.__class__ is Fault:
+            return segs  # type: ignore[return-value]
+        src = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+        pos = 0
+        for s in segs:  # type: ignore[union-attr]
+            n = len(s.mem)
+            s.mem[:] = src[pos:pos + n]
+            pos += n
+        return None
+
+    def ats_translate(self, dev_id: int, pasid: int | None, iova: int,
+                      access: int = Access.READ) -> AtsTranslation | Fault:
+        """A PCIe ATS translation request for the page holding ``iova``.
+
+        The device may cache the answer in its device TLB until the model
+        calls its ``devtlb_invalidate`` hook. EOPNOTSUPP if the device has no
+        ATS. A write request sets the dirty flags, so ``write`` is then True.
+        """
+        bd = self._bound(dev_id)
+        if not bd.dev.ats:
+            raise fail(errno.EOPNOTSUPP, f"{bd.dev.name} has no ATS")
+        access = int(access)
+        segs = self.translate(dev_id, pasid, iova, 1, access)
+        if segs.__class__ is Fault:
+            return segs  # type: ignore[return-value]
+        e = self._iotlb.lookup(dev_id, pasid, iova)
+        assert e is not None  # translate just cached it
+        return AtsTranslation(e.iova, e.size, e.gpa, bool((e.ok >> Access.READ) & 1),
+                              bool((e.ok >> Access.WRITE) & 1), e.mem)
+
+    # -- invalidation ------------------------------------------------------------
+    def _devtlb(self, bd: BoundDevice, pasid: int | None, addr: int, npages: int) -> None:
+        hook = bd.dev.devtlb_invalidate
+        if hook is not None:
+            self._stats.devtlb_invalidations += 1
+            hook(pasid, addr, npages)
+
+    def _trace_inval(self, bd: BoundDevice | None, pasid: int | None, addr: int,
+                     count: int, npages: int) -> None:
+        if self._trace is not None:
+            self._trace(TraceEvent(
+                self._clock(), "invalidate", bd.dev.label if bd else None,
+                bd.vpasid(pasid) if bd and pasid not in (None, ALL_PASIDS) else pasid, addr,
+                None, 0, False, count=count,
+                length=U64_MAX if npages == U64_MAX else npages * 4096))
+
+    def _flush_dev(self, bd: BoundDevice, pasid: int | None | str, addr: int = 0,
+                   npages: int = U64_MAX) -> int:
+        """Drop ``(bd, pasid)``'s IOTLB entries and tell its device TLB."""
+        n = self._iotlb.invalidate_dev(bd.id, pasid, addr, npages)
+        self._stats.invalidations += 1
+        self._stats.invalidated_entries += n
+        p = ALL_PASIDS if pasid == "all" else pasid
+        self._devtlb(bd, p, addr, npages)  # type: ignore[arg-type]
+        self._trace_inval(bd, p, addr, n, npages)  # type: ignore[arg-type]
+        return n
+
+    def _hwpt_flush(self, hwpt: Hwpt, addr: int, npages: int) -> int:
+        """HWPT_INVALIDATE of one range: IOTLB entries through ``hwpt``, then device TLBs."""
+        n = self._iotlb.invalidate_hwpt(hwpt.id, addr, npages)
+        self._stats.invalidations += 1
+        self._stats.invalidated_entries += n
+        for bd, pasid in sorted(hwpt.attached, key=lambda a: (a[0].id, a[1] or 0)):
+            self._devtlb(bd, pasid, addr, npages)
+        self._trace_inval(None, None, addr, n, npages)
+        return n
+
+    def _s2_unmapped(self, ioas: Ioas, first: int, last: int) -> None:
+        """Host unmap of ``[first, last]``: flush everything that depends on it.
+
+        Stage-2-only entries in the range go; every stage-1 cache nested on a
+        parent over this IOAS is flushed entirely (its IOVAs say nothing about
+        GPAs), device TLBs included. Dirty records of the range are dropped.
+        """
+        npages = U64_MAX if last - first + 1 >= 1 << 63 else (last - first + 1) // 4096
+        nested = [h for h in self._objects.of_type(HwptNested)
+                  if h.parent.ioas is ioas]
+        n = 0
+        for hwpt in ioas.hwpts:
+            n += self._iotlb.invalidate_s2(hwpt, first, last)
+            for bd, pasid in hwpt.attached:
+                self._devtlb(bd, pasid, first, npages)
+            if hwpt.dirty:
+                hwpt.dirty.difference_update(
+                    [p for p in hwpt.dirty if first <= p << 12 <= last])
+        for h in nested:
+            n += self._iotlb.invalidate_hwpt(h.id)
+            for bd, pasid in h.attached:
+                self._devtlb(bd, pasid, 0, U64_MAX)
+        self._stats.invalidations += 1
+        self._stats.invalidated_entries += n
+        self._trace_inval(None, None, first, n, npages)
+
+    def iotlb_invalidate(self, dev_id: int | None = None, pasid: int | None = ALL_PASIDS,
+                         addr: int = 0, npages: int = U64_MAX, *, vpasid: bool = False) -> int:
+        """Model extension: per-page, per-PASID, per-device or global invalidation.
+
+        ``dev_id=None`` flushes everything. Otherwise ``pasid`` selects one
+        PASID (``None``: the RID; ``ALL_PASIDS`` (-1): all of them), and
+        ``vpasid=True`` reads it as the guest's vPASID (the table is applied,
+        as for invalidations that arrive with a device label). ``addr`` (4K
+        aligned) and ``npages`` select a range; ``npages=U64_MAX`` is all.
+        The device TLBs concerned are told too. Returns the entries dropped.
+        """
+        if not isinstance(addr, int) or addr < 0 or addr & 0xFFF or not isinstance(npages, int) \
+                or npages <= 0 or npages > U64_MAX:
+            raise fail(errno.EINVAL, "addr must be 4K aligned and npages positive")
+        if dev_id is None:
+            n = self._iotlb.invalidate_all()
+            self._stats.invalidations += 1
+            self._stats.invalidated_entries += n
+            from .device import BoundDevice
+            for bd in self._objects.of_type(BoundDevice):
+                self._devtlb(bd, ALL_PASIDS, 0, U64_MAX)
+            self._trace_inval(None, None, 0, n, U64_MAX)
+            return n
+        bd = self._bound(dev_id)
+        if pasid == ALL_PASIDS:
+            return self._flush_dev(bd, "all", addr, npages)
+        if vpasid and pasid is not None:
+            pasid = bd.v2p.get(pasid, pasid)
+        return self._flush_dev(bd, pasid, addr, npages)
+
+    def iotlb_set_capacity(self, capacity: int) -> None:
+        """Resize the IOTLB (entries); the least recently used go first."""
+        if not isinstance(capacity, int) or capacity < 1:
+            raise fail(errno.EINVAL, f"capacity {capacity!r} must be >= 1")
+        self._iotlb.set_capacity(capacity)
+
+    # -- inspection ---------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Counters: translations, hits, misses, walks, faults, invalidations,
+        memory reads/writes of walks, evictions, and the IOTLB size."""
+        self._stats.evictions = self._iotlb.evictions
+        d = self._stats.to_dict()
+        d.update(iotlb_entries=len(self._iotlb), iotlb_capacity=self._iotlb.capacity)
+        return d
+
+    def stats_reset(self) -> None:
+        self._stats.__init__()  # type: ignore[misc]
+        self._iotlb.evictions = 0
+
+    def set_trace(self, hook: TraceHook | None) -> None:
+        """Install (or remove, with None) the trace hook; see ``TraceEvent``."""
+        self._trace = hook
+
+    def add_fault_observer(self, cb: FaultObserver) -> None:
+        """Call ``cb(fault)`` for every fault the DMA path returns."""
+        self._fault_observers.append(cb)
+
+    def remove_fault_observer(self, cb: FaultObserver) -> None:
+        self._fault_observers.remove(cb)
+
+
+def default_clock() -> float:
+    return time.monotonic()

@@ -1,0 +1,24 @@
+"""VT-d page-table formats and walkers (architecture.md §3, iommu-notes.md §3).
+
+Pure functions over memory: no model objects, no I/O. The model's DMA path
+(``vuser.iommu.dma``) drives them; experiments may call them directly.
+"""
+
+from .builder import PageTableBuilder
+from .formats import (
+    FIRST_STAGE_LEVELS, LEAF_SIZE, PAGE_SIZE, SECOND_STAGE_LEVELS, FirstStagePte,
+    SecondStagePte, first_stage_reserved, second_stage_reserved,
+)
+from .results import Access, Fault, FaultReason, Stage, Translation
+from .walker import (
+    SecondStageTables, Stage2Port, first_stage_ok, second_stage_ok, walk_first_stage,
+    walk_nested, walk_second_stage,
+)
+
+__all__ = [
+    "Access", "FIRST_STAGE_LEVELS", "Fault", "FaultReason", "FirstStagePte", "LEAF_SIZE",
+    "PAGE_SIZE", "PageTableBuilder", "SECOND_STAGE_LEVELS", "SecondStagePte",
+    "SecondStageTables", "Stage", "Stage2Port", "Translation", "first_stage_ok",
+    "first_stage_reserved", "second_stage_ok", "second_stage_reserved", "walk_first_stage",
+    "walk_nested", "walk_second_stage",
+]

@@ -1,0 +1,290 @@
+"""Page-table walkers for the VT-d first- and second-stage formats.
+
+``walk_first_stage`` reads guest tables only through a stage-2 port: every
+table fetch, and every accessed/dirty update, is a GPA handed to
+``s2.fetch(gpa, write)`` (iommu-notes.md §4: "TTBx and tables for stage-1 are
+considered IPA"). A stage-2 fault met there comes back as a ``Fault`` with
+``stage=S2, s1_fetch=True``.
+
+``walk_second_stage`` reads real second-stage tables from a flat host-physical
+memory (for experiments; the model's own stage 2 is the IOAS interval map, see
+``hwpt.HwptPaging``). ``SecondStageTables`` wraps it as a stage-2 port, so
+nested walks over real tables count the full two-dimensional cost (24 reads
+for 4-level over 4-level).
+
+Accessed/dirty flags are set only on a successful walk: a faulting request
+leaves the tables untouched. A is set on every entry used (and EA when EAFE),
+D on the leaf of a write. Permissions follow x86-64 paging without SMEP/SMAP:
+R/W and U/S are ANDed over the levels, XD is ORed; supervisor (PRIV) requests
+need SRE, and ignore R/W unless WPE.
+"""
+
+from __future__ import annotations
+
+import struct
+from functools import lru_cache
+from typing import Protocol
+
+from .formats import (
+    DEFAULT_OAW, LEVEL_SHIFT, FirstStagePte, SecondStagePte,
+    first_stage_reserved, is_canonical, leaf_address_mask, second_stage_reserved,
+)
+from .results import Access, Fault, FaultReason, Stage, Translation
+
+_QWORD = struct.Struct("<Q")  # one paging entry as stored in memory
+
+_P = FirstStagePte.P.mask
+_RW = FirstStagePte.RW.mask
+_US = FirstStagePte.US.mask
+_A = FirstStagePte.A.mask
+_D = FirstStagePte.D.mask
+_PS = FirstStagePte.PS.mask
+_EA = FirstStagePte.EA.mask
+_XD = FirstStagePte.XD.mask
+
+_SR = SecondStagePte.R.mask
+_SW = SecondStagePte.W.mask
+_SPS = SecondStagePte.PS.mask
+_SA = SecondStagePte.A.mask
+_SD = SecondStagePte.D.mask
+
+R, W, X, PRIV = int(Access.READ), int(Access.WRITE), int(Access.EXEC), int(Access.PRIV)
+
+
+class Stage2Port(Protocol):
+    """How a first-stage walk reaches guest memory.
+
+    ``fetch`` returns ``(mem, offset, reads)``: the 8 bytes of the entry at
+    ``gpa`` are ``mem[offset:offset + 8]`` and ``reads`` is the number of
+    stage-2 table reads it took; or a stage-2 ``Fault``. ``write=True`` asks
+    for write permission (an A/D update) and lets stage 2 log the page dirty.
+    """
+
+    def fetch(self, gpa: int, write: bool) -> tuple[memoryview, int, int] | Fault: ...
+
+
+@lru_cache(maxsize=None)
+def first_stage_ok(rw: bool, us: bool, xd: bool, sre: bool, wpe: bool, dirty: bool) -> int:
+    """The ``Translation.ok`` set for a first-stage leaf's combined rights."""
+    ok = 0
+    for a in range(16):
+        if a & PRIV:
+            if not sre:
+                continue
+        elif not us:
+            continue
+        if a & W and not (dirty and (rw or (a & PRIV and not wpe))):
+            continue
+        if a & X and xd:
+            continue
+        ok |= 1 << a
+    return ok
+
+
+@lru_cache(maxsize=None)
+def second_stage_ok(r: bool, w: bool, dirty: bool = True) -> int:
+    """The ``Translation.ok`` set for second-stage rights (PRIV is ignored)."""
+    ok = 0
+    for a in range(16):
+        if a & (R | X) and not r:
+            continue
+        if a & W and not (w and dirty):
+            continue
+        ok |= 1 << a
+    return ok
+
+
+def _first_stage_denied(access: int, rw: bool, us: bool, xd: bool,
+                        sre: bool, wpe: bool) -> int:
+    """The fault reason for ``access`` under these rights, or 0."""
+    if access & PRIV:
+        if not sre:
+            return FaultReason.FS_PRIV_VIOLATION
+    elif not us:
+        return FaultReason.FS_PRIV_VIOLATION
+    if access & W and not rw and (not access & PRIV or wpe):
+        return FaultReason.WRITE
+    if access & X and xd:
+        return FaultReason.READ  # execute denied: no finer legacy code
+    return 0
+
+
+def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
+                     levels: int = 4, sre: bool = False, wpe: bool = False,
+                     eafe: bool = False, oaw: int = DEFAULT_OAW) -> Translation | Fault:
+    """Translate ``iova`` (IOVA -> GPA) through the first-stage tables at ``root``."""
+    if not is_canonical(iova, levels):
+        return Fault(FaultReason.FS_NON_CANONICAL, Stage.S1, iova, access, iova, levels)
+    rsvd = first_stage_reserved(oaw)
+    table_mask = leaf_address_mask(1, oaw)
+    table = root & table_mask
+    reads = 0
+    rw = us = True
+    xd = False
+    path: list[int] = []
+    locs: list[tuple[memoryview, int, int]] = []
+    level = levels
+    while True:
+        gpa = table + ((iova >> LEVEL_SHIFT[level]) & 511) * 8
+        got = s2.fetch(gpa, False)
+        if got.__class__ is Fault:
+            return got.with_(s1_fetch=True, iova=iova, access=access, level=level,
+                             reads=reads + got.reads)
+        mem, off, n2 = got
+        reads += 1 + n2
+        pte = _QWORD.unpack_from(mem, off)[0]
+        if not pte & _P:
+            return Fault(FaultReason.PAGING_ENTRY_INV, Stage.S1, iova, access, iova, level,
+                         reads=reads)
+        leaf = level == 1 or (level <= 3 and bool(pte & _PS))
+        if pte & rsvd[(level, leaf)]:
+            return Fault(FaultReason.PAGING_ENTRY_RSVD, Stage.S1, iova, access, iova, level,
+                         reads=reads)
+        rw = rw and bool(pte & _RW)
+        us = us and bool(pte & _US)
+        xd = xd or bool(pte & _XD)
+        path.append(gpa)
+        locs.append((mem, off, pte))
+        if leaf:
+            break
+        table = pte & table_mask
+        level -= 1
+    denied = _first_stage_denied(access, rw, us, xd, sre, wpe)
+    if denied:
+        return Fault(denied, Stage.S1, iova, access, iova, level, reads=reads)
+    # Accessed/dirty updates, through stage 2 with write permission.
+    writes = 0
+    a_bits = _A | (_EA if eafe else 0)
+    last = len(locs) - 1
+    dirty = bool(locs[last][2] & _D)
+    for i, (mem, off, pte) in enumerate(locs):
+        want = a_bits | (_D if i == last and access & W else 0)
+        if pte & want == want:
+            continue
+        got = s2.fetch(path[i], True)
+        if got.__class__ is Fault:
+            return Fault(FaultReason.FS_BIT_UPDATE_FAILED, Stage.S2, path[i], access,
+                         iova, levels - i, s1_fetch=True, reads=reads + got.reads)
+        wmem, woff, n2 = got
+        reads += n2
+        cur = _QWORD.unpack_from(wmem, woff)[0]
+        _QWORD.pack_into(wmem, woff, cur | want)
+        writes += 1
+        if i == last and want & _D:
+            dirty = True
+    size = 1 << LEVEL_SHIFT[level]
+    leaf_pte = locs[last][2]
+    return Translation(
+        iova=iova & ~(size - 1),
+        output=leaf_pte & leaf_address_mask(level, oaw),
+        size=size, level=level,
+        ok=first_stage_ok(rw, us, xd, sre, wpe, dirty),
+        reads=reads, writes=writes, dirty=dirty, path=path,
+    )
+
+
+def walk_second_stage(mem: memoryview, addr: int, access: int, *, root: int,
+                      levels: int = 4, ad: bool = False, oaw: int = DEFAULT_OAW,
+                      base: int = 0) -> Translation | Fault:
+    """Translate ``addr`` (GPA -> HPA) through second-stage tables in ``mem``.
+
+    ``mem`` is host-physical memory: physical address ``p`` is ``mem[p - base]``.
+    ``ad`` enables accessed/dirty updates (the PASID entry's SSADE).
+    """
+    if addr >> (12 + 9 * levels):
+        return Fault(FaultReason.ADDR_BEYOND_MGAW, Stage.S2, addr, access, level=levels)
+    rsvd = second_stage_reserved(oaw)
+    table_mask = leaf_address_mask(1, oaw)
+    table = root & table_mask
+    reads = 0
+    r = w = True
+    path: list[int] = []
+    offs: list[int] = []
+    level = levels
+    size_mem = len(mem)
+    while True:
+        pa = table + ((addr >> LEVEL_SHIFT[level]) & 511) * 8
+        off = pa - base
+        if off < 0 or off + 8 > size_mem:
+            return Fault(FaultReason.PAGING_ENTRY_INV, Stage.S2, addr, access, level=level,
+                         reads=reads)
+        pte = _QWORD.unpack_from(mem, off)[0]
+        reads += 1
+        if not pte & (_SR | _SW):
+            return Fault(FaultReason.PAGING_ENTRY_INV, Stage.S2, addr, access, level=level,
+                         reads=reads)
+        leaf = level == 1 or (level <= 3 and bool(pte & _SPS))
+        if pte & rsvd[(level, leaf)]:
+            return Fault(FaultReason.PAGING_ENTRY_RSVD, Stage.S2, addr, access, level=level,
+                         reads=reads)
+        r = r and bool(pte & _SR)
+        w = w and bool(pte & _SW)
+        path.append(pa)
+        offs.append(off)
+        if leaf:
+            break
+        table = pte & table_mask
+        level -= 1
+    if access & (R | X) and not r:
+        return Fault(FaultReason.READ, Stage.S2, addr, access, level=level, reads=reads)
+    if access & W and not w:
+        return Fault(FaultReason.WRITE, Stage.S2, addr, access, level=level, reads=reads)
+    writes = 0
+    last = len(offs) - 1
+    dirty = True
+    if ad:
+        dirty = bool(_QWORD.unpack_from(mem, offs[last])[0] & _SD)
+        for i, off in enumerate(offs):
+            want = _SA | (_SD if i == last and access & W else 0)
+            cur = _QWORD.unpack_from(mem, off)[0]
+            if cur & want != want:
+                _QWORD.pack_into(mem, off, cur | want)
+                writes += 1
+                if want & _SD:
+                    dirty = True
+    size = 1 << LEVEL_SHIFT[level]
+    leaf_pte = _QWORD.unpack_from(mem, offs[last])[0]
+    return Translation(
+        iova=addr & ~(size - 1), output=leaf_pte & leaf_address_mask(level, oaw),
+        size=size, level=level, ok=second_stage_ok(r, w, dirty),
+        reads=reads, writes=writes, dirty=dirty, path=path,
+    )
+
+
+class SecondStageTables:
+    """A stage-2 port made of real second-stage tables in host memory."""
+
+    def __init__(self, mem: memoryview | bytearray, root: int, *, levels: int = 4,
+                 ad: bool = False, oaw: int = DEFAULT_OAW, base: int = 0) -> None:
+        self.mem = memoryview(mem).cast("B") if not isinstance(mem, memoryview) else mem
+        self.root, self.levels, self.ad, self.oaw, self.base = root, levels, ad, oaw, base
+
+    def walk(self, gpa: int, access: int) -> Translation | Fault:
+        return walk_second_stage(self.mem, gpa, access, root=self.root, levels=self.levels,
+                                 ad=self.ad, oaw=self.oaw, base=self.base)
+
+    def fetch(self, gpa: int, write: bool) -> tuple[memoryview, int, int] | Fault:
+        t = self.walk(gpa, W if write else R)
+        if t.__class__ is Fault:
+            return t
+        return self.mem, t.output + (gpa - t.iova) - self.base, t.reads
+
+
+def walk_nested(s2: Stage2Port, iova: int, access: int, **first_stage: int | bool
+                ) -> Translation | Fault:
+    """A full nested translation: first stage, then stage 2 of the final GPA.
+
+    The result's ``output`` is the stage-2 memory offset of ``iova`` itself (not
+    of the page base) and ``reads`` counts every memory read of both stages.
+    """
+    t = walk_first_stage(s2, iova, access, **first_stage)  # type: ignore[arg-type]
+    if t.__class__ is Fault:
+        return t
+    gpa = t.output + (iova - t.iova)
+    got = s2.fetch(gpa, bool(access & W))
+    if got.__class__ is Fault:
+        return got.with_(iova=iova, access=access, reads=t.reads + got.reads)
+    _mem, off, n2 = got
+    t.reads += n2
+    t.output = off
+    return t

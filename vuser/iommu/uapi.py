@@ -1,0 +1,255 @@
+"""iommufd uAPI constants, data layouts and result values (iommu-notes.md §1).
+
+Names and values follow ``include/uapi/linux/iommufd.h``. Data blobs that the
+kernel takes as structs (VTD_S1 HWPT data, VTD_S1 invalidation entries) are
+declared with ``vuser.wire.Struct`` so that callers may pass either the raw
+bytes or a plain dict of the same fields; results are dataclasses of ints with
+``to_dict()`` for msgpack.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vuser.wire import Pad, Struct, u32, u64
+
+U64_MAX = (1 << 64) - 1
+PAGE_SIZE = 4096
+#: IOMMU_NO_PASID is 0 in the kernel; the model spells "no PASID" as None.
+NO_PASID = None
+#: ``iotlb_invalidate(pasid=ALL_PASIDS)``: every PASID and the RID.
+ALL_PASIDS = -1
+
+
+class IoasMapFlags(enum.IntFlag):
+    """IOMMU_IOAS_MAP_* (also used by IOAS_COPY)."""
+
+    FIXED_IOVA = 1
+    WRITEABLE = 2
+    READABLE = 4
+
+
+class HwptAllocFlags(enum.IntFlag):
+    """IOMMU_HWPT_ALLOC_*."""
+
+    NEST_PARENT = 1
+    DIRTY_TRACKING = 2
+    FAULT_ID_VALID = 4
+    PASID = 8
+
+
+class HwptDataType(enum.IntEnum):
+    """enum iommu_hwpt_data_type."""
+
+    NONE = 0
+    VTD_S1 = 1
+    ARM_SMMUV3 = 2
+    AMD_GUEST = 3
+
+
+class VtdS1Flags(enum.IntFlag):
+    """IOMMU_VTD_S1_* (struct iommu_hwpt_vtd_s1.flags)."""
+
+    SRE = 1
+    EAFE = 2
+    WPE = 4
+
+
+class HwptInvalidateDataType(enum.IntEnum):
+    """enum iommu_hwpt_invalidate_data_type."""
+
+    VTD_S1 = 0
+    ARM_SMMUV3 = 1
+
+
+#: IOMMU_VTD_INV_FLAGS_LEAF
+VTD_INV_FLAGS_LEAF = 1
+
+
+class HwInfoType(enum.IntEnum):
+    """enum iommu_hw_info_type."""
+
+    NONE = 0
+    INTEL_VTD = 1
+    ARM_SMMUV3 = 2
+
+
+class HwCapabilities(enum.IntFlag):
+    """enum iommufd_hw_capabilities."""
+
+    DIRTY_TRACKING = 1
+    PCI_PASID_EXEC = 2
+    PCI_PASID_PRIV = 4
+    NO_ATS = 8  # IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
+
+
+class DirtyBitmapFlags(enum.IntFlag):
+    """IOMMU_HWPT_GET_DIRTY_BITMAP_*."""
+
+    NO_CLEAR = 1
+
+
+class FaultFlags(enum.IntFlag):
+    """IOMMU_PGFAULT_FLAGS_*; LOST_EVENTS is the model's overflow mark.
+
+    LOST_EVENTS borrows the vEVENTQ header flag of the same name: it is set on
+    the first record read after the queue dropped page requests.
+    """
+
+    PASID_VALID = 1
+    LAST_PAGE = 2
+    LOST_EVENTS = 1 << 31
+
+
+class FaultPerm(enum.IntFlag):
+    """IOMMU_PGFAULT_PERM_* (same values as ``pagetable.Access``)."""
+
+    READ = 1
+    WRITE = 2
+    EXEC = 4
+    PRIV = 8
+
+
+class PageResponseCode(enum.IntEnum):
+    """enum iommufd_page_response_code."""
+
+    SUCCESS = 0
+    INVALID = 1
+
+
+class ViommuType(enum.IntEnum):
+    """IOMMU_VIOMMU_TYPE_*; DEFAULT is the core-managed (driverless) vIOMMU."""
+
+    DEFAULT = 0
+    ARM_SMMUV3 = 1
+    TEGRA241_CMDQV = 2
+
+
+class IommuHwptVtdS1(Struct, size=24):
+    """struct iommu_hwpt_vtd_s1 (IOMMU_HWPT_DATA_VTD_S1)."""
+
+    flags: u64
+    pgtbl_addr: u64
+    addr_width: u32
+    _reserved: Pad(4)
+
+
+class IommuHwptVtdS1Invalidate(Struct, size=24):
+    """struct iommu_hwpt_vtd_s1_invalidate (one HWPT_INVALIDATE entry)."""
+
+    addr: u64
+    npages: u64
+    flags: u32
+    reserved: u32
+
+
+def struct_from(cls: type[Struct], value: Any) -> Struct:
+    """Accept a wire ``Struct``, its raw bytes or a dict of its fields.
+
+    Raises ``ValueError`` (short bytes, unknown field) or ``TypeError``.
+    """
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        if len(value) != cls.SIZE:
+            raise ValueError(f"{cls.__name__} is {cls.SIZE} bytes, got {len(value)}")
+        return cls.unpack(value)
+    if isinstance(value, dict):
+        unknown = set(value) - set(cls.fields())
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
+        obj = cls(**value)
+        obj.pack()  # range-checks every field
+        return obj
+    raise TypeError(f"{cls.__name__} data must be bytes or a dict, not {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class IovaRange:
+    """One inclusive usable IOVA range (struct iommu_iova_range)."""
+
+    start: int
+    last: int
+
+
+@dataclass(frozen=True)
+class IovaRanges:
+    """IOMMU_IOAS_IOVA_RANGES result."""
+
+    ranges: list[IovaRange]
+    alignment: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ranges": [[r.start, r.last] for r in self.ranges], "alignment": self.alignment}
+
+
+@dataclass(frozen=True)
+class HwInfo:
+    """IOMMU_GET_HW_INFO result: VT-d data is ``{flags, cap_reg, ecap_reg}``."""
+
+    data_type: int
+    data: dict[str, int]
+    capabilities: int
+    max_pasid_log2: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FaultRecord:
+    """struct iommu_hwpt_pgfault, plus the device label (stream id)."""
+
+    flags: int
+    dev_id: int
+    label: int
+    pasid: int
+    grpid: int
+    perm: int
+    addr: int
+    length: int
+    cookie: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FaultQueueStatus:
+    """Counters of a fault queue (model extension, for inspection)."""
+
+    depth: int
+    queued: int
+    pending_groups: int
+    lost_events: int
+    delivered: int
+    responded: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class Stats:
+    """DMA-path counters of one context (``IoasidContext.stats()``)."""
+
+    translations: int = 0
+    hits: int = 0
+    misses: int = 0
+    walks: int = 0
+    faults: int = 0
+    invalidations: int = 0
+    invalidated_entries: int = 0
+    evictions: int = 0
+    memory_reads: int = 0
+    memory_writes: int = 0
+    devtlb_invalidations: int = 0
+    page_requests: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, int]:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
