@@ -18,6 +18,7 @@ from vuser.devices.sample import SampleStatus, pattern
 from vuser.errors import RemoteProtocolError, UserError
 from vuser.pci.caps import walk_extended, walk_standard
 from vuser.pci.caps_ext import PasidCap
+from vuser.pci.caps_std import DevCap2
 from vuser.pci.config import Command, Status
 from vuser.pci.irq import IrqIndex
 from vuser.protocol.backend import (
@@ -129,6 +130,7 @@ def test_capabilities_as_documented(dev):
     assert cfg(dev, vsec + 8, 4) == 0x42
     pcie = std[2].offset
     assert cfg(dev, pcie + 2, 2) & 0xFF == 0x02       # version 2, endpoint
+    assert DevCap2.EE_PREFIX.get(cfg(dev, pcie + 0x24, 4))   # PASID needs the TLP prefix
     msix = std[1].offset
     assert cfg(dev, msix + 2, 2) & 0x7FF == 3          # 4 vectors
     assert cfg(dev, msix + 4, 4) == 4 and cfg(dev, msix + 8, 4) == 0x800 | 4
@@ -173,6 +175,49 @@ def test_bar2_is_shared_memory(dev):
         assert view[0x3FFC:0x4000] == b"\x01\x02\x03\x04"
     finally:
         view.close()
+
+
+def test_qemu_realize_and_reset_sequence(dev, eventfds):
+    """vfio-user-notes.md §3 #4-#7, replayed against the backend as QEMU 11 sends it."""
+    for index in range(6):
+        dev.region_info(index)
+    assert dev.region_info(7).size == 4096
+    assert dev.irq_info(IrqIndex.ERR).count == 1
+    config = dev.region_read(7, 0, 4096)
+    saved = dev.region_read(7, 0x30, 4)                # ROM sizing
+    dev.region_write(7, 0x30, (0xFFFF_F800).to_bytes(4, "little"))
+    assert dev.region_read(7, 0x30, 4) == bytes(4)
+    dev.region_write(7, 0x30, saved)
+    for bar in (0, 2, 4):
+        dev.region_read(7, 0x10 + 4 * bar, 4)
+    msix = walk_standard(config)[1].offset
+    dev.region_read(7, msix + 2, 2)
+    dev.region_read(7, msix + 4, 4)
+    dev.region_read(7, msix + 8, 4)
+    dev.irq_info(IrqIndex.MSIX)
+    intx, err = eventfds(2)
+    dev.set_irqs(IrqIndex.INTX, EVENTFD_TRIGGER, 0, 1, [intx], b"")
+    dev.set_irqs(IrqIndex.ERR, EVENTFD_TRIGGER, 0, 1, [err], b"")
+    # Machine reset: INTx off, command cleared, PM D0, DEVICE_RESET, INTx back, BARs zeroed.
+    dev.set_irqs(IrqIndex.INTX, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, [], b"")
+    assert not fd_is_open(intx)
+    cmd = cfg(dev, 0x04, 2)
+    cfg_wr(dev, 0x04, 2, cmd & ~0x0407)
+    pm = walk_standard(config)[0].offset
+    cfg_wr(dev, pm + 4, 2, 0)
+    dev.reset()
+    (intx2,) = eventfds(1)
+    dev.set_irqs(IrqIndex.INTX, EVENTFD_TRIGGER, 0, 1, [intx2], b"")
+    for bar in range(6):
+        cfg_wr(dev, 0x10 + 4 * bar, 4, 0)
+    assert dev.region_read(7, 0, 4096) == config       # back to what realize read
+    assert fd_is_open(err) and dev.irqs.active is IrqIndex.INTX
+    # MSI-X enable as QEMU does it: no-vector enable after INTx off, then per vector.
+    dev.set_irqs(IrqIndex.INTX, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0, [], b"")
+    dev.set_irqs(IrqIndex.MSIX, EVENTFD_TRIGGER, 0, 1, [], b"")
+    (vec,) = eventfds(1)
+    dev.set_irqs(IrqIndex.MSIX, EVENTFD_TRIGGER, 1, 1, [vec], b"")
+    assert dev.raise_irq(1) and efd_count(vec) == 1
 
 
 # -- registers -----------------------------------------------------------------

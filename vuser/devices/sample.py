@@ -102,7 +102,7 @@ class SampleDevice(PciDevice):
         self.add_bar(2, Bar.mem64(self.BAR2_SIZE, prefetchable=True), self.ram)
         self.add_capability(PowerManagement())
         self.add_msix(bar=4, vectors=self.MSIX_VECTORS, table_offset=0, pba_offset=0x800)
-        self.add_capability(PciExpress())
+        self.add_capability(PciExpress(ee_tlp_prefix=True))
         self.add_capability(VendorSpecific(self.label))
         self.add_capability(Pasid(width=20))
         self.add_capability(Ats())

@@ -156,8 +156,6 @@ class CapabilityChain:
         if offset is None:
             offset = max((c.offset + c.size() for c in chain), default=lo)  # type: ignore[operator]
             offset = (offset + 3) & ~3
-            if cap.EXTENDED and not chain:
-                offset = EXT_CAP_START
         if offset % 4 or offset < lo or offset + cap.size() > hi:
             raise LocalProtocolError(f"{cap.NAME} ({cap.size()} B) does not fit at {offset:#x}")
         if cap.EXTENDED and not chain and offset != EXT_CAP_START:

@@ -15,7 +15,7 @@ from .config import ConfigSpace
 __all__ = [
     "PowerManagement", "Msi", "MsiX", "PciExpress", "VendorSpecific",
     "PmLayout", "MsiLayout", "MsixLayout", "PcieLayout", "VendorLayout",
-    "Pmc", "Pmcsr", "MsiControl", "MsixControl", "MsixTableReg", "PcieFlags",
+    "Pmc", "Pmcsr", "MsiControl", "MsixControl", "MsixTableReg", "PcieFlags", "DevCap2",
 ]
 
 
@@ -245,6 +245,12 @@ class DevCtl(BitLayout, width=16):
     MRRS = Bits(12, 14)
 
 
+class DevCap2(BitLayout, width=32):
+    CTDS = Bits(4)              # Completion Timeout Disable Supported
+    EE_PREFIX = Bits(21)        # End-End TLP Prefix Supported
+    EE_PREFIX_MAX = Bits(22, 23)  # Max End-End TLP Prefixes (01b = 1)
+
+
 class Link(BitLayout, width=16):
     """Speed/width fields shared by Link Capabilities (low half) and Link Status."""
 
@@ -262,8 +268,10 @@ class PciExpress(Capability):
     NAME, ID, SPEC = "PCIe", 0x10, "PCIe Base 6.0 §7.5.3"
     Layout = PcieLayout
 
-    def __init__(self, port_type: int = PcieFlags.TYPE_ENDPOINT) -> None:
+    def __init__(self, port_type: int = PcieFlags.TYPE_ENDPOINT,
+                 ee_tlp_prefix: bool = False) -> None:
         self.port_type = port_type
+        self.ee_tlp_prefix = ee_tlp_prefix  # PASID travels in an End-End TLP Prefix
 
     def values(self) -> dict[str, int]:
         link = Link.pack(SPEED=1, LINK_WIDTH=1)
@@ -272,7 +280,8 @@ class PciExpress(Capability):
             "devcap": DevCap.pack(RBER=1),
             "devctl": DevCtl.pack(RELAXED=1, NOSNOOP=1, MRRS=2),
             "linkcap": link, "linksta": link,
-            "devcap2": 1 << 4,          # Completion Timeout Disable Supported
+            "devcap2": DevCap2.pack(CTDS=1, EE_PREFIX=int(self.ee_tlp_prefix),
+                                    EE_PREFIX_MAX=int(self.ee_tlp_prefix)),
             "linkcap2": 1 << 1,         # Supported Link Speeds: 2.5 GT/s
             "linkctl2": 1,              # Target Link Speed: 2.5 GT/s
         }
