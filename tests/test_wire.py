@@ -72,3 +72,9 @@ def test_bits_overlap_rejected():
         class Bad(BitLayout, width=8):
             A = Bits(0, 3)
             B = Bits(3)
+
+
+def test_bits_reserved_names_rejected():
+    with pytest.raises(TypeError, match="reserved"):
+        class Bad(BitLayout, width=16):
+            WIDTH = Bits(0, 3)

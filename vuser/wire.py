@@ -200,6 +200,9 @@ class BitLayout:
 
     def __init_subclass__(cls, width: int = 64, **kw: Any) -> None:
         super().__init_subclass__(**kw)
+        for name in ("WIDTH", "FIELDS"):
+            if isinstance(cls.__dict__.get(name), Bits):
+                raise TypeError(f"{cls.__name__}.{name}: name reserved by BitLayout")
         cls.WIDTH = width
         fields = dict(getattr(cls, "FIELDS", {}))
         for name, v in cls.__dict__.items():
