@@ -1,0 +1,176 @@
+"""``vuser serve``: serve devices over vfio-user UNIX sockets, one per device."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from vuser.errors import UserError
+
+HELP = "serve emulated PCIe devices on vfio-user sockets"
+DESCRIPTION = """\
+Serve emulated PCIe devices to vfio-user clients (QEMU's vfio-user-pci), one
+UNIX socket per device, all in this process.
+
+  vuser serve --socket /tmp/s.sock --device sample
+  vuser serve --device sample@/tmp/a.sock --device sample@/tmp/b.sock,label=2
+
+Options after the path (TYPE@PATH,key=value,...) go to the device as keyword
+strings. Once a device listens, one line "TYPE ready on PATH" is printed on
+stdout. -v traces every vfio-user message, -vv adds raw bytes. SIGINT or
+SIGTERM shuts down cleanly and removes the sockets.
+"""
+
+log = logging.getLogger(__name__)
+
+#: sun_path is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    type: str
+    path: str
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def configure(parser: Any) -> None:
+    parser.add_argument("--socket", metavar="PATH",
+                        help="socket of the single --device (which then takes no @PATH)")
+    parser.add_argument("--device", action="append", required=True,
+                        metavar="TYPE[@PATH][,key=value...]",
+                        help="a device to serve; repeat for several (each with its own @PATH)")
+
+
+def parse_device(text: str, socket_path: str | None) -> DeviceSpec:
+    """``TYPE[@PATH][,key=value...]``; ``UserError`` when malformed."""
+    head, *opts = text.split(",")
+    dtype, at, path = head.partition("@")
+    if not dtype:
+        raise UserError(f"--device {text!r}: no device type")
+    if at and socket_path is not None:
+        raise UserError(f"--device {text!r}: give the path either with --socket or after @")
+    path = path if at else (socket_path or "")
+    if not path:
+        raise UserError(f"--device {text!r}: no socket path (TYPE@PATH or --socket PATH)")
+    options: dict[str, str] = {}
+    for opt in opts:
+        key, eq, value = opt.partition("=")
+        if not key or not eq:
+            raise UserError(f"--device {text!r}: option {opt!r} is not key=value")
+        if key in options:
+            raise UserError(f"--device {text!r}: option {key!r} given twice")
+        options[key] = value
+    return DeviceSpec(dtype, path, options)
+
+
+def parse_specs(socket_path: str | None, devices: list[str]) -> list[DeviceSpec]:
+    if socket_path is not None and len(devices) != 1:
+        raise UserError("--socket goes with exactly one --device; use TYPE@PATH for several")
+    specs = [parse_device(d, socket_path) for d in devices]
+    seen: set[str] = set()
+    for s in specs:
+        real = os.path.abspath(s.path)
+        if real in seen:
+            raise UserError(f"socket {s.path} is given to two devices")
+        seen.add(real)
+    return specs
+
+
+def device_types() -> dict[str, type]:
+    from vuser.devices import DEVICE_TYPES
+    return DEVICE_TYPES
+
+
+def make_device(spec: DeviceSpec, types: dict[str, type]) -> Any:
+    cls = types.get(spec.type)
+    if cls is None:
+        raise UserError(f"unknown device type {spec.type!r} (known: {', '.join(sorted(types))})")
+    try:
+        return cls(**spec.options)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise UserError(f"device {spec.type}: {e}") from None
+
+
+def prepare_socket_path(path: str) -> None:
+    """Refuse a path we must not take; remove a stale socket left behind."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise UserError(f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UserError(f"socket directory {parent} does not exist")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UserError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # nobody listens: a stale socket from a previous run
+        return
+    except OSError as e:
+        raise UserError(f"cannot check socket {path}: {e.strerror or e}") from None
+    finally:
+        probe.close()
+    raise UserError(f"socket {path} is in use by another server")
+
+
+async def serve(specs: list[DeviceSpec], *, trace: int = 0,
+                types: dict[str, type] | None = None,
+                stop: asyncio.Event | None = None) -> int:
+    """Serve ``specs`` until SIGINT/SIGTERM (or ``stop`` is set)."""
+    from vuser.transport.server import DeviceServer
+
+    types = device_types() if types is None else types
+    devices = [make_device(s, types) for s in specs]
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    servers: list[DeviceServer] = []
+    try:
+        for spec, device in zip(specs, devices):
+            prepare_socket_path(spec.path)
+            server = DeviceServer(device, spec.path, name=f"{spec.type}@{spec.path}",
+                                  trace=trace)
+            try:
+                await server.start()
+            except OSError as e:
+                raise UserError(f"cannot listen on {spec.path}: {e.strerror or e}") from None
+            servers.append(server)
+            print(f"{spec.type} ready on {spec.path}", flush=True)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        for server in servers:
+            await server.close()
+        for device in devices:
+            close = getattr(device, "close", None)
+            if close is not None:
+                close()
+    return 0
+
+
+def run(args: Any) -> int:
+    specs = parse_specs(args.socket, args.device)
+    try:
+        return asyncio.run(serve(specs, trace=args.verbose))
+    except KeyboardInterrupt:  # a second ^C while shutting down
+        print("vuser: interrupted", file=sys.stderr)
+        return 130
