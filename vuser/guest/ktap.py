@@ -151,35 +151,37 @@ def parse(text: str | Iterable[str]) -> KtapDocument:
                            diagnostics=block.diags, output=block.output)
             if child is not None:
                 r.subtests, r.plan = child.results, child.plan
-                r.diagnostics = child.diags + r.diagnostics
-                r.output = child.output + r.output
+                r.diagnostics = r.diagnostics + child.diags
+                r.output = r.output + child.output
             block.results.append(r)
             block.diags, block.output = [], []
+            continue
+        version, plan, diag = _VERSION.match(body), _PLAN.match(body), _DIAG.match(body)
+        if not (version or plan or diag or _BAIL.match(body)):
+            garbage(line)
             continue
         # A KTAP line at a shallower level than open subtests without their
         # parent's result line: those ended early (a program died).
         _close_deeper(blocks, d + 1, unfinished=True)
         block = blocks[d]
-        if m := _VERSION.match(body):
+        if version:
             if d > 0 and not block.empty():
                 _close_deeper(blocks, d, unfinished=True)
                 blocks.append(_Block())
                 block = blocks[d]
             if block.version is None:
-                block.version = int(m.group(1))
+                block.version = int(version.group(1))
             else:
                 garbage(line)
-        elif m := _PLAN.match(body):
-            block.plan = int(m.group(2))
-        elif m := _DIAG.match(body):
-            if s := _SUBTEST.match(m.group(1)):
+        elif plan:
+            block.plan = int(plan.group(2))
+        elif diag:
+            if s := _SUBTEST.match(diag.group(1)):
                 block.name = s.group(1).strip()
             else:
-                block.diags.append(m.group(1))
-        elif _BAIL.match(body):
-            block.diags.append(body)
+                block.diags.append(diag.group(1))
         else:
-            garbage(line)
+            block.diags.append(body)  # Bail out!
     _close_deeper(blocks, 1, unfinished=True)
     top = blocks[0]
     doc.version, doc.plan, doc.results = top.version, top.plan, top.results

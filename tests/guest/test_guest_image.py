@@ -1,0 +1,157 @@
+"""vuser.guest.image, offline: the initramfs it writes, its cache key and cache checks.
+
+``vuser.debian.fetch`` is replaced by a fake package tree (a real one is
+downloaded by the guest boot tests); everything else is the real builder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+
+import pytest
+
+from guest_helpers import fake_debian_tree, need_gcc, read_newc
+from vuser.errors import UserError
+from vuser.guest import image, paths, programs
+from vuser.guest.image import build_image, load_recipe, status
+
+
+@pytest.fixture(scope="session")
+def built_programs(tmp_path_factory):
+    """The guest programs built once, to copy into each test's cache."""
+    need_gcc()
+    cache = tmp_path_factory.mktemp("programs")
+    programs.build_programs(cache=cache)
+    return cache / "programs"
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch, built_programs):
+    """A cache folder and a fake Debian tree that ``debian.fetch`` hands out."""
+    cache = tmp_path / "cache"
+    shutil.copytree(built_programs, cache / "programs", symlinks=True)
+    recipe = load_recipe()
+    tree = fake_debian_tree(cache / f"debian-{recipe.suite}", recipe)
+    calls = []
+
+    def fake_fetch(suite, packages, root, **kw):
+        calls.append((suite, list(packages), root))
+        assert root == cache / f"debian-{recipe.suite}"
+        return tree
+
+    monkeypatch.setattr(image.debian, "fetch", fake_fetch)
+    return cache, calls
+
+
+def entries(img):
+    return {e.name: e for e in read_newc(img.initrd.read_bytes())}
+
+
+def test_image_contents(offline):
+    cache, calls = offline
+    img = build_image(progress=False, cache=cache)
+    assert calls and calls[0][1] == ["linux-image-cloud-amd64", "busybox-static"]
+    assert img.kernel.read_bytes().startswith(b"MZ")
+    assert img.kernel_release == "6.1.0-99-cloud-amd64"
+    names = entries(img)
+    console = names["dev/console"]
+    assert stat.S_ISCHR(console.mode) and console.rdev == (5, 1)
+    assert names["init"].data == (paths.IMAGES / "init.sh").read_bytes()
+    assert names["init"].mode & 0o111
+    assert names["bin/busybox"].data.startswith(b"\x7fELF")
+    assert names["bin/sh"].data == b"busybox"
+    conf = names["etc/vuser/image.conf"].data.decode()
+    assert "VUSER_MODULES='uio uio_pci_generic'" in conf  # dependencies first
+    assert {"lib/modules/uio.ko", "lib/modules/uio_pci_generic.ko"} <= set(names)
+    assert "sbin/vuser-debug-exit" in names
+    for name, cases in img.tests.items():
+        assert names[f"tests/{name}"].data.startswith(b"\x7fELF") and cases
+    assert "enumerate" in img.tests and "find_device" in img.tests["enumerate"]
+    assert img.append.startswith("console=ttyS0")
+    assert f"vuser.tests={','.join(img.tests)}" in img.append.split()
+
+
+def test_selection_and_shell(offline):
+    cache, _ = offline
+    img = build_image(tests=["enumerate"], progress=False, cache=cache)
+    assert list(img.tests) == ["enumerate"] and "vuser.tests=enumerate" in img.append.split()
+    assert "vuser.shell=1" not in img.append
+    assert "vuser.shell=1" in build_image(tests=["enumerate"], progress=False, cache=cache,
+                                          shell=True).append.split()
+    with pytest.raises(UserError, match="no guest test nope; there are: .*enumerate"):
+        build_image(tests=["nope"], progress=False, cache=cache)
+    with pytest.raises(UserError, match="list of names"):
+        build_image(tests="enumerate", progress=False, cache=cache)
+
+
+def test_cached_image_is_reused_and_a_damaged_one_rebuilt(offline):
+    cache, _ = offline
+    first = build_image(progress=False, cache=cache)
+    stamp = first.initrd.stat().st_mtime_ns
+    again = build_image(progress=False, cache=cache)
+    assert again.key == first.key and again.initrd.stat().st_mtime_ns == stamp
+    first.initrd.write_bytes(first.initrd.read_bytes()[:-100])  # a truncated cache file
+    fixed = build_image(progress=False, cache=cache)
+    assert fixed.key == first.key and read_newc(fixed.initrd.read_bytes())
+    (fixed.initrd.parent / image.MANIFEST).write_text("{not json")
+    assert build_image(progress=False, cache=cache).initrd.is_file()
+
+
+def test_cache_key_follows_the_inputs(offline, tmp_path):
+    cache, _ = offline
+    src = tmp_path / "guest-tests"
+    shutil.copytree(paths.GUEST_TESTS, src)
+    recipe_dir = tmp_path / "images"
+    shutil.copytree(paths.IMAGES, recipe_dir)
+    base = build_image(progress=False, cache=cache, guest_tests=src, images=recipe_dir)
+
+    header = src / "lib" / "ktap.h"
+    header.write_text(header.read_text() + "\n/* changed */\n")
+    changed_lib = build_image(progress=False, cache=cache, guest_tests=src, images=recipe_dir)
+    assert changed_lib.key != base.key
+
+    init = recipe_dir / "init.sh"
+    init.write_text(init.read_text() + "\n# changed\n")
+    changed_init = build_image(progress=False, cache=cache, guest_tests=src, images=recipe_dir)
+    assert changed_init.key not in (base.key, changed_lib.key)
+    assert entries(changed_init)["init"].data.endswith(b"# changed\n")
+
+
+def test_source_digest_changes_with_any_source(tmp_path):
+    src = tmp_path / "guest-tests"
+    shutil.copytree(paths.GUEST_TESTS, src)
+    one = programs.source_digest(src, "gcc 12")
+    assert programs.source_digest(src, "gcc 13") != one
+    (src / "tools" / "debug-exit.c").write_text("int main(void) { return 0; }\n")
+    assert programs.source_digest(src, "gcc 12") != one
+
+
+def test_kernel_without_what_the_guest_needs(offline, monkeypatch):
+    cache, _ = offline
+    recipe = load_recipe()
+    config = next((cache / f"debian-{recipe.suite}" / "boot").glob("config-*"))
+    config.write_text(config.read_text().replace("CONFIG_HUGETLBFS=y\n", ""))
+    with pytest.raises(UserError, match="CONFIG_HUGETLBFS=n"):
+        build_image(progress=False, cache=cache)
+
+
+def test_bad_recipe(tmp_path):
+    (tmp_path / "guest.toml").write_text("[debian]\nsuite = 'bookworm'\n")
+    (tmp_path / "init.sh").write_text("#!/bin/sh\n")
+    with pytest.raises(UserError, match="guest image recipe .*KeyError"):
+        load_recipe(tmp_path)
+    with pytest.raises(UserError, match="No such file"):
+        load_recipe(tmp_path / "missing")
+
+
+def test_status_before_and_after_a_build(offline):
+    cache, _ = offline
+    before = status(cache)
+    assert before["image"] is False and before["problem"]
+    assert before["kernel"] == "6.1.0-99-cloud-amd64"  # the fetched tree is there
+    build_image(progress=False, cache=cache)
+    after = status(cache)
+    assert after["image"] is True and after["tests_built"] is True and after["problem"] is None
+    assert after["tests"]["enumerate"] >= 1 and after["kernel"] == "6.1.0-99-cloud-amd64"
+    assert after["kernel_package"] == "linux-image-6.1.0-99-cloud-amd64 6.1.999-1"

@@ -1,0 +1,175 @@
+"""vuser.guest.pytest_plugin, without QEMU: the launcher is replaced by scripted
+guests, and an inner pytest run (pytester) collects and judges their consoles."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from guest_helpers import need_gcc
+from vuser.errors import UserError
+from vuser.guest import programs
+from vuser.qemu import find as qemu_find
+from vuser.qemu import launcher
+from vuser.qemu.launcher import GuestResult
+
+pytest_plugins = ["pytester"]
+
+MANIFEST = """
+[enumerate]
+devices = ["sample"]
+timeout = 50
+
+[environment]
+devices = []
+"""
+CONFTEST = "from vuser.guest.pytest_plugin import pytest_collect_file  # noqa: F401\n"
+
+
+@pytest.fixture(scope="session")
+def cases(tmp_path_factory):
+    """The guest programs built once: program -> declared cases, and the cache holding them."""
+    need_gcc()
+    cache = tmp_path_factory.mktemp("cache")
+    progs = programs.build_programs(cache=cache / "guest")
+    return {n: list(p.cases) for n, p in progs.tests.items()}, cache
+
+
+def run(pytester, *args: str):
+    """An inner pytest run, without the plugins that only slow it down."""
+    return pytester.runpytest("-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", *args)
+
+
+def ktap(program: str, lines: list[str], result: str | None) -> str:
+    body = ["    KTAP version 1", f"    # Subtest: {program}", f"    1..{len(lines)}"]
+    body += [f"    {ln}" for ln in lines]
+    return "\n".join(["KTAP version 1", "1..1", *body] + ([result] if result else [])) + "\n"
+
+
+@pytest.fixture
+def guest(pytester, monkeypatch, cases):
+    """Script what each program's guest prints; returns (set_script, launches)."""
+    declared, cache = cases
+    monkeypatch.setenv("VUSER_CACHE", str(pytester.path / "cache"))
+    shutil.copytree(cache, pytester.path / "cache")
+    pytester.makeconftest(CONFTEST)
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+                     "markers =\n    guest: boots a guest\n")
+    (pytester.path / "guest_tests.toml").write_text(MANIFEST)
+    scripts: dict[str, GuestResult | Exception] = {}
+    launches = []
+    monkeypatch.setattr(qemu_find, "find_qemu", lambda **kw: "fake-qemu")
+
+    def fake_launch(image, devices, timeout, qemu):
+        (program,) = image.tests
+        launches.append((program, devices, timeout, image.append))
+        what = scripts[program]
+        if isinstance(what, Exception):
+            raise what
+        return what
+
+    monkeypatch.setattr(launcher, "launch", fake_launch)
+    monkeypatch.setattr("vuser.guest.image.build_image", lambda tests, progress: _Image(tests))
+
+    class _Image:
+        def __init__(self, tests):
+            self.tests = {t: declared[t] for t in tests}
+            self.append = f"console=ttyS0 vuser.tests={','.join(tests)}"
+
+    def all_ok(program: str) -> GuestResult:
+        lines = [f"ok {i} {c}" for i, c in enumerate(declared[program], 1)]
+        return GuestResult(exit_status=0, console=ktap(program, lines, f"ok 1 {program}"))
+
+    return scripts, launches, declared, all_ok
+
+
+def test_every_declared_case_is_an_item_and_passes(guest, pytester):
+    scripts, launches, declared, all_ok = guest
+    scripts.update(enumerate=all_ok("enumerate"), environment=all_ok("environment"))
+    res = run(pytester)
+    total = sum(len(c) + 1 for c in declared.values())  # + guest_exit per program
+    res.assert_outcomes(passed=total)
+    # One boot per program, with the manifest's devices and timeout.
+    assert sorted(launches) == sorted([
+        ("enumerate", ["sample"], 50.0, "console=ttyS0 vuser.tests=enumerate"),
+        ("environment", [], 300.0, "console=ttyS0 vuser.tests=environment")])
+    collected = run(pytester, "--collect-only", "-m", "guest").stdout.str()
+    assert "guest_tests.toml::enumerate::find_device" in collected
+
+
+def test_fail_skip_unreported_and_dead_guest(guest, pytester):
+    scripts, _, declared, all_ok = guest
+    first = declared["enumerate"][:3]
+    lines = [f"ok 1 {first[0]}", "# STATUS 0x4", f"not ok 2 {first[1]}",
+             f"ok 3 {first[2]} # SKIP no uio device"]
+    console = ktap("enumerate", lines, None) + "[   9.1] Kernel panic - not syncing: oops\n"
+    scripts["enumerate"] = GuestResult(
+        exit_status=None, console=console,
+        error="the guest stopped without writing isa-debug-exit (reboot, power-off or panic)")
+    scripts["environment"] = all_ok("environment")
+    res = run(pytester, "-k", "enumerate", "-rs")
+    never = len(declared["enumerate"]) - 3
+    res.assert_outcomes(passed=1, failed=1 + never + 1, skipped=1)
+    out = res.stdout.str()
+    assert f"not ok 2 {first[1]}" in out and "# STATUS 0x4" in out
+    assert "guest: no uio device" in out
+    assert f"case {declared['enumerate'][3]} was declared but never reported" in out
+    assert "Kernel panic - not syncing" in out  # the console tail
+    assert "the guest did not end cleanly" in out
+
+
+def test_exit_status_must_agree_with_results(guest, pytester):
+    scripts, _, declared, all_ok = guest
+    r = all_ok("environment")
+    r.exit_status = 1
+    scripts["environment"] = r
+    res = run(pytester, "-k", "environment")
+    res.assert_outcomes(passed=len(declared["environment"]), failed=1)
+    assert "exit status 1 disagrees" in res.stdout.str()
+
+
+def test_program_that_crashed_after_its_cases(guest, pytester):
+    scripts, _, declared, _ = guest
+    lines = [f"ok {i} {c}" for i, c in enumerate(declared["environment"], 1)]
+    scripts["environment"] = GuestResult(
+        exit_status=1, console=ktap("environment", lines, "not ok 1 environment # exit status 139"))
+    res = run(pytester, "-k", "environment")
+    res.assert_outcomes(passed=len(declared["environment"]), failed=1)
+    assert "every case passed but the program failed: exit status 139" in res.stdout.str()
+
+
+def test_no_qemu_skips_with_the_reason(guest, pytester, monkeypatch):
+    def no_qemu(**kw):
+        raise UserError("no qemu-system-x86_64 in PATH and $VUSER_NO_PROVISION is set")
+
+    monkeypatch.setattr(qemu_find, "find_qemu", no_qemu)
+    res = run(pytester, "-rs", "-k", "environment")
+    res.assert_outcomes(skipped=len(guest[2]["environment"]) + 1)
+    assert "prerequisite missing: no QEMU with vfio-user-pci" in res.stdout.str()
+
+
+def test_launch_failure_fails_every_item(guest, pytester):
+    scripts, _, declared, _ = guest
+    scripts["environment"] = UserError("the vuser server exited with 1 before its sockets were ready")
+    res = run(pytester, "-k", "environment")
+    res.assert_outcomes(failed=len(declared["environment"]) + 1)
+    assert "the guest could not be started: the vuser server exited" in res.stdout.str()
+
+
+def test_manifest_and_programs_must_match(guest, pytester):
+    (pytester.path / "guest_tests.toml").write_text('[enumerate]\n[ghost]\ndevices = []\n')
+    res = run(pytester, "--collect-only")
+    out = res.stdout.str()
+    assert "guest_tests.toml::environment" in out and "guest_tests.toml::ghost" in out
+    res = run(pytester, "-k", "ghost or environment and not exit")
+    out = res.stdout.str()
+    assert "guest test environment is not in guest_tests.toml" in out
+    assert "lists [ghost] but there is no guest-tests/ghost.c" in out
+
+
+def test_bad_manifest_is_a_collection_error(guest, pytester):
+    (pytester.path / "guest_tests.toml").write_text('[enumerate]\ndevices = "sample"\n')
+    res = run(pytester)
+    assert res.ret != 0
+    assert "devices must be a list of device types" in res.stdout.str()
