@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test run clean help
+.PHONY: setup provision test run clean help
 
 help:
 	@echo "make run    provision what is missing and run the demo"
 	@echo "make test   provision what is missing and run the whole test suite"
 	@echo "make setup  create $(VENV) with vuser (editable) and its test dependencies"
+	@echo "make provision  QEMU with vfio-user-pci and the guest image, into the cache (idempotent)"
 
 setup: $(STAMP)
 
@@ -19,11 +20,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-test: setup
+# QEMU (system or Debian's, unpacked into ~/.cache/vuser) and the guest image;
+# quiet and network-free when both are cached.
+provision: setup
+	$(BIN)/vuser provision --quiet
+
+test: setup provision
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-run: setup
-	$(BIN)/vuser serve --device sample@/tmp/vuser-sample.sock
+run: setup provision
+	$(BIN)/vuser run
 
 clean:
 	rm -rf $(VENV) build *.egg-info

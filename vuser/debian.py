@@ -488,21 +488,23 @@ class _Progress:
 
 def fetch(suite: str, packages: Sequence[str], root: Path, *, cache: Path | None = None,
           recommends: bool = False, exclude: Sequence[str] = (), show_progress: bool = True,
-          sources: Sequence[AptSource] | None = None, signed_by: Sequence[str] | None = None) -> Tree:
+          sources: Sequence[AptSource] | None = None, signed_by: Sequence[str] | None = None,
+          reextract: bool = False) -> Tree:
     """Make ``root`` hold ``packages`` of ``suite`` and their dependency closure, extracted.
 
     Idempotent: an intact tree for the same request is returned at once, with no
     network access. ``exclude`` drops packages from the closure (by name).
-    ``sources`` replaces the host's apt sources, ``signed_by`` the keyrings that
-    verify the suite (both for tests).
+    ``reextract`` extracts again even if the files look intact (the caller found
+    the content broken). ``sources`` replaces the host's apt sources,
+    ``signed_by`` the keyrings that verify the suite (both for tests).
     """
     request = sorted(packages) + [f"-{x}" for x in sorted(exclude)]
     tree = Tree.load(root)
     if tree and tree.suite == suite and tree.request == request:
-        problems = tree.problems()
+        problems = tree.problems() or (["content rejected by the caller"] if reextract else [])
         if not problems:
             return tree
-        log.warning("%s: %d damaged file(s) (%s); extracting again", root, len(problems), problems[0])
+        log.debug("%s: %d damaged file(s) (%s); extracting again", root, len(problems), problems[0])
         if show_progress:
             _Progress(True).note(f"[yellow]cache damaged ({problems[0]}); re-extracting {root}")
     cache = cache or cache_root()
@@ -546,7 +548,7 @@ def _repo(suite: str, cache: Path, sources: Sequence[AptSource] | None,
     except UserError as e:
         if "NO_PUBKEY" not in str(e) or not codename or codename == suite:
             raise
-        log.info("%s: %s; fetching debian-archive-keyring from %s", suite, e, codename)
+        log.debug("%s: %s; fetching debian-archive-keyring from %s", suite, e, codename)
     keyrings = archive_keyrings(codename, cache, source, prog)
     repo = AptRepo(suite, cache / "debian" / suite / "apt", source, signed_by=keyrings)
     repo.update()

@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--timeout must be positive, not {args.timeout}")
     devices = args.device or list(DEFAULT_DEVICES)
 
+    qemu = find_qemu(show_progress=True)  # first: its problems are found without a build
     image = build_image(tests=args.test, progress=True, shell=args.shell)
-    qemu = find_qemu(show_progress=True)
     verbose = getattr(args, "verbose", 0) > 0
     print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} ({qemu.source}), "
           f"{args.accel}, devices: {', '.join(devices)}", file=sys.stderr)

@@ -119,7 +119,7 @@ def find_qemu(*, provision: bool = True, show_progress: bool = True,
         try:
             return probe([system], "system", Path(system))
         except UserError as e:
-            log.info("system QEMU unusable: %s", e)
+            log.debug("system QEMU unusable: %s", e)
             reasons.append(str(e))
     else:
         reasons.append("no qemu-system-x86_64 in PATH")

@@ -368,7 +368,7 @@ class _Run:
                 qmp.call(self.workdir / "qmp.sock", "quit", timeout=2.0)
                 self.qemu.wait(STOP_WAIT_S)
             except (qmp.QmpError, subprocess.TimeoutExpired) as e:
-                log.info("QMP quit did not stop QEMU: %s", e)
+                log.debug("QMP quit did not stop QEMU: %s", e)
         if self.qemu is not None:
             if _alive(self.qemu):
                 _stop_group(self.qemu)
@@ -410,7 +410,7 @@ def _guest_state(qmp_path: Path) -> str | None:
         status = qmp.call(qmp_path, "query-status", timeout=2.0)[0]
         return str(status.get("status")) if isinstance(status, dict) else None
     except qmp.QmpError as e:
-        log.info("query-status failed: %s", e)
+        log.debug("query-status failed: %s", e)
         return None
 
 

@@ -17,7 +17,6 @@ is left out.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from vuser import debian
@@ -71,21 +70,18 @@ def provision_qemu(cache: Path | None = None, *, show_progress: bool = True) -> 
     """Unpack (or reuse) the runtime and check it with ``-device vfio-user-pci,help``.
 
     Idempotent: an intact runtime costs three quick QEMU probes. A runtime that
-    passes the file check but fails the probe (garbled content) is removed and
-    unpacked once more from the cached packages.
+    passes the file check but fails the probe (garbled content) is unpacked once
+    more from the cached packages, without network access.
     """
     root = runtime_root(cache)
     for attempt in (1, 2):
         tree = debian.fetch(SUITE, PACKAGES, root, cache=cache, exclude=EXCLUDE,
-                            show_progress=show_progress)
+                            show_progress=show_progress, reextract=attempt == 2)
         try:
-            qemu = probe(runtime_argv(tree.root), "provisioned",
+            return probe(runtime_argv(tree.root), "provisioned",
                          tree.root / "usr/bin/qemu-system-x86_64")
         except UserError as e:
             if attempt == 2:
                 raise UserError(f"provisioned QEMU in {root} does not work: {e}") from None
             log.warning("provisioned QEMU broken (%s); unpacking again", e)
-            shutil.rmtree(root, ignore_errors=True)
-            continue
-        return qemu
     raise AssertionError("unreachable")
