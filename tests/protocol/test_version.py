@@ -152,3 +152,10 @@ def test_capabilities_default_to_the_spec_when_absent():
             caps.write_multiple) == (1, 1 << 20, 65535, 4096, False)
     with pytest.raises(RemoteProtocolError):
         Capabilities.from_json({"capabilities": {"max_dma_maps": -1}})
+
+
+def test_version_with_no_reply_is_rejected_silently():
+    pair = Pair(negotiate=False)
+    raw = message(Command.VERSION, Version(0, 0, QEMU_CAPS).encode(), flags=0x10)
+    assert pair.raw(raw) == []
+    assert pair.server.state is ConnState.AWAIT_VERSION

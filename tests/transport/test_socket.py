@@ -11,8 +11,7 @@ import struct
 import pytest
 
 from proto_helpers import (
-    REG_DMA_ADDR, REG_DMA_LEN, REG_DMA_READ, REG_DMA_SEED, REG_DONE, REG_DOORBELL, REG_ERRNO,
-    REG_SCRATCH, fill, message, open_fds,
+    REG_DMA_ADDR, REG_DMA_READ, REG_DONE, REG_DOORBELL, REG_SCRATCH, fill, message, open_fds,
 )
 from vuser.protocol.caps import Capabilities
 from vuser.protocol.consts import Command

@@ -217,6 +217,8 @@ class Connection:
         negotiates = command is Command.VERSION
         if negotiates and not can(self.role, self.state, Trigger.RECV_VERSION):
             return self._reject(hdr, fds, errno.EINVAL, f"VERSION in state {self.state.value}")
+        if negotiates and hdr.flags & VFIO_USER_F_NO_REPLY:
+            return self._reject(hdr, fds, errno.EINVAL, "VERSION without a reply negotiates nothing")
         if not negotiates and self.state is not ConnState.READY:
             return self._reject(hdr, fds, errno.EINVAL,
                                 f"{command.name} before VERSION negotiation")

@@ -23,7 +23,6 @@ import socket
 import stat
 from typing import Any
 
-from vuser.errors import LocalProtocolError
 from vuser.protocol.backend import DmaError, ServerBackend
 from vuser.protocol.caps import Capabilities
 from vuser.protocol.connection import Connection, close_fds
@@ -155,8 +154,8 @@ class _Session:
                 reply = self.core.handle(event)
                 if reply is not None:
                     self.channel.send(reply)
-        except LocalProtocolError:
-            log.exception("%s: internal protocol error; dropping the client", self.server.name)
+        except Exception:  # LocalProtocolError or worse: our bug, not the client's
+            log.exception("%s: internal error; dropping the client", self.server.name)
             self.end("internal error")
 
     def end(self, why: str) -> None:
