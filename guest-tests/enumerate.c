@@ -298,10 +298,12 @@ static enum vt_result dma_completion(void)
 }
 
 /*
- * uio_pci_generic: read() returns the interrupt count. Its handler masks INTx
- * (Command.INTX_DISABLE) when Status.INTERRUPT is set; it has no irqcontrol
- * in Debian 12's kernel, so INTx is unmasked through the config file, as DPDK
- * does.
+ * INTx through uio_pci_generic (docs/sample-device.md "interrupts"): read()
+ * returns the interrupt count. The kernel's handler masks INTx
+ * (Command.INTX_DISABLE) when Status.INTERRUPT is set; the driver then acks
+ * the device (STATUS = DONE | ERROR, RW1C, which lowers INTx) and unmasks.
+ * Debian 12's uio_pci_generic has no irqcontrol, so unmasking goes through
+ * the config file, as DPDK does.
  */
 static int intx_unmask(void)
 {
@@ -320,9 +322,13 @@ static enum vt_result intx_interrupt(void)
 
 	vt_require("uio_bind");
 	vt_require("dma_to_guest");
+	wr(REG_STATUS, STATUS_DONE | STATUS_ERROR);
+	status = rd(REG_STATUS);
+	VT_CHECK(!(status & (STATUS_DONE | STATUS_ERROR)),
+		 "STATUS %#x after writing DONE|ERROR (RW1C)", status);
 	pfd.fd = uio_fd;
 	pfd.events = POLLIN;
-	while (poll(&pfd, 1, 0) == 1) /* events from the earlier DMA */
+	while (poll(&pfd, 1, 0) == 1) /* events of the earlier DMAs */
 		VT_CHECK(read(uio_fd, &count, 4) == 4, "read uio: %s", strerror(errno));
 	VT_CHECK(!intx_unmask(), "clear INTX_DISABLE in PCI_COMMAND");
 	VT_CHECK(!run_dma(buf.pa, 64, 0, &status), "DMA did not finish");
@@ -331,6 +337,8 @@ static enum vt_result intx_interrupt(void)
 		 DMA_TIMEOUT_S, status);
 	VT_CHECK(read(uio_fd, &count, 4) == 4, "read uio: %s", strerror(errno));
 	ktap_diag("INTx event count %u", count);
+	wr(REG_STATUS, STATUS_DONE | STATUS_ERROR);
+	VT_CHECK(!intx_unmask(), "clear INTX_DISABLE in PCI_COMMAND");
 	return VT_PASS;
 }
 
