@@ -3,6 +3,7 @@ device DMA lands in client memory, disconnects lose nothing and leak nothing."""
 
 import asyncio
 import errno
+import fcntl
 import mmap
 import os
 import socket
@@ -58,8 +59,11 @@ async def test_memfd_dma_and_msix_eventfd(served):
         assert (await c.device_info()).num_regions == 9
         await c.dma_map(0x4000_0000, 2 * MiB, fd=memfd)
         await c.set_irq_eventfds(2, efds)
-        # The server got its own copies: the backend's fds are not ours.
+        # The server got its own copies (not ours), close-on-exec so that they
+        # never leak into a process vuser starts.
         assert set(backend.irq_fds.values()).isdisjoint(efds)
+        assert all(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+                   for fd in backend.irq_fds.values())
         await start_dma(c, 0x4000_0000 + 0x1000, 300, seed=7)
         assert await eventfd_fired(efds[0]) == 1
         assert os.pread(memfd, 300, 0x1000) == fill(7, 300)

@@ -141,7 +141,9 @@ class Channel:
 
     def _readable(self) -> None:
         try:
-            data, ancdata, msg_flags, _ = self.sock.recvmsg(RECV_SIZE, _CMSG_SPACE)
+            # CLOEXEC: received fds must not leak into processes we start.
+            data, ancdata, msg_flags, _ = self.sock.recvmsg(RECV_SIZE, _CMSG_SPACE,
+                                                            socket.MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:

@@ -144,9 +144,9 @@ class Client:
         if no_reply:
             self.channel.send(req)
             return None
+        self.channel.send(req)  # raises on misuse; the reply comes in a later callback
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._waiters[req.msg_id] = fut
-        self.channel.send(req)
         event = await asyncio.wait_for(fut, timeout)
         if isinstance(event, ErrorReply):
             raise VfioUserError(command, event.errno or errno.EIO)

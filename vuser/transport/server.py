@@ -186,9 +186,9 @@ class _Session:
         if self._ended or self.conn.state is not ConnState.READY:
             raise DmaError(errno.ENOTCONN, addr, n, "no negotiated client")
         req = self.conn.request(command, body)
+        self.channel.send(req)  # the reply comes in a later reader callback
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._waiters[req.msg_id] = fut
-        self.channel.send(req)
         event = await fut
         if isinstance(event, ErrorReply):
             raise DmaError(event.errno or errno.EIO, addr, n,
