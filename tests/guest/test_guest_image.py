@@ -155,3 +155,15 @@ def test_status_before_and_after_a_build(offline):
     assert after["image"] is True and after["tests_built"] is True and after["problem"] is None
     assert after["tests"]["enumerate"] >= 1 and after["kernel"] == "6.1.0-99-cloud-amd64"
     assert after["kernel_package"] == "linux-image-6.1.0-99-cloud-amd64 6.1.999-1"
+
+
+def test_damaged_programs_cache_is_rebuilt(tmp_path, built_programs):
+    cache = tmp_path / "cache"
+    shutil.copytree(built_programs, cache / "programs")
+    progs = programs.build_programs(cache=cache)
+    victim = progs.tests["enumerate"].path
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated: no longer a readable ELF
+    assert programs.cached_programs(cache=cache) is None
+    again = programs.build_programs(cache=cache)
+    assert again.tests["enumerate"].cases == progs.tests["enumerate"].cases
+    assert again.tests["enumerate"].path.stat().st_size > 200
