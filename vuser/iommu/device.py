@@ -214,6 +214,7 @@ class DeviceCommands:
         """
         pt = self._objects.get(pt_id)
         if isinstance(pt, (HwptPaging, HwptNested)):
+            try_attach(pt)
             return pt, False
         if not isinstance(pt, Ioas):
             raise fail(errno.EINVAL, f"object {pt_id} is a {pt.TYPE.value}, not an IOAS/HWPT")

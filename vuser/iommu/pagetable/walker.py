@@ -164,9 +164,8 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
         got = s2.fetch(path[i], True)
         if got.__class__ is Fault:
             return Fault(FaultReason.FS_BIT_UPDATE_FAILED, Stage.S2, path[i], access,
-                         iova, levels - i, s1_fetch=True, reads=reads + got.reads)
-        wmem, woff, n2 = got
-        reads += n2
+                         iova, levels - i, s1_fetch=True, reads=reads)
+        wmem, woff, _n2 = got  # the locked update reuses the fetch's stage-2 translation
         cur = _QWORD.unpack_from(wmem, woff)[0]
         _QWORD.pack_into(wmem, woff, cur | want)
         writes += 1
