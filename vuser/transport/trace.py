@@ -30,9 +30,12 @@ def summary(body: Any) -> str:
         return " ".join(f"{n}={_value(n, getattr(body, n))}" for n in body.fields()
                         if not n.startswith("_"))
     if dataclasses.is_dataclass(body):
-        return " ".join(_value(f.name, getattr(body, f.name)) if isinstance(
-            getattr(body, f.name), Struct) else f"{f.name}={_value(f.name, getattr(body, f.name))}"
-            for f in dataclasses.fields(body))
+        parts = []
+        for f in dataclasses.fields(body):
+            v = getattr(body, f.name)
+            if v is not None:
+                parts.append(summary(v) if isinstance(v, Struct) else f"{f.name}={_value(f.name, v)}")
+        return " ".join(parts)
     if isinstance(body, (tuple, list)):
         return "[" + ", ".join(summary(x) for x in body) + "]"
     return repr(body)
