@@ -34,6 +34,7 @@ once with these two tools and never hand-sliced:
 from __future__ import annotations
 
 import dataclasses
+import operator
 import struct
 from typing import Any, ClassVar, Self
 
@@ -96,6 +97,7 @@ class Struct:
     _codec: ClassVar[struct.Struct]
     _kinds: ClassVar[tuple[Any, ...]]
     _names: ClassVar[tuple[str, ...]]
+    _bytes_idx: ClassVar[tuple[int, ...]]
 
     def __init_subclass__(cls, size: int | None = None, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -113,6 +115,9 @@ class Struct:
             default = cls.__dict__.get(name, b"\0" * kind.n if isinstance(kind, Bytes) else 0)
             setattr(cls, name, dataclasses.field(default=default))
         cls._names, cls._kinds = tuple(names), tuple(kinds)
+        cls._bytes_idx = tuple(i for i, k in enumerate(kinds) if isinstance(k, Bytes))
+        getter = operator.attrgetter(*names) if names else (lambda _s: ())
+        cls._getter = staticmethod(getter if len(names) != 1 else (lambda s: (getter(s),)))
         cls._codec = struct.Struct("<" + "".join(k.code for k in kinds))
         cls.SIZE = cls._codec.size
         # Annotations of our own types would confuse dataclass: hand it plain ones.
@@ -122,21 +127,30 @@ class Struct:
             raise TypeError(f"{cls.__name__} is {cls.SIZE} bytes, the spec says {size}")
 
     def pack(self) -> bytes:
-        values = []
-        for name, kind in zip(self._names, self._kinds):
-            v = getattr(self, name)
-            if isinstance(kind, Pad):
-                v = b"\0" * kind.n
-            elif isinstance(kind, Bytes):
-                if len(v) > kind.n:
-                    raise ValueError(f"{type(self).__name__}.{name}: {len(v)} bytes > {kind.n}")
-            elif not isinstance(v, int) or not (
-                (0 <= v < 1 << kind.bits) if kind.code.isupper()
-                else (-(1 << (kind.bits - 1)) <= v < 1 << (kind.bits - 1))
-            ):
-                raise ValueError(f"{type(self).__name__}.{name}={v!r} does not fit {kind!r}")
-            values.append(v)
-        return self._codec.pack(*values)
+        values = self._getter(self)
+        if self._bytes_idx:
+            values = list(values)
+            for i in self._bytes_idx:
+                kind = self._kinds[i]
+                if isinstance(kind, Pad):
+                    values[i] = b""  # struct pads "Ns" with zeros
+                elif len(values[i]) > kind.n:
+                    raise ValueError(f"{type(self).__name__}.{self._names[i]}: "
+                                     f"{len(values[i])} bytes > {kind.n}")
+        try:
+            return self._codec.pack(*values)
+        except struct.error:
+            raise ValueError(self._explain(values)) from None
+
+    def _explain(self, values: Any) -> str:
+        for name, kind, v in zip(self._names, self._kinds, values):
+            if isinstance(kind, Bytes):
+                continue
+            lo, hi = (0, 1 << kind.bits) if kind.code.isupper() else \
+                (-(1 << (kind.bits - 1)), 1 << (kind.bits - 1))
+            if not isinstance(v, int) or not lo <= v < hi:
+                return f"{type(self).__name__}.{name}={v!r} does not fit {kind!r}"
+        return f"{type(self).__name__}: cannot pack {values!r}"
 
     @classmethod
     def unpack(cls, buf: bytes | bytearray | memoryview, offset: int = 0) -> Self:
