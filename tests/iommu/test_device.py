@@ -8,9 +8,8 @@ import pytest
 
 from iommu_helpers import P, PASID, NestedRig, Rig, expect_errno
 from vuser.iommu import Access, Fault, FaultReason, IoasidContext, IommuRegistry, Stage
-from vuser.iommu.uapi import HwptAllocFlags, HwptDataType
+from vuser.iommu.uapi import HwptAllocFlags
 
-NEST_PASID = int(HwptAllocFlags.NEST_PARENT | HwptAllocFlags.PASID)
 PASID_FLAG = int(HwptAllocFlags.PASID)
 
 

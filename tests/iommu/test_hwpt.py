@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from iommu_helpers import P, PASID, NestedRig, Rig, expect_errno
+from iommu_helpers import P, NestedRig, Rig, expect_errno
 from vuser.iommu import IoasidContext
 from vuser.iommu.uapi import (
     U64_MAX, HwCapabilities, HwInfoType, HwptAllocFlags, HwptDataType, IommuHwptVtdS1,

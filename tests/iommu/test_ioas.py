@@ -263,3 +263,17 @@ def test_lookups_find_every_area_among_many(rig: Rig) -> None:
         assert not isinstance(segs, Fault) and segs[0].gpa == (2 * i + 1) * P + 5
         hole = rig.ctx.translate(rig.dev_id, None, 2 * i * P, 1, Access.READ)
         assert isinstance(hole, Fault)
+
+
+def test_unmap_of_a_file_area_closes_its_mapping_even_with_a_warm_iotlb(rig: Rig) -> None:
+    fd = os.memfd_create("ram")
+    try:
+        os.ftruncate(fd, 4 * P)
+        iova = rig.ctx.ioas_map_file(rig.ioas, fd, 0, 4 * P)
+    finally:
+        os.close(fd)
+    mm = rig.ctx._ioas(rig.ioas).iopt.find(iova).pages._owner
+    rig.ctx.device_attach(rig.dev_id, rig.ioas)
+    assert rig.dev.read(None, iova, 4) == b"\0" * 4  # an IOTLB entry now views the mmap
+    assert rig.ctx.ioas_unmap(rig.ioas, iova, 4 * P) == 4 * P
+    assert mm.closed

@@ -50,6 +50,10 @@ class Segment(NamedTuple):
     mem: memoryview
 
 
+#: Builds a ``Segment`` without the Python-level ``__new__`` of named tuples.
+_new_tuple = tuple.__new__
+
+
 @dataclass(frozen=True)
 class AtsTranslation:
     """An ATS translation completion: one page and what it allows."""
@@ -123,13 +127,21 @@ class DmaCommands:
         end = iova + length
         if length <= 0 or iova < 0 or end > _ADDR_END:
             return self._translate_edge(dev_id, pasid, iova, length, access)
+        # The IOTLB probe is Iotlb.lookup, inlined: this is the warm path.
         tlb = self._iotlb
+        cache = tlb._map
+        probe = tlb._probe
         trace = self._trace
         segs: list[Segment] = []
         addr = iova
         while True:
-            e = tlb.lookup(dev_id, pasid, addr)
+            e = None
+            for shift, level in probe:
+                e = cache.get((dev_id, pasid, addr >> shift, level))
+                if e is not None:
+                    break
             if e is not None and (e.ok >> access) & 1:
+                cache.move_to_end(e.key)
                 stats.hits += 1
                 if trace is not None:
                     self._trace_translate(e, addr, Stage.IOTLB, True)
@@ -137,11 +149,12 @@ class DmaCommands:
                 e = self._miss(dev_id, pasid, addr, access)
                 if e.__class__ is Fault:
                     return e  # type: ignore[return-value]
+                probe = tlb._probe
             off = addr - e.iova
             n = e.size - off
             if n > end - addr:
                 n = end - addr
-            segs.append(Segment(addr, e.gpa + off, e.mem[off:off + n]))
+            segs.append(_new_tuple(Segment, (addr, e.gpa + off, e.mem[off:off + n])))
             if access & _W and e.s2.dirty_tracking:
                 e.s2.mark_dirty(e.gpa + off, n)
             addr += n

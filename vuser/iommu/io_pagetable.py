@@ -178,7 +178,11 @@ class IoPagetable:
         area.pages.pin()
 
     def remove_covering(self, iova: int, last: int) -> list[Area]:
-        """Remove the areas inside ``[iova, last]``; ENOENT if none or one sticks out."""
+        """Remove the areas inside ``[iova, last]``; ENOENT if none or one sticks out.
+
+        The removed areas' pages stay pinned: the caller flushes what caches
+        them, then calls ``unpin`` (as the kernel unmaps domains, then unpins).
+        """
         i, j = self._span(iova, last)
         if i == j:
             raise fail(errno.ENOENT, f"nothing mapped in [{iova:#x}, {last:#x}]")
@@ -187,15 +191,17 @@ class IoPagetable:
         removed = self._areas[i:j]
         del self._areas[i:j]
         del self._starts[i:j]
-        for a in removed:
-            a.pages.unpin()
         return removed
 
     def remove_all(self) -> list[Area]:
+        """Remove every area (pages still pinned, as for ``remove_covering``)."""
         removed, self._areas, self._starts = self._areas, [], []
-        for a in removed:
-            a.pages.unpin()
         return removed
+
+    @staticmethod
+    def unpin(areas: list[Area]) -> None:
+        for a in areas:
+            a.pages.unpin()
 
     def add_reserved(self, owner: object, ranges: list[tuple[int, int]]) -> None:
         self.check_reserve(ranges)

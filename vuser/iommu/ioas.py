@@ -40,7 +40,7 @@ class Ioas(IommufdObject):
         self.hwpts: list[HwptPaging] = []
 
     def release(self, ctx: Any) -> None:
-        self.iopt.remove_all()
+        self.iopt.unpin(self.iopt.remove_all())  # no HWPT left: nothing caches them
 
     def describe(self) -> dict[str, object]:
         d = super().describe()
@@ -160,10 +160,11 @@ class IoasCommands:
             removed = ioas.iopt.remove_all()
             if removed:
                 self._s2_unmapped(ioas, 0, U64_MAX)
-            return sum(a.length for a in removed)
-        last = check_range(iova, length)
-        removed = ioas.iopt.remove_covering(iova, last)
-        self._s2_unmapped(ioas, iova, last)
+        else:
+            last = check_range(iova, length)
+            removed = ioas.iopt.remove_covering(iova, last)
+            self._s2_unmapped(ioas, iova, last)
+        ioas.iopt.unpin(removed)  # after the flush: no cache still points at them
         return sum(a.length for a in removed)
 
     def ioas_copy(self, dst_ioas_id: int, src_ioas_id: int, src_iova: int, length: int,
