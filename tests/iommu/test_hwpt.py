@@ -211,3 +211,10 @@ def test_get_hw_info_reports_vtd_and_the_device_caps() -> None:
     assert ecap >> 40 & 1 and ecap >> 26 & 1 and (ecap >> 35) & 0x1F == 15  # PASID, NEST, PSS
     assert info.data["cap_reg"] >> 56 & 1  # FS1GP
     assert sorted(info.to_dict()) == ["capabilities", "data", "data_type", "max_pasid_log2"]
+
+
+def test_every_uapi_method_exists_and_is_documented() -> None:
+    for name in IoasidContext.UAPI_METHODS:
+        method = getattr(IoasidContext, name)
+        assert callable(method) and method.__doc__ and len(method.__doc__) > 20, name
+    assert len(set(IoasidContext.UAPI_METHODS)) == len(IoasidContext.UAPI_METHODS)

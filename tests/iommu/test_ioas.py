@@ -164,6 +164,16 @@ def test_copy_within_and_between_ioas_shares_the_pages(rig: Rig) -> None:
     assert rig.dev.read(None, between + P + 8, 6) == b"shared"
 
 
+def test_copy_needs_page_aligned_ranges(rig: Rig) -> None:
+    rig.map(4 * P, iova=0)
+    dst = rig.ctx.ioas_alloc()
+    expect_errno(errno.EINVAL, rig.ctx.ioas_copy, dst, rig.ioas, 8, P)
+    expect_errno(errno.EINVAL, rig.ctx.ioas_copy, dst, rig.ioas, 0, P + 8)
+    expect_errno(errno.EINVAL, rig.ctx.ioas_copy, dst, rig.ioas, 0, P, 8)
+    expect_errno(errno.EOPNOTSUPP, rig.ctx.ioas_copy, dst, rig.ioas, 0, P, None, 1 << 9)
+    assert rig.ctx.ioas_areas(dst) == []
+
+
 def test_copy_keeps_pages_pinned_after_source_unmap(rig: Rig) -> None:
     buf, src = rig.map(2 * P, iova=0)
     buf[:4] = b"keep"

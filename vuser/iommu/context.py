@@ -41,6 +41,22 @@ class IoasidContext(IoasCommands, HwptCommands, DeviceCommands, FaultCommands,
     trace events (``time.monotonic`` by default).
     """
 
+    #: The methods a control RPC may expose: plain arguments and results.
+    #: (``set_trace``, ``add_fault_observer`` and ``fault_set_notify`` take
+    #: callables and stay in-process.)
+    UAPI_METHODS = (
+        "destroy", "objects", "object_info",
+        "ioas_alloc", "ioas_map", "ioas_map_file", "ioas_unmap", "ioas_copy",
+        "ioas_iova_ranges", "ioas_allow_iovas", "ioas_areas",
+        "hwpt_alloc", "hwpt_invalidate", "hwpt_set_dirty_tracking", "hwpt_get_dirty_bitmap",
+        "get_hw_info", "fault_queue_alloc", "fault_read", "fault_respond", "fault_queue_status",
+        "viommu_alloc", "vdevice_alloc", "vdevice_lookup",
+        "device_bind", "device_attach", "device_replace", "device_detach", "device_unbind",
+        "device_lookup", "device_pasid_map", "device_ppasid", "device_info",
+        "translate", "read", "write", "ats_translate", "page_request",
+        "iotlb_invalidate", "iotlb_set_capacity", "stats", "stats_reset",
+    )
+
     def __init__(self, registry: IommuRegistry, *, iotlb_capacity: int = DEFAULT_IOTLB_CAPACITY,
                  clock: Callable[[], float] = default_clock) -> None:
         self.registry = registry

@@ -206,7 +206,8 @@ class DeviceCommands:
 
     def _resolve_pt(self, bd: BoundDevice, pasid: int | None, pt_id: int,
                     try_attach: Any) -> tuple[Hwpt, bool]:
-        """The HWPT for ``pt_id``: itself, or an automatic one for an IOAS.
+        """The HWPT for ``pt_id``, checked with ``try_attach``: the HWPT itself,
+        or an automatic one for an IOAS.
 
         Returns ``(hwpt, new)``; a new automatic HWPT is not committed yet.
         Existing automatic HWPTs are tried first; EINVAL means "incompatible,

@@ -403,6 +403,7 @@ class DmaCommands:
         return d
 
     def stats_reset(self) -> None:
+        """Zero every counter (the IOTLB keeps its entries)."""
         self._stats.__init__()  # type: ignore[misc]
         self._iotlb.evictions = 0
 

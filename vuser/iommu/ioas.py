@@ -180,6 +180,8 @@ class IoasCommands:
         src = self._ioas(src_ioas_id)
         prot, _fixed = _map_flags(flags, dst_iova)
         src_last = check_range(src_iova, length)
+        if src_iova % PAGE_SIZE or length % PAGE_SIZE:
+            raise fail(errno.EINVAL, "source range is not page aligned")
         pieces = src.iopt.check_covered(src_iova, src_last)
         if prot & WRITEABLE and not all(a.pages.writable for a, _f, _l in pieces):
             raise fail(errno.EPERM, "source pages are read-only")
