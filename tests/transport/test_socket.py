@@ -291,3 +291,35 @@ async def test_mmap_region_helper_requires_an_fd(served):
         mm = await c.map_region(2)
         assert isinstance(mm, mmap.mmap) and len(mm) == 16384
         mm.close()
+
+
+async def test_fds_stay_with_their_message_when_messages_arrive_together(served):
+    """An fd-less DMA_MAP and one with an fd, queued before the server reads:
+    the kernel would hand both messages and the fd to one recvmsg(); the fd
+    must still go to the second map (what QEMU does while it boots)."""
+    server, backend, path = served
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    memfd = os.memfd_create("ram")
+    os.ftruncate(memfd, 2 * 4096)
+    sock.sendall(message(Command.VERSION, Version().encode(), msg_id=1))
+    sock.sendall(message(Command.DMA_MAP, VfioUserDmaMap(
+        argsz=32, flags=3, addr=0x10000, size=4096).pack(), msg_id=2))
+    sock.sendmsg([message(Command.DMA_MAP, VfioUserDmaMap(
+        argsz=32, flags=3, offset=4096, addr=0x20000, size=4096).pack(), msg_id=3)],
+        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", memfd))])
+    os.close(memfd)
+    sock.setblocking(False)
+    replies, loop = b"", asyncio.get_running_loop()
+    while len(replies) < 16 or len(replies) < struct.unpack_from("<I", replies, 4)[0] + 32:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 4096), TIMEOUT)
+        assert chunk, "the server hung up"
+        replies += chunk
+    version_size = struct.unpack_from("<I", replies, 4)[0]
+    for at in (version_size, version_size + 16):
+        msg_id, _, size, flags, err = struct.unpack_from("<HHIII", replies, at)
+        assert not flags & 0x20, f"DMA_MAP {msg_id} failed with errno {err}"
+    maps = {m.addr: m for m in server.session.dma.mappings}
+    assert maps[0x10000].file is None and maps[0x20000].file is not None
+    sock.close()
+    await asyncio.wait_for(server.wait_idle(), TIMEOUT)

@@ -135,6 +135,24 @@ class Connection:
             self._fd_marks.append((self._base + len(self._buf), list(fds)))
         self._buf += data
 
+    def bytes_needed(self) -> int:
+        """How many bytes complete the message being received (at least 1).
+
+        A transport that passes fds should read no more than this at a time.
+        On a stream socket the kernel hands the fds of one sendmsg() together
+        with whatever bytes a recvmsg() gathers, including the tail of an
+        earlier message without fds; reading one message at a time is what
+        lets ``receive_data`` tie fds to the message that carried them.
+        """
+        if self._discard:
+            return self._discard
+        if len(self._buf) < HEADER_SIZE:
+            return HEADER_SIZE - len(self._buf)
+        size = Header.unpack(self._buf).size
+        if size < HEADER_SIZE or size > self.max_msg_size:
+            return 1  # next_event() rejects it without reading more
+        return max(size - len(self._buf), 1)
+
     def next_event(self) -> Event | NeedData:
         if self.state is ConnState.CLOSED:
             return ConnectionClosed()

@@ -3,6 +3,9 @@
 Plain asyncio streams drop SCM_RIGHTS fds, so the channel reads with
 ``recvmsg`` from a ``loop.add_reader`` callback and writes with ``sendmsg``,
 queuing what the socket does not take (fds go with the first byte only).
+It never reads past the end of the message being received: the kernel would
+glue an earlier fd-less message to the one that carries fds, and the fds could
+no longer be told apart (``Connection.bytes_needed``).
 Every complete message is handed to ``on_event`` from the reader callback, in
 order, before the next one is parsed: a server answers synchronous requests
 without ever awaiting, so requests are processed strictly in order and a
@@ -142,7 +145,8 @@ class Channel:
     def _readable(self) -> None:
         try:
             # CLOEXEC: received fds must not leak into processes we start.
-            data, ancdata, msg_flags, _ = self.sock.recvmsg(RECV_SIZE, _CMSG_SPACE,
+            want = min(self.conn.bytes_needed(), RECV_SIZE)
+            data, ancdata, msg_flags, _ = self.sock.recvmsg(want, _CMSG_SPACE,
                                                             socket.MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return
