@@ -95,6 +95,9 @@ class TraceEvent:
 
 TraceHook = Callable[[TraceEvent], None]
 FaultObserver = Callable[[Fault], None]
+#: ``hook(dev_id, pasid, iova, length, access)``: a ``Fault`` to report instead
+#: of translating, or None (see ``vuser.iommu.inject``).
+InjectHook = Callable[[int, "int | None", int, int, int], "Fault | None"]
 
 
 class DmaCommands:
@@ -106,6 +109,7 @@ class DmaCommands:
     _trace: TraceHook | None
     _fault_observers: list[FaultObserver]
     _clock: Callable[[], float]
+    _inject: InjectHook | None = None
 
     # -- translation ---------------------------------------------------------
     def translate(self, dev_id: int, pasid: int | None, iova: int, length: int,
@@ -127,6 +131,10 @@ class DmaCommands:
         end = iova + length
         if length <= 0 or iova < 0 or end > _ADDR_END:
             return self._translate_edge(dev_id, pasid, iova, length, access)
+        if self._inject is not None:
+            f = self._inject(dev_id, pasid, iova, length, access)
+            if f is not None:
+                return self._report(self._bound(dev_id), pasid, f)
         # The IOTLB probe is Iotlb.lookup, inlined: this is the warm path.
         tlb = self._iotlb
         cache = tlb._map
@@ -410,6 +418,10 @@ class DmaCommands:
     def set_trace(self, hook: TraceHook | None) -> None:
         """Install (or remove, with None) the trace hook; see ``TraceEvent``."""
         self._trace = hook
+
+    def set_inject(self, hook: InjectHook | None) -> None:
+        """Install (or remove, with None) the fault-injection hook; see ``inject``."""
+        self._inject = hook
 
     def add_fault_observer(self, cb: FaultObserver) -> None:
         """Call ``cb(fault)`` for every fault the DMA path returns."""

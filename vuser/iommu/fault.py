@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 DEFAULT_DEPTH = 256
 MAX_DEPTH = 1 << 19
 ResponseCallback = Callable[[int], None]
+#: ``observer(event)`` with a plain dict: ``event`` is "queued" (``records``),
+#: "refused" (no IOPF-capable HWPT: answered INVALID), "dropped" (overflow:
+#: answered SUCCESS) or "response" (``fault_id``, ``cookie``, ``code``).
+PageRequestObserver = Callable[[dict[str, Any]], None]
 
 
 @dataclass
@@ -106,6 +110,18 @@ class FaultCommands:
 
     _objects: ObjectTable
     _stats: Stats
+    _pr_observers: tuple[PageRequestObserver, ...] = ()
+
+    def add_page_request_observer(self, cb: PageRequestObserver) -> None:
+        """Model extension: call ``cb(event)`` for page requests and responses."""
+        self._pr_observers = (*self._pr_observers, cb)
+
+    def remove_page_request_observer(self, cb: PageRequestObserver) -> None:
+        self._pr_observers = tuple(o for o in self._pr_observers if o is not cb)
+
+    def _pr_event(self, event: dict[str, Any]) -> None:
+        for cb in self._pr_observers:
+            cb(event)
 
     def fault_queue_alloc(self, depth: int = DEFAULT_DEPTH) -> int:
         """IOMMU_FAULT_QUEUE_ALLOC: a queue of at most ``depth`` records (1..2^19)."""
@@ -138,6 +154,10 @@ class FaultCommands:
             raise fail(errno.EINVAL, f"no pending fault group with cookie {cookie!r}")
         q.responded += 1
         q.answer(group, int(code))
+        if self._pr_observers:
+            self._pr_event({"event": "response", "fault_id": fault_id, "cookie": cookie,
+                            "code": int(code), "label": group.bd.dev.label,
+                            "pasid": group.bd.vpasid(group.pasid), "grpid": group.grpid})
 
     def fault_queue_status(self, fault_id: int) -> FaultQueueStatus:
         """Model extension: depth, queued records, pending groups, lost events."""
@@ -168,6 +188,10 @@ class FaultCommands:
         q = hwpt.fault if hwpt is not None else None
         key = (bd.id, pasid, grpid)
         if q is None:
+            if self._pr_observers:
+                self._pr_event({"event": "refused", "label": bd.dev.label,
+                                "pasid": bd.vpasid(pasid), "addr": req.addr, "perm": perm,
+                                "grpid": grpid, "last": bool(last)})
             if req.on_response is not None:
                 req.on_response(PageResponseCode.INVALID)
             return False
@@ -178,6 +202,10 @@ class FaultCommands:
         if len(q.records) + len(requests) > q.depth:
             q.lost_events += len(requests)
             q._lost_mark = True
+            if self._pr_observers:
+                self._pr_event({"event": "dropped", "fault_id": q.id, "label": bd.dev.label,
+                                "pasid": bd.vpasid(pasid), "grpid": grpid,
+                                "records": len(requests)})
             if req.on_response is not None:
                 req.on_response(PageResponseCode.SUCCESS)
             return False
@@ -199,6 +227,9 @@ class FaultCommands:
                 addr=r.addr, length=4096, cookie=cookie))
         q.pending[cookie] = _Group(cookie, bd, pasid, grpid, requests)
         q.delivered += 1
+        if self._pr_observers:
+            self._pr_event({"event": "queued", "fault_id": q.id,
+                            "records": [r.to_dict() for r in list(q.records)[-len(requests):]]})
         if q.on_event is not None:
             q.on_event(q.id)
         return True
