@@ -143,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
     rows, all_ok = _summary(result.console)
     if rows:
         _print_summary(rows)
+    for line in result.qemu_log.splitlines():
+        if line.strip():
+            print(f"vuser: QEMU: {line.strip()}", file=sys.stderr)
     if result.error:
         if args.quiet or result.timed_out:
             tail = result.console_tail(15)

@@ -9,9 +9,9 @@ then SIGKILL) and the server's process group are stopped, and the private
 working directory with the sockets is removed.
 
 QEMU exits with ``(val << 1) | 1`` after the guest writes ``val`` to the
-isa-debug-exit port (``hw/misc/debugexit.c``). QEMU's own errors also exit 1, so
-an exit status of 1 with an error line on QEMU's stderr is a QEMU failure, not
-a guest that wrote 0.
+isa-debug-exit port (``hw/misc/debugexit.c``). QEMU's own start-up errors also
+exit 1, so an exit status of 1 with an error line on QEMU's stderr and nothing
+on the console is a QEMU failure, not a guest that wrote 0.
 """
 
 from __future__ import annotations
@@ -201,8 +201,9 @@ class _Run:
     # -- validate first
     def validate(self) -> tuple[Path, Path | None]:
         for dev in self.devices:
-            if not dev or "@" in dev or "/" in dev:
-                raise UserError(f"bad device type {dev!r} (give a type such as 'sample')")
+            dtype = dev.split(",", 1)[0]
+            if not dtype or "@" in dev or "/" in dtype:
+                raise UserError(f"bad device {dev!r} (give TYPE[,key=value...], such as 'sample')")
         if self.timeout <= 0:
             raise UserError(f"timeout must be > 0, not {self.timeout}")
         kernel = Path(self.image.kernel)
@@ -222,7 +223,8 @@ class _Run:
         start = time.monotonic()
         try:
             self.workdir = Path(tempfile.mkdtemp(prefix="vuser-run-"))
-            sockets = tuple(self.workdir / f"{i}-{dev}.sock" for i, dev in enumerate(self.devices))
+            sockets = tuple(self.workdir / f"{i}-{dev.split(',', 1)[0]}.sock"
+                            for i, dev in enumerate(self.devices))
             qmp_path = self.workdir / "qmp.sock"
             if self.devices:
                 self._start_server(sockets)
@@ -248,7 +250,8 @@ class _Run:
     def _start_server(self, sockets: Sequence[Path]) -> None:
         argv = list(self.server_command)
         for dev, sock in zip(self.devices, sockets):
-            argv += ["--device", f"{dev}@{sock}"]
+            dtype, comma, options = dev.partition(",")
+            argv += ["--device", f"{dtype}@{sock}{comma}{options}"]
         argv += self.extra_server_args
         log.debug("server: %s", " ".join(argv))
         try:
@@ -352,7 +355,9 @@ class _Run:
             r.error = "QEMU did not run"
         elif rc < 0:
             r.error = f"QEMU was killed by signal {-rc}"
-        elif rc == 1 and _qemu_errors(r.qemu_log):
+        elif rc == 1 and _qemu_errors(r.qemu_log) and not r.console:
+            # Exit status 1 is also a guest writing 0; but a guest that ran has
+            # printed on the console, and QEMU's start-up errors come before that.
             r.error = f"QEMU failed: {_qemu_errors(r.qemu_log)[-1]}"
         elif rc & 1:
             r.exit_status = rc >> 1
