@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import signal
@@ -89,14 +90,35 @@ def device_types() -> dict[str, type]:
     return DEVICE_TYPES
 
 
-def make_device(spec: DeviceSpec, types: dict[str, type]) -> Any:
+def make_device(spec: DeviceSpec, types: dict[str, type], platform: Any = None) -> Any:
+    """Build the device; with a ``Platform``, the device joins it.
+
+    A class whose constructor takes ``platform`` gets it there (it needs its
+    label while building its capabilities); other ``PciDevice``s join after
+    construction. A taken label is a ``UserError``.
+    """
+    from vuser.iommu import IommufdError
+
     cls = types.get(spec.type)
     if cls is None:
         raise UserError(f"unknown device type {spec.type!r} (known: {', '.join(sorted(types))})")
+    options: dict[str, Any] = dict(spec.options)
+    takes_platform = platform is not None and "platform" in inspect.signature(cls).parameters
+    if takes_platform:
+        options["platform"] = platform
     try:
-        return cls(**spec.options)
+        device = cls(**options)
+        if platform is not None and not takes_platform and hasattr(device, "join_platform"):
+            try:
+                device.join_platform(platform)
+            except BaseException:
+                device.close()
+                raise
+        return device
     except UserError:
         raise
+    except IommufdError as e:
+        raise UserError(f"device {spec.type}@{spec.path}: {e.msg}") from None
     except (TypeError, ValueError) as e:
         raise UserError(f"device {spec.type}: {e}") from None
 
@@ -130,12 +152,28 @@ def prepare_socket_path(path: str) -> None:
 
 async def serve(specs: list[DeviceSpec], *, trace: int = 0,
                 types: dict[str, type] | None = None,
-                stop: asyncio.Event | None = None) -> int:
-    """Serve ``specs`` until SIGINT/SIGTERM (or ``stop`` is set)."""
+                stop: asyncio.Event | None = None, platform: Any = None) -> int:
+    """Serve ``specs`` until SIGINT/SIGTERM (or ``stop`` is set).
+
+    All devices join one ``Platform`` (one ioasid context): ``platform`` if
+    given (the caller then closes it), else a new one closed on return.
+    """
+    from vuser.devices.platform import Platform
     from vuser.transport.server import DeviceServer
 
     types = device_types() if types is None else types
-    devices = [make_device(s, types) for s in specs]
+    own_platform = platform is None
+    platform = Platform() if own_platform else platform
+    devices: list[Any] = []
+    try:
+        for s in specs:
+            devices.append(make_device(s, types, platform))
+    except BaseException:
+        for device in devices:
+            device.close()
+        if own_platform:
+            platform.close()
+        raise
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -164,6 +202,8 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
             close = getattr(device, "close", None)
             if close is not None:
                 close()
+        if own_platform:
+            platform.close()
     return 0
 
 

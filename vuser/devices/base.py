@@ -17,6 +17,17 @@ Lifetimes:
 - ``client_disconnected()``: device tasks cancelled (``epoch`` kept), every
   eventfd closed, DMA detached; config space and registers kept.
 - Without a client, ``self.dma`` raises ``DmaError(ENOTCONN)``.
+
+The ioasid model (issue 5, ``platform``): each device joins a ``Platform``
+(``join_platform``; ``vuser serve`` gives all devices one, a device left
+alone gets a private one when a client connects) and is registered there as
+an ``IommuDevice`` (``self.iommu``: label, group, PASID width, ATS, PRI,
+taken from its capabilities unless given). With a client, ``self.dma`` is an
+``IommuDmaPort``: untagged DMA through the model (``iommu_port``). The
+transport asks ``dma_sink()`` for the connection's DMA_MAP sink, which binds
+the device into its VM. A class with ``REQUIRE_BIND`` refuses BAR and ROM
+accesses (EINVAL, as vfio refuses a device fd before BIND_IOMMUFD) until it
+is bound; config space stays readable.
 """
 
 from __future__ import annotations
@@ -25,10 +36,11 @@ import asyncio
 import errno
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from vuser.errors import LocalProtocolError, RemoteProtocolError
 from vuser.pci.bar import Bar, define_rom_bar
+from vuser.pci.caps_ext import Ats, Pasid, Pri
 from vuser.pci.caps import Capability, CapabilityChain
 from vuser.pci.caps_std import Msi, MsiX
 from vuser.pci.config import (
@@ -48,6 +60,11 @@ log = logging.getLogger(__name__)
 
 VUSER_VENDOR_ID = 0x5655  # "VU": experimental, see docs/sample-device.md
 _H = Type0Header.offset_of
+
+if TYPE_CHECKING:
+    from vuser.iommu import IommuDevice, IommuGroup
+
+    from .platform import DeviceBinding, Platform
 
 
 class _NoDma:
@@ -95,6 +112,11 @@ class PciDevice:
     SUBSYSTEM_ID: ClassVar[int] = 0
     INTERRUPT_PIN: ClassVar[int] = 1      # INTA; 0 = no INTx
     EXPRESS: ClassVar[bool] = True        # 4 KiB config space, extended capabilities
+    #: BAR/ROM accesses are refused until the device is bound (model-backed devices).
+    REQUIRE_BIND: ClassVar[bool] = False
+    #: Untagged DMA the model cannot reach may go by DMA_READ/WRITE messages
+    #: (the issue-2 fallback for fd-less memory; see ``iommu_port``).
+    MESSAGE_DMA_FALLBACK: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.config = ConfigSpace(PCIE_CONFIG_SPACE_SIZE if self.EXPRESS else PCI_CONFIG_SPACE_SIZE)
@@ -106,6 +128,9 @@ class PciDevice:
         self.dma: DmaPort = NO_DMA
         self.epoch = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.platform: Platform | None = None
+        self.iommu: IommuDevice = None  # type: ignore[assignment]  # set by join_platform
+        self._own_platform = False
         self._define_header()
 
     # -- construction ----------------------------------------------------------
@@ -177,6 +202,57 @@ class PciDevice:
         self.irqs.set_count(IrqIndex.MSI, vectors)
         return cap
 
+    # -- the platform (ioasid model) ---------------------------------------------
+
+    def join_platform(self, platform: Platform, *, label: int | None = None,
+                      group: IommuGroup | str | None = None, name: str | None = None,
+                      pasid_width: int | None = None, ats: bool | None = None,
+                      pri: bool | None = None, **iommu: Any) -> IommuDevice:
+        """Register with ``platform``'s model; returns the ``IommuDevice``.
+
+        ``label`` defaults to ``self.label`` if the device has one (else the
+        registry allocates one); PASID width, ATS and PRI default to what the
+        capabilities advertise. ``IommufdError``: EEXIST for a taken label.
+        """
+        if self.platform is not None:
+            raise LocalProtocolError(f"{type(self).__name__} already joined a platform")
+        if label is None:
+            label = getattr(self, "label", None)
+        pasid = self.caps.find(Pasid)
+        if pasid_width is None:
+            pasid_width = pasid.width if pasid is not None else 0  # type: ignore[attr-defined]
+        if ats is None:
+            ats = self.caps.find(Ats) is not None
+        if pri is None:
+            pri = self.caps.find(Pri) is not None
+        self.iommu = platform.register(self, name or type(self).__name__, label=label,
+                                       group=group, pasid_width=pasid_width, ats=ats, pri=pri,
+                                       **iommu)
+        self.platform = platform
+        return self.iommu
+
+    def _ensure_platform(self) -> Platform:
+        if self.platform is None:
+            from .platform import Platform
+            self.join_platform(Platform())
+            self._own_platform = True
+        assert self.platform is not None
+        return self.platform
+
+    def dma_sink(self) -> DeviceBinding:
+        """A new connection's sink for DMA_MAPs with an fd (``transport.dma.DmaSink``)."""
+        return self._ensure_platform().connect(self)
+
+    @property
+    def vm(self) -> Any:
+        """The ``Vm`` this device's connection joined, or None."""
+        return self.platform.vm_of(self) if self.platform is not None else None
+
+    def _check_bound(self, index: int) -> None:
+        if self.REQUIRE_BIND and (self.iommu is None or not self.iommu.bound):
+            raise RemoteProtocolError(errno.EINVAL, f"region {index}: the device is not bound "
+                                      "(no DMA_MAP of guest RAM with an fd yet)")
+
     # -- ServerBackend ---------------------------------------------------------
 
     def device_info(self) -> DeviceInfo:
@@ -197,6 +273,7 @@ class PciDevice:
     def region_read(self, index: int, offset: int, count: int) -> bytes:
         if index == VFIO_PCI_CONFIG_REGION_INDEX:
             return self.config.read(offset, count)
+        self._check_bound(index)
         region = self._region(index, offset, count)
         return region.read(offset, count) if count else b""
 
@@ -204,6 +281,7 @@ class PciDevice:
         if index == VFIO_PCI_CONFIG_REGION_INDEX:
             self.config.write(offset, data)
             return
+        self._check_bound(index)
         region = self._region(index, offset, len(data))
         if data:
             region.write(offset, data)
@@ -239,7 +317,10 @@ class PciDevice:
         """Subclass hook: reset device state kept outside regions (default: none)."""
 
     def client_connected(self, dma: DmaPort) -> None:
-        self.dma = dma
+        """``dma`` is the connection's own port: the message fallback only."""
+        from .iommu_port import IommuDmaPort
+        self._ensure_platform()
+        self.dma = IommuDmaPort(self, dma)
 
     def client_disconnected(self) -> None:
         self._cancel_tasks()
@@ -308,6 +389,10 @@ class PciDevice:
         self.irqs.close_all()
         for region in self.regions.values():
             region.close()
+        if self.platform is not None and self.iommu is not None:
+            self.platform.unregister(self)
+            if self._own_platform:
+                self.platform.close()
 
     # -- internals -----------------------------------------------------------------
 

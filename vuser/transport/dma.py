@@ -17,9 +17,14 @@
   DMA_WRITE messages to the client, through a ``MessageDma``.
 
 ``translate(addr, n, write)`` is the one function that turns a bus address
-range into pieces of those mappings. The IOMMU issue replaces it: addresses
-become IOVAs translated by the ioasid model, and DMA_MAP becomes
-``ioas_map_file`` on the VM's GPA IOAS.
+range into pieces of those mappings.
+
+With a ``DmaSink`` (issue 5: the device's ``DeviceBinding``), mappings with an
+fd are not mmapped here: after this table has validated them, the sink gets
+exactly the pieces that change (``map``, ``unmap`` of the part of a mapping an
+unmap covers, ``close``) and feeds the VM's GPA IOAS (``ioas_map_file``).
+Device DMA then reaches that memory only through the ioasid model; this
+space's own port serves the fd-less mappings and refuses the others (EFAULT).
 
 Limitation: a client that shrinks a mapped file after DMA_MAP makes a later
 DMA to the lost pages raise SIGBUS; the map-time check (range within the
@@ -46,7 +51,10 @@ from vuser.protocol.consts import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DmaSpace", "DmaMapping", "Segment", "MessageDma"]
+#: Split granule of fd-backed mappings handed to a ``DmaSink`` (the IOAS page).
+PAGE_SIZE = 4096
+
+__all__ = ["DmaSpace", "DmaMapping", "DmaSink", "Segment", "MessageDma"]
 
 
 class MessageDma(Protocol):
@@ -55,6 +63,20 @@ class MessageDma(Protocol):
     async def dma_read_message(self, addr: int, n: int) -> bytes: ...
 
     async def dma_write_message(self, addr: int, data: bytes) -> None: ...
+
+
+class DmaSink(Protocol):
+    """Where a connection's fd-backed mappings go (``devices.platform.DeviceBinding``).
+
+    ``map`` raises ``RemoteProtocolError`` (the DMA_MAP's errno) and leaves
+    ``fd`` to the caller; ``unmap`` is only given ranges ``map`` accepted.
+    """
+
+    def map(self, addr: int, size: int, flags: int, fd: int, offset: int) -> None: ...
+
+    def unmap(self, addr: int, size: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class _File:
@@ -74,6 +96,7 @@ class DmaMapping:
     offset: int         # file offset of ``addr``
     file: _File | None  # None: reached by DMA_READ/WRITE messages
     ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the file
+    sunk: bool = False  # handed to the DmaSink: reached through the model only
 
     @property
     def last(self) -> int:
@@ -93,8 +116,9 @@ class DmaSpace:
     """The client's memory as one connection sees it; a ``DmaPort`` for devices."""
 
     def __init__(self, message_dma: MessageDma | None = None, *,
-                 max_maps: int = MAX_DMA_MAPS) -> None:
+                 max_maps: int = MAX_DMA_MAPS, sink: DmaSink | None = None) -> None:
         self.message_dma = message_dma
+        self.sink = sink
         self.max_maps = max_maps
         self._maps: list[DmaMapping] = []   # sorted by addr, never overlapping
         self._addrs: list[int] = []
@@ -135,10 +159,14 @@ class DmaSpace:
         if len(self._maps) >= self.max_maps:
             raise RemoteProtocolError(errno.ENOSPC, f"more than {self.max_maps} DMA maps")
         file = None
-        if fd is not None:
+        sunk = fd is not None and self.sink is not None
+        if sunk:
+            assert self.sink is not None and fd is not None
+            self.sink.map(addr, size, flags, fd, offset)
+        elif fd is not None:
             file = self._open(fd, offset, size, bool(flags & VFIO_USER_F_DMA_REGION_WRITE))
         file_refs(file, +1)
-        self._maps.insert(i, DmaMapping(addr, size, flags, offset, file, ident))
+        self._maps.insert(i, DmaMapping(addr, size, flags, offset, file, ident, sunk))
         self._addrs.insert(i, addr)
         log.debug("dma map %#x+%#x flags %d %s", addr, size, flags,
                   "fd" if file else "message")
@@ -185,6 +213,10 @@ class DmaSpace:
             raise RemoteProtocolError(errno.ENOENT, f"no DMA mapping in {addr:#x}+{size:#x}")
         keep = []
         first, final = self._maps[lo], self._maps[hi - 1]
+        if (first.sunk and first.addr < addr and addr % PAGE_SIZE) or \
+                (final.sunk and final.last > last and (last + 1) % PAGE_SIZE):
+            raise RemoteProtocolError(errno.EINVAL, f"DMA unmap {addr:#x}+{size:#x} would split "
+                                      "an fd-backed mapping inside a page")
         if first.addr < addr:
             keep.append(_piece(first, first.addr, addr - 1))
         if final.last > last:
@@ -192,7 +224,11 @@ class DmaSpace:
         for m in keep:
             file_refs(m.file, +1)
         for i in range(hi - 1, lo - 1, -1):
-            self._drop(i)
+            m = self._maps[i]
+            if m.sunk:  # the sink loses only the covered part
+                first, final_ = max(m.addr, addr), min(m.last, last)
+                self._sink_unmap(first, final_ - first + 1)
+            self._drop(i, sink=False)
         for m in keep:
             i = bisect.bisect_left(self._addrs, m.addr)
             self._maps.insert(i, m)
@@ -207,10 +243,18 @@ class DmaSpace:
         """The client is gone: drop every mapping; later DMA fails ENOTCONN."""
         self.unmap_all()
         self.closed = True
+        if self.sink is not None:
+            self.sink.close()
 
-    def _drop(self, i: int) -> None:
+    def _sink_unmap(self, addr: int, size: int) -> None:
+        assert self.sink is not None
+        self.sink.unmap(addr, size)
+
+    def _drop(self, i: int, sink: bool = True) -> None:
         m = self._maps.pop(i)
         del self._addrs[i]
+        if m.sunk and sink:
+            self._sink_unmap(m.addr, m.size)
         file_refs(m.file, -1)
         if m.file is not None and m.file.refs == 0:
             if m.file.key is not None and self._files.get(m.file.key) is m.file:
@@ -239,6 +283,9 @@ class DmaSpace:
         if i < 0 or self._maps[i].last < addr or addr + n > 1 << 64:
             raise DmaError(errno.EFAULT, whole, whole_n, f"DMA to unmapped {addr:#x}")
         m = self._maps[i]
+        if m.sunk:
+            raise DmaError(errno.EFAULT, whole, whole_n,
+                           f"{addr:#x} is fd-backed: reached through the IOMMU model only")
         need = VFIO_USER_F_DMA_REGION_WRITE if write else VFIO_USER_F_DMA_REGION_READ
         if not m.flags & need:
             raise DmaError(errno.EPERM, whole, whole_n,
@@ -285,7 +332,7 @@ class DmaSpace:
 def _piece(m: DmaMapping, start: int, last: int) -> DmaMapping:
     """The part ``[start, last]`` of mapping ``m``."""
     return DmaMapping(start, last - start + 1, m.flags, m.offset + (start - m.addr),
-                      m.file, m.ident)
+                      m.file, m.ident, m.sunk)
 
 
 def file_refs(file: _File | None, delta: int) -> None:

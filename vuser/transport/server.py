@@ -123,7 +123,9 @@ class _Session:
     def __init__(self, server: DeviceServer, sock: socket.socket) -> None:
         self.server = server
         self.conn = Connection(Role.SERVER, server.caps)
-        self.dma = DmaSpace(self, max_maps=server.caps.max_dma_maps)
+        sink_factory = getattr(server.backend, "dma_sink", None)  # devices with a Platform
+        self.dma = DmaSpace(self, max_maps=server.caps.max_dma_maps,
+                            sink=sink_factory() if sink_factory is not None else None)
         self.core = ServerCore(server.backend, self.dma, server.caps)
         self.channel = Channel(sock, self.conn, self._on_event,
                                name=f"{server.name}#{server.sessions_served}",

@@ -1,0 +1,324 @@
+"""The platform: one context, VMs found by their memfd, refcounted GPA maps,
+devices bound into their VM, and every DMA through the model. Driven through
+our vfio-user client over real sockets, as QEMU would."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import struct
+
+import pytest
+
+from vuser.devices.platform import Platform
+from vuser.devices.sample import SampleDevice, SampleReg, pattern
+from vuser.iommu import Fault, Stage
+from vuser.protocol.backend import DmaError
+from vuser.transport.client import Client, VfioUserError
+from vuser.transport.server import DeviceServer
+
+MiB = 1 << 20
+GPA = 0x1_0000_0000
+TIMEOUT = 10
+
+
+@pytest.fixture
+def platform():
+    p = Platform()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def memfd():
+    fd = os.memfd_create("guest-ram")
+    os.ftruncate(fd, 8 * MiB)
+    yield fd
+    os.close(fd)
+
+
+@pytest.fixture
+async def samples(tmp_path, platform):
+    """Three sample devices (labels 1..3) on one platform: ``[(device, path)]``."""
+    out, servers = [], []
+    for label in (1, 2, 3):
+        dev = SampleDevice(label=label)
+        dev.join_platform(platform)
+        path = str(tmp_path / f"s{label}.sock")
+        server = DeviceServer(dev, path, name=f"sample{label}")
+        await server.start()
+        servers.append(server)
+        out.append((dev, path))
+    yield out
+    for server in servers:
+        await server.close()
+    for dev, _ in out:
+        dev.close()
+
+
+async def set_reg(c: Client, off: int, value: int) -> None:
+    await c.region_write(0, off, struct.pack("<I", value))
+
+
+async def reg(c: Client, off: int) -> int:
+    return struct.unpack("<I", await c.region_read(0, off, 4))[0]
+
+
+async def sample_dma(c: Client, dev: SampleDevice, addr: int, length: int, seed: int) -> int:
+    """Run one sample DMA; returns STATUS."""
+    await set_reg(c, SampleReg.DMA_ADDR_LO, addr & 0xFFFF_FFFF)
+    await set_reg(c, SampleReg.DMA_ADDR_HI, addr >> 32)
+    await set_reg(c, SampleReg.DMA_LEN, length)
+    await set_reg(c, SampleReg.DMA_SEED, seed)
+    await set_reg(c, SampleReg.DOORBELL, 1)
+    await asyncio.wait_for(dev.idle(), TIMEOUT)
+    return await reg(c, SampleReg.STATUS)
+
+
+DONE, ERROR = 2, 4
+
+
+async def eventually(cond, what: str) -> None:
+    """Wait (bounded) until the server has processed a disconnect."""
+    for _ in range(int(TIMEOUT / 0.01)):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for: {what}")
+
+
+async def test_first_fd_map_creates_the_vm_and_binds_the_device(samples, platform, memfd):
+    (dev, path), *_ = samples
+    assert platform.vms() == [] and not dev.iommu.bound
+    async with await Client.connect(path) as c:
+        await c.dma_map(GPA, 4 * MiB, fd=memfd)
+        [vm] = platform.vms()
+        assert vm.devices() == [dev] and platform.vm_of(dev) is vm and dev.vm is vm
+        assert platform.vm_for_file((os.fstat(memfd).st_dev, os.fstat(memfd).st_ino)) is vm
+        assert dev.iommu.bound
+        info = platform.ctx.device_info(dev.iommu.dev_id)
+        assert info["attach"] == [[None, vm.s2_hwpt_id]]
+        s2 = platform.ctx.object_info(vm.s2_hwpt_id)
+        assert s2["nest_parent"] and s2["pasid_compat"] and s2["ioas"] == vm.ioas_id
+        assert [(a["iova"], a["last"]) for a in platform.ctx.ioas_areas(vm.ioas_id)] == [
+            (GPA, GPA + 4 * MiB - 1)]
+        before = platform.ctx.stats()["translations"]
+        assert await sample_dma(c, dev, GPA + 0x3000, 5000, seed=9) == DONE
+        assert os.pread(memfd, 5000, 0x3000) == pattern(9, 5000)
+        assert platform.ctx.stats()["translations"] > before   # the DMA went through the model
+    await eventually(lambda: not dev.iommu.bound, "the device unbound")
+    assert platform.vms() == [] and vm.released
+
+
+async def test_devices_of_one_vm_share_it_and_maps_are_refcounted(samples, platform, memfd):
+    (d1, p1), (d2, p2), _ = samples
+    async with await Client.connect(p1) as c1, await Client.connect(p2) as c2:
+        await c1.dma_map(GPA, 4 * MiB, fd=memfd)
+        await c2.dma_map(GPA, 4 * MiB, fd=memfd)       # the same map from another device
+        [vm] = platform.vms()
+        assert set(vm.devices()) == {d1, d2}
+        [seg] = vm.gpa.segments()
+        assert seg.refs == 2
+        await c1.dma_unmap(GPA, 4 * MiB)               # d1 lets go; d2 still uses it
+        assert vm.gpa.segments()[0].refs == 1
+        assert await sample_dma(c2, d2, GPA + 0x1000, 64, seed=3) == DONE
+        assert os.pread(memfd, 64, 0x1000) == pattern(3, 64)
+        # d1 is still attached to the VM's shared IOAS, which still holds the
+        # RAM for d2: devices of one VM see the union of its maps.
+        assert await sample_dma(c1, d1, GPA + 0x2000, 64, seed=4) == DONE
+        assert os.pread(memfd, 64, 0x2000) == pattern(4, 64)
+        await c2.dma_unmap(GPA, 4 * MiB)               # the last map goes: so does the RAM
+        assert vm.gpa.segments() == [] and platform.ctx.ioas_areas(vm.ioas_id) == []
+        assert await sample_dma(c1, d1, GPA + 0x3000, 64, seed=5) == DONE | ERROR
+        assert os.pread(memfd, 64, 0x3000) == bytes(64)
+    await eventually(lambda: platform.vms() == [], "the VM released")
+
+
+async def test_overlapping_consistent_maps_split_into_refcounted_segments(samples, platform,
+                                                                          memfd):
+    (d1, p1), (d2, p2), _ = samples
+    async with await Client.connect(p1) as c1, await Client.connect(p2) as c2:
+        await c1.dma_map(GPA, 4 * MiB, fd=memfd)
+        await c2.dma_map(GPA + MiB, MiB, fd=memfd, offset=MiB)   # same bytes, other section
+        vm = platform.vms()[0]
+        assert [(s.first - GPA, s.size, s.refs) for s in vm.gpa.segments()] == [
+            (0, MiB, 1), (MiB, MiB, 2), (2 * MiB, 2 * MiB, 1)]
+        assert len(platform.ctx.ioas_areas(vm.ioas_id)) == 3
+        await c1.dma_unmap_all()
+        assert [(s.first - GPA, s.size, s.refs) for s in vm.gpa.segments()] == [(MiB, MiB, 1)]
+        assert await sample_dma(c2, d2, GPA + MiB + 8, 16, seed=1) == DONE
+        assert os.pread(memfd, 16, MiB + 8) == pattern(1, 16)
+
+
+async def test_contradicting_overlap_is_eexist_and_changes_nothing(samples, platform, memfd):
+    (d1, p1), (d2, p2), _ = samples
+    async with await Client.connect(p1) as c1, await Client.connect(p2) as c2:
+        await c1.dma_map(GPA, 4 * MiB, fd=memfd)
+        vm = platform.vms()[0]
+        with pytest.raises(VfioUserError) as e:     # same GPA, other file offset
+            await c2.dma_map(GPA, 4 * MiB, fd=memfd, offset=4 * MiB)
+        assert e.value.errno == errno.EEXIST
+        with pytest.raises(VfioUserError) as e:     # read-only view of writable RAM
+            await c2.dma_map(GPA, MiB, fd=memfd, flags=1)
+        assert e.value.errno == errno.EEXIST
+        assert [(s.first, s.refs) for s in vm.gpa.segments()] == [(GPA, 1)]
+        # The failed maps did not bind d2 into the VM; d1 keeps working.
+        assert vm.devices() == [d1] and not d2.iommu.bound
+        assert await sample_dma(c1, d1, GPA, 8, seed=2) == DONE
+
+
+async def test_unaligned_fd_map_is_einval(samples, memfd, platform):
+    (dev, path), *_ = samples
+    async with await Client.connect(path) as c:
+        for addr, size, offset in ((GPA + 0x800, MiB, 0), (GPA, MiB + 1, 0),
+                                   (GPA, MiB, 0x200)):
+            with pytest.raises(VfioUserError) as e:
+                await c.dma_map(addr, size, fd=memfd, offset=offset)
+            assert e.value.errno == errno.EINVAL
+        assert platform.vms() == [] and not dev.iommu.bound
+        await c.dma_map(GPA, MiB, fd=memfd)          # and the connection still works
+        assert dev.iommu.bound
+
+
+async def test_another_vms_memory_is_refused(samples, platform, memfd):
+    (d1, p1), (d2, p2), _ = samples
+    other = os.memfd_create("other-vm")
+    os.ftruncate(other, MiB)
+    try:
+        async with await Client.connect(p1) as c1, await Client.connect(p2) as c2:
+            await c1.dma_map(GPA, MiB, fd=memfd)
+            await c2.dma_map(GPA, MiB, fd=other)
+            assert len(platform.vms()) == 2
+            with pytest.raises(VfioUserError) as e:   # d2 is in VM 2; memfd is VM 1's
+                await c2.dma_map(GPA + MiB, MiB, fd=memfd, offset=MiB)
+            assert e.value.errno == errno.EINVAL
+            assert platform.vm_of(d1) is not platform.vm_of(d2)
+    finally:
+        os.close(other)
+
+
+async def test_unmap_not_matching_a_map_follows_qemus_ranges(samples, platform, memfd):
+    (dev, path), *_ = samples
+    async with await Client.connect(path) as c:
+        await c.dma_map(GPA, 2 * MiB, fd=memfd)
+        await c.dma_map(GPA + 2 * MiB, 2 * MiB, fd=memfd, offset=2 * MiB)
+        await c.dma_unmap(GPA + MiB, 2 * MiB)         # straddles both maps
+        vm = platform.vms()[0]
+        assert [(a["iova"] - GPA, a["last"] - GPA) for a in
+                platform.ctx.ioas_areas(vm.ioas_id)] == [(0, MiB - 1), (3 * MiB, 4 * MiB - 1)]
+        assert await sample_dma(c, dev, GPA + MiB - 16, 16, seed=5) == DONE
+        assert await sample_dma(c, dev, GPA + 3 * MiB, 16, seed=6) == DONE
+        assert await sample_dma(c, dev, GPA + 2 * MiB, 16, seed=7) == DONE | ERROR
+        assert os.pread(memfd, 16, MiB - 16) == pattern(5, 16)
+        assert os.pread(memfd, 16, 3 * MiB) == pattern(6, 16)
+        assert os.pread(memfd, 16, 2 * MiB) == bytes(16)
+        with pytest.raises(VfioUserError) as e:       # inside a page: cannot split the IOAS
+            await c.dma_unmap(GPA + 0x800, 0x1000)
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(VfioUserError) as e:       # nothing there
+            await c.dma_unmap(GPA + MiB, MiB)
+        assert e.value.errno == errno.ENOENT
+
+
+async def test_fd_less_memory_goes_by_messages_for_the_sample(samples, platform, memfd):
+    (dev, path), *_ = samples
+    rom = bytearray(8192)
+    async with await Client.connect(path) as c:
+        await c.dma_map(GPA, MiB, fd=memfd)
+        await c.dma_map(0xC_0000, buffer=rom)          # ROM-like, no fd
+        assert await sample_dma(c, dev, 0xC_0000 + 10, 100, seed=4) == DONE
+        assert bytes(rom[10:110]) == pattern(4, 100) and c.dma_requests_served >= 1
+        assert dev.dma.fallbacks == 1
+        served = c.dma_requests_served
+        assert await sample_dma(c, dev, GPA, 100, seed=4) == DONE   # fd memory: the model
+        assert c.dma_requests_served == served
+
+
+async def test_the_message_port_refuses_fd_backed_memory(samples, memfd):
+    (dev, path), *_ = samples
+    async with await Client.connect(path) as c:
+        await c.dma_map(GPA, MiB, fd=memfd)
+        with pytest.raises(DmaError) as e:
+            await dev.dma.fallback.dma_write(GPA, b"x")   # the bypass is closed
+        assert e.value.errno == errno.EFAULT
+
+
+async def test_no_fallback_once_the_rid_is_translated(samples, platform, memfd):
+    (dev, path), *_ = samples
+    rom = bytearray(4096)
+    async with await Client.connect(path) as c:
+        await c.dma_map(GPA, MiB, fd=memfd)
+        await c.dma_map(0xC_0000, buffer=rom)
+        vm = platform.vm_of(dev)
+        ctx = platform.ctx
+        # Blocking instead of pass-through: the RID's addresses are not GPAs any more.
+        ctx.device_detach(dev.iommu.dev_id)
+        assert not platform.untagged_is_gpa(dev)
+        assert await sample_dma(c, dev, 0xC_0000, 16, seed=1) == DONE | ERROR
+        assert await sample_dma(c, dev, GPA, 16, seed=1) == DONE | ERROR
+        assert rom[:16] == bytes(16) and os.pread(memfd, 16, 0) == bytes(16)
+        ctx.device_attach(dev.iommu.dev_id, vm.s2_hwpt_id)
+        assert await sample_dma(c, dev, GPA, 16, seed=1) == DONE
+
+
+async def test_gpa_read_write_and_holes(samples, platform, memfd):
+    (dev, path), *_ = samples
+    async with await Client.connect(path) as c:
+        await c.dma_map(GPA, MiB, fd=memfd)
+        await c.dma_map(GPA + MiB, MiB, fd=memfd, offset=MiB, flags=1)   # read-only
+        vm = platform.vms()[0]
+        vm.gpa_write(GPA + MiB - 3, b"abc")
+        assert os.pread(memfd, 3, MiB - 3) == b"abc"
+        os.pwrite(memfd, b"xyz", MiB - 1)
+        assert vm.gpa_read(GPA + MiB - 3, 6) == b"abxyz\0"    # across two segments
+        with pytest.raises(DmaError) as e:
+            vm.gpa_read(GPA + 2 * MiB - 2, 4)
+        assert e.value.errno == errno.EFAULT
+        with pytest.raises(DmaError) as e:
+            vm.gpa_write(GPA + MiB - 1, b"12")        # runs into read-only RAM
+        assert e.value.errno == errno.EPERM
+        assert os.pread(memfd, 1, MiB - 1) == b"x"    # all or nothing
+
+
+def test_vm_release_runs_callbacks_and_destroys_objects(platform, memfd):
+    dev = SampleDevice(label=9)
+    dev.join_platform(platform)
+    try:
+        sink = dev.dma_sink()
+        sink.map(GPA, MiB, 3, memfd, 0)
+        vm = platform.vm_of(dev)
+        seen = []
+        vm.on_release.append(lambda v: seen.append(v.vm_id))
+        ioas, s2 = vm.ioas_id, vm.s2_hwpt_id
+        sink.unmap(GPA, MiB)
+        sink.close()
+        assert seen == [vm.vm_id] and platform.vms() == []
+        assert not any(o["id"] in (ioas, s2) for o in platform.ctx.objects())
+    finally:
+        dev.close()
+
+
+def test_label_taken_and_unregister(platform):
+    a = SampleDevice(label=5)
+    a.join_platform(platform)
+    b = SampleDevice(label=5)
+    from vuser.iommu import IommufdError
+    with pytest.raises(IommufdError) as e:
+        b.join_platform(platform)
+    assert e.value.errno == errno.EEXIST
+    assert platform.device_by_label(5) is a
+    a.close()
+    b.close()
+    with pytest.raises(IommufdError):
+        platform.device_by_label(5)
+
+
+def test_unbound_device_dma_faults_blocked(platform):
+    dev = SampleDevice(label=11)
+    dev.join_platform(platform)
+    try:
+        f = dev.iommu.translate(None, GPA, 8, 1)
+        assert isinstance(f, Fault) and f.stage == Stage.BLOCKED
+    finally:
+        dev.close()
