@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ URI_ENV = "VUSER_APT_URI"
 """Environment variable overriding the archive URI taken from the host's sources."""
 MANIFEST = ".vuser-debian.json"
 MANIFEST_VERSION = 1
+UPDATE_STAMP = "updated"  # in the apt state dir: the sources line of the last good update
+MAX_LIST_AGE_S = 6 * 3600.0  # lists younger than this are used without apt-get update
 
 
 def cache_root() -> Path:
@@ -229,9 +232,11 @@ class AptRepo:
         status = self.dir / "status"
         if not status.exists():
             status.write_text("")
+        (self.dir / "etc/sources.list").write_text(self._sources_line())
+
+    def _sources_line(self) -> str:
         opts = f"[arch={self.arch}" + (f" signed-by={','.join(self.signed_by)}" if self.signed_by else "") + "]"
-        line = f"deb {opts} {self.source.uri} {self.suite} {' '.join(self.components)}\n"
-        (self.dir / "etc/sources.list").write_text(line)
+        return f"deb {opts} {self.source.uri} {self.suite} {' '.join(self.components)}\n"
 
     def _opts(self) -> list[str]:
         d = self.dir
@@ -271,13 +276,25 @@ class AptRepo:
         return any((self.dir / "lists").glob("*_Packages*"))
 
     # -- operations
+    def fresh(self, max_age_s: float = MAX_LIST_AGE_S) -> bool:
+        """True if the lists were updated recently, for the same sources line."""
+        stamp = self.dir / UPDATE_STAMP
+        try:
+            same = stamp.read_text() == self._sources_line()
+            age = time.time() - stamp.stat().st_mtime
+        except OSError:
+            return False
+        return same and 0 <= age < max_age_s and self.has_lists()
+
     def update(self) -> None:
         """``apt-get update`` into the private lists (conditional GETs when present)."""
         self._write_config()
+        (self.dir / UPDATE_STAMP).unlink(missing_ok=True)
         p = self._run("apt-get", ["-q", "update"], f"apt-get update ({self.suite})")
         # apt exits 0 on some fetch failures (warnings only); a missing index is an error.
         if "NO_PUBKEY" in p.stderr or not self.has_lists():
             raise _apt_error(p.stderr + p.stdout, f"apt-get update ({self.suite})")
+        (self.dir / UPDATE_STAMP).write_text(self._sources_line())
 
     def resolve(self, names: Iterable[str], *, recommends: bool = False) -> list[DebPackage]:
         """The dependency closure of ``names`` on an empty system (``install --print-uris -s``)."""
@@ -489,7 +506,7 @@ class _Progress:
 def fetch(suite: str, packages: Sequence[str], root: Path, *, cache: Path | None = None,
           recommends: bool = False, exclude: Sequence[str] = (), show_progress: bool = True,
           sources: Sequence[AptSource] | None = None, signed_by: Sequence[str] | None = None,
-          reextract: bool = False) -> Tree:
+          reextract: bool = False, closure: bool = True) -> Tree:
     """Make ``root`` hold ``packages`` of ``suite`` and their dependency closure, extracted.
 
     Idempotent: an intact tree for the same request is returned at once, with no
@@ -497,8 +514,10 @@ def fetch(suite: str, packages: Sequence[str], root: Path, *, cache: Path | None
     ``reextract`` extracts again even if the files look intact (the caller found
     the content broken). ``sources`` replaces the host's apt sources,
     ``signed_by`` the keyrings that verify the suite (both for tests).
+    ``closure=False`` takes only the named packages, not their dependencies
+    (kernel headers to unpack, not to install).
     """
-    request = sorted(packages) + [f"-{x}" for x in sorted(exclude)]
+    request = sorted(packages) + [f"-{x}" for x in sorted(exclude)] + ([] if closure else ["!closure"])
     tree = Tree.load(root)
     if tree and tree.suite == suite and tree.request == request:
         problems = tree.problems() or (["content rejected by the caller"] if reextract else [])
@@ -512,11 +531,20 @@ def fetch(suite: str, packages: Sequence[str], root: Path, *, cache: Path | None
     with _Progress(show_progress) as prog:
         pkgs = tree.packages if tree and tree.request == request else None
         if pkgs is None or not all(_complete(deb_dir / p.filename, p.size) for p in pkgs):
-            repo = _repo(suite, cache, sources, signed_by, prog)
-            prog.note(f"resolving {' '.join(packages)} in Debian {suite}")
-            pkgs = [p for p in repo.resolve(packages, recommends=recommends) if p.name not in exclude]
-            todo = sum(p.size for p in pkgs if not _complete(deb_dir / p.filename, p.size))
-            repo.download(pkgs, deb_dir, prog.task(f"download {len(pkgs)} packages", todo, "MB") if todo else None)
+            for force_update in (False, True):  # stale lists: 404s or a vanished package
+                repo = _repo(suite, cache, sources, signed_by, prog, force_update)
+                prog.note(f"resolving {' '.join(packages)} in Debian {suite}")
+                try:
+                    pkgs = [p for p in repo.resolve(packages, recommends=recommends)
+                            if p.name not in exclude and (closure or p.name in packages)]
+                    todo = sum(p.size for p in pkgs if not _complete(deb_dir / p.filename, p.size))
+                    repo.download(pkgs, deb_dir, prog.task(f"download {len(pkgs)} packages", todo, "MB")
+                                  if todo else None)
+                    break
+                except UserError:
+                    if force_update:
+                        raise
+                    log.debug("retrying with fresh lists for %s", suite)
         debs = [deb_dir / p.filename for p in pkgs]
         tmp = root.with_name(root.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -535,12 +563,17 @@ def fetch(suite: str, packages: Sequence[str], root: Path, *, cache: Path | None
 
 
 def _repo(suite: str, cache: Path, sources: Sequence[AptSource] | None,
-          signed_by: Sequence[str] | None, prog: _Progress) -> AptRepo:
-    """An updated private apt state for ``suite``, fixing up the keyring if needed."""
+          signed_by: Sequence[str] | None, prog: _Progress, force_update: bool = False) -> AptRepo:
+    """An updated private apt state for ``suite``, fixing up the keyring if needed.
+
+    Lists updated less than ``MAX_LIST_AGE_S`` ago are used as they are.
+    """
     srcs = host_sources() if sources is None else list(sources)
     codename = host_codename()
     source = archive_source(srcs, codename)
     repo = AptRepo(suite, cache / "debian" / suite / "apt", source, signed_by=signed_by)
+    if not force_update and repo.fresh():
+        return repo
     prog.note(f"apt-get update: Debian {suite}")
     try:
         repo.update()

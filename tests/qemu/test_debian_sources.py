@@ -179,3 +179,16 @@ def test_cache_root_env(monkeypatch, tmp_path):
     monkeypatch.delenv(debian.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert debian.cache_root() == tmp_path / "x" / "vuser"
+
+
+def test_lists_are_fresh_only_for_the_same_sources_and_recently(tmp_path):
+    src = AptSource("http://mirror.example/debian", ("bookworm",), ("main",))
+    repo = debian.AptRepo("sid", tmp_path / "apt", src)
+    assert not repo.fresh()
+    repo._write_config()
+    (tmp_path / "apt/lists/mirror_dists_sid_main_binary-amd64_Packages.lz4").write_bytes(b"x")
+    (tmp_path / "apt" / debian.UPDATE_STAMP).write_text(repo._sources_line())
+    assert repo.fresh()
+    assert not repo.fresh(max_age_s=0)
+    other = debian.AptRepo("sid", tmp_path / "apt", src, signed_by=["/other.gpg"])
+    assert not other.fresh()  # updated with other keys: not trusted as fresh
