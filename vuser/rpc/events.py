@@ -1,0 +1,113 @@
+"""Subscriptions: model and device events fanned out to RPC clients.
+
+Topics (notifications ``[2, topic, payload]``):
+
+- ``fault``: every fault the DMA path returns (``Fault.to_dict()`` plus time);
+- ``page_request``: page requests queued, refused or dropped, and responses
+  (the model's page-request observer);
+- ``invalidate``: every IOTLB invalidation (the trace event as a dict);
+- ``dma_completion``: descriptors a device completed (published by device
+  adapters, see ``service``).
+
+The hub owns the model's single trace hook: it installs it only while a
+trace records or someone listens to ``invalidate`` (a trace hook costs every
+translation), and hands each event to the recorder and to the subscribers.
+It also keeps the last ``RECENT`` faults for ``vuser ctl faults``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from vuser.iommu import Fault, IoasidContext, TraceEvent
+
+TOPICS = ("fault", "page_request", "invalidate", "dma_completion")
+RECENT = 256
+
+
+class Subscriber(Protocol):
+    def notify(self, topic: str, payload: Any) -> None: ...
+
+
+class Hub:
+    """Per-server event fan-out and the trace-hook owner."""
+
+    def __init__(self, ctx: IoasidContext) -> None:
+        self.ctx = ctx
+        self._subs: dict[str, list[Subscriber]] = {t: [] for t in TOPICS}
+        self.recent_faults: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.recent_page_requests: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.fault_count = 0
+        self._recorder: Callable[[TraceEvent], None] | None = None
+        ctx.add_fault_observer(self._on_fault)
+        ctx.add_page_request_observer(self._on_page_request)
+
+    def close(self) -> None:
+        self.ctx.remove_fault_observer(self._on_fault)
+        self.ctx.remove_page_request_observer(self._on_page_request)
+        self._recorder = None
+        for subs in self._subs.values():
+            subs.clear()
+        self._sync_hook()
+
+    # -- subscriptions -----------------------------------------------------------
+    def subscribe(self, sub: Subscriber, topics: list[str]) -> list[str]:
+        for t in topics:
+            if sub not in self._subs[t]:
+                self._subs[t].append(sub)
+        self._sync_hook()
+        return self.topics_of(sub)
+
+    def unsubscribe(self, sub: Subscriber, topics: list[str] | None = None) -> list[str]:
+        for t in topics if topics is not None else TOPICS:
+            if sub in self._subs[t]:
+                self._subs[t].remove(sub)
+        self._sync_hook()
+        return self.topics_of(sub)
+
+    def topics_of(self, sub: Subscriber) -> list[str]:
+        return [t for t in TOPICS if sub in self._subs[t]]
+
+    def publish(self, topic: str, payload: Any) -> None:
+        for sub in list(self._subs[topic]):
+            sub.notify(topic, payload)
+
+    def listening(self, topic: str) -> bool:
+        return bool(self._subs[topic])
+
+    # -- the trace hook ---------------------------------------------------------------
+    def set_recorder(self, hook: Callable[[TraceEvent], None] | None) -> None:
+        self._recorder = hook
+        self._sync_hook()
+
+    def _sync_hook(self) -> None:
+        rec = self._recorder
+        if self._subs["invalidate"]:
+            self.ctx.set_trace(self._on_trace)
+        else:
+            self.ctx.set_trace(rec)  # the recorder directly: no extra call per event
+
+    def _on_trace(self, ev: TraceEvent) -> None:
+        if self._recorder is not None:
+            self._recorder(ev)
+        if ev.kind == "invalidate":
+            self.publish("invalidate", ev.to_dict())
+
+    # -- observers --------------------------------------------------------------------
+    def _on_fault(self, f: Fault) -> None:
+        self.fault_count += 1
+        d = f.to_dict()
+        d["time"] = time.monotonic()
+        self.recent_faults.append(d)
+        if self._subs["fault"]:
+            self.publish("fault", d)
+
+    def _on_page_request(self, event: dict[str, Any]) -> None:
+        d = dict(event)
+        d["time"] = time.monotonic()
+        self.recent_page_requests.append(d)
+        if self._subs["page_request"]:
+            self.publish("page_request", d)
