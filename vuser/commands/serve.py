@@ -25,8 +25,9 @@ UNIX socket per device, all in this process.
 
 Options after the path (TYPE@PATH,key=value,...) go to the device as keyword
 strings. Once a device listens, one line "TYPE ready on PATH" is printed on
-stdout. -v traces every vfio-user message, -vv adds raw bytes. SIGINT or
-SIGTERM shuts down cleanly and removes the sockets.
+stdout; with --control PATH, "control ready on PATH" follows once the control
+socket (see `vuser ctl`) listens. -v traces every vfio-user message, -vv adds
+raw bytes. SIGINT or SIGTERM shuts down cleanly and removes the sockets.
 """
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ def configure(parser: Any) -> None:
     parser.add_argument("--device", action="append", required=True,
                         metavar="TYPE[@PATH][,key=value...]",
                         help="a device to serve; repeat for several (each with its own @PATH)")
+    parser.add_argument("--control", metavar="PATH",
+                        help="also serve the control socket (msgpack-RPC, mode 0600) at PATH, "
+                             "for `vuser ctl --socket PATH`")
 
 
 def parse_device(text: str, socket_path: str | None) -> DeviceSpec:
@@ -152,7 +156,8 @@ def prepare_socket_path(path: str) -> None:
 
 async def serve(specs: list[DeviceSpec], *, trace: int = 0,
                 types: dict[str, type] | None = None,
-                stop: asyncio.Event | None = None, platform: Any = None) -> int:
+                stop: asyncio.Event | None = None, platform: Any = None,
+                control: str | None = None) -> int:
     """Serve ``specs`` until SIGINT/SIGTERM (or ``stop`` is set).
 
     All devices join one ``Platform`` (one ioasid context): ``platform`` if
@@ -180,6 +185,7 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     servers: list[DeviceServer] = []
+    ctl_server: Any = None
     try:
         for spec, device in zip(specs, devices):
             prepare_socket_path(spec.path)
@@ -191,11 +197,16 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
                 raise UserError(f"cannot listen on {spec.path}: {e.strerror or e}") from None
             servers.append(server)
             print(f"{spec.type} ready on {spec.path}", flush=True)
+        if control is not None:
+            ctl_server = await _start_control(control, platform, specs)
         await stop.wait()
         log.info("shutting down")
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+        if ctl_server is not None:
+            await ctl_server.close()
+            ctl_server.service.close()
         for server in servers:
             await server.close()
         for device in devices:
@@ -207,10 +218,27 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
     return 0
 
 
+async def _start_control(path: str, platform: Any, specs: list[DeviceSpec]) -> Any:
+    """The control socket over ``platform`` (vuser.rpc); prints "control ready on PATH"."""
+    from vuser.rpc import ControlServer, Service
+
+    if any(os.path.abspath(s.path) == os.path.abspath(path) for s in specs):
+        raise UserError(f"--control {path} is also a device socket")
+    prepare_socket_path(path)
+    server = ControlServer(Service.for_platform(platform), path)
+    try:
+        await server.start()
+    except OSError as e:
+        server.service.close()
+        raise UserError(f"cannot listen on {path}: {e.strerror or e}") from None
+    print(f"control ready on {path}", flush=True)
+    return server
+
+
 def run(args: Any) -> int:
     specs = parse_specs(args.socket, args.device)
     try:
-        return asyncio.run(serve(specs, trace=args.verbose))
+        return asyncio.run(serve(specs, trace=args.verbose, control=args.control))
     except KeyboardInterrupt:  # a second ^C while shutting down
         print("vuser: interrupted", file=sys.stderr)
         return 130
