@@ -9,6 +9,7 @@ import select
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,23 @@ def test_run_timeout_shows_the_last_console_lines(image_ready):
     err = p.stderr.strip().splitlines()
     assert err[-1] == "vuser: error: guest timed out after 1.5 s, guest running"
     assert "vuser: last console lines:" in err
+
+
+def test_sigterm_to_run_leaves_nothing_running(image_ready, tmp_path):
+    from qemu_helpers import alive
+
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    p = subprocess.Popen([sys.executable, "-m", "vuser", "-v", "run", "--timeout", "120"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Wait for the guest's console (QEMU runs), then SIGTERM vuser run.
+    first = p.stdout.readline()
+    assert first, p.stderr.read()
+    children = [int(x) for x in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()]
+    assert len(children) == 2  # the server and QEMU
+    p.terminate()
+    assert p.wait(30) == 128 + 15
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(c) for c in children):
+        time.sleep(0.1)
+    assert not any(alive(c) for c in children)
+    assert list(tmp_path.glob("vuser-run-*")) == []

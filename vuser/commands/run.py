@@ -99,6 +99,16 @@ def _print_summary(rows: list[tuple[str, str, str]]) -> None:
         out.print(f"  [{c}]{status:<10}[/] {escape(name)}{extra}")
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM becomes SystemExit, so the launcher's teardown runs (no orphaned QEMU)."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run(args: argparse.Namespace) -> int:
     from vuser.errors import UserError
     from vuser.guest.image import build_image
@@ -115,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if timeout <= 0:
         raise UserError(f"--timeout must be positive, not {args.timeout}")
     devices = args.device or list(DEFAULT_DEVICES)
+    _exit_on_sigterm()
 
     qemu = find_qemu(show_progress=True)  # first: its problems are found without a build
     image = build_image(tests=args.test, progress=True, shell=args.shell)
