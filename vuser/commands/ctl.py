@@ -1,0 +1,430 @@
+"""``vuser ctl``: inspect and drive a running server through its control socket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from vuser.errors import UserError
+
+HELP = "inspect and drive a running vuser server (control socket, msgpack-RPC)"
+DESCRIPTION = """\
+Talk to the control socket of a running server (`vuser serve --control PATH`,
+or the path `vuser run` prints): list devices, PASID tables, IOASes and
+counters, follow faults, record translation traces, inject faults, or call
+any method of the ioasid model by name.
+
+The socket is --socket PATH, else $VUSER_CONTROL. Output is a table; --json
+prints the raw result for scripts. Addresses may be given in hex (0x...).
+
+  vuser ctl --socket /tmp/ctl.sock devices
+  vuser ctl pasids 0x1
+  vuser ctl faults --follow
+  vuser ctl trace record /tmp/t.trace --duration 10
+  vuser ctl trace summary /tmp/t.trace ; vuser ctl trace plot /tmp/t.trace
+  vuser ctl inject fault --label 1 --pasid 5 --iova 0x400000 --length 0x1000 --count 3
+  vuser ctl call ioas_alloc
+"""
+
+ENV_SOCKET = "VUSER_CONTROL"
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (decimal or 0x hex)") from None
+
+
+def _sub(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=description,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", "-s", metavar="PATH",
+                        help=f"the server's control socket (default: ${ENV_SOCKET})")
+    parser.add_argument("--json", action="store_true",
+                        help="print raw results as JSON instead of tables")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                        help="give up on a call after S seconds (default 10)")
+    sub = parser.add_subparsers(dest="ctl_command", metavar="SUBCOMMAND", required=True)
+
+    _sub(sub, "devices", "list devices: label, group, context, attachment per PASID",
+         "Every device the server registered with the ioasid model: its label\n"
+         "(stream id), IOMMU group, whether it is bound to the server's context,\n"
+         "and what its RID and each PASID are attached to (HWPT, stage, IOAS).")
+    p = _sub(sub, "pasids", "show one device's PASID table as the model sees it",
+             "The PASID table of the device LABEL: for the RID and each attached\n"
+             "PASID, the guest's vPASID, the HWPT, whether it is nested (stage-1\n"
+             "tables at a GPA, over a stage-2 parent) or stage-2 only, and the IOAS.")
+    p.add_argument("label", type=_int, help="the device label (see `vuser ctl devices`)")
+    _sub(sub, "ioas", "list IOASes with their mappings and usable IOVA ranges",
+         "Every IOAS of the context: its areas (IOVA, size, permissions, backing\n"
+         "file), the usable IOVA ranges, and the paging HWPTs built on it.")
+    _sub(sub, "hwpts", "list HWPTs with their parents",
+         "Every HW page table: stage-2 (paging) or nested (stage 1 over a\n"
+         "NEST_PARENT), its parent and IOAS, users and attached devices.")
+    p = _sub(sub, "stats", "show IOTLB, walk, fault and device-TLB counters",
+             "The model's counters (translations, IOTLB hits/misses, walks, memory\n"
+             "reads of walks, faults, invalidations, evictions) and each device's\n"
+             "device-TLB counters when it has them.")
+    p.add_argument("--reset", action="store_true", help="zero the model's counters afterwards")
+    p = _sub(sub, "faults", "show recent DMA faults and fault queues; --follow streams them",
+             "The server's recent DMA faults (label, PASID, address, stage, VT-d\n"
+             "reason), page requests and fault-queue counters. With --follow, print\n"
+             "faults, page requests and DMA completions as they happen until ^C.")
+    p.add_argument("--follow", "-f", action="store_true", help="stream new events until ^C")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="recent entries (default 20)")
+    p.add_argument("--count", type=int, default=None, metavar="N",
+                   help="with --follow: stop after N events")
+
+    p = _sub(sub, "trace", "record, show, summarise and plot translation traces",
+             "Traces hold every translation (time, label, PASID, IOVA, GPA, stage,\n"
+             "IOTLB hit or miss), fault and invalidation, as a msgpack stream.\n"
+             "`record` asks the server to write one; the others read the file.")
+    tsub = p.add_subparsers(dest="trace_command", metavar="ACTION", required=True)
+    t = _sub(tsub, "record", "record a trace on the server into FILE",
+             "Start recording into FILE (the server writes it; give a path it can\n"
+             "write), wait --duration seconds or until ^C, then stop and print what\n"
+             "was written.")
+    t.add_argument("file", help="the trace file to write")
+    t.add_argument("--duration", "-d", type=float, default=None, metavar="S",
+                   help="stop after S seconds (default: at ^C)")
+    t.add_argument("--max-events", type=int, default=None, metavar="N",
+                   help="stop writing after N events (later ones are counted as dropped)")
+    t.add_argument("--max-bytes", type=int, default=None, metavar="N",
+                   help="bound the file to N bytes (default 512 MiB)")
+    t = _sub(tsub, "show", "print the events of a trace file",
+             "Print a trace's events: time since the start, kind, label, PASID,\n"
+             "IOVA, GPA, stage, IOTLB hit or miss, fault reason.")
+    t.add_argument("file", help="a trace file")
+    t.add_argument("--limit", "-n", type=int, default=50, metavar="N",
+                   help="at most N events (default 50; 0 for all)")
+    t.add_argument("--kind", choices=("translate", "fault", "invalidate"),
+                   help="only events of this kind")
+    t = _sub(tsub, "summary", "summarise a trace file: hit rate, faults, per PASID, per page",
+             "Counts of a trace: translations, IOTLB hits and misses, faults by\n"
+             "reason, invalidations, translations per PASID and the busiest pages.")
+    t.add_argument("file", help="a trace file")
+    t = _sub(tsub, "plot", "plot a trace file to PNG (needs matplotlib: vuser[plot])",
+             "Write a PNG with three panels: IOTLB hit rate over time,\n"
+             "translations per (label, PASID), and the busiest pages. Needs\n"
+             "matplotlib (pip install 'vuser[plot]').")
+    t.add_argument("file", help="a trace file")
+    t.add_argument("--out", "-o", metavar="PNG", help="output file (default FILE.png)")
+
+    p = _sub(sub, "inject", "inject translation faults or unmap stage-2 ranges under DMA",
+             "Fault injection for experiments. `fault`: the next N translations of\n"
+             "(label, PASID, IOVA range) fault with a chosen VT-d reason and stage.\n"
+             "`unmap`: unmap a stage-2 (GPA) range of an IOAS under a running\n"
+             "guest; `restore` maps it back.")
+    isub = p.add_subparsers(dest="inject_command", metavar="ACTION", required=True)
+    i = _sub(isub, "fault", "make the next N translations of (label, PASID, range) fault",
+             "Add an injection rule. The PASID is the guest's (vPASID); --rid for\n"
+             "untagged DMA, --any-pasid for all. Stage 1 faults are the guest's\n"
+             "(a PRI-capable device may send a page request), stage 2 the host's.")
+    i.add_argument("--label", type=_int, required=True, help="device label")
+    g = i.add_mutually_exclusive_group(required=True)
+    g.add_argument("--pasid", type=_int, help="the PASID as the guest knows it")
+    g.add_argument("--rid", action="store_true", help="untagged DMA (no PASID)")
+    g.add_argument("--any-pasid", action="store_true", help="any PASID and the RID")
+    i.add_argument("--iova", type=_int, required=True, help="first address of the range")
+    i.add_argument("--length", type=_int, default=4096, help="bytes (default 4096)")
+    i.add_argument("--count", type=_int, default=1, help="translations to fault (default 1)")
+    i.add_argument("--reason", type=_int, default=0x07,
+                   help="VT-d fault reason (default 0x07, paging entry not present)")
+    i.add_argument("--stage", type=int, choices=(1, 2), default=1, help="1 guest, 2 host")
+    i = _sub(isub, "unmap", "unmap a stage-2 range of an IOAS (a hole under the guest)",
+             "Cut a hole [IOVA, IOVA+LENGTH) in the IOAS (a VM's GPA space): DMA there\n"
+             "faults at stage 2 until `inject restore HOLE`.")
+    i.add_argument("--ioas", type=_int, required=True, help="IOAS id (see `vuser ctl ioas`)")
+    i.add_argument("--iova", type=_int, required=True, help="first GPA, page aligned")
+    i.add_argument("--length", type=_int, required=True, help="bytes, page aligned")
+    i = _sub(isub, "restore", "map a stage-2 hole back", "Map a hole's pages back.")
+    i.add_argument("hole", type=_int, help="the hole id `inject unmap` printed")
+    _sub(isub, "list", "list injection rules and stage-2 holes", "Live rules and holes.")
+    _sub(isub, "clear", "remove every injection rule", "Remove every injection rule.")
+
+    p = _sub(sub, "call", "call any control method by name (the whole ioasid uAPI)",
+             "Call METHOD with positional ARGs and name=value pairs. Values are\n"
+             "integers (0x hex too), null, true/false, JSON lists/maps, or strings.\n"
+             "`vuser ctl methods` lists the methods and their parameters.\n\n"
+             "  vuser ctl call ioas_alloc\n"
+             "  vuser ctl call ioas_map 2 null 0x100000 iova=0x0\n"
+             "  vuser ctl call hwpt_invalidate 7 '[{\"addr\":0,\"npages\":1,\"flags\":0}]'")
+    p.add_argument("method", help="method name")
+    p.add_argument("args", nargs="*", metavar="ARG", help="positional values or name=value")
+    _sub(sub, "methods", "list the control methods and their parameters",
+         "Every method the server answers, with its group and parameters.")
+
+
+# -- plumbing ---------------------------------------------------------------------------
+def socket_path(args: argparse.Namespace) -> str:
+    path = args.socket or os.environ.get(ENV_SOCKET)
+    if not path:
+        raise UserError(f"no control socket: give --socket PATH or set ${ENV_SOCKET}")
+    return path
+
+
+async def _with_client(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]]) -> int:
+    from vuser.rpc import Client, NoServer, RpcCallError
+    from vuser.rpc.client import ConnectionClosed
+
+    path = socket_path(args)
+    try:
+        client = await asyncio.wait_for(Client.connect(path), args.timeout)
+    except NoServer as e:
+        raise UserError(e.strerror) from None
+    except asyncio.TimeoutError:
+        raise UserError(f"no answer from {path} in {args.timeout:g} s") from None
+    try:
+        return await fn(client)
+    except RpcCallError as e:
+        raise UserError(e.strerror) from None
+    except ConnectionClosed as e:
+        raise UserError(f"the server at {path} closed the connection ({e})") from None
+    finally:
+        await client.close()
+
+
+def _print(args: argparse.Namespace, value: Any, human: Callable[[Any], str]) -> int:
+    from vuser.rpc import render
+
+    print(render.dumps_json(value) if args.json else human(value))
+    return 0
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: int (0x too), null, true/false, JSON, else the string."""
+    low = text.lower()
+    if low in ("null", "none", "nil"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return int(text, 0)
+    except ValueError:
+        pass
+    if text[:1] in "[{\"":
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise UserError(f"{text!r} is not valid JSON") from None
+    return text
+
+
+def _call_params(args: list[str]) -> tuple[list[Any], dict[str, Any]]:
+    pos: list[Any] = []
+    named: dict[str, Any] = {}
+    for a in args:
+        name, eq, value = a.partition("=")
+        if eq and name.isidentifier():
+            named[name] = parse_value(value)
+        else:
+            if named:
+                raise UserError(f"positional {a!r} after name=value arguments")
+            pos.append(parse_value(a))
+    return pos, named
+
+
+# -- subcommands ---------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    from vuser.rpc import render
+
+    cmd = args.ctl_command
+    if cmd == "trace" and args.trace_command != "record":
+        return _trace_offline(args)
+    if cmd == "devices":
+        return asyncio.run(_with_client(args, lambda c: _simple(c, args, "devices", render.devices)))
+    if cmd == "pasids":
+        return asyncio.run(_with_client(
+            args, lambda c: _simple(c, args, "pasid_table", render.pasid_table, args.label)))
+    if cmd == "ioas":
+        return asyncio.run(_with_client(args, lambda c: _simple(c, args, "ioas_list",
+                                                                render.ioas_list)))
+    if cmd == "hwpts":
+        return asyncio.run(_with_client(args, lambda c: _simple(c, args, "hwpts", render.hwpts)))
+    if cmd == "stats":
+        return asyncio.run(_with_client(args, lambda c: _stats(c, args)))
+    if cmd == "faults":
+        return asyncio.run(_with_client(args, lambda c: _faults(c, args)))
+    if cmd == "trace":
+        return asyncio.run(_with_client(args, lambda c: _trace_record(c, args)))
+    if cmd == "inject":
+        return asyncio.run(_with_client(args, lambda c: _inject(c, args)))
+    if cmd == "call":
+        pos, named = _call_params(args.args)
+        return asyncio.run(_with_client(args, lambda c: _call(c, args, pos, named)))
+    if cmd == "methods":
+        return asyncio.run(_with_client(args, lambda c: _methods(c, args)))
+    raise UserError(f"unknown ctl subcommand {cmd!r}")  # argparse prevents this
+
+
+async def _simple(c: Any, args: argparse.Namespace, method: str, human: Callable[[Any], str],
+                  *params: Any) -> int:
+    value = await asyncio.wait_for(c.call(method, *params), args.timeout)
+    return _print(args, value, human)
+
+
+async def _stats(c: Any, args: argparse.Namespace) -> int:
+    from vuser.rpc import render
+
+    value = await asyncio.wait_for(c.counters(), args.timeout)
+    if args.reset:
+        await c.stats_reset()
+    return _print(args, value, render.counters)
+
+
+async def _faults(c: Any, args: argparse.Namespace) -> int:
+    from vuser.rpc import render
+
+    if not args.follow:
+        value = await asyncio.wait_for(c.faults(args.limit), args.timeout)
+        return _print(args, value, render.faults)
+    topics = await c.subscribe(["fault", "page_request", "dma_completion"])
+    print(f"following {', '.join(topics)} on {c.path} (^C to stop)", file=sys.stderr, flush=True)
+    seen = 0
+    try:
+        while args.count is None or seen < args.count:
+            topic, payload = await c.next_notification()
+            seen += 1
+            if args.json:
+                print(json.dumps({"topic": topic, "payload": payload}, sort_keys=True,
+                                 default=lambda o: o.hex() if isinstance(o, bytes) else str(o)),
+                      flush=True)
+            elif topic == "fault":
+                print("fault: " + render.fault_line(payload), flush=True)
+            elif topic == "page_request":
+                print(render.page_request_line(payload), flush=True)
+            elif topic == "lost":
+                print(f"({payload.get('count')} notifications lost: the client lagged)",
+                      flush=True)
+            else:
+                print(f"{topic}: {payload}", flush=True)
+    except asyncio.CancelledError:  # ^C
+        pass
+    return 0
+
+
+async def _trace_record(c: Any, args: argparse.Namespace) -> int:
+    path = os.path.abspath(args.file)
+    kw: dict[str, Any] = {"path": path}
+    if args.max_events is not None:
+        kw["max_events"] = args.max_events
+    if args.max_bytes is not None:
+        kw["max_bytes"] = args.max_bytes
+    await asyncio.wait_for(c.call("trace_start", **kw), args.timeout)
+    print(f"recording to {path}" + (f" for {args.duration:g} s" if args.duration else
+                                     " (^C to stop)"), file=sys.stderr, flush=True)
+    start = time.monotonic()
+    try:
+        if args.duration is not None:
+            await asyncio.sleep(args.duration)
+        else:
+            await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        pass
+    status = await asyncio.wait_for(c.trace_stop(), args.timeout)
+    if args.json:
+        print(json.dumps(status, sort_keys=True))
+    else:
+        print(f"{status['events']} events ({status['bytes']} bytes) in "
+              f"{time.monotonic() - start:.1f} s to {status['path']}"
+              + (f"; {status['dropped']} dropped at the limit" if status["dropped"] else ""))
+    return 0
+
+
+def _trace_offline(args: argparse.Namespace) -> int:
+    from vuser.rpc import render
+    from vuser.rpc.plot import plot_trace
+    from vuser.rpc.tracing import TraceFormatError, read_trace, summarize
+
+    try:
+        trace = read_trace(args.file)
+    except FileNotFoundError:
+        raise UserError(f"no trace file {args.file}") from None
+    except (TraceFormatError, OSError) as e:
+        raise UserError(str(e)) from None
+    t0 = trace.header.get("t0", 0.0)
+    if args.trace_command == "show":
+        events = [e for e in trace.events if args.kind is None or e["kind"] == args.kind]
+        if args.limit:
+            events = events[:args.limit]
+        if args.json:
+            print(render.dumps_json(events))
+        else:
+            print(render.trace_events(events, t0))
+        return 0
+    if args.trace_command == "summary":
+        s = summarize(trace.events, t0)
+        return _print(args, s, lambda v: render.trace_summary(v, trace.header, trace.footer))
+    out = args.out or (os.path.splitext(args.file)[0] + ".png")
+    plot_trace(trace.events, out, title=os.path.basename(args.file))
+    print(f"wrote {out}")
+    return 0
+
+
+async def _inject(c: Any, args: argparse.Namespace) -> int:
+    from vuser.rpc import render
+
+    a = args.inject_command
+    if a == "fault":
+        pasid = None if args.rid else (-1 if args.any_pasid else args.pasid)
+        rid = await c.inject_fault(args.label, pasid, args.iova, args.length, args.count,
+                                   args.reason, args.stage)
+        return _print(args, rid, lambda v: f"injection rule {v}: the next {args.count} "
+                                           f"translations of label {args.label:#x} "
+                                           f"{render.pasid_str(pasid) if pasid != -1 else 'any PASID'}"
+                                           f" in [{args.iova:#x}, +{args.length:#x}) fault")
+    if a == "unmap":
+        hole = await c.s2_unmap(args.ioas, args.iova, args.length)
+        return _print(args, hole, lambda h: f"hole {h['id']}: IOAS {h['ioas']} "
+                                            f"[{h['iova']:#x}, +{h['length']:#x}) unmapped "
+                                            f"(`vuser ctl inject restore {h['id']}` maps it back)")
+    if a == "restore":
+        hole = await c.s2_restore(args.hole)
+        return _print(args, hole, lambda h: f"hole {h['id']} restored")
+    if a == "clear":
+        n = await c.inject_clear()
+        return _print(args, n, lambda v: f"{v} injection rules removed")
+    rules = await c.inject_list()
+    holes = await c.s2_holes()
+    return _print(args, {"rules": rules, "holes": holes}, lambda v: (
+        render.table(["RULE", "LABEL", "PASID", "FIRST", "LAST", "LEFT", "FIRED", "REASON",
+                      "STAGE"],
+                     [[r["id"], render.hx(r["label"]), "any" if r["pasid"] == -1 else
+                       render.pasid_str(r["pasid"]), render.hx(r["first"]), render.hx(r["last"]),
+                       r["remaining"], r["fired"], render.hx(r["reason"]), r["stage"]]
+                      for r in v["rules"]], empty="(no rules)")
+        + "\n\n" + render.table(["HOLE", "IOAS", "IOVA", "LENGTH"],
+                                [[h["id"], h["ioas"], render.hx(h["iova"]), render.hx(h["length"])]
+                                 for h in v["holes"]], empty="(no holes)")))
+
+
+async def _call(c: Any, args: argparse.Namespace, pos: list[Any], named: dict[str, Any]) -> int:
+    from vuser.rpc import render
+
+    value = await asyncio.wait_for(c.call(args.method, *pos, **named), args.timeout)
+    print(render.dumps_json(value))
+    return 0
+
+
+async def _methods(c: Any, args: argparse.Namespace) -> int:
+    from vuser.rpc import render
+
+    ms = await asyncio.wait_for(c.rpc_methods(), args.timeout)
+
+    def human(ms: list[dict[str, Any]]) -> str:
+        rows = []
+        for m in ms:
+            params = ", ".join(p["name"] + ("" if p["required"] else "?") for p in m["params"])
+            rows.append([m["group"], f"{m['name']}({params})", m["doc"][:70]])
+        return render.table(["GROUP", "METHOD", "DOC"], rows)
+    return _print(args, ms, human)
