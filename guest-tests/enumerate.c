@@ -9,9 +9,11 @@
 #include <poll.h>
 #include <time.h>
 
-#include "lib/dmamem.h"
-#include "lib/pci_sysfs.h"
-#include "lib/vuser_test.h"
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/pci_regs.h>
+
+#include "lib/vuser.h"
 
 #define SAMPLE_VENDOR 0x5655
 #define SAMPLE_DEVICE 0x0001
@@ -264,11 +266,10 @@ static enum vt_result bar0_registers(void)
 
 static enum vt_result dma_to_guest(void)
 {
-	char err[160];
 	uint32_t status;
 
 	vt_require("bar0_registers");
-	VT_CHECK(!vt_dmabuf_alloc(&buf, DMA_LEN + 1, err, sizeof(err)), "DMA buffer: %s", err);
+	VT_CHECK(!vt_dmabuf_alloc(&buf, DMA_LEN + 1), "DMA buffer: %s", vt_err());
 	ktap_diag("DMA buffer at pa %#llx (%s)", (unsigned long long)buf.pa,
 		  buf.huge ? "hugepage" : "locked pages");
 	memset(buf.va, 0xa5, buf.len);

@@ -7,9 +7,9 @@
 #include <sys/mount.h>
 #include <sys/statfs.h>
 
-#include "lib/dmamem.h"
-#include "lib/pci_sysfs.h"
-#include "lib/vuser_test.h"
+#include <stdlib.h>
+
+#include "lib/vuser.h"
 
 #define HUGETLBFS_MAGIC 0x958458f6
 #define SYSFS_MAGIC 0x62656572
@@ -81,9 +81,7 @@ static enum vt_result uio_driver_loaded(void)
 
 static enum vt_result dma_buffer(void)
 {
-	char err[160];
-
-	VT_CHECK(!vt_dmabuf_alloc(&buf, 4096, err, sizeof(err)), "%s", err);
+	VT_CHECK(!vt_dmabuf_alloc(&buf, 4096), "%s", vt_err());
 	ktap_diag("buffer at pa %#llx (%s)", (unsigned long long)buf.pa,
 		  buf.huge ? "hugepage" : "locked pages");
 	VT_CHECK(buf.huge, "no 2 MiB hugepage for DMA buffers");
@@ -95,12 +93,11 @@ static enum vt_result dma_buffer(void)
 /* Every 4 KiB entry of the hugepage in pagemap must follow the first. */
 static enum vt_result pagemap_contiguous(void)
 {
-	char err[160];
 	uint64_t pa_last;
 
 	vt_require("dma_buffer");
-	pa_last = vt_virt_to_phys(buf.va + buf.len - 1, err, sizeof(err));
-	VT_CHECK(pa_last, "%s", err);
+	pa_last = vt_virt_to_phys(buf.va + buf.len - 1);
+	VT_CHECK(pa_last, "%s", vt_err());
 	VT_CHECK(pa_last == buf.pa + buf.len - 1, "last byte at pa %#llx, want %#llx",
 		 (unsigned long long)pa_last, (unsigned long long)(buf.pa + buf.len - 1));
 	return VT_PASS;

@@ -12,7 +12,7 @@ from vuser.guest import paths
 from vuser.guest.elfcases import BadGuestBinary, read_cases
 
 WITH_CASES = """
-#include "lib/vuser_test.h"
+#include "lib/vuser.h"
 static enum vt_result alpha(void) { return VT_PASS; }
 static enum vt_result beta_2(void) { return VT_PASS; }
 static enum vt_result gamma(void) { VT_CHECK(1 == 2, "never"); return VT_PASS; }
@@ -20,17 +20,18 @@ VUSER_CASES(alpha, beta_2, gamma)
 """
 
 
-def include() -> str:
-    return f"-I{paths.GUEST_TESTS}"
+def include() -> list[str]:
+    """The include path and libvuser's sources (linked with the program)."""
+    return [f"-I{paths.GUEST_TESTS}", *map(str, sorted((paths.GUEST_TESTS / "lib").glob("*.c")))]
 
 
 def test_static_binary_with_cases(tmp_path):
-    binary = compile_c(tmp_path, WITH_CASES, "cases", "-static", "-O2", include())
+    binary = compile_c(tmp_path, WITH_CASES, "cases", "-static", "-O2", *include())
     assert read_cases(binary) == ["alpha", "beta_2", "gamma"]
 
 
 def test_dynamic_binary_rejected(tmp_path):
-    binary = compile_c(tmp_path, WITH_CASES, "dynamic", "-O2", include())
+    binary = compile_c(tmp_path, WITH_CASES, "dynamic", "-O2", *include())
     with pytest.raises(BadGuestBinary, match="dynamically linked .*interpreter"):
         read_cases(binary)
 

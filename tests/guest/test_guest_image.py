@@ -106,7 +106,7 @@ def test_cache_key_follows_the_inputs(offline, tmp_path):
     shutil.copytree(paths.IMAGES, recipe_dir)
     base = build_image(progress=False, cache=cache, guest_tests=src, images=recipe_dir)
 
-    header = src / "lib" / "ktap.h"
+    header = src / "lib" / "vuser.h"
     header.write_text(header.read_text() + "\n/* changed */\n")
     changed_lib = build_image(progress=False, cache=cache, guest_tests=src, images=recipe_dir)
     assert changed_lib.key != base.key

@@ -3,9 +3,12 @@
 Each top-level ``guest-tests/<name>.c`` is one test program; it declares its
 cases with ``VUSER_CASES`` (``guest-tests/lib/vuser_test.h``).
 ``guest-tests/tools/<name>.c`` are helpers the guest's ``/init`` uses (such
-as ``debug-exit``), not tests. Everything is built with ``gcc -static -O2``
-into the cache, keyed by the sources, the compiler and the flags, and every
-binary is checked with ``elfcases`` (static x86-64, cases readable).
+as ``debug-exit``), not tests. ``guest-tests/lib/*.c`` is libvuser, the guest
+driver library (declared in ``lib/vuser.h``): it is archived into
+``libvuser.a`` and linked into every test program. Everything is built with
+``gcc -static -O2`` into the cache, keyed by the sources, the compiler and the
+flags, and every binary is checked with ``elfcases`` (static x86-64, cases
+readable).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ __all__ = ["CFLAGS", "GuestProgram", "ProgramSet", "build_programs", "cached_pro
            "source_digest", "sources"]
 
 CFLAGS = ("-static", "-O2", "-g0", "-Wall", "-Wextra", "-std=gnu11")
-_RECIPE = 2  # bump when _compile() changes how binaries are made
+_RECIPE = 3  # bump when _compile() changes how binaries are made
 _STAMP = "programs.ok"
 
 
@@ -91,14 +94,36 @@ def source_digest(root: Path = paths.GUEST_TESTS, compiler: str = "") -> str:
     return h.hexdigest()
 
 
-def _compile(gcc: str, src: Path, out: Path, root: Path) -> None:
+def _compile(gcc: str, src: Path, out: Path, root: Path, libs: tuple[Path, ...] = (),
+             compile_only: bool = False) -> None:
     # -ffile-prefix-map: __FILE__ in diagnostics says guest-tests/x.c, wherever the tree is.
-    cmd = [gcc, *CFLAGS, f"-ffile-prefix-map={root}=guest-tests", "-I", str(root),
-           "-o", str(out), str(src)]
+    flags = [f for f in CFLAGS if not (compile_only and f == "-static")]
+    cmd = [gcc, *flags, f"-ffile-prefix-map={root}=guest-tests", "-I", str(root),
+           *(["-c"] if compile_only else []), "-o", str(out), str(src), *map(str, libs)]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         tail = "\n".join(p.stderr.strip().splitlines()[-15:])
-        raise UserError(f"building guest test {src.name} failed:\n{tail}")
+        raise UserError(f"building guest test {src.relative_to(root)} failed:\n{tail}")
+
+
+def _build_library(gcc: str, root: Path, out: Path) -> tuple[Path, ...]:
+    """``root/lib/*.c`` compiled and archived into ``out/libvuser.a`` (none: no archive)."""
+    srcs = sorted((root / "lib").glob("*.c"))
+    if not srcs:
+        return ()
+    objs = []
+    (out / "obj").mkdir()
+    for src in srcs:
+        obj = out / "obj" / f"{src.stem}.o"
+        _compile(gcc, src, obj, root, compile_only=True)
+        objs.append(obj)
+    archive = out / "libvuser.a"
+    ar = shutil.which("ar") or "ar"
+    p = subprocess.run([ar, "rcs", str(archive), *map(str, objs)], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise UserError(f"ar libvuser.a failed: {p.stderr.strip() or p.returncode}")
+    shutil.rmtree(out / "obj")
+    return (archive,)
 
 
 def _load(out: Path, names: dict[str, list[Path]], digest: str) -> ProgramSet:
@@ -158,10 +183,11 @@ def build_programs(root: Path = paths.GUEST_TESTS, cache: Path | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
+        libs = _build_library(gcc, root, tmp)
         for kind in ("tests", "tools"):
             (tmp / kind).mkdir()
             for src in names[kind]:
-                _compile(gcc, src, tmp / kind / src.stem, root)
+                _compile(gcc, src, tmp / kind / src.stem, root, libs if kind == "tests" else ())
         _load(tmp, names, digest)  # check before committing to the cache
         (tmp / _STAMP).write_text(digest + "\n")
         shutil.rmtree(out, ignore_errors=True)

@@ -1,19 +1,16 @@
-/* KTAP output for guest tests (Documentation/dev-tools/ktap.rst).
+/* libvuser: KTAP output (Documentation/dev-tools/ktap.rst).
  *
  * Every line goes to stdout, line buffered, so results and diagnostics stay
  * in order on the serial console. The guest's /init runs each program as a
  * subtest and sets KTAP_INDENT to the number of spaces its lines need.
  */
-#ifndef VUSER_KTAP_H
-#define VUSER_KTAP_H
-
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
+
+#include "vuser.h"
 
 static int ktap_indent_spaces;
 
-static inline void ktap_init(void)
+void ktap_init(void)
 {
 	const char *s = getenv("KTAP_INDENT");
 
@@ -23,54 +20,63 @@ static inline void ktap_init(void)
 		ktap_indent_spaces = 0;
 }
 
-static inline void ktap_vline(const char *fmt, va_list ap)
+static void ktap_vline(const char *prefix, const char *fmt, va_list ap)
 {
-	printf("%*s", ktap_indent_spaces, "");
+	printf("%*s%s", ktap_indent_spaces, "", prefix);
 	vprintf(fmt, ap);
 	putchar('\n');
 }
 
-static inline void __attribute__((format(printf, 1, 2))) ktap_line(const char *fmt, ...)
+void ktap_line(const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	ktap_vline(fmt, ap);
+	ktap_vline("", fmt, ap);
 	va_end(ap);
 }
 
 /* "# ..." diagnostic: belongs to the result line that follows it. */
-static inline void __attribute__((format(printf, 1, 2))) ktap_diag(const char *fmt, ...)
+void ktap_diag(const char *fmt, ...)
 {
 	va_list ap;
 
-	printf("%*s# ", ktap_indent_spaces, "");
 	va_start(ap, fmt);
-	vprintf(fmt, ap);
+	ktap_vline("# ", fmt, ap);
 	va_end(ap);
-	putchar('\n');
 }
 
-static inline void ktap_header(const char *name, int ncases)
+void ktap_header(const char *name, int ncases)
 {
 	ktap_line("KTAP version 1");
 	ktap_line("# Subtest: %s", name);
 	ktap_line("1..%d", ncases);
 }
 
-static inline void ktap_ok(int n, const char *name)
+void ktap_ok(int n, const char *name)
 {
 	ktap_line("ok %d %s", n, name);
 }
 
-static inline void ktap_not_ok(int n, const char *name)
+void ktap_not_ok(int n, const char *name)
 {
 	ktap_line("not ok %d %s", n, name);
 }
 
-static inline void ktap_skip(int n, const char *name, const char *reason)
+void ktap_skip(int n, const char *name, const char *reason)
 {
 	ktap_line("ok %d %s # SKIP %s", n, name, reason);
 }
 
-#endif
+void ktap_hexdump(const char *what, const void *p, size_t len)
+{
+	const uint8_t *b = p;
+
+	for (size_t off = 0; off < len; off += 16) {
+		char line[16 * 3 + 1], *o = line;
+
+		for (size_t i = off; i < len && i < off + 16; i++)
+			o += sprintf(o, "%02x ", b[i]);
+		ktap_diag("%s +%#05zx: %s", what, off, line);
+	}
+}

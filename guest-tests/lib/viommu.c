@@ -1,0 +1,599 @@
+/* libvuser: a driver for the vuser-iommu function (docs/vuser-iommu.md).
+ *
+ * The function's BAR0 is a VT-d scalable-mode register file (VT-d 11.4);
+ * this file programs it as a VT-d driver would, from guest userspace:
+ * root table (6.2.1), scalable-mode context entries (9.4), PASID directory
+ * and table (9.5, 9.6), queued invalidation with 256-bit descriptors (6.5.2),
+ * the page request queue (7.5) and fault recording (7.2). The source-id of a
+ * device is its label (root index label >> 8, context index label & 0xff).
+ */
+#include <linux/pci_regs.h>
+
+#include "vuser.h"
+
+#define VTD_TIMEOUT_MS 10000
+/* GCMD one-shot bits, never written back from GSTS (Linux: 0x96ffffff). */
+#define GCMD_ONE_SHOT 0x69000000u
+
+uint32_t vtd_read32(struct vtd *v, unsigned off)
+{
+	return *(volatile uint32_t *)(v->regs + off);
+}
+
+void vtd_write32(struct vtd *v, unsigned off, uint32_t val)
+{
+	*(volatile uint32_t *)(v->regs + off) = val;
+}
+
+/* 64-bit registers as two 32-bit accesses, low half first (VT-d 10.2). */
+uint64_t vtd_read64(struct vtd *v, unsigned off)
+{
+	uint64_t lo = vtd_read32(v, off);
+
+	return lo | (uint64_t)vtd_read32(v, off + 4) << 32;
+}
+
+void vtd_write64(struct vtd *v, unsigned off, uint64_t val)
+{
+	vtd_write32(v, off, (uint32_t)val);
+	vtd_write32(v, off + 4, (uint32_t)(val >> 32));
+}
+
+int vtd_open(struct vtd *v)
+{
+	int ret;
+
+	memset(v, 0, sizeof(*v));
+	v->timeout_ms = VTD_TIMEOUT_MS;
+	if ((ret = vt_pci_find(VTD_VENDOR_ID, VTD_DEVICE_ID, &v->pci)))
+		return ret;
+	if ((ret = vt_pci_unbind(&v->pci)) || (ret = vt_pci_enable(&v->pci)) ||
+	    (ret = vt_pci_set_master(&v->pci, 1)))
+		return ret;
+	v->regs = vt_pci_map_bar(&v->pci, 0, &v->regs_len);
+	if (!v->regs)
+		return -errno;
+	if (v->regs_len < 0x1000)
+		return vt_fail(EINVAL, "vIOMMU BAR0 is %zu bytes", v->regs_len);
+	v->cap = vtd_read64(v, VTD_REG_CAP);
+	v->ecap = vtd_read64(v, VTD_REG_ECAP);
+	v->fro = (unsigned)VT_GET(v->cap, VTD_CAP_FRO) * 16;
+	v->nfr = (unsigned)VT_GET(v->cap, VTD_CAP_NFR) + 1;
+	if (!VT_GET(v->ecap, VTD_ECAP_SMTS) || !VT_GET(v->ecap, VTD_ECAP_QI))
+		return vt_fail(ENODEV, "vIOMMU ECAP %#llx lacks scalable mode or QI",
+			       (unsigned long long)v->ecap);
+	if (v->fro + v->nfr * VTD_FRCD_SIZE > v->regs_len)
+		return vt_fail(EINVAL, "fault records at %#x x %u beyond BAR0", v->fro, v->nfr);
+	vt_dmapool_init(&v->pool);
+	return 0;
+}
+
+/* GCMD: set or clear one persistent command bit, wait for its GSTS bit. */
+static int gcmd(struct vtd *v, uint32_t cmd, uint32_t sts, int on, const char *what)
+{
+	uint32_t val = vtd_read32(v, VTD_REG_GSTS) & ~GCMD_ONE_SHOT;
+	int ret;
+
+	vtd_write32(v, VTD_REG_GCMD, on ? val | cmd : val & ~cmd);
+	ret = vt_wait32((volatile uint32_t *)(v->regs + VTD_REG_GSTS), sts, on ? sts : 0,
+			v->timeout_ms);
+	if (ret)
+		return vt_fail(ETIMEDOUT, "GCMD %s %s: GSTS %#x", what, on ? "on" : "off",
+			       vtd_read32(v, VTD_REG_GSTS));
+	return 0;
+}
+
+int vtd_init(struct vtd *v)
+{
+	uint32_t val;
+	int ret;
+
+	v->root = vt_dmapool_alloc(&v->pool, VT_PAGE_SIZE, VT_PAGE_SIZE, &v->root_pa);
+	v->iq = vt_dmapool_alloc(&v->pool, VT_PAGE_SIZE, VT_PAGE_SIZE, &v->iq_pa);
+	v->prq = vt_dmapool_alloc(&v->pool, VT_PAGE_SIZE, VT_PAGE_SIZE, &v->prq_pa);
+	v->wait_status = vt_dmapool_alloc(&v->pool, 64, 64, &v->wait_status_pa);
+	if (!v->root || !v->iq || !v->prq || !v->wait_status)
+		return -ENOMEM;
+
+	/* Root table, scalable mode (TTM = 01b), then SRTP (one-shot). */
+	vtd_write64(v, VTD_REG_RTADDR, (v->root_pa & VTD_RTADDR_RTA_MASK) |
+			VT_PUT(VTD_RTADDR_TTM, VTD_TTM_SCALABLE));
+	val = vtd_read32(v, VTD_REG_GSTS) & ~GCMD_ONE_SHOT;
+	vtd_write32(v, VTD_REG_GCMD, val | (uint32_t)VTD_GCMD_SRTP_MASK);
+	if (vt_wait32((volatile uint32_t *)(v->regs + VTD_REG_GSTS), VTD_GSTS_RTPS_MASK,
+		      VTD_GSTS_RTPS_MASK, v->timeout_ms))
+		return vt_fail(ETIMEDOUT, "SRTP: GSTS %#x never showed RTPS",
+			       vtd_read32(v, VTD_REG_GSTS));
+
+	/* Invalidation queue: one page of 256-bit descriptors (QS 0: 128). */
+	v->iq_entries = VT_PAGE_SIZE / VTD_INV_DESC_SIZE;
+	v->iq_tail = 0;
+	vtd_write64(v, VTD_REG_IQT, 0);
+	vtd_write64(v, VTD_REG_IQA, (v->iq_pa & VTD_IQA_IQA_MASK) | VT_PUT(VTD_IQA_DW, 1) |
+			VT_PUT(VTD_IQA_QS, 0));
+	if ((ret = gcmd(v, VTD_GCMD_QIE_MASK, VTD_GSTS_QIES_MASK, 1, "QIE")))
+		return ret;
+
+	/* Page request queue: one page of 32-byte descriptors (PQS 0: 128). */
+	v->prq_entries = VT_PAGE_SIZE / VTD_PRQ_DESC_SIZE;
+	vtd_write64(v, VTD_REG_PQH, 0);
+	vtd_write64(v, VTD_REG_PQA, (v->prq_pa & VTD_PQA_PQA_MASK) | VT_PUT(VTD_PQA_PQS, 0));
+	vtd_write32(v, VTD_REG_PRS, (uint32_t)(VTD_PRS_PPR_MASK | VTD_PRS_PRO_MASK));
+
+	/* Start from clean caches, as a driver does after setting the root. */
+	if ((ret = vtd_inv_context_global(v)) || (ret = vtd_inv_pasid_cache(v, 0, 0)) ||
+	    (ret = vtd_inv_iotlb_global(v)))
+		return ret;
+	return vtd_qi_wait(v);
+}
+
+int vtd_enable_translation(struct vtd *v, int on)
+{
+	return gcmd(v, VTD_GCMD_TE_MASK, VTD_GSTS_TES_MASK, on, "TE");
+}
+
+void vtd_close(struct vtd *v)
+{
+	vt_pci_unmap_bar(v->regs, v->regs_len);
+	vt_pci_close(&v->pci);
+	vt_dmapool_destroy(&v->pool);
+	v->regs = NULL;
+}
+
+/* ---- context entries and PASID tables ---- */
+
+static struct vtd_dev_ctx *dev_ctx(struct vtd *v, uint16_t sid, int create)
+{
+	struct vtd_dev_ctx *free_slot = NULL;
+
+	for (int i = 0; i < VTD_MAX_LABELS; i++) {
+		if (v->devs[i].used && v->devs[i].sid == sid)
+			return &v->devs[i];
+		if (!v->devs[i].used && !free_slot)
+			free_slot = &v->devs[i];
+	}
+	if (!create) {
+		vt_fail(ENOENT, "no context set up for source-id %#x", sid);
+		return NULL;
+	}
+	if (!free_slot) {
+		vt_fail(ENOSPC, "more than %d devices", VTD_MAX_LABELS);
+		return NULL;
+	}
+	memset(free_slot, 0, sizeof(*free_slot));
+	free_slot->used = 1;
+	free_slot->sid = sid;
+	return free_slot;
+}
+
+int vtd_context_setup(struct vtd *v, uint16_t sid, uint32_t rid_pasid, unsigned flags)
+{
+	unsigned bus = sid >> 8, devfn = sid & 0xff, half = devfn >= 128;
+	struct vtd_dev_ctx *d = dev_ctx(v, sid, 1);
+	uint64_t *ctx, ctx_pa, *root = &v->root[bus * 2 + half];
+	uint64_t *ce;
+
+	if (!d)
+		return -errno;
+	if (rid_pasid >= VTD_PASID_MAX)
+		return vt_fail(EINVAL, "RID_PASID %#x beyond 20 bits", rid_pasid);
+	ctx = v->ctx_tables[bus][half];
+	if (!ctx) {
+		ctx = vt_dmapool_alloc(&v->pool, VT_PAGE_SIZE, VT_PAGE_SIZE, &ctx_pa);
+		if (!ctx)
+			return -ENOMEM;
+		v->ctx_tables[bus][half] = ctx;
+		/* lo: LP | LCTP (devfn 0-127); hi: UP | UCTP (devfn 128-255). */
+		__atomic_store_n(root, VTD_ROOT_LO_LP_MASK | (ctx_pa & VTD_ROOT_LO_LCTP_MASK),
+				 __ATOMIC_RELEASE);
+	}
+	if (!d->pasid_dir) {
+		d->pdts = 0; /* 2^(0+7) = 128 directory entries: PASIDs below 8192 */
+		d->pasid_dir = vt_dmapool_alloc(&v->pool, VT_PAGE_SIZE, VT_PAGE_SIZE,
+						&d->pasid_dir_pa);
+		if (!d->pasid_dir)
+			return -ENOMEM;
+	}
+	ce = &ctx[(devfn & 0x7f) * 4];
+	ce[1] = VT_PUT(VTD_CTX1_RID_PASID, rid_pasid);
+	ce[2] = 0;
+	ce[3] = 0;
+	__atomic_store_n(&ce[0], VTD_CTX0_P_MASK | VTD_CTX0_PASIDE_MASK |
+				 (flags & VTD_CTX_PRE ? VTD_CTX0_PRE_MASK : 0) |
+				 (flags & VTD_CTX_DTE ? VTD_CTX0_DTE_MASK : 0) |
+				 VT_PUT(VTD_CTX0_PDTS, d->pdts) |
+				 (d->pasid_dir_pa & VTD_CTX0_PASIDDIRPTR_MASK),
+			 __ATOMIC_RELEASE);
+	/* A context entry that was not present needs no flush on hardware with
+	 * CM=0; flush anyway: the vIOMMU may cache the not-present state. */
+	int ret = vtd_inv_context_global(v);
+
+	return ret ? ret : vtd_qi_wait(v);
+}
+
+uint64_t *vtd_pasid_entry(struct vtd *v, uint16_t sid, uint32_t pasid)
+{
+	struct vtd_dev_ctx *d = dev_ctx(v, sid, 0);
+	unsigned dir_idx = pasid >> 6;
+	uint64_t pa;
+
+	if (!d)
+		return NULL;
+	if (dir_idx >= (1u << (d->pdts + 7)) || dir_idx >= 64) {
+		vt_fail(ERANGE, "PASID %#x beyond this library's directory (%u tables)", pasid,
+			64u);
+		return NULL;
+	}
+	if (!d->pasid_tables[dir_idx]) {
+		/* 64 entries of 64 bytes: one page. */
+		d->pasid_tables[dir_idx] = vt_dmapool_alloc(&v->pool, VT_PAGE_SIZE, VT_PAGE_SIZE, &pa);
+		if (!d->pasid_tables[dir_idx])
+			return NULL;
+		__atomic_store_n(&d->pasid_dir[dir_idx],
+				 VTD_PDIRE_P_MASK | (pa & VTD_PDIRE_SMPTBLPTR_MASK), __ATOMIC_RELEASE);
+	}
+	return &d->pasid_tables[dir_idx][(pasid & 0x3f) * 8];
+}
+
+/* Write a PASID entry: words 1..7 first, word 0 (with P) last; then flush. */
+static int pasid_write(struct vtd *v, uint16_t sid, uint32_t pasid, uint16_t did,
+		       const uint64_t val[8])
+{
+	uint64_t *pe = vtd_pasid_entry(v, sid, pasid);
+	int ret;
+
+	if (!pe)
+		return -errno;
+	if (pe[0] & VTD_PASIDE0_P_MASK) {
+		/* Changing a live entry: tear down first (VT-d 6.5.2.5 / Linux
+		 * intel_pasid_tear_down_entry), so no half-written entry is used. */
+		__atomic_store_n(&pe[0], 0, __ATOMIC_RELEASE);
+		if ((ret = vtd_inv_pasid_cache(v, (uint16_t)VT_GET(pe[1], VTD_PASIDE1_DID), pasid)) ||
+		    (ret = vtd_inv_piotlb_pasid(v, (uint16_t)VT_GET(pe[1], VTD_PASIDE1_DID), pasid)) ||
+		    (ret = vtd_qi_wait(v)))
+			return ret;
+	}
+	for (int i = 1; i < 8; i++)
+		pe[i] = val[i];
+	__atomic_store_n(&pe[0], val[0], __ATOMIC_RELEASE);
+	if ((ret = vtd_inv_pasid_cache(v, did, pasid)) || (ret = vtd_inv_piotlb_pasid(v, did, pasid)))
+		return ret;
+	return vtd_qi_wait(v);
+}
+
+int vtd_pasid_set_first_stage(struct vtd *v, uint16_t sid, uint32_t pasid, uint16_t did,
+			      uint64_t flptr, int levels)
+{
+	uint64_t val[8] = { 0 };
+
+	if (levels != 4 && levels != 5)
+		return vt_fail(EINVAL, "first-stage levels %d (4 or 5)", levels);
+	if (levels == 5 && !VT_GET(v->cap, VTD_CAP_FS5LP))
+		return vt_fail(EOPNOTSUPP, "vIOMMU CAP %#llx lacks FS5LP (5-level first stage)",
+			       (unsigned long long)v->cap);
+	val[0] = VTD_PASIDE0_P_MASK | VT_PUT(VTD_PASIDE0_PGTT, VTD_PGTT_FIRST_STAGE);
+	val[1] = VT_PUT(VTD_PASIDE1_DID, did);
+	val[2] = VT_PUT(VTD_PASIDE2_FLPM, levels == 5 ? VTD_FLPM_5LEVEL : VTD_FLPM_4LEVEL) |
+		 (flptr & VTD_PASIDE2_FLPTR_MASK);
+	return pasid_write(v, sid, pasid, did, val);
+}
+
+int vtd_pasid_set_pass_through(struct vtd *v, uint16_t sid, uint32_t pasid, uint16_t did)
+{
+	uint64_t val[8] = { 0 };
+
+	if (!VT_GET(v->ecap, VTD_ECAP_PT))
+		return vt_fail(EOPNOTSUPP, "vIOMMU ECAP %#llx lacks PT", (unsigned long long)v->ecap);
+	val[0] = VTD_PASIDE0_P_MASK | VT_PUT(VTD_PASIDE0_PGTT, VTD_PGTT_PASS_THROUGH);
+	val[1] = VT_PUT(VTD_PASIDE1_DID, did);
+	return pasid_write(v, sid, pasid, did, val);
+}
+
+int vtd_pasid_clear(struct vtd *v, uint16_t sid, uint32_t pasid, uint16_t did)
+{
+	uint64_t *pe = vtd_pasid_entry(v, sid, pasid);
+	int ret;
+
+	if (!pe)
+		return -errno;
+	__atomic_store_n(&pe[0], 0, __ATOMIC_RELEASE);
+	if ((ret = vtd_inv_pasid_cache(v, did, pasid)) || (ret = vtd_inv_piotlb_pasid(v, did, pasid)))
+		return ret;
+	return vtd_qi_wait(v);
+}
+
+/* ---- queued invalidation ---- */
+
+static int qi_error(struct vtd *v)
+{
+	uint32_t fsts = vtd_read32(v, VTD_REG_FSTS);
+
+	if (fsts & (VTD_FSTS_IQE_MASK | VTD_FSTS_ITE_MASK | VTD_FSTS_ICE_MASK))
+		return vt_fail(EIO, "invalidation queue error: FSTS %#x (IQE %d ITE %d ICE %d), "
+			       "IQERCD %#llx, IQH %#llx", fsts, !!(fsts & VTD_FSTS_IQE_MASK),
+			       !!(fsts & VTD_FSTS_ITE_MASK), !!(fsts & VTD_FSTS_ICE_MASK),
+			       (unsigned long long)vtd_read64(v, VTD_REG_IQERCD),
+			       (unsigned long long)vtd_read64(v, VTD_REG_IQH));
+	return 0;
+}
+
+int vtd_qi_submit(struct vtd *v, const uint64_t desc[4])
+{
+	unsigned next = (v->iq_tail + 1) % v->iq_entries;
+	double deadline = vt_now() + v->timeout_ms / 1000.0;
+	uint64_t *slot;
+	int ret;
+
+	if ((ret = qi_error(v)))
+		return ret;
+	/* Full when the tail would meet the head. */
+	while ((unsigned)(vtd_read64(v, VTD_REG_IQH) / VTD_INV_DESC_SIZE) == next) {
+		if (vt_now() > deadline)
+			return vt_fail(ETIMEDOUT, "invalidation queue full (IQH %#llx)",
+				       (unsigned long long)vtd_read64(v, VTD_REG_IQH));
+		vt_sleep_us(100);
+	}
+	slot = &v->iq[v->iq_tail * 4];
+	for (int i = 0; i < 4; i++)
+		slot[i] = desc[i];
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	v->iq_tail = next;
+	vtd_write64(v, VTD_REG_IQT, (uint64_t)next * VTD_INV_DESC_SIZE);
+	return 0;
+}
+
+int vtd_qi_wait(struct vtd *v)
+{
+	uint64_t desc[4] = { 0 };
+	uint32_t seq = ++v->wait_seq;
+	double deadline;
+	int ret;
+
+	*v->wait_status = 0;
+	desc[0] = VT_PUT(VTD_INV_TYPE, VTD_INV_WAIT) | VTD_INV_WAIT_SW_MASK |
+		  VT_PUT(VTD_INV_WAIT_DATA, seq);
+	desc[1] = v->wait_status_pa & ~3ull;
+	if ((ret = vtd_qi_submit(v, desc)))
+		return ret;
+	deadline = vt_now() + v->timeout_ms / 1000.0;
+	while (*v->wait_status != seq) {
+		if ((ret = qi_error(v)))
+			return ret;
+		if (vt_now() > deadline)
+			return vt_fail(ETIMEDOUT, "wait descriptor not completed in %u ms (status "
+				       "word %#x, IQH %#llx, IQT %#llx)", v->timeout_ms,
+				       *v->wait_status, (unsigned long long)vtd_read64(v, VTD_REG_IQH),
+				       (unsigned long long)vtd_read64(v, VTD_REG_IQT));
+		vt_sleep_us(50);
+	}
+	return 0;
+}
+
+int vtd_inv_context_global(struct vtd *v)
+{
+	uint64_t d[4] = { VT_PUT(VTD_INV_TYPE, VTD_INV_CC) |
+			  VT_PUT(VTD_INV_G, VTD_INV_CC_G_GLOBAL), 0, 0, 0 };
+
+	return vtd_qi_submit(v, d);
+}
+
+int vtd_inv_pasid_cache(struct vtd *v, uint16_t did, uint32_t pasid)
+{
+	uint64_t d[4] = { VT_PUT(VTD_INV_TYPE, VTD_INV_PC) | VT_PUT(VTD_INV_G, VTD_INV_PC_G_PASID) |
+			  VT_PUT(VTD_INV_DID, did) | VT_PUT(VTD_INV_PASID, pasid), 0, 0, 0 };
+
+	return vtd_qi_submit(v, d);
+}
+
+int vtd_inv_iotlb_global(struct vtd *v)
+{
+	uint64_t d[4] = { VT_PUT(VTD_INV_TYPE, VTD_INV_IOTLB) |
+			  VT_PUT(VTD_INV_G, VTD_INV_IOTLB_G_GLOBAL), 0, 0, 0 };
+
+	return vtd_qi_submit(v, d);
+}
+
+int vtd_inv_piotlb_pasid(struct vtd *v, uint16_t did, uint32_t pasid)
+{
+	uint64_t d[4] = { VT_PUT(VTD_INV_TYPE, VTD_INV_PIOTLB) |
+			  VT_PUT(VTD_INV_G, VTD_INV_PIOTLB_G_PASID) | VT_PUT(VTD_INV_DID, did) |
+			  VT_PUT(VTD_INV_PASID, pasid), 0, 0, 0 };
+
+	return vtd_qi_submit(v, d);
+}
+
+int vtd_inv_piotlb_pages(struct vtd *v, uint16_t did, uint32_t pasid, uint64_t addr, unsigned am,
+			 int ih)
+{
+	uint64_t d[4] = { VT_PUT(VTD_INV_TYPE, VTD_INV_PIOTLB) |
+			  VT_PUT(VTD_INV_G, VTD_INV_PIOTLB_G_PAGE) | VT_PUT(VTD_INV_DID, did) |
+			  VT_PUT(VTD_INV_PASID, pasid), 0, 0, 0 };
+
+	if (am > 63 || addr & ((VT_PAGE_SIZE << am) - 1))
+		return vt_fail(EINVAL, "PASID-IOTLB invalidation: addr %#llx not aligned to 2^%u "
+			       "pages", (unsigned long long)addr, am);
+	d[1] = (addr & VTD_INV_ADDR_ADDR_MASK) | VT_PUT(VTD_INV_ADDR_AM, am) |
+	       VT_PUT(VTD_INV_ADDR_IH, !!ih);
+	return vtd_qi_submit(v, d);
+}
+
+int vtd_inv_devtlb(struct vtd *v, uint16_t sid, int pasid_present, uint32_t pasid,
+		   uint64_t addr, uint64_t size_bytes)
+{
+	uint64_t d[4] = { 0 };
+	uint64_t a = addr & ~(size_bytes - 1);
+	int s = size_bytes > VT_PAGE_SIZE;
+
+	if (size_bytes < VT_PAGE_SIZE || (size_bytes & (size_bytes - 1)))
+		return vt_fail(EINVAL, "device-TLB invalidation size %#llx",
+			       (unsigned long long)size_bytes);
+	/* PCIe ATS 10.3.1: with S, the lowest clear bit above bit 11 marks the size. */
+	if (s)
+		a |= (size_bytes >> 1) - 1;
+	a &= ~0xfffull;
+	if (pasid_present) {
+		d[0] = VT_PUT(VTD_INV_TYPE, VTD_INV_PDEVTLB) | VT_PUT(VTD_INV_PDEVTLB_SID, sid) |
+		       VT_PUT(VTD_INV_PASID, pasid);
+		d[1] = (a & VTD_INV_ADDR_ADDR_MASK) | VT_PUT(VTD_INV_PDEVTLB_ADDR_S, s);
+	} else {
+		d[0] = VT_PUT(VTD_INV_TYPE, VTD_INV_DEVTLB) | VT_PUT(VTD_INV_DEVTLB_SID, sid);
+		d[1] = (a & VTD_INV_ADDR_ADDR_MASK) | VT_PUT(VTD_INV_DEVTLB_ADDR_S, s);
+	}
+	return vtd_qi_submit(v, d);
+}
+
+/* ---- page requests ---- */
+
+int vtd_prq_read(struct vtd *v, struct vtd_page_req *req)
+{
+	uint64_t head = vtd_read64(v, VTD_REG_PQH), tail = vtd_read64(v, VTD_REG_PQT);
+	uint64_t ring = (uint64_t)v->prq_entries * VTD_PRQ_DESC_SIZE;
+	const uint64_t *d;
+
+	if (head == tail)
+		return 0;
+	if (head >= ring || tail >= ring || head % VTD_PRQ_DESC_SIZE)
+		return vt_fail(EIO, "page request queue: PQH %#llx PQT %#llx outside %#llx",
+			       (unsigned long long)head, (unsigned long long)tail,
+			       (unsigned long long)ring);
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	d = &v->prq[head / 8];
+	memset(req, 0, sizeof(*req));
+	memcpy(req->raw, (const void *)d, sizeof(req->raw));
+	req->pasid_present = (int)VT_GET(d[0], VTD_PRQ0_PP);
+	req->rid = (uint16_t)VT_GET(d[0], VTD_PRQ0_RID);
+	req->pasid = (uint32_t)VT_GET(d[0], VTD_PRQ0_PASID);
+	req->exec_req = (int)VT_GET(d[0], VTD_PRQ0_EXR);
+	req->priv_req = (int)VT_GET(d[0], VTD_PRQ0_PMR);
+	req->read = (int)VT_GET(d[1], VTD_PRQ1_RDR);
+	req->write = (int)VT_GET(d[1], VTD_PRQ1_WRR);
+	req->lpig = (int)VT_GET(d[1], VTD_PRQ1_LPIG);
+	req->prgi = (uint16_t)VT_GET(d[1], VTD_PRQ1_PRGI);
+	req->addr = d[1] & VTD_PRQ1_ADDR_MASK;
+	vtd_write64(v, VTD_REG_PQH, (head + VTD_PRQ_DESC_SIZE) % ring);
+	if (vtd_read64(v, VTD_REG_PQH) == vtd_read64(v, VTD_REG_PQT))
+		vtd_write32(v, VTD_REG_PRS, (uint32_t)VTD_PRS_PPR_MASK); /* RW1C once drained */
+	return 1;
+}
+
+int vtd_prq_wait(struct vtd *v, struct vtd_page_req *req, unsigned timeout_ms)
+{
+	double deadline = vt_now() + timeout_ms / 1000.0;
+
+	for (;;) {
+		int ret = vtd_prq_read(v, req);
+
+		if (ret)
+			return ret;
+		if (vt_now() > deadline)
+			return vt_fail(ETIMEDOUT, "no page request in %u ms (PRS %#x, PQH %#llx, PQT "
+				       "%#llx)", timeout_ms, vtd_read32(v, VTD_REG_PRS),
+				       (unsigned long long)vtd_read64(v, VTD_REG_PQH),
+				       (unsigned long long)vtd_read64(v, VTD_REG_PQT));
+		vt_sleep_us(200);
+	}
+}
+
+int vtd_page_group_response(struct vtd *v, const struct vtd_page_req *req, unsigned rc)
+{
+	uint64_t d[4] = { 0 };
+
+	d[0] = VT_PUT(VTD_INV_TYPE, VTD_INV_PGRP_RESP) | VT_PUT(VTD_PGRP_PP, req->pasid_present) |
+	       VT_PUT(VTD_PGRP_RC, rc) | VT_PUT(VTD_PGRP_RID, req->rid) |
+	       VT_PUT(VTD_PGRP_PASID, req->pasid);
+	d[1] = VT_PUT(VTD_PGRP1_LPIG, req->lpig) | VT_PUT(VTD_PGRP1_PRGI, req->prgi);
+	return vtd_qi_submit(v, d);
+}
+
+/* ---- fault recording ---- */
+
+uint32_t vtd_fsts(struct vtd *v)
+{
+	return vtd_read32(v, VTD_REG_FSTS);
+}
+
+int vtd_fault_read(struct vtd *v, unsigned index, struct vtd_fault *f)
+{
+	unsigned off = v->fro + index * VTD_FRCD_SIZE;
+	uint64_t hi, lo;
+
+	if (index >= v->nfr)
+		return vt_fail(EINVAL, "fault record %u of %u", index, v->nfr);
+	hi = vtd_read64(v, off + 8);
+	memset(f, 0, sizeof(*f));
+	if (!VT_GET(hi, VTD_FRCD_HI_F))
+		return 0;
+	lo = vtd_read64(v, off);
+	f->index = (int)index;
+	f->raw_lo = lo;
+	f->raw_hi = hi;
+	f->addr = lo & VTD_FRCD_LO_FI_MASK;
+	f->sid = (uint16_t)VT_GET(hi, VTD_FRCD_HI_SID);
+	f->reason = (uint8_t)VT_GET(hi, VTD_FRCD_HI_FR);
+	f->pasid_present = (int)VT_GET(hi, VTD_FRCD_HI_PP);
+	f->pasid = (uint32_t)VT_GET(hi, VTD_FRCD_HI_PV);
+	f->is_read = (int)VT_GET(hi, VTD_FRCD_HI_T);
+	return 1;
+}
+
+void vtd_fault_clear(struct vtd *v, unsigned index)
+{
+	/* F is bit 63 of the record, bit 31 of its top dword: RW1C. */
+	vtd_write32(v, v->fro + index * VTD_FRCD_SIZE + 12, 1u << 31);
+}
+
+int vtd_faults_collect(struct vtd *v, struct vtd_fault *out, int max)
+{
+	int n = 0;
+
+	for (unsigned i = 0; i < v->nfr && n < max; i++) {
+		if (vtd_fault_read(v, i, &out[n]) == 1) {
+			vtd_fault_clear(v, i);
+			n++;
+		}
+	}
+	vtd_write32(v, VTD_REG_FSTS, (uint32_t)VTD_FSTS_PFO_MASK); /* RW1C */
+	return n;
+}
+
+void vtd_faults_clear_all(struct vtd *v)
+{
+	struct vtd_fault f[16];
+
+	while (vtd_faults_collect(v, f, 16) > 0)
+		;
+}
+
+const char *vtd_fault_reason_name(unsigned reason)
+{
+	switch (reason) {
+	case VTD_FR_ROOT_NOT_PRESENT: return "root entry not present";
+	case VTD_FR_CTX_NOT_PRESENT: return "context entry not present";
+	case VTD_FR_BEYOND_MGAW: return "address beyond MGAW";
+	case VTD_FR_WRITE: return "write denied";
+	case VTD_FR_READ: return "read denied";
+	case VTD_FR_PAGING_ENTRY_INV: return "paging entry invalid";
+	case VTD_FR_RESERVED: return "reserved bit set";
+	case VTD_FR_PRE_CLEAR: return "page request with PRE clear";
+	case VTD_FR_PASID_DIR_ACCESS: return "PASID directory access failed";
+	case VTD_FR_PASID_DIR_NOT_PRESENT: return "PASID directory entry not present";
+	case VTD_FR_PASID_TABLE_ACCESS: return "PASID table access failed";
+	case VTD_FR_PASID_NOT_PRESENT: return "PASID entry not present";
+	case VTD_FR_PASID_ENTRY_INV: return "PASID entry invalid";
+	case VTD_FR_FS_NON_CANONICAL: return "first stage: non-canonical address";
+	case VTD_FR_FS_PRIV: return "first stage: privilege";
+	case VTD_FR_FS_AD: return "first stage: A/D update failed";
+	default: return "unknown reason";
+	}
+}
+
+void vtd_fault_describe(const struct vtd_fault *f, char *buf, size_t len)
+{
+	char pasid[32] = "no PASID";
+
+	if (f->pasid_present)
+		snprintf(pasid, sizeof(pasid), "PASID %#x", f->pasid);
+	snprintf(buf, len, "record %d: %s at %#llx, source %#x, %s, reason %#x (%s)", f->index,
+		 f->is_read ? "read" : "write", (unsigned long long)f->addr, f->sid, pasid,
+		 f->reason, vtd_fault_reason_name(f->reason));
+}

@@ -1,0 +1,353 @@
+/* PROVISIONAL: hand-written from docs/vuser-iommu.md and the VT-d spec until
+ * the server's declarations land; then generated from them. */
+#ifndef VTD_LAYOUT_H
+#define VTD_LAYOUT_H
+
+#define VTD_VENDOR_ID 0x5655
+#define VTD_DEVICE_ID 0x0003
+
+/* BAR0 registers (VT-d 11.4) */
+#define VTD_REG_VER 0x000
+#define VTD_REG_CAP 0x008
+#define VTD_REG_ECAP 0x010
+#define VTD_REG_GCMD 0x018
+#define VTD_REG_GSTS 0x01c
+#define VTD_REG_RTADDR 0x020
+#define VTD_REG_CCMD 0x028
+#define VTD_REG_FSTS 0x034
+#define VTD_REG_FECTL 0x038
+#define VTD_REG_FEDATA 0x03c
+#define VTD_REG_FEADDR 0x040
+#define VTD_REG_FEUADDR 0x044
+#define VTD_REG_IQH 0x080
+#define VTD_REG_IQT 0x088
+#define VTD_REG_IQA 0x090
+#define VTD_REG_ICS 0x09c
+#define VTD_REG_IECTL 0x0a0
+#define VTD_REG_IQERCD 0x0b0
+#define VTD_REG_PQH 0x0c0
+#define VTD_REG_PQT 0x0c8
+#define VTD_REG_PQA 0x0d0
+#define VTD_REG_PRS 0x0dc
+#define VTD_REG_PECTL 0x0e0
+#define VTD_REG_IVA 0x100
+#define VTD_REG_IOTLB 0x108
+#define VTD_REG_FRCD 0x200
+#define VTD_FRCD_SIZE 16
+
+#define VTD_CAP_ND_SHIFT 0
+#define VTD_CAP_ND_MASK 0x7ull
+#define VTD_CAP_MGAW_SHIFT 16
+#define VTD_CAP_MGAW_MASK 0x3f0000ull
+#define VTD_CAP_FRO_SHIFT 24
+#define VTD_CAP_FRO_MASK 0x3ff000000ull
+#define VTD_CAP_PSI_SHIFT 39
+#define VTD_CAP_PSI_MASK 0x8000000000ull
+#define VTD_CAP_NFR_SHIFT 40
+#define VTD_CAP_NFR_MASK 0xff0000000000ull
+#define VTD_CAP_FS1GP_SHIFT 56
+#define VTD_CAP_FS1GP_MASK 0x100000000000000ull
+#define VTD_CAP_FS5LP_SHIFT 60
+#define VTD_CAP_FS5LP_MASK 0x1000000000000000ull
+
+#define VTD_ECAP_QI_SHIFT 1
+#define VTD_ECAP_QI_MASK 0x2ull
+#define VTD_ECAP_DT_SHIFT 2
+#define VTD_ECAP_DT_MASK 0x4ull
+#define VTD_ECAP_PT_SHIFT 6
+#define VTD_ECAP_PT_MASK 0x40ull
+#define VTD_ECAP_IRO_SHIFT 8
+#define VTD_ECAP_IRO_MASK 0x3ff00ull
+#define VTD_ECAP_NEST_SHIFT 26
+#define VTD_ECAP_NEST_MASK 0x4000000ull
+#define VTD_ECAP_PRS_SHIFT 29
+#define VTD_ECAP_PRS_MASK 0x20000000ull
+#define VTD_ECAP_PSS_SHIFT 35
+#define VTD_ECAP_PSS_MASK 0xf800000000ull
+#define VTD_ECAP_PASID_SHIFT 40
+#define VTD_ECAP_PASID_MASK 0x10000000000ull
+#define VTD_ECAP_SMTS_SHIFT 43
+#define VTD_ECAP_SMTS_MASK 0x80000000000ull
+#define VTD_ECAP_FLTS_SHIFT 47
+#define VTD_ECAP_FLTS_MASK 0x800000000000ull
+
+#define VTD_GCMD_QIE_SHIFT 26
+#define VTD_GCMD_QIE_MASK 0x4000000ull
+#define VTD_GCMD_SRTP_SHIFT 30
+#define VTD_GCMD_SRTP_MASK 0x40000000ull
+#define VTD_GCMD_TE_SHIFT 31
+#define VTD_GCMD_TE_MASK 0x80000000ull
+#define VTD_GSTS_QIES_SHIFT 26
+#define VTD_GSTS_QIES_MASK 0x4000000ull
+#define VTD_GSTS_RTPS_SHIFT 30
+#define VTD_GSTS_RTPS_MASK 0x40000000ull
+#define VTD_GSTS_TES_SHIFT 31
+#define VTD_GSTS_TES_MASK 0x80000000ull
+
+#define VTD_RTADDR_TTM_SHIFT 10
+#define VTD_RTADDR_TTM_MASK 0xc00ull
+#define VTD_RTADDR_RTA_SHIFT 12
+#define VTD_RTADDR_RTA_MASK 0xfffffffffffff000ull
+#define VTD_TTM_SCALABLE 1
+
+#define VTD_FSTS_PFO_SHIFT 0
+#define VTD_FSTS_PFO_MASK 0x1ull
+#define VTD_FSTS_PPF_SHIFT 1
+#define VTD_FSTS_PPF_MASK 0x2ull
+#define VTD_FSTS_IQE_SHIFT 4
+#define VTD_FSTS_IQE_MASK 0x10ull
+#define VTD_FSTS_ICE_SHIFT 5
+#define VTD_FSTS_ICE_MASK 0x20ull
+#define VTD_FSTS_ITE_SHIFT 6
+#define VTD_FSTS_ITE_MASK 0x40ull
+#define VTD_FSTS_FRI_SHIFT 8
+#define VTD_FSTS_FRI_MASK 0xff00ull
+
+/* FECTL, IECTL, PECTL */
+#define VTD_ECTL_IP_SHIFT 30
+#define VTD_ECTL_IP_MASK 0x40000000ull
+#define VTD_ECTL_IM_SHIFT 31
+#define VTD_ECTL_IM_MASK 0x80000000ull
+
+#define VTD_IQA_QS_SHIFT 0
+#define VTD_IQA_QS_MASK 0x7ull
+#define VTD_IQA_DW_SHIFT 11
+#define VTD_IQA_DW_MASK 0x800ull
+#define VTD_IQA_IQA_SHIFT 12
+#define VTD_IQA_IQA_MASK 0xfffffffffffff000ull
+#define VTD_ICS_IWC_SHIFT 0
+#define VTD_ICS_IWC_MASK 0x1ull
+#define VTD_PQA_PQS_SHIFT 0
+#define VTD_PQA_PQS_MASK 0x7ull
+#define VTD_PQA_PQA_SHIFT 12
+#define VTD_PQA_PQA_MASK 0xfffffffffffff000ull
+#define VTD_PRS_PPR_SHIFT 0
+#define VTD_PRS_PPR_MASK 0x1ull
+#define VTD_PRS_PRO_SHIFT 1
+#define VTD_PRS_PRO_MASK 0x2ull
+
+/* Fault recording register: two u64 (lo at +0, hi at +8) */
+#define VTD_FRCD_LO_FI_SHIFT 12
+#define VTD_FRCD_LO_FI_MASK 0xfffffffffffff000ull
+#define VTD_FRCD_HI_SID_SHIFT 0
+#define VTD_FRCD_HI_SID_MASK 0xffffull
+#define VTD_FRCD_HI_PP_SHIFT 31
+#define VTD_FRCD_HI_PP_MASK 0x80000000ull
+#define VTD_FRCD_HI_FR_SHIFT 32
+#define VTD_FRCD_HI_FR_MASK 0xff00000000ull
+#define VTD_FRCD_HI_PV_SHIFT 40
+#define VTD_FRCD_HI_PV_MASK 0xfffff0000000000ull
+#define VTD_FRCD_HI_T_SHIFT 62
+#define VTD_FRCD_HI_T_MASK 0x4000000000000000ull
+#define VTD_FRCD_HI_F_SHIFT 63
+#define VTD_FRCD_HI_F_MASK 0x8000000000000000ull
+
+/* Scalable-mode root entry (16 bytes: lo, hi) */
+#define VTD_ROOT_ENTRY_SIZE 16
+#define VTD_ROOT_LO_LP_SHIFT 0
+#define VTD_ROOT_LO_LP_MASK 0x1ull
+#define VTD_ROOT_LO_LCTP_SHIFT 12
+#define VTD_ROOT_LO_LCTP_MASK 0xfffffffffffff000ull
+#define VTD_ROOT_HI_UP_SHIFT 0
+#define VTD_ROOT_HI_UP_MASK 0x1ull
+#define VTD_ROOT_HI_UCTP_SHIFT 12
+#define VTD_ROOT_HI_UCTP_MASK 0xfffffffffffff000ull
+
+/* Scalable-mode context entry (32 bytes: val[0..3]) */
+#define VTD_CTX_ENTRY_SIZE 32
+#define VTD_CTX0_P_SHIFT 0
+#define VTD_CTX0_P_MASK 0x1ull
+#define VTD_CTX0_FPD_SHIFT 1
+#define VTD_CTX0_FPD_MASK 0x2ull
+#define VTD_CTX0_DTE_SHIFT 2
+#define VTD_CTX0_DTE_MASK 0x4ull
+#define VTD_CTX0_PASIDE_SHIFT 3
+#define VTD_CTX0_PASIDE_MASK 0x8ull
+#define VTD_CTX0_PRE_SHIFT 4
+#define VTD_CTX0_PRE_MASK 0x10ull
+#define VTD_CTX0_PDTS_SHIFT 9
+#define VTD_CTX0_PDTS_MASK 0xe00ull
+#define VTD_CTX0_PASIDDIRPTR_SHIFT 12
+#define VTD_CTX0_PASIDDIRPTR_MASK 0xfffffffffffff000ull
+#define VTD_CTX1_RID_PASID_SHIFT 0
+#define VTD_CTX1_RID_PASID_MASK 0xfffffull
+
+/* PASID directory entry (8 bytes) */
+#define VTD_PDIRE_SIZE 8
+#define VTD_PDIRE_P_SHIFT 0
+#define VTD_PDIRE_P_MASK 0x1ull
+#define VTD_PDIRE_FPD_SHIFT 1
+#define VTD_PDIRE_FPD_MASK 0x2ull
+#define VTD_PDIRE_SMPTBLPTR_SHIFT 12
+#define VTD_PDIRE_SMPTBLPTR_MASK 0xfffffffffffff000ull
+
+/* Scalable-mode PASID table entry (64 bytes: val[0..7]) */
+#define VTD_PASIDE_SIZE 64
+#define VTD_PASIDE0_P_SHIFT 0
+#define VTD_PASIDE0_P_MASK 0x1ull
+#define VTD_PASIDE0_FPD_SHIFT 1
+#define VTD_PASIDE0_FPD_MASK 0x2ull
+#define VTD_PASIDE0_AW_SHIFT 2
+#define VTD_PASIDE0_AW_MASK 0x1cull
+#define VTD_PASIDE0_PGTT_SHIFT 6
+#define VTD_PASIDE0_PGTT_MASK 0x1c0ull
+#define VTD_PASIDE0_SLPTPTR_SHIFT 12
+#define VTD_PASIDE0_SLPTPTR_MASK 0xfffffffffffff000ull
+#define VTD_PASIDE1_DID_SHIFT 0
+#define VTD_PASIDE1_DID_MASK 0xffffull
+#define VTD_PASIDE2_SRE_SHIFT 0
+#define VTD_PASIDE2_SRE_MASK 0x1ull
+#define VTD_PASIDE2_FLPM_SHIFT 2
+#define VTD_PASIDE2_FLPM_MASK 0xcull
+#define VTD_PASIDE2_WPE_SHIFT 4
+#define VTD_PASIDE2_WPE_MASK 0x10ull
+#define VTD_PASIDE2_FLPTR_SHIFT 12
+#define VTD_PASIDE2_FLPTR_MASK 0xfffffffffffff000ull
+#define VTD_PGTT_FIRST_STAGE 1
+#define VTD_PGTT_SECOND_STAGE 2
+#define VTD_PGTT_NESTED 3
+#define VTD_PGTT_PASS_THROUGH 4
+#define VTD_FLPM_4LEVEL 0
+#define VTD_FLPM_5LEVEL 1
+
+/* First-stage paging entry (VT-d 9.7, x86-64 format) */
+#define VTD_FLPTE_P_SHIFT 0
+#define VTD_FLPTE_P_MASK 0x1ull
+#define VTD_FLPTE_RW_SHIFT 1
+#define VTD_FLPTE_RW_MASK 0x2ull
+#define VTD_FLPTE_US_SHIFT 2
+#define VTD_FLPTE_US_MASK 0x4ull
+#define VTD_FLPTE_A_SHIFT 5
+#define VTD_FLPTE_A_MASK 0x20ull
+#define VTD_FLPTE_D_SHIFT 6
+#define VTD_FLPTE_D_MASK 0x40ull
+#define VTD_FLPTE_PS_SHIFT 7
+#define VTD_FLPTE_PS_MASK 0x80ull
+#define VTD_FLPTE_ADDR_SHIFT 12
+#define VTD_FLPTE_ADDR_MASK 0xffffffffff000ull
+#define VTD_FLPTE_XD_SHIFT 63
+#define VTD_FLPTE_XD_MASK 0x8000000000000000ull
+
+/* Invalidation descriptors (256-bit, qw0..qw3); type in qw0 bits 3:0 */
+#define VTD_INV_DESC_SIZE 32
+#define VTD_INV_TYPE_SHIFT 0
+#define VTD_INV_TYPE_MASK 0xfull
+#define VTD_INV_CC 1
+#define VTD_INV_IOTLB 2
+#define VTD_INV_DEVTLB 3
+#define VTD_INV_WAIT 5
+#define VTD_INV_PIOTLB 6
+#define VTD_INV_PC 7
+#define VTD_INV_PDEVTLB 8
+#define VTD_INV_PGRP_RESP 9
+#define VTD_INV_G_SHIFT 4
+#define VTD_INV_G_MASK 0x30ull
+#define VTD_INV_DID_SHIFT 16
+#define VTD_INV_DID_MASK 0xffff0000ull
+#define VTD_INV_SID_SHIFT 32
+#define VTD_INV_SID_MASK 0xffff00000000ull
+#define VTD_INV_PASID_SHIFT 32
+#define VTD_INV_PASID_MASK 0xfffff00000000ull
+#define VTD_INV_ADDR_AM_SHIFT 0
+#define VTD_INV_ADDR_AM_MASK 0x3full
+#define VTD_INV_ADDR_IH_SHIFT 6
+#define VTD_INV_ADDR_IH_MASK 0x40ull
+#define VTD_INV_ADDR_ADDR_SHIFT 12
+#define VTD_INV_ADDR_ADDR_MASK 0xfffffffffffff000ull
+#define VTD_INV_CC_G_GLOBAL 1
+#define VTD_INV_CC_G_DOMAIN 2
+#define VTD_INV_CC_G_DEVICE 3
+#define VTD_INV_IOTLB_G_GLOBAL 1
+#define VTD_INV_IOTLB_G_DOMAIN 2
+#define VTD_INV_IOTLB_G_PAGE 3
+#define VTD_INV_PIOTLB_G_PASID 2
+#define VTD_INV_PIOTLB_G_PAGE 3
+#define VTD_INV_PC_G_DOMAIN 0
+#define VTD_INV_PC_G_PASID 1
+#define VTD_INV_PC_G_GLOBAL 3
+/* wait descriptor */
+#define VTD_INV_WAIT_IF_SHIFT 4
+#define VTD_INV_WAIT_IF_MASK 0x10ull
+#define VTD_INV_WAIT_SW_SHIFT 5
+#define VTD_INV_WAIT_SW_MASK 0x20ull
+#define VTD_INV_WAIT_FN_SHIFT 6
+#define VTD_INV_WAIT_FN_MASK 0x40ull
+#define VTD_INV_WAIT_PD_SHIFT 7
+#define VTD_INV_WAIT_PD_MASK 0x80ull
+#define VTD_INV_WAIT_DATA_SHIFT 32
+#define VTD_INV_WAIT_DATA_MASK 0xffffffff00000000ull
+/* device-TLB (type 3) and PASID device-TLB (type 8) */
+#define VTD_INV_DEVTLB_SID_SHIFT 32
+#define VTD_INV_DEVTLB_SID_MASK 0xffff00000000ull
+#define VTD_INV_PDEVTLB_SID_SHIFT 16
+#define VTD_INV_PDEVTLB_SID_MASK 0xffff0000ull
+#define VTD_INV_DEVTLB_ADDR_S_SHIFT 0
+#define VTD_INV_DEVTLB_ADDR_S_MASK 0x1ull
+#define VTD_INV_PDEVTLB_ADDR_G_SHIFT 0
+#define VTD_INV_PDEVTLB_ADDR_G_MASK 0x1ull
+#define VTD_INV_PDEVTLB_ADDR_S_SHIFT 11
+#define VTD_INV_PDEVTLB_ADDR_S_MASK 0x800ull
+/* page group response (type 9) */
+#define VTD_PGRP_PP_SHIFT 4
+#define VTD_PGRP_PP_MASK 0x10ull
+#define VTD_PGRP_RC_SHIFT 12
+#define VTD_PGRP_RC_MASK 0xf000ull
+#define VTD_PGRP_RID_SHIFT 16
+#define VTD_PGRP_RID_MASK 0xffff0000ull
+#define VTD_PGRP_PASID_SHIFT 32
+#define VTD_PGRP_PASID_MASK 0xfffff00000000ull
+#define VTD_PGRP1_LPIG_SHIFT 2
+#define VTD_PGRP1_LPIG_MASK 0x4ull
+#define VTD_PGRP1_PRGI_SHIFT 3
+#define VTD_PGRP1_PRGI_MASK 0xff8ull
+#define VTD_PGRP_RC_SUCCESS 0
+#define VTD_PGRP_RC_INVALID 1
+#define VTD_PGRP_RC_FAILURE 0xf
+
+/* Page request descriptor (32 bytes: qw0..qw3) */
+#define VTD_PRQ_DESC_SIZE 32
+#define VTD_PRQ0_PP_SHIFT 8
+#define VTD_PRQ0_PP_MASK 0x100ull
+#define VTD_PRQ0_RID_SHIFT 16
+#define VTD_PRQ0_RID_MASK 0xffff0000ull
+#define VTD_PRQ0_PASID_SHIFT 32
+#define VTD_PRQ0_PASID_MASK 0xfffff00000000ull
+#define VTD_PRQ0_EXR_SHIFT 52
+#define VTD_PRQ0_EXR_MASK 0x10000000000000ull
+#define VTD_PRQ0_PMR_SHIFT 53
+#define VTD_PRQ0_PMR_MASK 0x20000000000000ull
+#define VTD_PRQ1_RDR_SHIFT 0
+#define VTD_PRQ1_RDR_MASK 0x1ull
+#define VTD_PRQ1_WRR_SHIFT 1
+#define VTD_PRQ1_WRR_MASK 0x2ull
+#define VTD_PRQ1_LPIG_SHIFT 2
+#define VTD_PRQ1_LPIG_MASK 0x4ull
+#define VTD_PRQ1_PRGI_SHIFT 3
+#define VTD_PRQ1_PRGI_MASK 0xff8ull
+#define VTD_PRQ1_ADDR_SHIFT 12
+#define VTD_PRQ1_ADDR_MASK 0xfffffffffffff000ull
+
+/* MSI-X vectors of the vIOMMU function */
+#define VTD_VEC_FAULT 0
+#define VTD_VEC_INV 1
+#define VTD_VEC_PRQ 2
+
+/* Fault reasons (VT-d 7.1.3) */
+#define VTD_FR_ROOT_NOT_PRESENT 0x01
+#define VTD_FR_CTX_NOT_PRESENT 0x02
+#define VTD_FR_BEYOND_MGAW 0x04
+#define VTD_FR_WRITE 0x05
+#define VTD_FR_READ 0x06
+#define VTD_FR_PAGING_ENTRY_INV 0x07
+#define VTD_FR_RESERVED 0x0c
+#define VTD_FR_PRE_CLEAR 0x47
+#define VTD_FR_PASID_DIR_ACCESS 0x50
+#define VTD_FR_PASID_DIR_NOT_PRESENT 0x51
+#define VTD_FR_PASID_TABLE_ACCESS 0x58
+#define VTD_FR_PASID_NOT_PRESENT 0x59
+#define VTD_FR_PASID_ENTRY_INV 0x5b
+#define VTD_FR_FS_NON_CANONICAL 0x80
+#define VTD_FR_FS_PRIV 0x81
+#define VTD_FR_FS_AD 0x91
+
+#endif
