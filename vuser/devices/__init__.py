@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from .base import PciDevice
 from .sample import SampleDevice
+from .vuser_dma import VuserDma
 
-__all__ = ["DEVICE_TYPES", "PciDevice", "SampleDevice"]
+__all__ = ["DEVICE_TYPES", "PciDevice", "SampleDevice", "VuserDma"]
 
 DEVICE_TYPES: dict[str, type[PciDevice]] = {
     "sample": SampleDevice,
+    "vuser-dma": VuserDma,
 }

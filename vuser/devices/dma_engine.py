@@ -1,0 +1,366 @@
+"""The ``vuser-dma`` execution engine: descriptors in, completion outcomes out.
+
+Every address the engine emits goes through the device's ``IommuDevice``
+(architecture.md §1): with a PASID (``DescPasid.VALID``) through the (label,
+PASID) attachment, without one through the device's RID attachment.
+
+- **Translation.** Without ATS, ``IommuDevice.translate`` (untranslated
+  requests). With ATS enabled in the device's capability, through the device
+  TLB (``devtlb.DeviceTlb``): a miss sends an ATS translation request
+  (``ats_translate``), a hit uses the cached page without asking the IOMMU,
+  until the IOMMU invalidates it (PCIe Base 6.0 §10.2, §10.3).
+- **Faults and PRI** (PCIe Base 6.0 §10.4). A fault ends the descriptor with
+  PAGE_FAULT, the faulting address and the bytes done before it, unless the
+  descriptor has ``BLOCK_ON_FAULT``, PRI is enabled and the fault is a
+  stage-1 translation or permission fault: then the engine sends a page
+  request (one page, its own page request group, last = 1) through the
+  model, waits for the page group response (other descriptors and other
+  queues keep running), and on SUCCESS retries. INVALID (or a response
+  failure, or more than ``MAX_PAGE_REQUESTS`` for one address) fails the
+  descriptor with PAGE_FAULT. Stage-2 faults and blocked PASIDs are never
+  page-requested: the guest cannot fix them.
+- **Opcodes.** NOP; MEMCPY; FILL (8-byte pattern, phase from the start of
+  ``dst``); COMPARE (result 0 equal / 1 different, ``bytes_done`` the offset
+  of the first difference); DRAIN (waits for the descriptors other queues
+  have in flight, through the device's ``drain`` callback).
+
+Work proceeds in runs of whole translations: a run ends at the first fault,
+so ``bytes_done`` is exact and every fault is reported to the model once per
+attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from vuser.iommu import Access, Fault, FaultReason, IommuDevice, IommufdError, Stage
+from vuser.iommu.uapi import PageResponseCode
+
+from .devtlb import DeviceTlb
+from .dma_layout import (
+    MAX_LENGTH, CompletionRecord, CompletionStatus, DescFlags, DescPasid, Descriptor,
+    FaultInfo, Opcode,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DmaEngine", "Outcome", "PriPort", "MAX_PAGE_REQUESTS", "gather", "scatter"]
+
+PAGE = 4096
+R, W = int(Access.READ), int(Access.WRITE)
+#: Page requests for one address within one descriptor before it fails.
+MAX_PAGE_REQUESTS = 4
+#: Stage-1 faults a page request can fix (not present, permission).
+_PRI_REASONS = frozenset({FaultReason.PAGING_ENTRY_INV, FaultReason.WRITE, FaultReason.READ})
+#: Yield to the event loop after this many bytes of one descriptor.
+_YIELD_BYTES = 1 << 20
+
+
+class PriPort(Protocol):
+    """The device's PRI capability as the engine sees it."""
+
+    def enabled(self) -> bool: ...
+
+    def allocation(self) -> int: ...
+
+    def response_failure(self) -> None: ...
+
+
+@dataclass
+class Outcome:
+    """What a descriptor did: the completion record's contents."""
+
+    status: CompletionStatus
+    fault_info: int = 0
+    result: int = 0
+    bytes_done: int = 0
+    fault_addr: int = 0
+
+    def record(self) -> bytes:
+        return CompletionRecord(status=int(self.status), fault_info=self.fault_info,
+                                result=self.result, bytes_done=self.bytes_done,
+                                fault_addr=self.fault_addr).pack()
+
+
+INVALID = Outcome(CompletionStatus.INVALID_DESC)
+
+
+def fault_outcome(f: Fault, at: int, done: int, access: int) -> Outcome:
+    info = FaultInfo.WRITE if access & W else 0
+    if f.stage == Stage.S2:
+        info |= FaultInfo.STAGE2
+    return Outcome(CompletionStatus.PAGE_FAULT, int(info), 0, done,
+                   f.iova if f.iova is not None else at)
+
+
+Views = list[memoryview]
+
+
+def gather(views: Views) -> bytes:
+    return bytes(views[0]) if len(views) == 1 else b"".join(views)
+
+
+def scatter(views: Views, data: bytes | memoryview) -> None:
+    pos = 0
+    for v in views:
+        n = len(v)
+        v[:] = data[pos:pos + n]
+        pos += n
+
+
+def pattern_bytes(pattern: int, phase: int, n: int) -> bytes:
+    """``n`` bytes of the 8-byte LE ``pattern`` starting at byte ``phase`` of it."""
+    unit = pattern.to_bytes(8, "little")
+    return (unit * ((phase + n) // 8 + 1))[phase:phase + n]
+
+
+class DmaEngine:
+    """Executes descriptors for one device (see the module doc)."""
+
+    def __init__(self, iommu: IommuDevice, devtlb: DeviceTlb, *,
+                 ats_enabled: Callable[[], bool], pasid_enabled: Callable[[], bool],
+                 pri: PriPort) -> None:
+        self.iommu = iommu
+        self.devtlb = devtlb
+        self.ats_enabled = ats_enabled
+        self.pasid_enabled = pasid_enabled
+        self.pri = pri
+        self.outstanding = 0          # page requests awaiting their response
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._next_grpid = 0
+        self.page_requests = 0
+        self.page_responses = {"success": 0, "invalid": 0, "failure": 0}
+
+    # -- translation -----------------------------------------------------------
+    def translate(self, pasid: int | None, iova: int, n: int, access: int) -> Views | Fault:
+        """Host memory for ``[iova, iova + n)``, or the first ``Fault``."""
+        if not self.ats_enabled():
+            segs = self.iommu.translate(pasid, iova, n, access)
+            if segs.__class__ is Fault:
+                return segs  # type: ignore[return-value]
+            return [s.mem for s in segs]  # type: ignore[union-attr]
+        out: Views = []
+        pos, end = iova, iova + n
+        tlb = self.devtlb
+        while pos < end:
+            e = tlb.lookup(pasid, pos)
+            if e is None or not (e.write if access & W else e.read):
+                try:
+                    t = self.iommu.ats_translate(pasid, pos, access)
+                except IommufdError as err:  # ATS not supported by the model device
+                    log.error("ATS translation refused: %s", err)
+                    return Fault(FaultReason.CONTEXT_ENTRY_P, Stage.BLOCKED, pos, access, pos,
+                                 pasid=pasid)
+                if t.__class__ is Fault:
+                    return t  # type: ignore[return-value]
+                e = tlb.insert(pasid, t)  # type: ignore[arg-type]
+            off = pos - e.iova
+            k = min(e.size - off, end - pos)
+            out.append(e.mem[off:off + k])
+            pos += k
+        return out
+
+    async def resolve(self, pasid: int | None, iova: int, n: int, access: int,
+                      block: bool) -> Views | Fault:
+        """``translate``, with page requests for recoverable faults when ``block``."""
+        tries = 0
+        while True:
+            r = self.translate(pasid, iova, n, access)
+            if r.__class__ is not Fault:
+                return r
+            if not block or tries >= MAX_PAGE_REQUESTS or not await self.recover(r, pasid,
+                                                                                 access):
+                return r
+            tries += 1
+
+    # -- PRI -------------------------------------------------------------------
+    def pri_eligible(self, f: Fault) -> bool:
+        return f.stage == Stage.S1 and f.reason in _PRI_REASONS and self.pri.enabled()
+
+    async def recover(self, f: Fault, pasid: int | None, access: int) -> bool:
+        """Page-request the faulting page; True when answered SUCCESS."""
+        if not self.pri_eligible(f):
+            return False
+        addr = f.iova if f.iova is not None else f.addr
+        code = await self.page_request(pasid, addr, access)
+        return code == PageResponseCode.SUCCESS
+
+    async def page_request(self, pasid: int | None, addr: int, access: int) -> int:
+        """Send one page request (a group of one) and wait for its response code.
+
+        Waits while the outstanding requests fill the PRI capability's
+        allocation; a zero allocation or PRI disabled answers INVALID at once.
+        """
+        loop = asyncio.get_running_loop()
+        while self.outstanding >= self.pri.allocation():
+            if not self.pri.enabled() or self.pri.allocation() == 0:
+                return int(PageResponseCode.INVALID)
+            slot: asyncio.Future[None] = loop.create_future()
+            self._slot_waiters.append(slot)
+            await slot
+        if not self.pri.enabled():
+            return int(PageResponseCode.INVALID)
+        grpid = self._next_grpid
+        self._next_grpid = (grpid + 1) % 512
+        fut: asyncio.Future[int] = loop.create_future()
+
+        def on_response(code: int) -> None:
+            if not fut.done():
+                fut.set_result(int(code))
+
+        self.outstanding += 1
+        self.page_requests += 1
+        try:
+            self.iommu.page_request(pasid, addr & ~(PAGE - 1), access & (R | W), grpid, True,
+                                    on_response)
+            code = await fut
+        finally:
+            self.outstanding -= 1
+            while self._slot_waiters:
+                w = self._slot_waiters.popleft()
+                if not w.done():
+                    w.set_result(None)
+        if code == PageResponseCode.SUCCESS:
+            self.page_responses["success"] += 1
+        elif code == PageResponseCode.INVALID:
+            self.page_responses["invalid"] += 1
+        else:
+            self.page_responses["failure"] += 1
+            self.pri.response_failure()
+        return code
+
+    # -- descriptors -------------------------------------------------------------
+    def check(self, d: Descriptor) -> int | None | Outcome:
+        """Validate ``d``: its PASID (None: untagged) or the INVALID_DESC outcome."""
+        if d.flags & ~DescFlags.valid_mask() or not d.reserved_clear():
+            return INVALID
+        if d.opcode not in Opcode._value2member_map_:
+            return INVALID
+        if d.pasid & ~(DescPasid.VALID.mask | DescPasid.PASID.mask):
+            return INVALID
+        pasid = None
+        if DescPasid.VALID.get(d.pasid):
+            if not self.pasid_enabled():
+                return INVALID
+            pasid = DescPasid.PASID.get(d.pasid)
+        if d.length > MAX_LENGTH:
+            return INVALID
+        for addr in (d.src, d.dst):
+            if addr + d.length > 1 << 64:
+                return INVALID
+        return pasid
+
+    async def execute(self, d: Descriptor, pasid: int | None,
+                      drain: Callable[[], Awaitable[None]]) -> Outcome:
+        """Run a checked descriptor."""
+        block = bool(d.flags & DescFlags.BLOCK_ON_FAULT)
+        op = d.opcode
+        if op == Opcode.NOP:
+            return Outcome(CompletionStatus.SUCCESS)
+        if op == Opcode.DRAIN:
+            await drain()
+            return Outcome(CompletionStatus.SUCCESS)
+        if op == Opcode.MEMCPY:
+            def copy(_off: int, views: list[Views], _k: int) -> bool:
+                src, dst = views
+                if len(src) == 1 and len(dst) == 1:
+                    dst[0][:] = src[0]
+                else:
+                    scatter(dst, gather(src))
+                return True
+            return await self._run(pasid, block, d.length, [(d.src, R), (d.dst, W)], copy)
+        if op == Opcode.FILL:
+            def fill(off: int, views: list[Views], k: int) -> bool:
+                scatter(views[0], pattern_bytes(d.pattern, off % 8, k))
+                return True
+            return await self._run(pasid, block, d.length, [(d.dst, W)], fill)
+        # COMPARE
+        state = {"diff": None}
+
+        def compare(off: int, views: list[Views], k: int) -> bool:
+            a, b = gather(views[0]), gather(views[1])
+            if a == b:
+                return True
+            state["diff"] = off + next(i for i in range(k) if a[i] != b[i])
+            return False
+        out = await self._run(pasid, block, d.length, [(d.src, R), (d.dst, R)], compare)
+        if out.status == CompletionStatus.SUCCESS and state["diff"] is not None:
+            out.result, out.bytes_done = 1, state["diff"]
+        return out
+
+    async def _run(self, pasid: int | None, block: bool, n: int,
+                   legs: list[tuple[int, int]],
+                   body: Callable[[int, list[Views], int], bool]) -> Outcome:
+        """Walk ``n`` bytes of every leg ``(addr, access)`` in runs of clean translations.
+
+        ``body(offset, views per leg, k)`` handles ``k`` bytes; False stops early.
+        """
+        done = 0
+        since_yield = 0
+        last_fault: tuple[int, int] | None = None
+        tries = 0
+        while done < n:
+            k = n - done
+            fault: tuple[Fault, int, int] | None = None   # (fault, leg address, access)
+            views: list[Views] = []
+            while k:
+                views = []
+                for addr, access in legs:
+                    at = addr + done
+                    v = self.translate(pasid, at, k, access)
+                    if v.__class__ is Fault:
+                        f: Fault = v  # type: ignore[assignment]
+                        fault = (f, at, access)
+                        k = (f.iova - at) if f.iova is not None and at <= f.iova < at + k else 0
+                        break
+                    views.append(v)  # type: ignore[arg-type]
+                else:
+                    break  # every leg is clean for k bytes
+            if k:
+                if not body(done, views, k):
+                    return Outcome(CompletionStatus.SUCCESS, bytes_done=done)
+                done += k
+                since_yield += k
+                if since_yield >= _YIELD_BYTES:
+                    since_yield = 0
+                    await asyncio.sleep(0)
+            if fault is None:
+                continue
+            f, at, access = fault
+            where = f.iova if f.iova is not None else at
+            key = (where & ~(PAGE - 1), access)
+            tries = tries + 1 if key == last_fault else 1
+            last_fault = key
+            if not block or tries > MAX_PAGE_REQUESTS or not await self.recover(f, pasid,
+                                                                                access):
+                return fault_outcome(f, where, done, access)
+        return Outcome(CompletionStatus.SUCCESS, bytes_done=n)
+
+    # -- rings and completion records ---------------------------------------------
+    def fetch(self, addr: int) -> Descriptor | Fault:
+        """Read one descriptor from the ring (untagged)."""
+        v = self.translate(None, addr, Descriptor.SIZE, R)
+        if v.__class__ is Fault:
+            return v  # type: ignore[return-value]
+        return Descriptor.unpack(gather(v))  # type: ignore[arg-type]
+
+    async def write_record(self, pasid: int | None, addr: int, out: Outcome,
+                           block: bool) -> Fault | None:
+        """Store the completion record at ``addr`` in the descriptor's space."""
+        if addr + CompletionRecord.SIZE > 1 << 64:
+            return Fault(FaultReason.ADDR_BEYOND_MGAW, Stage.S1, addr, W, addr, pasid=pasid)
+        v = await self.resolve(pasid, addr, CompletionRecord.SIZE, W, block)
+        if v.__class__ is Fault:
+            return v  # type: ignore[return-value]
+        scatter(v, out.record())  # type: ignore[arg-type]
+        return None
+
+    def stats(self) -> dict[str, object]:
+        return {"page_requests": self.page_requests, "outstanding": self.outstanding,
+                "page_responses": dict(self.page_responses), "devtlb": self.devtlb.stats()}
+
