@@ -183,3 +183,20 @@ def test_real_server_death_while_the_guest_runs(qemu_bin, mini):
     assert r.error.startswith("the vuser server died (exit status -9) while the guest ran")
     assert r.duration_s < 30
     _assert_torn_down(infos[0])
+
+
+def test_long_tmpdir_still_gives_short_socket_paths(qemu_bin, mini, stub_server, tmp_path, monkeypatch):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setenv("TMPDIR", str(deep))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    server = stub_server("""
+        time.sleep(300)
+    """)
+    infos, on_ready = _capture()
+    r = launch(mini("", 0), devices=["sample"], timeout=3, qemu=qemu_bin, server_command=server,
+               on_ready=on_ready)
+    assert all(len(str(s)) < 108 for s in infos[0].sockets)
+    assert r.error is not None  # the stub never answers QEMU
+    _assert_torn_down(infos[0])

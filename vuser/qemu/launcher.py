@@ -44,6 +44,7 @@ CONSOLE_ESCAPE = 0x1D  # Ctrl-]: ends an interactive console session
 LOG_CAP = 16 << 20  # bytes of console/log kept (the tail) per stream
 SERVER_DEATH_GRACE_S = 2.0  # let QEMU report the lost server before we stop it
 STOP_WAIT_S = 3.0
+MAX_WORKDIR_LEN = 80  # leaves room for "/<n>-<type>.sock" within a UNIX socket path
 
 
 @dataclass
@@ -223,6 +224,9 @@ class _Run:
         start = time.monotonic()
         try:
             self.workdir = Path(tempfile.mkdtemp(prefix="vuser-run-"))
+            if len(str(self.workdir)) > MAX_WORKDIR_LEN:  # sun_path holds 107 bytes
+                os.rmdir(self.workdir)
+                self.workdir = Path(tempfile.mkdtemp(prefix="vuser-run-", dir="/tmp"))
             sockets = tuple(self.workdir / f"{i}-{dev.split(',', 1)[0]}.sock"
                             for i, dev in enumerate(self.devices))
             qmp_path = self.workdir / "qmp.sock"
@@ -240,7 +244,6 @@ class _Run:
             result = self._wait(start, qmp_path)
         finally:
             self.teardown()
-        result.duration_s = time.monotonic() - start
         result.console = self.console.text().replace("\r\n", "\n") if self.console else ""
         result.server_log = self.server_out.text() if self.server_out else ""
         result.qemu_log = self.qemu_err.text() if self.qemu_err else ""
@@ -333,6 +336,7 @@ class _Run:
                 break
             if self.detached.is_set():
                 break
+        result.duration_s = time.monotonic() - start
         if self.server is not None and not result.server_died and self.qemu.poll() is not None:
             # QEMU may have ended *because* the server died; look once more.
             time.sleep(0.05)
