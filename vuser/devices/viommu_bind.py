@@ -149,7 +149,7 @@ class PasidBinder:
         changed = 0
         if isinstance(ci, TableFault):
             block = Target(Kind.BLOCK, reason=ci.reason, fpd=ci.fpd)
-            scope = set(d.targets) if pasids is None else set(pasids) | {None}
+            scope = (set(d.targets) if pasids is None else set(pasids)) | {None}
             for p in sorted(scope, key=lambda p: -1 if p is None else p):
                 if p is None or p in d.targets:
                     changed += self._apply(d, p, block)
