@@ -46,8 +46,11 @@ class GuestRam:
         self.mm = mmap.mmap(self.fd, size)
         self.view = memoryview(self.mm)
         self._next = base
+        self._tables: list[PageTableBuilder] = []
 
     def close(self) -> None:
+        for pt in self._tables:
+            pt.mem.release()
         self.view.release()
         self.mm.close()
         os.close(self.fd)
@@ -84,7 +87,9 @@ class GuestRam:
         """First-stage tables in a fresh window of guest RAM (addresses are GPAs)."""
         start = self.alloc(window)
         off = start - self.base
-        return PageTableBuilder(self.view[off:off + window], base=start, levels=levels)
+        pt = PageTableBuilder(self.view[off:off + window], base=start, levels=levels)
+        self._tables.append(pt)
+        return pt
 
     async def map_into(self, client: Client) -> None:
         """DMA_MAP the whole RAM to ``client``'s device, as QEMU does."""
@@ -216,6 +221,15 @@ class VtdDriver:
         if unmask:
             for reg in (Reg.FECTL, Reg.IECTL, Reg.PECTL):
                 await self.write32(reg, 0)
+
+    async def resize_queue(self, qs: int) -> None:
+        """A new, empty invalidation queue of ``2^qs`` pages (QI off, then on)."""
+        await self.gcmd(clear_bits=Gcmd.QIE.mask)
+        self.qs, self.tail = qs, 0
+        self.iq = self.ram.alloc(P << qs)
+        await self.write64(Reg.IQT, 0)
+        await self.write64(Reg.IQA, self.iq | Iqa.DW.mask | qs)
+        await self.gcmd(Gcmd.QIE.mask)
 
     async def enable_translation(self) -> None:
         gsts = await self.gcmd(Gcmd.TE.mask)

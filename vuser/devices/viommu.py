@@ -344,7 +344,11 @@ class VIommuDevice(PciDevice):
         if self.prq is None:
             return
         self.prq.deliver(self._vm.gpa_write if self._vm is not None else None,
-                         self._pre_enabled, self._pre_fault)
+                         self._pre_enabled, self._pre_fault, self._request_seen)
+
+    def _request_seen(self, r: FaultRecord) -> None:
+        """A page request claims the fault it answers (not logged, VT-d §7.1)."""
+        self._suppress(r.label, r.pasid if r.flags & FaultFlags.PASID_VALID else None, r.addr)
 
     def _pre_enabled(self, label: int) -> bool | None:
         ci = self.binder.context(label) if self.binder is not None else None
@@ -352,7 +356,6 @@ class VIommuDevice(PciDevice):
 
     def _pre_fault(self, r: FaultRecord) -> None:
         pasid = r.pasid if r.flags & FaultFlags.PASID_VALID else None
-        self._suppress(r.label, pasid, r.addr)
         self.faults.record(r.label, pasid, FaultReason.PRE_CLEAR, r.addr, r.perm)
 
     # -- faults from the model -------------------------------------------------------------

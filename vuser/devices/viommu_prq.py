@@ -63,12 +63,14 @@ class PageRequestQueue:
 
     # -- device -> guest ---------------------------------------------------------
     def deliver(self, write: WriteFn | None, pre: Callable[[int], bool | None],
-                record_pre_fault: Callable[[FaultRecord], None]) -> None:
+                record_pre_fault: Callable[[FaultRecord], None],
+                seen: Callable[[FaultRecord], None] | None = None) -> None:
         """Drain the model's fault queue into the PRQ.
 
         ``write`` writes guest memory (None: no VM, every group overflows);
         ``pre(label)`` says whether the label's context entry has PRE set
-        (None: unknown, treated as clear).
+        (None: unknown, treated as clear); ``seen(record)`` is told of every
+        request first.
         """
         try:
             records = self.ctx.fault_read(self.fault_id)
@@ -77,6 +79,8 @@ class PageRequestQueue:
             return
         groups: dict[int, list[FaultRecord]] = {}
         for r in records:
+            if seen is not None:
+                seen(r)
             groups.setdefault(r.cookie, []).append(r)
         for cookie, group in groups.items():
             first = group[0]
