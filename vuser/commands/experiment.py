@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -79,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:24} {getattr(mod, 'SUMMARY', '')}")
         return 0
     mod = load(d, args.name)
+    if not args.verbose:  # the servers an experiment runs log at INFO; keep the table clean
+        logging.getLogger("vuser").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(prog=f"vuser experiment {args.name}",
                                      description=mod.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -113,6 +113,7 @@ class Service:
         self.holes = S2Holes(ctx)
         self.recorder: TraceRecorder | None = None
         self._recorder_owner: Any = None
+        self._completions_seen: dict[tuple[int, int], int] = {}
         self.methods: dict[str, Method] = {}
         self._add_uapi()
         self._add_own()
@@ -365,8 +366,101 @@ class Service:
         return [h.to_dict() for h in self.holes.holes()]
 
     # -- the device layer (vuser.devices.platform) -----------------------------------------
+    def _platform_devices(self) -> list[Any]:
+        if self.platform is None or not hasattr(self.platform, "devices"):
+            return []
+        return list(self.platform.devices())
+
+    @staticmethod
+    def _label_of(dev: Any) -> int | None:
+        iommu = getattr(dev, "iommu", None)
+        return getattr(iommu, "label", None)
+
     def _device_extra(self) -> dict[int, dict[str, Any]]:
-        return {}
+        out: dict[int, dict[str, Any]] = {}
+        for dev in self._platform_devices():
+            label = self._label_of(dev)
+            if label is None:
+                continue
+            vm = self.platform.vm_of(dev) if hasattr(self.platform, "vm_of") else None
+            out[label] = {"type": type(dev).__name__, "vm": vm.vm_id if vm else None}
+        return out
 
     def _device_counters(self) -> dict[str, Any]:
-        return {}
+        """Device-TLB and PRI counters of devices that describe them (``describe()``)."""
+        out: dict[str, Any] = {}
+        for dev in self._platform_devices():
+            label = self._label_of(dev)
+            d = dev.describe() if hasattr(dev, "describe") else None
+            if label is None or not isinstance(d, dict):
+                continue
+            counters: dict[str, Any] = {}
+            engine = d.get("engine")
+            if isinstance(engine, dict):
+                for k, v in engine.items():
+                    if isinstance(v, dict):
+                        counters.update({f"{k}_{kk}": vv for kk, vv in v.items()})
+                    else:
+                        counters[k] = v
+            for q in d.get("queues", ()):
+                counters[f"queue{q['queue']}_completed"] = q["completed"]
+            for k in ("qi", "prq"):
+                if isinstance(d.get(k), dict):
+                    counters.update({f"{k}_{kk}": vv for kk, vv in d[k].items()})
+            if counters:
+                out[f"{label:#x}"] = counters
+        return out
+
+    @rpc("view")
+    def vms(self) -> list[dict[str, Any]]:
+        """The platform's VMs: GPA IOAS, stage-2 parent HWPT, devices, guest RAM."""
+        if self.platform is None or not hasattr(self.platform, "vms"):
+            return []
+        return [vm.describe() for vm in self.platform.vms()]
+
+    @rpc("view")
+    def device_state(self, label: int) -> dict[str, Any]:
+        """A device model's own state (queues, device TLB, PRI, vIOMMU registers)."""
+        for dev in self._platform_devices():
+            if self._label_of(dev) == label:
+                d = dev.describe() if hasattr(dev, "describe") else {}
+                d = dict(d) if isinstance(d, dict) else {}
+                d.setdefault("type", type(dev).__name__)
+                return d
+        raise RpcError(errno.ENOENT, f"no device model with label {label!r}")
+
+    # -- DMA completions: polled from the devices' queue counters -----------------------
+    def _completion_counts(self) -> dict[tuple[int, int], dict[str, Any]]:
+        out: dict[tuple[int, int], dict[str, Any]] = {}
+        for dev in self._platform_devices():
+            label = self._label_of(dev)
+            d = dev.describe() if hasattr(dev, "describe") else None
+            if label is None or not isinstance(d, dict):
+                continue
+            for q in d.get("queues", ()):
+                out[(label, q["queue"])] = q
+        return out
+
+    def poll_completions(self) -> int:
+        """Publish ``dma_completion`` for every queue whose COMPLETED count moved.
+
+        Returns the number of notifications. The server calls this every
+        ``COMPLETION_POLL`` seconds while someone subscribes to the topic.
+        """
+        if not self.hub.listening("dma_completion"):
+            self._completions_seen = {}
+            return 0
+        now = self._completion_counts()
+        seen = self._completions_seen
+        n = 0
+        for key, q in now.items():
+            before = seen.get(key)
+            if before is not None and q["completed"] != before:
+                delta = (q["completed"] - before) & 0xFFFF_FFFF
+                self.hub.publish("dma_completion", {
+                    "label": key[0], "queue": key[1], "completed": q["completed"],
+                    "new": delta, "head": q["head"], "tail": q["tail"],
+                    "halted": q["halted"], "error": q["error"]})
+                n += 1
+        self._completions_seen = {k: q["completed"] for k, q in now.items()}
+        return n
