@@ -7,7 +7,7 @@
  */
 #include "vuser.h"
 
-#define PTE_TABLE (VTD_FLPTE_P_MASK | VTD_FLPTE_RW_MASK | VTD_FLPTE_US_MASK | VTD_FLPTE_A_MASK)
+#define PTE_TABLE (VTD_FIRST_STAGE_PTE_P_MASK | VTD_FIRST_STAGE_PTE_RW_MASK | VTD_FIRST_STAGE_PTE_US_MASK | VTD_FIRST_STAGE_PTE_A_MASK)
 
 static unsigned level_shift(int level)
 {
@@ -33,10 +33,10 @@ static uint64_t *table_va(struct vtd_pgtable *pt, uint64_t pa, void *hint)
 
 static uint64_t leaf_bits(unsigned prot)
 {
-	uint64_t v = VTD_FLPTE_P_MASK | VTD_FLPTE_US_MASK | VTD_FLPTE_A_MASK;
+	uint64_t v = VTD_FIRST_STAGE_PTE_P_MASK | VTD_FIRST_STAGE_PTE_US_MASK | VTD_FIRST_STAGE_PTE_A_MASK;
 
 	if (prot & VTD_PROT_WRITE)
-		v |= VTD_FLPTE_RW_MASK | VTD_FLPTE_D_MASK;
+		v |= VTD_FIRST_STAGE_PTE_RW_MASK | VTD_FIRST_STAGE_PTE_D_MASK;
 	return v;
 }
 
@@ -74,7 +74,7 @@ static uint64_t *walk(struct vtd_pgtable *pt, uint64_t iova, int level, int crea
 	for (int l = pt->levels; l > level; l--) {
 		uint64_t *e = &table[pt_index(iova, l)];
 
-		if (!(*e & VTD_FLPTE_P_MASK)) {
+		if (!(*e & VTD_FIRST_STAGE_PTE_P_MASK)) {
 			uint64_t pa;
 			uint64_t *next;
 
@@ -86,16 +86,16 @@ static uint64_t *walk(struct vtd_pgtable *pt, uint64_t iova, int level, int crea
 			next = vt_dmapool_alloc(pt->pool, VT_PAGE_SIZE, VT_PAGE_SIZE, &pa);
 			if (!next)
 				return NULL;
-			__atomic_store_n(e, PTE_TABLE | (pa & VTD_FLPTE_ADDR_MASK), __ATOMIC_RELEASE);
-		} else if (*e & VTD_FLPTE_PS_MASK) {
+			__atomic_store_n(e, PTE_TABLE | (pa & VTD_FIRST_STAGE_PTE_ADDR_MASK), __ATOMIC_RELEASE);
+		} else if (*e & VTD_FIRST_STAGE_PTE_PS_MASK) {
 			vt_fail(EEXIST, "iova %#llx: a large page at level %d",
 				(unsigned long long)iova, l);
 			return NULL;
 		}
-		table = table_va(pt, *e & VTD_FLPTE_ADDR_MASK, NULL);
+		table = table_va(pt, *e & VTD_FIRST_STAGE_PTE_ADDR_MASK, NULL);
 		if (!table) {
 			vt_fail(EFAULT, "table at %#llx is not in the pool",
-				(unsigned long long)(*e & VTD_FLPTE_ADDR_MASK));
+				(unsigned long long)(*e & VTD_FIRST_STAGE_PTE_ADDR_MASK));
 			return NULL;
 		}
 	}
@@ -119,15 +119,15 @@ int vtd_pgtable_map(struct vtd_pgtable *pt, uint64_t iova, uint64_t pa, uint64_t
 			       (unsigned long long)pa);
 	for (uint64_t off = 0; off < size; off += page_size) {
 		uint64_t *e = walk(pt, iova + off, level, 1);
-		uint64_t v = leaf_bits(prot) | ((pa + off) & VTD_FLPTE_ADDR_MASK);
+		uint64_t v = leaf_bits(prot) | ((pa + off) & VTD_FIRST_STAGE_PTE_ADDR_MASK);
 
 		if (!e)
 			return -errno ? -errno : -ENOMEM;
-		if (*e & VTD_FLPTE_P_MASK)
+		if (*e & VTD_FIRST_STAGE_PTE_P_MASK)
 			return vt_fail(EEXIST, "iova %#llx is already mapped (%#llx)",
 				       (unsigned long long)(iova + off), (unsigned long long)*e);
 		if (level == 2)
-			v |= VTD_FLPTE_PS_MASK;
+			v |= VTD_FIRST_STAGE_PTE_PS_MASK;
 		__atomic_store_n(e, v, __ATOMIC_RELEASE);
 	}
 	return 0;
@@ -141,19 +141,19 @@ static uint64_t *find_leaf(struct vtd_pgtable *pt, uint64_t iova, int *level)
 	for (int l = pt->levels; l >= 1; l--) {
 		uint64_t *e = &table[pt_index(iova, l)];
 
-		if (!(*e & VTD_FLPTE_P_MASK) && l == 1) {
+		if (!(*e & VTD_FIRST_STAGE_PTE_P_MASK) && l == 1) {
 			*level = 1;
 			return e;  /* a not-present leaf: the caller decides */
 		}
-		if (!(*e & VTD_FLPTE_P_MASK)) {
+		if (!(*e & VTD_FIRST_STAGE_PTE_P_MASK)) {
 			vt_fail(ENOENT, "iova %#llx: not mapped (level %d)", (unsigned long long)iova, l);
 			return NULL;
 		}
-		if (l == 1 || (l <= 3 && (*e & VTD_FLPTE_PS_MASK))) {
+		if (l == 1 || (l <= 3 && (*e & VTD_FIRST_STAGE_PTE_PS_MASK))) {
 			*level = l;
 			return e;
 		}
-		table = table_va(pt, *e & VTD_FLPTE_ADDR_MASK, NULL);
+		table = table_va(pt, *e & VTD_FIRST_STAGE_PTE_ADDR_MASK, NULL);
 		if (!table) {
 			vt_fail(EFAULT, "table not in the pool");
 			return NULL;
@@ -174,7 +174,7 @@ int vtd_pgtable_lookup(struct vtd_pgtable *pt, uint64_t iova, uint64_t *pte, int
 	if (!e)
 		return -ENOENT;
 	*pte = *e;
-	if (!(*e & VTD_FLPTE_P_MASK))
+	if (!(*e & VTD_FIRST_STAGE_PTE_P_MASK))
 		return vt_fail(ENOENT, "iova %#llx: leaf not present", (unsigned long long)iova);
 	return 0;
 }
@@ -196,7 +196,7 @@ static int for_each_leaf(struct vtd_pgtable *pt, uint64_t iova, uint64_t size,
 
 		if (!e)
 			return -ENOENT;
-		if (!(*e & VTD_FLPTE_P_MASK))
+		if (!(*e & VTD_FIRST_STAGE_PTE_P_MASK))
 			return vt_fail(ENOENT, "iova %#llx is not mapped",
 				       (unsigned long long)(iova + off));
 		step = level_size(level);
@@ -219,11 +219,11 @@ static void clear_leaf(uint64_t *e, unsigned arg, uint64_t arg2)
 
 static void protect_leaf(uint64_t *e, unsigned prot, uint64_t arg2)
 {
-	uint64_t v = *e & ~(VTD_FLPTE_RW_MASK | VTD_FLPTE_D_MASK);
+	uint64_t v = *e & ~(VTD_FIRST_STAGE_PTE_RW_MASK | VTD_FIRST_STAGE_PTE_D_MASK);
 
 	(void)arg2;
 	if (prot & VTD_PROT_WRITE)
-		v |= VTD_FLPTE_RW_MASK | VTD_FLPTE_D_MASK;
+		v |= VTD_FIRST_STAGE_PTE_RW_MASK | VTD_FIRST_STAGE_PTE_D_MASK;
 	__atomic_store_n(e, v, __ATOMIC_RELEASE);
 }
 
@@ -246,12 +246,12 @@ int vtd_pgtable_remap(struct vtd_pgtable *pt, uint64_t iova, uint64_t new_pa)
 
 	if (!e)
 		return -ENOENT;
-	if (!(*e & VTD_FLPTE_P_MASK))
+	if (!(*e & VTD_FIRST_STAGE_PTE_P_MASK))
 		return vt_fail(ENOENT, "iova %#llx is not mapped", (unsigned long long)iova);
 	if (new_pa & (level_size(level) - 1))
 		return vt_fail(EINVAL, "pa %#llx not aligned to the level-%d page",
 			       (unsigned long long)new_pa, level);
-	__atomic_store_n(e, (*e & ~VTD_FLPTE_ADDR_MASK) | (new_pa & VTD_FLPTE_ADDR_MASK),
+	__atomic_store_n(e, (*e & ~VTD_FIRST_STAGE_PTE_ADDR_MASK) | (new_pa & VTD_FIRST_STAGE_PTE_ADDR_MASK),
 			 __ATOMIC_RELEASE);
 	return 0;
 }

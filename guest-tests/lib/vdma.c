@@ -100,23 +100,23 @@ int vdma_queue_setup(struct vdma *d, unsigned q, struct vdma_desc *ring, uint64_
 		return vt_fail(EINVAL, "queue %u of %u", q, d->nqueues);
 	if (!entries || (entries & (entries - 1)) || entries > max)
 		return vt_fail(EINVAL, "ring of %u entries (a power of two up to %u)", entries, max);
-	vdma_qwrite(d, q, VDMA_Q_CTRL, 0);
-	vdma_qwrite(d, q, VDMA_Q_RING_LO, (uint32_t)ring_bus);
-	vdma_qwrite(d, q, VDMA_Q_RING_HI, (uint32_t)(ring_bus >> 32));
-	vdma_qwrite(d, q, VDMA_Q_RING_SIZE, entries);
-	vdma_qwrite(d, q, VDMA_Q_CTRL, (uint32_t)(VDMA_Q_CTRL_ENABLE_MASK |
+	vdma_qwrite(d, q, VDMA_QUEUE_REG_Q_CTRL, 0);
+	vdma_qwrite(d, q, VDMA_QUEUE_REG_RING_LO, (uint32_t)ring_bus);
+	vdma_qwrite(d, q, VDMA_QUEUE_REG_RING_HI, (uint32_t)(ring_bus >> 32));
+	vdma_qwrite(d, q, VDMA_QUEUE_REG_RING_SIZE, entries);
+	vdma_qwrite(d, q, VDMA_QUEUE_REG_Q_CTRL, (uint32_t)(VDMA_Q_CTRL_ENABLE_MASK |
 						  VT_PUT(VDMA_Q_CTRL_VECTOR, vector) |
 						  (irq ? VDMA_Q_CTRL_IRQ_ENABLE_MASK : 0)));
-	st = vdma_qread(d, q, VDMA_Q_STATUS);
+	st = vdma_qread(d, q, VDMA_QUEUE_REG_Q_STATUS);
 	if (!(st & VDMA_Q_STATUS_ENABLED_MASK) || (st & VDMA_Q_STATUS_HALTED_MASK))
 		return vt_fail(EIO, "queue %u: Q_STATUS %#x, Q_ERROR %u (%s) after enabling", q, st,
-			       vdma_qread(d, q, VDMA_Q_ERROR),
-			       vdma_qerror_name(vdma_qread(d, q, VDMA_Q_ERROR)));
+			       vdma_qread(d, q, VDMA_QUEUE_REG_Q_ERROR),
+			       vdma_qerror_name(vdma_qread(d, q, VDMA_QUEUE_REG_Q_ERROR)));
 	d->q[q].ring = ring;
 	d->q[q].ring_bus = ring_bus;
 	d->q[q].size = entries;
-	d->q[q].tail = vdma_qread(d, q, VDMA_Q_HEAD);
-	vdma_qwrite(d, q, VDMA_Q_TAIL, d->q[q].tail);
+	d->q[q].tail = vdma_qread(d, q, VDMA_QUEUE_REG_HEAD);
+	vdma_qwrite(d, q, VDMA_QUEUE_REG_TAIL, d->q[q].tail);
 	d->q[q].enabled = 1;
 	return 0;
 }
@@ -124,7 +124,7 @@ int vdma_queue_setup(struct vdma *d, unsigned q, struct vdma_desc *ring, uint64_
 int vdma_queue_setup_pool(struct vdma *d, unsigned q, struct vt_dmapool *pool, uint32_t entries)
 {
 	uint64_t pa;
-	struct vdma_desc *ring = vt_dmapool_alloc(pool, (size_t)entries * VDMA_DESC_SIZE,
+	struct vdma_desc *ring = vt_dmapool_alloc(pool, (size_t)entries * VDMA_DESCRIPTOR_SIZE,
 						  VT_PAGE_SIZE, &pa);
 
 	if (!ring)
@@ -136,7 +136,7 @@ int vdma_queue_disable(struct vdma *d, unsigned q)
 {
 	if (q >= d->nqueues)
 		return vt_fail(EINVAL, "queue %u of %u", q, d->nqueues);
-	vdma_qwrite(d, q, VDMA_Q_CTRL, 0);
+	vdma_qwrite(d, q, VDMA_QUEUE_REG_Q_CTRL, 0);
 	d->q[q].enabled = 0;
 	return 0;
 }
@@ -150,10 +150,10 @@ int vdma_submit(struct vdma *d, unsigned q, const struct vdma_desc *desc)
 	if (q >= d->nqueues || !vq->enabled)
 		return vt_fail(EINVAL, "queue %u is not set up", q);
 	next = (vq->tail + 1) & (vq->size - 1);
-	while (vdma_qread(d, q, VDMA_Q_HEAD) == next) {
-		if (vdma_qread(d, q, VDMA_Q_STATUS) & VDMA_Q_STATUS_HALTED_MASK)
+	while (vdma_qread(d, q, VDMA_QUEUE_REG_HEAD) == next) {
+		if (vdma_qread(d, q, VDMA_QUEUE_REG_Q_STATUS) & VDMA_Q_STATUS_HALTED_MASK)
 			return vt_fail(EIO, "queue %u halted: %s", q,
-				       vdma_qerror_name(vdma_qread(d, q, VDMA_Q_ERROR)));
+				       vdma_qerror_name(vdma_qread(d, q, VDMA_QUEUE_REG_Q_ERROR)));
 		if (vt_now() > deadline)
 			return vt_fail(ETIMEDOUT, "queue %u full for %u ms", q, d->timeout_ms);
 		vt_sleep_us(100);
@@ -161,8 +161,8 @@ int vdma_submit(struct vdma *d, unsigned q, const struct vdma_desc *desc)
 	memcpy(&vq->ring[vq->tail], desc, sizeof(*desc));
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	vq->tail = next;
-	vdma_qwrite(d, q, VDMA_Q_TAIL, next);
-	vdma_qwrite(d, q, VDMA_Q_DOORBELL, 1);
+	vdma_qwrite(d, q, VDMA_QUEUE_REG_TAIL, next);
+	vdma_qwrite(d, q, VDMA_QUEUE_REG_DOORBELL, 1);
 	return 0;
 }
 
@@ -173,14 +173,14 @@ int vdma_wait(struct vdma *d, unsigned q, volatile struct vdma_completion *c, un
 
 	while (!c->status) {
 		if (vt_now() > deadline) {
-			uint32_t st = vdma_qread(d, q, VDMA_Q_STATUS);
+			uint32_t st = vdma_qread(d, q, VDMA_QUEUE_REG_Q_STATUS);
 
 			return vt_fail(ETIMEDOUT, "no completion in %u ms: queue %u Q_STATUS %#x "
 				       "Q_ERROR %u (%s) HEAD %u TAIL %u COMPLETED %u", timeout_ms, q,
-				       st, vdma_qread(d, q, VDMA_Q_ERROR),
-				       vdma_qerror_name(vdma_qread(d, q, VDMA_Q_ERROR)),
-				       vdma_qread(d, q, VDMA_Q_HEAD), vdma_qread(d, q, VDMA_Q_TAIL),
-				       vdma_qread(d, q, VDMA_Q_COMPLETED));
+				       st, vdma_qread(d, q, VDMA_QUEUE_REG_Q_ERROR),
+				       vdma_qerror_name(vdma_qread(d, q, VDMA_QUEUE_REG_Q_ERROR)),
+				       vdma_qread(d, q, VDMA_QUEUE_REG_HEAD), vdma_qread(d, q, VDMA_QUEUE_REG_TAIL),
+				       vdma_qread(d, q, VDMA_QUEUE_REG_COMPLETED));
 		}
 		if (++spin > 50)
 			vt_sleep_us(100);
@@ -214,7 +214,7 @@ static void desc_init(struct vdma_desc *x, uint8_t op, uint32_t pasid, uint64_t 
 {
 	memset(x, 0, sizeof(*x));
 	x->opcode = op;
-	x->flags = completion ? VDMA_DESC_FLAG_COMPLETION : 0;
+	x->flags = completion ? VDMA_DESC_FLAGS_COMPLETION : 0;
 	x->completion = completion;
 	if (pasid != VDMA_NO_PASID)
 		x->pasid = (uint32_t)(VDMA_DESC_PASID_VALID_MASK | VT_PUT(VDMA_DESC_PASID_PASID, pasid));
@@ -223,7 +223,7 @@ static void desc_init(struct vdma_desc *x, uint8_t op, uint32_t pasid, uint64_t 
 void vdma_desc_memcpy(struct vdma_desc *x, uint32_t pasid, uint64_t src, uint64_t dst,
 		      uint64_t len, uint64_t completion)
 {
-	desc_init(x, VDMA_OP_MEMCPY, pasid, completion);
+	desc_init(x, VDMA_OPCODE_MEMCPY, pasid, completion);
 	x->src = src;
 	x->dst = dst;
 	x->length = len;
@@ -232,7 +232,7 @@ void vdma_desc_memcpy(struct vdma_desc *x, uint32_t pasid, uint64_t src, uint64_
 void vdma_desc_fill(struct vdma_desc *x, uint32_t pasid, uint64_t dst, uint64_t len,
 		    uint64_t pattern, uint64_t completion)
 {
-	desc_init(x, VDMA_OP_FILL, pasid, completion);
+	desc_init(x, VDMA_OPCODE_FILL, pasid, completion);
 	x->dst = dst;
 	x->length = len;
 	x->pattern = pattern;
@@ -241,7 +241,7 @@ void vdma_desc_fill(struct vdma_desc *x, uint32_t pasid, uint64_t dst, uint64_t 
 void vdma_desc_compare(struct vdma_desc *x, uint32_t pasid, uint64_t a, uint64_t b,
 		       uint64_t len, uint64_t completion)
 {
-	desc_init(x, VDMA_OP_COMPARE, pasid, completion);
+	desc_init(x, VDMA_OPCODE_COMPARE, pasid, completion);
 	x->src = a;
 	x->dst = b;
 	x->length = len;
@@ -249,17 +249,17 @@ void vdma_desc_compare(struct vdma_desc *x, uint32_t pasid, uint64_t a, uint64_t
 
 void vdma_desc_nop(struct vdma_desc *x, uint32_t pasid, uint64_t completion)
 {
-	desc_init(x, VDMA_OP_NOP, pasid, completion);
+	desc_init(x, VDMA_OPCODE_NOP, pasid, completion);
 }
 
 const char *vdma_status_name(unsigned status)
 {
 	switch (status) {
-	case VDMA_COMP_NONE: return "not done";
-	case VDMA_COMP_SUCCESS: return "SUCCESS";
-	case VDMA_COMP_PAGE_FAULT: return "PAGE_FAULT";
-	case VDMA_COMP_INVALID_DESC: return "INVALID_DESC";
-	case VDMA_COMP_ABORTED: return "ABORTED";
+	case VDMA_COMPLETION_STATUS_NONE: return "not done";
+	case VDMA_COMPLETION_STATUS_SUCCESS: return "SUCCESS";
+	case VDMA_COMPLETION_STATUS_PAGE_FAULT: return "PAGE_FAULT";
+	case VDMA_COMPLETION_STATUS_INVALID_DESC: return "INVALID_DESC";
+	case VDMA_COMPLETION_STATUS_ABORTED: return "ABORTED";
 	default: return "unknown status";
 	}
 }
@@ -268,10 +268,10 @@ const char *vdma_qerror_name(unsigned err)
 {
 	switch (err) {
 	case 0: return "none";
-	case VDMA_QERR_TAIL: return "TAIL beyond RING_SIZE";
-	case VDMA_QERR_RING_FAULT: return "ring fetch faulted";
-	case VDMA_QERR_RING_SIZE: return "bad RING_SIZE";
-	case VDMA_QERR_COMPLETION_FAULT: return "completion write faulted";
+	case VDMA_QUEUE_ERROR_TAIL: return "TAIL beyond RING_SIZE";
+	case VDMA_QUEUE_ERROR_RING_FAULT: return "ring fetch faulted";
+	case VDMA_QUEUE_ERROR_RING_SIZE: return "bad RING_SIZE";
+	case VDMA_QUEUE_ERROR_COMPLETION_FAULT: return "completion write faulted";
 	default: return "unknown error";
 	}
 }

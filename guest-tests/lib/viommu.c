@@ -12,6 +12,15 @@
 #include "vuser.h"
 
 #define VTD_TIMEOUT_MS 10000
+/* Granularities (the G field of each descriptor type, VT-d 6.5.2). */
+#define CC_G_GLOBAL 1
+#define IOTLB_G_GLOBAL 1
+#define PIOTLB_G_PASID 2
+#define PIOTLB_G_PAGE 3
+#define PC_G_PASID 1
+/* PASID entry FSPM (first-stage paging mode). */
+#define FSPM_4LEVEL 0
+#define FSPM_5LEVEL 1
 /* GCMD one-shot bits, never written back from GSTS (Linux: 0x96ffffff). */
 #define GCMD_ONE_SHOT 0x69000000u
 
@@ -100,22 +109,22 @@ int vtd_init(struct vtd *v)
 			VT_PUT(VTD_RTADDR_TTM, VTD_TTM_SCALABLE));
 	val = vtd_read32(v, VTD_REG_GSTS) & ~GCMD_ONE_SHOT;
 	vtd_write32(v, VTD_REG_GCMD, val | (uint32_t)VTD_GCMD_SRTP_MASK);
-	if (vt_wait32((volatile uint32_t *)(v->regs + VTD_REG_GSTS), VTD_GSTS_RTPS_MASK,
-		      VTD_GSTS_RTPS_MASK, v->timeout_ms))
+	if (vt_wait32((volatile uint32_t *)(v->regs + VTD_REG_GSTS), VTD_GCMD_SRTP_MASK,
+		      VTD_GCMD_SRTP_MASK, v->timeout_ms))
 		return vt_fail(ETIMEDOUT, "SRTP: GSTS %#x never showed RTPS",
 			       vtd_read32(v, VTD_REG_GSTS));
 
 	/* Invalidation queue: one page of 256-bit descriptors (QS 0: 128). */
-	v->iq_entries = VT_PAGE_SIZE / VTD_INV_DESC_SIZE;
+	v->iq_entries = VT_PAGE_SIZE / VTD_IQ_ENTRY_SIZE;
 	v->iq_tail = 0;
 	vtd_write64(v, VTD_REG_IQT, 0);
 	vtd_write64(v, VTD_REG_IQA, (v->iq_pa & VTD_IQA_IQA_MASK) | VT_PUT(VTD_IQA_DW, 1) |
 			VT_PUT(VTD_IQA_QS, 0));
-	if ((ret = gcmd(v, VTD_GCMD_QIE_MASK, VTD_GSTS_QIES_MASK, 1, "QIE")))
+	if ((ret = gcmd(v, VTD_GCMD_QIE_MASK, VTD_GCMD_QIE_MASK, 1, "QIE")))
 		return ret;
 
 	/* Page request queue: one page of 32-byte descriptors (PQS 0: 128). */
-	v->prq_entries = VT_PAGE_SIZE / VTD_PRQ_DESC_SIZE;
+	v->prq_entries = VT_PAGE_SIZE / VTD_PRQ_ENTRY_SIZE;
 	vtd_write64(v, VTD_REG_PQH, 0);
 	vtd_write64(v, VTD_REG_PQA, (v->prq_pa & VTD_PQA_PQA_MASK) | VT_PUT(VTD_PQA_PQS, 0));
 	vtd_write32(v, VTD_REG_PRS, (uint32_t)(VTD_PRS_PPR_MASK | VTD_PRS_PRO_MASK));
@@ -129,7 +138,7 @@ int vtd_init(struct vtd *v)
 
 int vtd_enable_translation(struct vtd *v, int on)
 {
-	return gcmd(v, VTD_GCMD_TE_MASK, VTD_GSTS_TES_MASK, on, "TE");
+	return gcmd(v, VTD_GCMD_TE_MASK, VTD_GCMD_TE_MASK, on, "TE");
 }
 
 void vtd_close(struct vtd *v)
@@ -184,7 +193,7 @@ int vtd_context_setup(struct vtd *v, uint16_t sid, uint32_t rid_pasid, unsigned 
 			return -ENOMEM;
 		v->ctx_tables[bus][half] = ctx;
 		/* lo: LP | LCTP (devfn 0-127); hi: UP | UCTP (devfn 128-255). */
-		__atomic_store_n(root, VTD_ROOT_LO_LP_MASK | (ctx_pa & VTD_ROOT_LO_LCTP_MASK),
+		__atomic_store_n(root, VTD_ROOT_HALF_P_MASK | (ctx_pa & VTD_ROOT_HALF_CTP_MASK),
 				 __ATOMIC_RELEASE);
 	}
 	if (!d->pasid_dir) {
@@ -195,14 +204,14 @@ int vtd_context_setup(struct vtd *v, uint16_t sid, uint32_t rid_pasid, unsigned 
 			return -ENOMEM;
 	}
 	ce = &ctx[(devfn & 0x7f) * 4];
-	ce[1] = VT_PUT(VTD_CTX1_RID_PASID, rid_pasid);
+	ce[1] = VT_PUT(VTD_CONTEXT_QW1_RID_PASID, rid_pasid);
 	ce[2] = 0;
 	ce[3] = 0;
-	__atomic_store_n(&ce[0], VTD_CTX0_P_MASK | VTD_CTX0_PASIDE_MASK |
-				 (flags & VTD_CTX_PRE ? VTD_CTX0_PRE_MASK : 0) |
-				 (flags & VTD_CTX_DTE ? VTD_CTX0_DTE_MASK : 0) |
-				 VT_PUT(VTD_CTX0_PDTS, d->pdts) |
-				 (d->pasid_dir_pa & VTD_CTX0_PASIDDIRPTR_MASK),
+	__atomic_store_n(&ce[0], VTD_CONTEXT_QW0_P_MASK | VTD_CONTEXT_QW0_PASIDE_MASK |
+				 (flags & VTD_CTX_PRE ? VTD_CONTEXT_QW0_PRE_MASK : 0) |
+				 (flags & VTD_CTX_DTE ? VTD_CONTEXT_QW0_DTE_MASK : 0) |
+				 VT_PUT(VTD_CONTEXT_QW0_PDTS, d->pdts) |
+				 (d->pasid_dir_pa & VTD_CONTEXT_QW0_PASIDDIRPTR_MASK),
 			 __ATOMIC_RELEASE);
 	/* A context entry that was not present needs no flush on hardware with
 	 * CM=0; flush anyway: the vIOMMU may cache the not-present state. */
@@ -230,7 +239,7 @@ uint64_t *vtd_pasid_entry(struct vtd *v, uint16_t sid, uint32_t pasid)
 		if (!d->pasid_tables[dir_idx])
 			return NULL;
 		__atomic_store_n(&d->pasid_dir[dir_idx],
-				 VTD_PDIRE_P_MASK | (pa & VTD_PDIRE_SMPTBLPTR_MASK), __ATOMIC_RELEASE);
+				 VTD_PASID_DIR_ENTRY_P_MASK | (pa & VTD_PASID_DIR_ENTRY_SMPTBLPTR_MASK), __ATOMIC_RELEASE);
 	}
 	return &d->pasid_tables[dir_idx][(pasid & 0x3f) * 8];
 }
@@ -244,12 +253,12 @@ static int pasid_write(struct vtd *v, uint16_t sid, uint32_t pasid, uint16_t did
 
 	if (!pe)
 		return -errno;
-	if (pe[0] & VTD_PASIDE0_P_MASK) {
+	if (pe[0] & VTD_PASID_QW0_P_MASK) {
 		/* Changing a live entry: tear down first (VT-d 6.5.2.5 / Linux
 		 * intel_pasid_tear_down_entry), so no half-written entry is used. */
 		__atomic_store_n(&pe[0], 0, __ATOMIC_RELEASE);
-		if ((ret = vtd_inv_pasid_cache(v, (uint16_t)VT_GET(pe[1], VTD_PASIDE1_DID), pasid)) ||
-		    (ret = vtd_inv_piotlb_pasid(v, (uint16_t)VT_GET(pe[1], VTD_PASIDE1_DID), pasid)) ||
+		if ((ret = vtd_inv_pasid_cache(v, (uint16_t)VT_GET(pe[1], VTD_PASID_QW1_DID), pasid)) ||
+		    (ret = vtd_inv_piotlb_pasid(v, (uint16_t)VT_GET(pe[1], VTD_PASID_QW1_DID), pasid)) ||
 		    (ret = vtd_qi_wait(v)))
 			return ret;
 	}
@@ -271,10 +280,10 @@ int vtd_pasid_set_first_stage(struct vtd *v, uint16_t sid, uint32_t pasid, uint1
 	if (levels == 5 && !VT_GET(v->cap, VTD_CAP_FS5LP))
 		return vt_fail(EOPNOTSUPP, "vIOMMU CAP %#llx lacks FS5LP (5-level first stage)",
 			       (unsigned long long)v->cap);
-	val[0] = VTD_PASIDE0_P_MASK | VT_PUT(VTD_PASIDE0_PGTT, VTD_PGTT_FIRST_STAGE);
-	val[1] = VT_PUT(VTD_PASIDE1_DID, did);
-	val[2] = VT_PUT(VTD_PASIDE2_FLPM, levels == 5 ? VTD_FLPM_5LEVEL : VTD_FLPM_4LEVEL) |
-		 (flptr & VTD_PASIDE2_FLPTR_MASK);
+	val[0] = VTD_PASID_QW0_P_MASK | VT_PUT(VTD_PASID_QW0_PGTT, VTD_PGTT_FIRST_STAGE);
+	val[1] = VT_PUT(VTD_PASID_QW1_DID, did);
+	val[2] = VT_PUT(VTD_PASID_QW2_FSPM, levels == 5 ? FSPM_5LEVEL : FSPM_4LEVEL) |
+		 (flptr & VTD_PASID_QW2_FSPTPTR_MASK);
 	return pasid_write(v, sid, pasid, did, val);
 }
 
@@ -284,8 +293,8 @@ int vtd_pasid_set_pass_through(struct vtd *v, uint16_t sid, uint32_t pasid, uint
 
 	if (!VT_GET(v->ecap, VTD_ECAP_PT))
 		return vt_fail(EOPNOTSUPP, "vIOMMU ECAP %#llx lacks PT", (unsigned long long)v->ecap);
-	val[0] = VTD_PASIDE0_P_MASK | VT_PUT(VTD_PASIDE0_PGTT, VTD_PGTT_PASS_THROUGH);
-	val[1] = VT_PUT(VTD_PASIDE1_DID, did);
+	val[0] = VTD_PASID_QW0_P_MASK | VT_PUT(VTD_PASID_QW0_PGTT, VTD_PGTT_PASS_THROUGH);
+	val[1] = VT_PUT(VTD_PASID_QW1_DID, did);
 	return pasid_write(v, sid, pasid, did, val);
 }
 
@@ -327,7 +336,7 @@ int vtd_qi_submit(struct vtd *v, const uint64_t desc[4])
 	if ((ret = qi_error(v)))
 		return ret;
 	/* Full when the tail would meet the head. */
-	while ((unsigned)(vtd_read64(v, VTD_REG_IQH) / VTD_INV_DESC_SIZE) == next) {
+	while ((unsigned)(vtd_read64(v, VTD_REG_IQH) / VTD_IQ_ENTRY_SIZE) == next) {
 		if (vt_now() > deadline)
 			return vt_fail(ETIMEDOUT, "invalidation queue full (IQH %#llx)",
 				       (unsigned long long)vtd_read64(v, VTD_REG_IQH));
@@ -338,7 +347,7 @@ int vtd_qi_submit(struct vtd *v, const uint64_t desc[4])
 		slot[i] = desc[i];
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	v->iq_tail = next;
-	vtd_write64(v, VTD_REG_IQT, (uint64_t)next * VTD_INV_DESC_SIZE);
+	vtd_write64(v, VTD_REG_IQT, (uint64_t)next * VTD_IQ_ENTRY_SIZE);
 	return 0;
 }
 
@@ -350,9 +359,9 @@ int vtd_qi_wait(struct vtd *v)
 	int ret;
 
 	*v->wait_status = 0;
-	desc[0] = VT_PUT(VTD_INV_TYPE, VTD_INV_WAIT) | VTD_INV_WAIT_SW_MASK |
-		  VT_PUT(VTD_INV_WAIT_DATA, seq);
-	desc[1] = v->wait_status_pa & ~3ull;
+	desc[0] = VT_PUT(VTD_WAIT_DESC_TYPE_LO, VTD_INV_TYPE_WAIT) | VTD_WAIT_DESC_SW_MASK |
+		  VT_PUT(VTD_WAIT_DESC_STDATA, seq);
+	desc[1] = v->wait_status_pa & VTD_WAIT_ADDR_STADDR_MASK;
 	if ((ret = vtd_qi_submit(v, desc)))
 		return ret;
 	deadline = vt_now() + v->timeout_ms / 1000.0;
@@ -371,33 +380,35 @@ int vtd_qi_wait(struct vtd *v)
 
 int vtd_inv_context_global(struct vtd *v)
 {
-	uint64_t d[4] = { VT_PUT(VTD_INV_TYPE, VTD_INV_CC) |
-			  VT_PUT(VTD_INV_G, VTD_INV_CC_G_GLOBAL), 0, 0, 0 };
+	uint64_t d[4] = { VT_PUT(VTD_CC_DESC_TYPE_LO, VTD_INV_TYPE_CONTEXT_CACHE) |
+			  VT_PUT(VTD_CC_DESC_G, CC_G_GLOBAL), 0, 0, 0 };
 
 	return vtd_qi_submit(v, d);
 }
 
 int vtd_inv_pasid_cache(struct vtd *v, uint16_t did, uint32_t pasid)
 {
-	uint64_t d[4] = { VT_PUT(VTD_INV_TYPE, VTD_INV_PC) | VT_PUT(VTD_INV_G, VTD_INV_PC_G_PASID) |
-			  VT_PUT(VTD_INV_DID, did) | VT_PUT(VTD_INV_PASID, pasid), 0, 0, 0 };
+	uint64_t d[4] = { VT_PUT(VTD_PC_DESC_TYPE_LO, VTD_INV_TYPE_PASID_CACHE) |
+			  VT_PUT(VTD_PC_DESC_G, PC_G_PASID) | VT_PUT(VTD_PC_DESC_DID, did) |
+			  VT_PUT(VTD_PC_DESC_PASID, pasid), 0, 0, 0 };
 
 	return vtd_qi_submit(v, d);
 }
 
 int vtd_inv_iotlb_global(struct vtd *v)
 {
-	uint64_t d[4] = { VT_PUT(VTD_INV_TYPE, VTD_INV_IOTLB) |
-			  VT_PUT(VTD_INV_G, VTD_INV_IOTLB_G_GLOBAL), 0, 0, 0 };
+	uint64_t d[4] = { VT_PUT(VTD_IOTLB_DESC_TYPE_LO, VTD_INV_TYPE_IOTLB) |
+			  VT_PUT(VTD_IOTLB_DESC_G, IOTLB_G_GLOBAL), 0, 0, 0 };
 
 	return vtd_qi_submit(v, d);
 }
 
 int vtd_inv_piotlb_pasid(struct vtd *v, uint16_t did, uint32_t pasid)
 {
-	uint64_t d[4] = { VT_PUT(VTD_INV_TYPE, VTD_INV_PIOTLB) |
-			  VT_PUT(VTD_INV_G, VTD_INV_PIOTLB_G_PASID) | VT_PUT(VTD_INV_DID, did) |
-			  VT_PUT(VTD_INV_PASID, pasid), 0, 0, 0 };
+	uint64_t d[4] = { VT_PUT(VTD_PIOTLB_DESC_TYPE_LO, VTD_INV_TYPE_PASID_IOTLB) |
+			  VT_PUT(VTD_PIOTLB_DESC_G, PIOTLB_G_PASID) |
+			  VT_PUT(VTD_PIOTLB_DESC_DID, did) | VT_PUT(VTD_PIOTLB_DESC_PASID, pasid),
+			  0, 0, 0 };
 
 	return vtd_qi_submit(v, d);
 }
@@ -405,15 +416,16 @@ int vtd_inv_piotlb_pasid(struct vtd *v, uint16_t did, uint32_t pasid)
 int vtd_inv_piotlb_pages(struct vtd *v, uint16_t did, uint32_t pasid, uint64_t addr, unsigned am,
 			 int ih)
 {
-	uint64_t d[4] = { VT_PUT(VTD_INV_TYPE, VTD_INV_PIOTLB) |
-			  VT_PUT(VTD_INV_G, VTD_INV_PIOTLB_G_PAGE) | VT_PUT(VTD_INV_DID, did) |
-			  VT_PUT(VTD_INV_PASID, pasid), 0, 0, 0 };
+	uint64_t d[4] = { VT_PUT(VTD_PIOTLB_DESC_TYPE_LO, VTD_INV_TYPE_PASID_IOTLB) |
+			  VT_PUT(VTD_PIOTLB_DESC_G, PIOTLB_G_PAGE) |
+			  VT_PUT(VTD_PIOTLB_DESC_DID, did) | VT_PUT(VTD_PIOTLB_DESC_PASID, pasid),
+			  0, 0, 0 };
 
-	if (am > 63 || addr & ((VT_PAGE_SIZE << am) - 1))
+	if (am > VTD_IOTLB_ADDR_AM_MASK || addr & ((VT_PAGE_SIZE << am) - 1))
 		return vt_fail(EINVAL, "PASID-IOTLB invalidation: addr %#llx not aligned to 2^%u "
 			       "pages", (unsigned long long)addr, am);
-	d[1] = (addr & VTD_INV_ADDR_ADDR_MASK) | VT_PUT(VTD_INV_ADDR_AM, am) |
-	       VT_PUT(VTD_INV_ADDR_IH, !!ih);
+	d[1] = (addr & VTD_IOTLB_ADDR_ADDR_MASK) | VT_PUT(VTD_IOTLB_ADDR_AM, am) |
+	       VT_PUT(VTD_IOTLB_ADDR_IH, !!ih);
 	return vtd_qi_submit(v, d);
 }
 
@@ -427,17 +439,18 @@ int vtd_inv_devtlb(struct vtd *v, uint16_t sid, int pasid_present, uint32_t pasi
 	if (size_bytes < VT_PAGE_SIZE || (size_bytes & (size_bytes - 1)))
 		return vt_fail(EINVAL, "device-TLB invalidation size %#llx",
 			       (unsigned long long)size_bytes);
-	/* PCIe ATS 10.3.1: with S, the lowest clear bit above bit 11 marks the size. */
+	/* PCIe ATS 10.3.1: with S set, the lowest clear address bit above bit
+	 * 11 gives the size (all ones below it). */
 	if (s)
 		a |= (size_bytes >> 1) - 1;
-	a &= ~0xfffull;
 	if (pasid_present) {
-		d[0] = VT_PUT(VTD_INV_TYPE, VTD_INV_PDEVTLB) | VT_PUT(VTD_INV_PDEVTLB_SID, sid) |
-		       VT_PUT(VTD_INV_PASID, pasid);
-		d[1] = (a & VTD_INV_ADDR_ADDR_MASK) | VT_PUT(VTD_INV_PDEVTLB_ADDR_S, s);
+		d[0] = VT_PUT(VTD_PDEV_TLB_DESC_TYPE_LO, VTD_INV_TYPE_PASID_DEVICE_TLB) |
+		       VT_PUT(VTD_PDEV_TLB_DESC_SID, sid) | VT_PUT(VTD_PDEV_TLB_DESC_PASID, pasid);
+		d[1] = (a & VTD_PDEV_TLB_ADDR_ADDR_MASK) | VT_PUT(VTD_PDEV_TLB_ADDR_S, s);
 	} else {
-		d[0] = VT_PUT(VTD_INV_TYPE, VTD_INV_DEVTLB) | VT_PUT(VTD_INV_DEVTLB_SID, sid);
-		d[1] = (a & VTD_INV_ADDR_ADDR_MASK) | VT_PUT(VTD_INV_DEVTLB_ADDR_S, s);
+		d[0] = VT_PUT(VTD_DEV_TLB_DESC_TYPE_LO, VTD_INV_TYPE_DEVICE_TLB) |
+		       VT_PUT(VTD_DEV_TLB_DESC_SID, sid);
+		d[1] = (a & VTD_DEV_TLB_ADDR_ADDR_MASK) | VT_PUT(VTD_DEV_TLB_ADDR_S, s);
 	}
 	return vtd_qi_submit(v, d);
 }
@@ -447,12 +460,12 @@ int vtd_inv_devtlb(struct vtd *v, uint16_t sid, int pasid_present, uint32_t pasi
 int vtd_prq_read(struct vtd *v, struct vtd_page_req *req)
 {
 	uint64_t head = vtd_read64(v, VTD_REG_PQH), tail = vtd_read64(v, VTD_REG_PQT);
-	uint64_t ring = (uint64_t)v->prq_entries * VTD_PRQ_DESC_SIZE;
+	uint64_t ring = (uint64_t)v->prq_entries * VTD_PRQ_ENTRY_SIZE;
 	const uint64_t *d;
 
 	if (head == tail)
 		return 0;
-	if (head >= ring || tail >= ring || head % VTD_PRQ_DESC_SIZE)
+	if (head >= ring || tail >= ring || head % VTD_PRQ_ENTRY_SIZE)
 		return vt_fail(EIO, "page request queue: PQH %#llx PQT %#llx outside %#llx",
 			       (unsigned long long)head, (unsigned long long)tail,
 			       (unsigned long long)ring);
@@ -460,17 +473,17 @@ int vtd_prq_read(struct vtd *v, struct vtd_page_req *req)
 	d = &v->prq[head / 8];
 	memset(req, 0, sizeof(*req));
 	memcpy(req->raw, (const void *)d, sizeof(req->raw));
-	req->pasid_present = (int)VT_GET(d[0], VTD_PRQ0_PP);
-	req->rid = (uint16_t)VT_GET(d[0], VTD_PRQ0_RID);
-	req->pasid = (uint32_t)VT_GET(d[0], VTD_PRQ0_PASID);
-	req->exec_req = (int)VT_GET(d[0], VTD_PRQ0_EXR);
-	req->priv_req = (int)VT_GET(d[0], VTD_PRQ0_PMR);
-	req->read = (int)VT_GET(d[1], VTD_PRQ1_RDR);
-	req->write = (int)VT_GET(d[1], VTD_PRQ1_WRR);
-	req->lpig = (int)VT_GET(d[1], VTD_PRQ1_LPIG);
-	req->prgi = (uint16_t)VT_GET(d[1], VTD_PRQ1_PRGI);
-	req->addr = d[1] & VTD_PRQ1_ADDR_MASK;
-	vtd_write64(v, VTD_REG_PQH, (head + VTD_PRQ_DESC_SIZE) % ring);
+	req->pasid_present = (int)VT_GET(d[0], VTD_PRD_LO_PP);
+	req->rid = (uint16_t)VT_GET(d[0], VTD_PRD_LO_RID);
+	req->pasid = (uint32_t)VT_GET(d[0], VTD_PRD_LO_PASID);
+	req->exec_req = (int)VT_GET(d[0], VTD_PRD_LO_EXR);
+	req->priv_req = (int)VT_GET(d[0], VTD_PRD_LO_PMR);
+	req->read = (int)VT_GET(d[1], VTD_PRD_HI_RDR);
+	req->write = (int)VT_GET(d[1], VTD_PRD_HI_WRR);
+	req->lpig = (int)VT_GET(d[1], VTD_PRD_HI_LPIG);
+	req->prgi = (uint16_t)VT_GET(d[1], VTD_PRD_HI_PRGI);
+	req->addr = d[1] & VTD_PRD_HI_ADDR_MASK;
+	vtd_write64(v, VTD_REG_PQH, (head + VTD_PRQ_ENTRY_SIZE) % ring);
 	if (vtd_read64(v, VTD_REG_PQH) == vtd_read64(v, VTD_REG_PQT))
 		vtd_write32(v, VTD_REG_PRS, (uint32_t)VTD_PRS_PPR_MASK); /* RW1C once drained */
 	return 1;
@@ -498,10 +511,10 @@ int vtd_page_group_response(struct vtd *v, const struct vtd_page_req *req, unsig
 {
 	uint64_t d[4] = { 0 };
 
-	d[0] = VT_PUT(VTD_INV_TYPE, VTD_INV_PGRP_RESP) | VT_PUT(VTD_PGRP_PP, req->pasid_present) |
-	       VT_PUT(VTD_PGRP_RC, rc) | VT_PUT(VTD_PGRP_RID, req->rid) |
-	       VT_PUT(VTD_PGRP_PASID, req->pasid);
-	d[1] = VT_PUT(VTD_PGRP1_LPIG, req->lpig) | VT_PUT(VTD_PGRP1_PRGI, req->prgi);
+	d[0] = VT_PUT(VTD_PGRESP_DESC_TYPE_LO, VTD_INV_TYPE_PAGE_GROUP_RESPONSE) | VT_PUT(VTD_PGRESP_DESC_PP, req->pasid_present) |
+	       VT_PUT(VTD_PGRESP_DESC_RC, rc) | VT_PUT(VTD_PGRESP_DESC_RID, req->rid) |
+	       VT_PUT(VTD_PGRESP_DESC_PASID, req->pasid);
+	d[1] = VT_PUT(VTD_PGRESP_QW1_LPIG, req->lpig) | VT_PUT(VTD_PGRESP_QW1_PRGI, req->prgi);
 	return vtd_qi_submit(v, d);
 }
 
@@ -532,7 +545,7 @@ int vtd_fault_read(struct vtd *v, unsigned index, struct vtd_fault *f)
 	f->reason = (uint8_t)VT_GET(hi, VTD_FRCD_HI_FR);
 	f->pasid_present = (int)VT_GET(hi, VTD_FRCD_HI_PP);
 	f->pasid = (uint32_t)VT_GET(hi, VTD_FRCD_HI_PV);
-	f->is_read = (int)VT_GET(hi, VTD_FRCD_HI_T);
+	f->is_read = (int)VT_GET(hi, VTD_FRCD_HI_T1);
 	return 1;
 }
 
@@ -567,22 +580,30 @@ void vtd_faults_clear_all(struct vtd *v)
 const char *vtd_fault_reason_name(unsigned reason)
 {
 	switch (reason) {
-	case VTD_FR_ROOT_NOT_PRESENT: return "root entry not present";
-	case VTD_FR_CTX_NOT_PRESENT: return "context entry not present";
-	case VTD_FR_BEYOND_MGAW: return "address beyond MGAW";
-	case VTD_FR_WRITE: return "write denied";
-	case VTD_FR_READ: return "read denied";
-	case VTD_FR_PAGING_ENTRY_INV: return "paging entry invalid";
-	case VTD_FR_RESERVED: return "reserved bit set";
-	case VTD_FR_PRE_CLEAR: return "page request with PRE clear";
-	case VTD_FR_PASID_DIR_ACCESS: return "PASID directory access failed";
-	case VTD_FR_PASID_DIR_NOT_PRESENT: return "PASID directory entry not present";
-	case VTD_FR_PASID_TABLE_ACCESS: return "PASID table access failed";
-	case VTD_FR_PASID_NOT_PRESENT: return "PASID entry not present";
-	case VTD_FR_PASID_ENTRY_INV: return "PASID entry invalid";
-	case VTD_FR_FS_NON_CANONICAL: return "first stage: non-canonical address";
-	case VTD_FR_FS_PRIV: return "first stage: privilege";
-	case VTD_FR_FS_AD: return "first stage: A/D update failed";
+	case VTD_FAULT_REASON_ADDR_BEYOND_MGAW: return "address beyond MGAW";
+	case VTD_FAULT_REASON_READ: return "read denied";
+	case VTD_FAULT_REASON_RTADDR_INV_TTM: return "RTADDR: TTM not scalable mode";
+	case VTD_FAULT_REASON_ROOT_ACCESS: return "root table not readable";
+	case VTD_FAULT_REASON_ROOT_P: return "root entry not present";
+	case VTD_FAULT_REASON_ROOT_RSVD: return "root entry reserved bit";
+	case VTD_FAULT_REASON_CONTEXT_ACCESS: return "context table not readable";
+	case VTD_FAULT_REASON_CONTEXT_P: return "context entry not present";
+	case VTD_FAULT_REASON_CONTEXT_RSVD: return "context entry reserved bit";
+	case VTD_FAULT_REASON_PRE_CLEAR: return "page request with PRE clear";
+	case VTD_FAULT_REASON_PASID_DIR_ACCESS: return "PASID directory not readable";
+	case VTD_FAULT_REASON_PASID_DIR_P: return "PASID directory entry not present";
+	case VTD_FAULT_REASON_PASID_DIR_RSVD: return "PASID directory entry reserved bit";
+	case VTD_FAULT_REASON_PASID_ACCESS: return "PASID table not readable";
+	case VTD_FAULT_REASON_PASID_P: return "PASID entry not present";
+	case VTD_FAULT_REASON_PASID_RSVD: return "PASID entry reserved bit";
+	case VTD_FAULT_REASON_PASID_INVALID: return "PASID entry invalid";
+	case VTD_FAULT_REASON_FS_ACCESS: return "first-stage table not readable";
+	case VTD_FAULT_REASON_FS_P: return "first-stage entry not present";
+	case VTD_FAULT_REASON_FS_RSVD: return "first-stage entry reserved bit";
+	case VTD_FAULT_REASON_FS_NON_CANONICAL: return "first stage: non-canonical address";
+	case VTD_FAULT_REASON_FS_PRIV: return "first stage: privilege (U/S or SRE)";
+	case VTD_FAULT_REASON_SM_WRITE: return "write to a read-only page";
+	case VTD_FAULT_REASON_FS_AD_UPDATE: return "first stage: A/D update failed";
 	default: return "unknown reason";
 	}
 }

@@ -329,6 +329,14 @@ void vt_dmapool_destroy(struct vt_dmapool *pool);
  */
 #define VTD_MAX_LABELS 16
 #define VTD_PASID_MAX (1u << 20)
+/* Page group response codes (VT-d 7.7.1). */
+#define VTD_PGRESP_RC_SUCCESS 0x0
+#define VTD_PGRESP_RC_INVALID 0x1
+#define VTD_PGRESP_RC_FAILURE 0xf
+/* MSI-X vectors of the vIOMMU function (docs/vuser-iommu.md). */
+#define VTD_VECTOR_FAULT 0
+#define VTD_VECTOR_INV_COMPLETION 1
+#define VTD_VECTOR_PAGE_REQUEST 2
 
 struct vtd_page_req {
 	uint16_t rid;
@@ -507,21 +515,21 @@ struct vdma_completion {
 	uint64_t reserved1;
 };
 
-_Static_assert(sizeof(struct vdma_desc) == VDMA_DESC_SIZE, "vdma_desc size");
-_Static_assert(offsetof(struct vdma_desc, opcode) == VDMA_DESC_OPCODE_OFF, "opcode");
-_Static_assert(offsetof(struct vdma_desc, flags) == VDMA_DESC_FLAGS_OFF, "flags");
-_Static_assert(offsetof(struct vdma_desc, pasid) == VDMA_DESC_PASID_OFF, "pasid");
-_Static_assert(offsetof(struct vdma_desc, src) == VDMA_DESC_SRC_OFF, "src");
-_Static_assert(offsetof(struct vdma_desc, dst) == VDMA_DESC_DST_OFF, "dst");
-_Static_assert(offsetof(struct vdma_desc, length) == VDMA_DESC_LENGTH_OFF, "length");
-_Static_assert(offsetof(struct vdma_desc, completion) == VDMA_DESC_COMPLETION_OFF, "completion");
-_Static_assert(offsetof(struct vdma_desc, pattern) == VDMA_DESC_PATTERN_OFF, "pattern");
-_Static_assert(sizeof(struct vdma_completion) == VDMA_COMP_SIZE, "vdma_completion size");
-_Static_assert(offsetof(struct vdma_completion, status) == VDMA_COMP_STATUS_OFF, "status");
-_Static_assert(offsetof(struct vdma_completion, fault_info) == VDMA_COMP_FAULT_INFO_OFF, "info");
-_Static_assert(offsetof(struct vdma_completion, result) == VDMA_COMP_RESULT_OFF, "result");
-_Static_assert(offsetof(struct vdma_completion, bytes_done) == VDMA_COMP_BYTES_DONE_OFF, "done");
-_Static_assert(offsetof(struct vdma_completion, fault_addr) == VDMA_COMP_FAULT_ADDR_OFF, "addr");
+_Static_assert(sizeof(struct vdma_desc) == VDMA_DESCRIPTOR_SIZE, "vdma_desc size");
+_Static_assert(offsetof(struct vdma_desc, opcode) == VDMA_DESCRIPTOR_OPCODE_OFF, "opcode");
+_Static_assert(offsetof(struct vdma_desc, flags) == VDMA_DESCRIPTOR_FLAGS_OFF, "flags");
+_Static_assert(offsetof(struct vdma_desc, pasid) == VDMA_DESCRIPTOR_PASID_OFF, "pasid");
+_Static_assert(offsetof(struct vdma_desc, src) == VDMA_DESCRIPTOR_SRC_OFF, "src");
+_Static_assert(offsetof(struct vdma_desc, dst) == VDMA_DESCRIPTOR_DST_OFF, "dst");
+_Static_assert(offsetof(struct vdma_desc, length) == VDMA_DESCRIPTOR_LENGTH_OFF, "length");
+_Static_assert(offsetof(struct vdma_desc, completion) == VDMA_DESCRIPTOR_COMPLETION_OFF, "completion");
+_Static_assert(offsetof(struct vdma_desc, pattern) == VDMA_DESCRIPTOR_PATTERN_OFF, "pattern");
+_Static_assert(sizeof(struct vdma_completion) == VDMA_COMPLETION_RECORD_SIZE, "vdma_completion size");
+_Static_assert(offsetof(struct vdma_completion, status) == VDMA_COMPLETION_RECORD_STATUS_OFF, "status");
+_Static_assert(offsetof(struct vdma_completion, fault_info) == VDMA_COMPLETION_RECORD_FAULT_INFO_OFF, "info");
+_Static_assert(offsetof(struct vdma_completion, result) == VDMA_COMPLETION_RECORD_RESULT_OFF, "result");
+_Static_assert(offsetof(struct vdma_completion, bytes_done) == VDMA_COMPLETION_RECORD_BYTES_DONE_OFF, "done");
+_Static_assert(offsetof(struct vdma_completion, fault_addr) == VDMA_COMPLETION_RECORD_FAULT_ADDR_OFF, "addr");
 
 #define VDMA_MAX_QUEUES 8
 #define VDMA_NO_PASID UINT32_MAX
