@@ -22,6 +22,7 @@ from vuser.devices.dma_layout import (
 from vuser.devices.platform import Platform
 from vuser.devices.vuser_dma import VuserDma
 from vuser.iommu.pagetable.builder import PageTableBuilder
+from vuser.iommu.uapi import HwptAllocFlags, HwptDataType
 from vuser.pci.caps import walk_extended
 from vuser.pci.caps_ext import AtsCtl, PasidCtl, PriCtl
 from vuser.pci.config import Command
@@ -34,6 +35,8 @@ PAGE = 4096
 TIMEOUT = 10
 CFG = VFIO_PCI_CONFIG_REGION_INDEX
 PASID_ID, ATS_ID, PRI_ID = 0x1B, 0x0F, 0x13
+#: IOVAs the nested scenarios map in every PASID (the ``nested`` fixture).
+SRC, DST, COMP = 0x1234_5000, 0x7_5555_0000, 0x9_0000_0000
 
 
 async def eventually(cond, what: str, timeout: float = TIMEOUT) -> None:
@@ -77,6 +80,8 @@ class GuestRam:
         #: The RAM as the guest sees it: byte 0 is GPA ``gpa``.
         self.view = memoryview(self.mm)[offset:offset + size]
         self._next = gpa
+        #: GPA windows holding page tables (the walker sets A/D bits there).
+        self.table_windows: list[tuple[int, int]] = []
 
     @property
     def ident(self) -> tuple[int, int]:
@@ -108,6 +113,7 @@ class GuestRam:
     def page_tables(self, pages: int = 64) -> PageTableBuilder:
         """A first-stage table builder over a fresh window of this RAM."""
         start = self.alloc(pages * PAGE)
+        self.table_windows.append((start, pages * PAGE))
         return PageTableBuilder(self.view, base=self.gpa, alloc_start=start,
                                 alloc_end=start + pages * PAGE, fmt="first", levels=4)
 
@@ -256,10 +262,35 @@ class VdmaDriver:
                                completion=comp, flags=flags))
         return self.record(comp)
 
+    def assert_only_written(self, before: bytes, *gpa_ranges: tuple[int, int]) -> None:
+        """Since ``before``, guest RAM changed only in ``gpa_ranges`` (besides the
+        rings the driver writes and the page tables, where walks set A/D bits)."""
+        ram = self.ram
+        allowed = [(ram.file_offset(g), n) for g, n in gpa_ranges]
+        allowed += [(ram.file_offset(r.base), r.size * Descriptor.SIZE)
+                    for r in self.rings.values()]
+        allowed += [(ram.file_offset(g), n) for g, n in ram.table_windows]
+        for start, end in changed(before, ram.snapshot()):
+            assert any(a <= start and end <= a + n for a, n in allowed), \
+                f"unexpected write at file bytes [{start:#x}, {end:#x})"
+
     def close(self) -> None:
         for fd in self.efds:
             os.close(fd)
         self.efds.clear()
+
+
+def attach_s1(platform: Platform, dev: VuserDma, pgtbl_addr: int, pasid: int, *,
+              fault_id: int | None = None) -> int:
+    """Drive the model as the vIOMMU would for a first-stage PASID entry: a
+    nested VTD_S1 HWPT over the VM's stage-2 parent, attached to (label, pasid)."""
+    ctx, vm = platform.ctx, platform.vm_of(dev)
+    flags = HwptAllocFlags.PASID | (HwptAllocFlags.FAULT_ID_VALID if fault_id else 0)
+    hwpt = ctx.hwpt_alloc(dev.iommu.dev_id, vm.s2_hwpt_id, int(flags), HwptDataType.VTD_S1,
+                          {"flags": 0, "pgtbl_addr": pgtbl_addr, "addr_width": 48},
+                          fault_id=fault_id)
+    ctx.device_attach(dev.iommu.dev_id, hwpt, pasid=pasid)
+    return hwpt
 
 
 class Rig:

@@ -121,10 +121,11 @@ class DescFlags(enum.IntFlag):
     IRQ = 0x01             # INT_STATUS bit and MSI-X vector on completion
     COMPLETION = 0x02      # write the completion record
     BLOCK_ON_FAULT = 0x04  # on a stage-1 fault, ask for the page (PRI) and wait
+    COMPLETION_RID = 0x08  # the completion record is untagged (the ring's space), not in the PASID's
 
     @classmethod
     def valid_mask(cls) -> int:
-        return int(cls.IRQ | cls.COMPLETION | cls.BLOCK_ON_FAULT)
+        return int(cls.IRQ | cls.COMPLETION | cls.BLOCK_ON_FAULT | cls.COMPLETION_RID)
 
 
 class DescPasid(BitLayout, width=32):

@@ -24,8 +24,9 @@ VM's maps, as devices sharing an IOAS do in iommufd: a connection's DMA_UNMAP
 takes memory away only when no other connection of the VM still maps it.
 
 A VM is released when its last device leaves: the ``on_release`` callbacks
-run first (the vIOMMU destroys the nested HWPTs it made over the parent),
-then the parent HWPT and the IOAS are destroyed.
+run first (the vIOMMU forgets what it built), then whatever is left over the
+parent and unused (nested HWPTs, vIOMMUs) is destroyed, then the parent HWPT
+and the IOAS.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ class Platform:
         vm.gpa.clear()
         try:
             if vm.s2_hwpt_id:
+                self._destroy_children(vm.s2_hwpt_id)
                 self.ctx.destroy(vm.s2_hwpt_id)
             self.ctx.destroy(vm.ioas_id)
         except IommufdError as e:
@@ -158,6 +160,17 @@ class Platform:
         for ident in [i for i, v in self._file_vm.items() if v is vm]:
             del self._file_vm[ident]
         log.info("VM %d released", vm.vm_id)
+
+    def _destroy_children(self, s2_id: int) -> None:
+        """Destroy what was built over a dead VM's parent and is no longer used:
+        nested HWPTs (leaves first), then vIOMMUs without vDEVICEs."""
+        for kind in ("hwpt_nested", "viommu"):
+            for o in self.ctx.objects():
+                if o["type"] == kind and o.get("parent") == s2_id and not o["users"]:
+                    self.ctx.destroy(o["id"])
+        for o in self.ctx.objects():  # nested HWPTs made through such a vIOMMU
+            if o["type"] == "hwpt_nested" and o.get("parent") == s2_id and not o["users"]:
+                self.ctx.destroy(o["id"])
 
     # -- groups and devices -------------------------------------------------
     def group(self, name: str) -> IommuGroup:

@@ -282,7 +282,7 @@ class VuserDma(PciDevice):
         if cur is not None and abort:
             d, pasid = cur
             if d.flags & DescFlags.COMPLETION:
-                v = self.engine.translate(pasid, d.completion, 32, 2)
+                v = self.engine.translate(self._completion_space(d, pasid), d.completion, 32, 2)
                 if v.__class__ is not Fault:
                     scatter(v, Outcome(CompletionStatus.ABORTED).record())  # type: ignore[arg-type]
             self._retire(q)
@@ -332,8 +332,8 @@ class VuserDma(PciDevice):
         if not isinstance(checked, Outcome):
             out = await self.engine.execute(d, pasid, lambda: self._drain(q))
         if d.flags & DescFlags.COMPLETION:
-            f = await self.engine.write_record(pasid, d.completion, out,
-                                               bool(d.flags & DescFlags.BLOCK_ON_FAULT))
+            f = await self.engine.write_record(self._completion_space(d, pasid), d.completion,
+                                               out, bool(d.flags & DescFlags.BLOCK_ON_FAULT))
             if f is not None:
                 q.current = None
                 self._halt(q, QueueError.COMPLETION_FAULT)
@@ -346,6 +346,10 @@ class VuserDma(PciDevice):
                 self.raise_irq(QCtrl.VECTOR.get(q.ctrl))
         self._notify_progress()
         return True
+
+    @staticmethod
+    def _completion_space(d: Descriptor, pasid: int | None) -> int | None:
+        return None if d.flags & DescFlags.COMPLETION_RID else pasid
 
     def _record_pasid(self, d: Descriptor) -> int | None:
         """The address space of an invalid descriptor's completion record."""
