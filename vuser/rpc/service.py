@@ -270,6 +270,10 @@ class Service:
         bad = [t for t in topics if t not in TOPICS]
         if bad:
             raise RpcError(errno.EINVAL, f"unknown topic(s) {bad!r}; topics: {', '.join(TOPICS)}")
+        if "dma_completion" in topics and not self.hub.listening("dma_completion"):
+            # The baseline: completions from now on are news.
+            self._completions_seen = {k: q["completed"]
+                                      for k, q in self._completion_counts().items()}
         return self.hub.subscribe(conn, topics)
 
     @rpc("events", conn=True)
