@@ -48,7 +48,7 @@ from .viommu_faults import FaultRecorder, model_reason
 from .viommu_prq import PageRequestQueue
 from .viommu_qi import InvalidationQueue
 from .viommu_regs import PASID_BITS, EventSource, RegisterBank, define_vtd_registers
-from .viommu_tables import ContextInfo, TableReader
+from .viommu_tables import ContextInfo, TableFault, TableReader
 from .vtd_layout import (
     REGS_SIZE, Ccmd, FaultReason, Fsts, Gcmd, Ics, IotlbReg, Iva, Reg,
 )
@@ -376,12 +376,31 @@ class VIommuDevice(PciDevice):
             fpd = t.fpd
             if f.stage == Stage.BLOCKED and t.kind is Kind.BLOCK:
                 reason = t.reason
+        elif f.stage == Stage.BLOCKED:
+            reason, fpd = self._uncached_reason(f.label, f.pasid, reason, fpd)
         if fpd:
             return
         if f.stage == Stage.S1 and f.reason in _PRI_REASONS:
             self._defer(f, reason)
             return
         self._record(f, reason)
+
+    def _uncached_reason(self, label: int, pasid: int | None, reason: int,
+                         fpd: bool) -> tuple[int, bool]:
+        """Why a (label, PASID) the vIOMMU never applied is blocked: hardware
+        would walk the tables on this miss, so walk them for the reason.
+        (Finding a valid entry does not attach it: with CAP.CM set, the
+        not-present state may stay cached until the guest invalidates.)"""
+        reader = self._reader()
+        ci = reader.context(label)
+        if isinstance(ci, TableFault):
+            return ci.reason, ci.fpd
+        if pasid is None:
+            return reason, ci.fpd
+        r = reader.pasid(ci, pasid)
+        if isinstance(r, TableFault):
+            return r.reason, r.fpd
+        return FaultReason.PASID_P, r.fpd
 
     def _record(self, f: Fault, reason: int) -> None:
         addr = f.iova if f.iova is not None else f.addr

@@ -95,6 +95,7 @@ class PasidBinder:
         self._users: dict[int, int] = {}
         self.bound = 0
         self.model_errors = 0
+        self._refused = 0
 
     # -- devices -------------------------------------------------------------
     def set_devices(self, devices: dict[int, tuple[int, int]]) -> None:
@@ -164,12 +165,16 @@ class PasidBinder:
         results: dict[int, LookupResult] = {}
         for p in sorted(wanted | ({ci.rid_pasid} if rid_in_scope else set())):
             results[p] = found[p] if p in found else reader.pasid(ci, p)
+        if rid_in_scope:
+            changed += self._apply_if(d, None, self._target(results[ci.rid_pasid]), did)
         for p in sorted(wanted):
             if p == 0 or p >= 1 << d.pasid_width:
                 continue  # the device cannot emit it (the model refuses it)
             changed += self._apply_if(d, p, self._target(results[p]), did)
-        if rid_in_scope:
-            changed += self._apply_if(d, None, self._target(results[ci.rid_pasid]), did)
+        if self._refused:
+            log.warning("vIOMMU: label %#x: %d PASIDs beyond %d attachments blocked",
+                        label, self._refused, MAX_BOUND)
+            self._refused = 0
         return changed
 
     def _apply_if(self, d: _Device, pasid: int | None, new: Target, did: int | None) -> int:
@@ -193,12 +198,12 @@ class PasidBinder:
 
     # -- model calls ----------------------------------------------------------------
     def _apply(self, d: _Device, pasid: int | None, new: Target) -> int:
-        old = d.targets.get(pasid, DEFAULT_RID if pasid is None else BLOCKED)
+        stored = d.targets.get(pasid)
+        old = stored or (DEFAULT_RID if pasid is None else BLOCKED)
         if old == new:
             return 0
         if new.kind is not Kind.BLOCK and old.kind is Kind.BLOCK and self.bound >= MAX_BOUND:
-            log.warning("vIOMMU: more than %d attachments; label %#x PASID %s blocked",
-                        MAX_BOUND, d.label, pasid)
+            self._refused += 1
             new = Target(Kind.BLOCK, new.did, new.fpd, FaultReason.PASID_INVALID)
         try:
             if new.kind is Kind.BLOCK:
@@ -214,7 +219,8 @@ class PasidBinder:
             new = Target(Kind.BLOCK, new.did, new.fpd, FaultReason.PASID_INVALID)
             self._detach(d.dev_id, pasid, quiet=True)
         self._ref(new)
-        self._unref(old)
+        if stored is not None:
+            self._unref(stored)
         if pasid is not None and new == BLOCKED:
             d.targets.pop(pasid, None)
         else:
