@@ -147,10 +147,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     i.add_argument("--ioas", type=_int, required=True, help="IOAS id (see `vuser ctl ioas`)")
     i.add_argument("--iova", type=_int, required=True, help="first GPA, page aligned")
     i.add_argument("--length", type=_int, required=True, help="bytes, page aligned")
-    i = _sub(isub, "restore", "map a stage-2 hole back", "Map a hole's pages back.")
+    i = _sub(isub, "restore", "map a stage-2 hole back",
+             "Map the pages of a hole cut by `inject unmap` back at the same GPAs\n"
+             "(EEXIST if something else was mapped there meanwhile).")
     i.add_argument("hole", type=_int, help="the hole id `inject unmap` printed")
-    _sub(isub, "list", "list injection rules and stage-2 holes", "Live rules and holes.")
-    _sub(isub, "clear", "remove every injection rule", "Remove every injection rule.")
+    _sub(isub, "list", "list injection rules and stage-2 holes",
+         "The live injection rules (what is left of each count, how often it\n"
+         "fired) and the stage-2 holes not restored yet.")
+    _sub(isub, "clear", "remove every injection rule",
+         "Remove every injection rule; translations then go through the model\n"
+         "as usual (stage-2 holes stay until restored).")
 
     p = _sub(sub, "call", "call any control method by name (the whole ioasid uAPI)",
              "Call METHOD with positional ARGs and name=value pairs. Values are\n"
