@@ -170,3 +170,13 @@ def test_trace_commands_on_bad_files(sockdir: str) -> None:
         f.write(b"\x81\xa1a\x01")
     r = run_cli("ctl", "trace", "summary", bad)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not a vuser trace" in r.stderr
+
+
+def test_vuser_run_passes_a_control_socket() -> None:
+    from vuser.commands.run import control_socket_path
+
+    args, path = control_socket_path(["--foo"])
+    assert args == ["--foo", "--control", path] and path.endswith(".ctl")
+    assert len(os.fsencode(path)) <= 107
+    assert control_socket_path(["--control", "/tmp/c"]) == (["--control", "/tmp/c"], "/tmp/c")
+    assert control_socket_path(["--control=/tmp/d"])[1] == "/tmp/d"

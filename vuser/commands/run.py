@@ -14,7 +14,8 @@ Start a vuser server with the given devices, boot a Linux guest in QEMU
 against it (q35, each device behind its own PCIe root port, TCG unless
 --accel kvm), run the guest tests and stream the serial console. Prints a
 summary of the tests' KTAP results and exits with their status: 0 when all
-passed.
+passed. Once QEMU runs, the server's control socket is printed: drive the
+ioasid model and watch the devices from another terminal with `vuser ctl`.
 
 Missing pieces are provisioned first: QEMU with vfio-user-pci, the guest
 image (see `vuser provision`, `vuser doctor`).
@@ -59,8 +60,24 @@ def _raw_terminal(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def _on_ready(info, verbose: bool) -> None:
-    """Hook once QEMU runs. The control socket's path is printed here (a later issue)."""
+def control_socket_path(server_args: list[str]) -> tuple[list[str], str]:
+    """The server's arguments with ``--control PATH`` (unless given), and PATH."""
+    for i, a in enumerate(server_args):
+        if a == "--control" and i + 1 < len(server_args):
+            return list(server_args), server_args[i + 1]
+        if a.startswith("--control="):
+            return list(server_args), a.split("=", 1)[1]
+    import tempfile
+
+    path = os.path.join(tempfile.gettempdir(), f"vuser-{os.getpid()}.ctl")
+    return list(server_args) + ["--control", path], path
+
+
+def _on_ready(info, verbose: bool, control: str | None = None) -> None:
+    """Hook once QEMU runs: print the control socket for `vuser ctl`."""
+    if control is not None:
+        print(f"vuser: control socket {control} (vuser ctl --socket {control} ...)",
+              file=sys.stderr, flush=True)
     if verbose:
         for sock in info.sockets:
             print(f"vuser: device socket {sock}", file=sys.stderr)
@@ -137,9 +154,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    server_args, control = control_socket_path(args.server_arg)
     common = dict(devices=devices, timeout=timeout, memory_mib=args.memory, accel=args.accel,
-                  extra_server_args=args.server_arg, qemu=qemu,
-                  on_ready=lambda info: _on_ready(info, verbose))
+                  extra_server_args=server_args, qemu=qemu,
+                  on_ready=lambda info: _on_ready(info, verbose, control))
     if args.shell:
         print("vuser: guest shell on the serial console; Ctrl-] leaves", file=sys.stderr)
         fd = sys.stdin.fileno()
