@@ -169,7 +169,11 @@ def page_response(rid: int, pasid: int | None, prgi: int, code: int = 0) -> byte
 # -- the driver ---------------------------------------------------------------------------
 
 class VtdDriver:
-    """Programs one vuser-iommu function (see the module doc)."""
+    """Programs one vuser-iommu function (see the module doc).
+
+    ``ram`` needs ``alloc(size, align=)``, ``read(gpa, n)`` and ``write(gpa, data)``
+    only, so the vuser-dma harness's guest RAM works too.
+    """
 
     def __init__(self, client: Client, ram: GuestRam, *, qs: int = 0, pqs: int = 0) -> None:
         self.c, self.ram = client, ram
@@ -266,8 +270,8 @@ class VtdDriver:
         table = self.pasid_tables.get(key)
         if table is None:
             table = self.pasid_tables[key] = self.ram.alloc(P)
-            self.ram.set_u64(self.pasid_dirs[label] + (pasid >> 6) * 8,
-                             PasidDirEntry.pack(P=1, SMPTBLPTR=table >> 12))
+            self.ram.write(self.pasid_dirs[label] + (pasid >> 6) * 8,
+                           struct.pack("<Q", PasidDirEntry.pack(P=1, SMPTBLPTR=table >> 12)))
         return table + (pasid & 0x3F) * PasidEntry.SIZE
 
     def first_stage(self, label: int, pasid: int, pt: PageTableBuilder | int, *,
