@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from .base import PciDevice
 from .sample import SampleDevice
+from .viommu import VIommuDevice
 from .vuser_dma import VuserDma
 
-__all__ = ["DEVICE_TYPES", "PciDevice", "SampleDevice", "VuserDma"]
+__all__ = ["DEVICE_TYPES", "PciDevice", "SampleDevice", "VIommuDevice", "VuserDma"]
 
 DEVICE_TYPES: dict[str, type[PciDevice]] = {
     "sample": SampleDevice,
     "vuser-dma": VuserDma,
+    "vuser-iommu": VIommuDevice,
 }
