@@ -284,3 +284,28 @@ async def test_fault_records_overflow_sets_pfo_and_masked_events_stay_pending(ri
     assert not await drv.fsts() & (Fsts.PPF.mask | Fsts.PFO.mask)
     assert isinstance(dma_write(rig, LABEL, 200, IOVA, b"x"), Fault)
     assert [r.pasid for r in await drv.faults()] == [200]
+
+
+def test_registered_type_and_own_label_outside_source_ids():
+    from vuser.devices import DEVICE_TYPES
+    from vuser.devices.platform import Platform
+    from vuser.devices.viommu import VIommuDevice
+    from vuser.errors import UserError
+
+    assert DEVICE_TYPES["vuser-iommu"] is VIommuDevice
+    p = Platform()
+    try:
+        dma = SampleDevice(label=1)
+        dma.join_platform(p)
+        vi = VIommuDevice()
+        vi.join_platform(p)
+        assert vi.iommu.label == 0x10000 and vi.iommu.pasid_width == 20
+        other = VIommuDevice(label="0x20")
+        other.join_platform(p)
+        assert other.iommu.label == 0x20
+        with pytest.raises(UserError):
+            VIommuDevice(label="many")
+        for d in (dma, vi, other):
+            d.close()
+    finally:
+        p.close()

@@ -36,6 +36,7 @@ import asyncio
 import logging
 from typing import Any
 
+from vuser.errors import UserError
 from vuser.iommu import Fault, FaultReason as ModelReason, IommufdError, Stage
 from vuser.iommu.uapi import FaultFlags, FaultRecord
 from vuser.pci.bar import Bar
@@ -62,13 +63,30 @@ VECTOR_INVALIDATION = 1
 VECTOR_PAGE_REQUEST = 2
 #: Depth of the model fault queue behind the page request queue.
 FAULT_QUEUE_DEPTH = 4096
+#: Default labels of vIOMMU functions start here, above every source-id.
+OWN_LABEL_BASE = 0x1_0000
 _PRI_REASONS = frozenset({ModelReason.PAGING_ENTRY_INV, ModelReason.WRITE, ModelReason.READ})
 #: CCMD/context-cache invalidation FM: function bits ignored in the SID.
 _FM_IGNORE = {0: 0, 1: 0b100, 2: 0b110, 3: 0b111}
 
 
+def _parse_label(label: int | str) -> int:
+    try:
+        value = int(label, 0) if isinstance(label, str) else int(label)
+    except ValueError:
+        raise UserError(f"vuser-iommu: label {label!r} is not an integer") from None
+    if not 0 <= value < 1 << 32:
+        raise UserError(f"vuser-iommu: label {value} does not fit in 32 bits")
+    return value
+
+
 class VIommuDevice(PciDevice):
-    """vendor 0x5655, device 0x0003, class 0x0806 (IOMMU); no options."""
+    """vendor 0x5655, device 0x0003, class 0x0806 (IOMMU).
+
+    Option ``label``: the function's own label in the model (default: the
+    first free one from 0x10000, outside the 16-bit source-ids it manages, so
+    it never takes a label a DMA device asks for).
+    """
 
     DEVICE_ID = 0x0003
     CLASS_CODE = 0x080600
@@ -77,8 +95,9 @@ class VIommuDevice(PciDevice):
     MESSAGE_DMA_FALLBACK = False
     MSIX_VECTORS = 3
 
-    def __init__(self) -> None:
+    def __init__(self, *, label: int | str | None = None) -> None:
         super().__init__()
+        self._want_label = None if label is None else _parse_label(label)
         self.regs = RegisterBank(REGS_SIZE)
         define_vtd_registers(self.regs, {
             Reg.GCMD: self._gcmd_written, Reg.CCMD: self._ccmd_written,
@@ -109,6 +128,11 @@ class VIommuDevice(PciDevice):
         self._deferred_armed = False
 
     def join_platform(self, platform: Any, **kw: Any) -> Any:
+        if kw.get("label") is None:
+            kw["label"] = self._want_label
+        if kw["label"] is None:
+            taken = {d.label for d in platform.registry.devices()}
+            kw["label"] = next(lb for lb in range(OWN_LABEL_BASE, 1 << 32) if lb not in taken)
         kw.setdefault("pasid_width", PASID_BITS)
         kw.setdefault("ats", False)
         kw.setdefault("pri", False)
