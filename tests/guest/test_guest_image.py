@@ -11,9 +11,9 @@ import stat
 
 import pytest
 
-from guest_helpers import fake_debian_tree, need_gcc, read_newc
+from guest_helpers import fake_debian_tree, fake_module, need_gcc, read_newc
 from vuser.errors import UserError
-from vuser.guest import image, paths, programs
+from vuser.guest import image, kmod, paths, programs
 from vuser.guest.image import build_image, load_recipe, status
 
 
@@ -41,6 +41,15 @@ def offline(tmp_path, monkeypatch, built_programs):
         return tree
 
     monkeypatch.setattr(image.debian, "fetch", fake_fetch)
+    # Our own kernel module: a stand-in object (the real build needs the
+    # kernel headers; tests/guest/test_guest_kmod.py builds it for real).
+    work = tmp_path / "kmod-work"
+    work.mkdir()
+    ko = work / "vuser_dma.ko"
+    ko.write_bytes(fake_module(work, "vuser_dma", "", "6.1.0-99-cloud-amd64"))
+    monkeypatch.setattr(image.kmod, "build_modules",
+                        lambda tree, suite, **kw: kmod.KmodSet("k" * 64, {"vuser_dma": ko}))
+    monkeypatch.setattr(image.kmod, "kmod_digest", lambda tree, *a, **kw: "k" * 64)
     return cache, calls
 
 
@@ -64,6 +73,8 @@ def test_image_contents(offline):
     conf = names["etc/vuser/image.conf"].data.decode()
     assert "VUSER_MODULES='uio uio_pci_generic'" in conf  # dependencies first
     assert {"lib/modules/uio.ko", "lib/modules/uio_pci_generic.ko"} <= set(names)
+    assert "VUSER_OWN_MODULES=vuser_dma" in conf  # packed, loaded by the tests that use it
+    assert kmod.vermagic(names["lib/modules/vuser_dma.ko"].data).startswith("6.1.0-99-cloud-amd64")
     assert "sbin/vuser-debug-exit" in names
     for name, cases in img.tests.items():
         assert names[f"tests/{name}"].data.startswith(b"\x7fELF") and cases
@@ -167,3 +178,12 @@ def test_damaged_programs_cache_is_rebuilt(tmp_path, built_programs):
     again = programs.build_programs(cache=cache)
     assert again.tests["enumerate"].cases == progs.tests["enumerate"].cases
     assert again.tests["enumerate"].path.stat().st_size > 200
+
+
+def test_cache_key_follows_the_kernel_modules(offline, monkeypatch):
+    cache, _ = offline
+    base = build_image(progress=False, cache=cache)
+    ko = next(iter(kmod.build_modules(None, "").modules.values()))
+    monkeypatch.setattr(image.kmod, "build_modules",
+                        lambda tree, suite, **kw: kmod.KmodSet("m" * 64, {"vuser_dma": ko}))
+    assert build_image(progress=False, cache=cache).key != base.key

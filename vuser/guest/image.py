@@ -5,6 +5,8 @@ Inputs (all hashed into the image's cache key):
 - ``images/init.sh``: the guest's ``/init``;
 - the Debian packages (name and version), fetched by ``vuser.debian``;
 - the guest test programs (``vuser.guest.programs``: sources, compiler, flags);
+- the guest kernel modules (``vuser.guest.kmod``: ``guest-tests/kmod``, built
+  against the kernel's own headers, vermagic checked);
 - ``BUILDER_VERSION``, bumped when this module changes what it writes.
 
 Output, under ``<cache>/guest/images/<key>/``: ``vmlinuz``, ``initrd.img``
@@ -13,8 +15,10 @@ an image whose files do not match ``image.json`` (sizes, sha256) is rebuilt.
 
 The initramfs holds ``/init``, ``/bin/busybox`` (applet links are made by
 ``/init``), ``/dev/console`` (c 5 1, opened by the kernel before ``/init``),
-``/lib/modules/<name>.ko`` for the module closure, ``/tests/<name>`` and
-``/sbin/vuser-debug-exit``, and ``/etc/vuser/image.conf`` for ``/init``.
+``/lib/modules/<name>.ko`` for the module closure and for our own modules
+(which ``/init`` does not load: the test programs that drive them do, with
+``finit_module``), ``/tests/<name>`` and ``/sbin/vuser-debug-exit``, and
+``/etc/vuser/image.conf`` for ``/init``.
 """
 
 from __future__ import annotations
@@ -36,13 +40,13 @@ from elftools.elf.elffile import ELFFile
 
 from vuser import debian
 from vuser.errors import UserError
-from vuser.guest import elfcases, paths, programs
+from vuser.guest import elfcases, kmod, paths, programs
 from vuser.guest.kernel import KernelTree
 from vuser.guest.newc import write_gzip
 
 __all__ = ["BUILDER_VERSION", "GuestImage", "Recipe", "build_image", "status", "load_recipe"]
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 MANIFEST = "image.json"
 DEBUG_EXIT = "sbin/vuser-debug-exit"
 
@@ -127,9 +131,11 @@ def _tree_dir(recipe: Recipe, cache: Path) -> Path:
     return cache / f"debian-{recipe.suite}"
 
 
-def _image_key(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet) -> str:
+def _image_key(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet,
+               kmod_digest: str = "") -> str:
     h = hashlib.sha256()
-    h.update(f"vuser guest image v{BUILDER_VERSION}\0{recipe.digest}\0{progs.digest}\0".encode())
+    h.update(f"vuser guest image v{BUILDER_VERSION}\0{recipe.digest}\0{progs.digest}\0"
+             f"{kmod_digest}\0".encode())
     for p in sorted(tree.packages, key=lambda p: p.name):
         h.update(f"{p.name}={p.version}\0".encode())
     return h.hexdigest()
@@ -189,14 +195,16 @@ def build_image(tests: Sequence[str] | None = None, progress: bool = True, *,
     selected = _select({n: list(p.cases) for n, p in progs.tests.items()}, tests)
     tree = debian.fetch(recipe.suite, [recipe.kernel_package, recipe.busybox_package],
                         _tree_dir(recipe, cache), show_progress=progress)
-    key = _image_key(recipe, tree, progs)
+    kmods = kmod.build_modules(tree, recipe.suite, root=guest_tests / "kmod", cache=cache,
+                               status=steps.note if progress else None)
+    key = _image_key(recipe, tree, progs, kmods.digest)
     out = cache / "images" / key[:20]
     manifest = _load_manifest(out)
     if manifest is None:
         if out.exists():
             steps.note(f"[yellow]guest image {out} is damaged; building it again")
         with steps.step(f"building guest image {key[:12]}"):
-            _build(recipe, tree, progs, key, out)
+            _build(recipe, tree, progs, key, out, kmods)
         manifest = _load_manifest(out)
         if manifest is None:
             raise UserError(f"guest image {out}: written but does not verify")
@@ -216,14 +224,16 @@ def _busybox(root: Path) -> bytes:
     return path.read_bytes()
 
 
-def _image_conf(recipe: Recipe, modules: list[str], tests: list[str]) -> bytes:
+def _image_conf(recipe: Recipe, modules: list[str], tests: list[str],
+                own_modules: list[str] = ()) -> bytes:
     return (f"VUSER_MODULES={shlex.quote(' '.join(modules))}\n"
+            f"VUSER_OWN_MODULES={shlex.quote(' '.join(own_modules))}\n"
             f"VUSER_TESTS_ALL={shlex.quote(' '.join(tests))}\n"
             f"VUSER_HUGEPAGES={recipe.hugepages}\n").encode()
 
 
 def _build(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet, key: str,
-           out: Path) -> None:
+           out: Path, kmods: kmod.KmodSet = kmod.KmodSet("", {})) -> None:
     """Write the image into a fresh folder, then move it to ``out``."""
     kernel = KernelTree.find(tree.root)
     kernel.check_config(recipe.require)
@@ -231,6 +241,9 @@ def _build(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet, key: s
     if "debug-exit" not in progs.tools:
         raise UserError("guest-tests/tools/debug-exit.c is missing: /init needs it to exit")
     test_names = sorted(progs.tests)
+    clash = sorted(set(kmods.modules) & set(modules))
+    if clash:
+        raise UserError(f"guest-tests/kmod builds {', '.join(clash)}, which the kernel ships too")
 
     def fill(w) -> None:
         for d in ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "root",
@@ -240,9 +253,12 @@ def _build(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet, key: s
         w.add_file("init", recipe.init, 0o755)
         w.add_file("bin/busybox", _busybox(tree.root), 0o755)
         w.add_symlink("bin/sh", "busybox")
-        w.add_file("etc/vuser/image.conf", _image_conf(recipe, modules, test_names))
+        w.add_file("etc/vuser/image.conf",
+                   _image_conf(recipe, modules, test_names, sorted(kmods.modules)))
         for m in modules:
             w.add_file(f"lib/modules/{m}.ko", kernel.module_bytes(m))
+        for m, ko in sorted(kmods.modules.items()):
+            w.add_file(f"lib/modules/{m}.ko", ko.read_bytes())
         for name in test_names:
             w.add_file(f"tests/{name}", progs.tests[name].path.read_bytes(), 0o755)
         w.add_file(DEBUG_EXIT, progs.tools["debug-exit"].read_bytes(), 0o755)
@@ -259,6 +275,7 @@ def _build(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet, key: s
             "packages": {p.name: p.version for p in tree.packages
                          if p.name in (recipe.busybox_package, f"linux-image-{kernel.release}")},
             "modules": modules,
+            "own_modules": sorted(kmods.modules),
             "tests": {n: list(progs.tests[n].cases) for n in test_names},
             "files": {n: {"size": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
                       for n in ("vmlinuz", "initrd.img")},
@@ -303,7 +320,12 @@ def status(cache: Path | None = None) -> dict[str, Any]:
     if progs is None:
         st["problem"] = "guest tests not built yet"
         return st
-    out = cache / "images" / _image_key(recipe, tree, progs)[:20]
+    try:
+        kdigest = kmod.kmod_digest(tree) if kmod.module_names() else ""
+    except UserError as e:
+        st["problem"] = str(e)
+        return st
+    out = cache / "images" / _image_key(recipe, tree, progs, kdigest)[:20]
     manifest = _load_manifest(out)
     if manifest is None:
         st["problem"] = "guest image not built yet" if not out.exists() else f"{out} is damaged"

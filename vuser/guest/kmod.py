@@ -51,6 +51,8 @@ __all__ = ["KMOD_DIR", "KmodError", "KmodSet", "build_modules", "header_packages
            "kmod_digest", "module_sources", "prepare_headers", "vermagic"]
 
 KMOD_DIR = paths.GUEST_TESTS / "kmod"
+#: Generated layout headers the modules include (``vuser.guest.layout_header``).
+LAYOUT_HEADERS = (paths.GUEST_TESTS / "lib" / "vdma_layout.h",)
 _RECIPE = 1  # bump when the build steps change what they produce
 _STAMP = "kmod.ok"
 _MAKE_TIMEOUT_S = 300
@@ -69,11 +71,14 @@ class KmodSet:
 
 
 def module_sources(root: Path = KMOD_DIR) -> list[Path]:
-    """The module sources: ``Kbuild`` and every ``.c``/``.h`` directly under ``root``."""
+    """The module sources: ``Kbuild``, every ``.c``/``.h`` directly under ``root``,
+    and the generated layout headers they include (from ``root/../lib``)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_file()
-                  and (p.name == "Kbuild" or p.suffix in (".c", ".h")))
+    own = sorted(p for p in root.iterdir() if p.is_file()
+                 and (p.name == "Kbuild" or p.suffix in (".c", ".h")))
+    layouts = [root.parent / "lib" / h.name for h in LAYOUT_HEADERS]
+    return own + [p for p in layouts if p.is_file()]
 
 
 def module_names(root: Path = KMOD_DIR) -> list[str]:
@@ -190,7 +195,7 @@ def prepare_headers(suite: str, release: str, version: str, cache: Path,
                             "headers of another build would make a module the guest refuses "
                             "(clear the cache to fetch the current kernel)")
     arch = tree.root / "usr" / "src" / f"linux-headers-{release}"
-    common = tree.root / "usr" / "src" / common_pkg.removeprefix("linux-")
+    common = tree.root / "usr" / "src" / common_pkg
     makefile = arch / "Makefile"
     if not makefile.is_file() or not (common / "Makefile").is_file():
         raise KmodError(f"{tree.root}: unexpected header layout (no {makefile} or "
