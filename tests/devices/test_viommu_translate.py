@@ -309,3 +309,41 @@ def test_registered_type_and_own_label_outside_source_ids():
             d.close()
     finally:
         p.close()
+
+
+async def test_device_reset_turns_translation_off(rig):
+    drv, ram = rig.drv, rig.ram
+    await drv.enable_translation()
+    buf = ram.alloc(P)
+    pt = ram.page_tables()
+    pt.map(IOVA, buf, P)
+    drv.context(LABEL)
+    drv.first_stage(LABEL, 0, pt)
+    drv.first_stage(LABEL, 1, pt)
+    await drv.submit(pasid_cache(0, did=1), pasid_cache(1, did=1))
+    assert dma_write(rig, LABEL, 1, IOVA, b"on") is None
+    await rig.vc.reset()
+    assert await drv.read32(Reg.GSTS) == 0 and await drv.read64(Reg.IQA) == 0
+    assert isinstance(dma_write(rig, LABEL, 1, IOVA, b"x"), Fault)
+    assert dma_write(rig, LABEL, None, buf + 16, b"gpa") is None
+    assert ram.read(buf + 16, 3) == b"gpa"
+    assert rig.viommu.describe()["attachments"] == []
+
+
+async def test_model_objects_are_released_with_the_vm(rig):
+    drv, ram = rig.drv, rig.ram
+    await drv.enable_translation()
+    pt = ram.page_tables()
+    pt.map(IOVA, ram.alloc(P), P)
+    drv.context(LABEL)
+    drv.first_stage(LABEL, 1, pt)
+    await drv.submit(pasid_cache(1, did=1))
+    ctx = rig.platform.ctx
+    kinds = {o["type"] for o in ctx.objects()}
+    assert {"hwpt_nested", "fault"} <= kinds, kinds
+    for c in rig.clients:
+        await c.close()
+    for s in rig.servers:
+        await drv.until(lambda s=s: s.session is None, "the session to end")
+    assert ctx.objects() == []
+    assert rig.viommu.binder is None and rig.viommu.prq is None
