@@ -59,6 +59,11 @@ MAX_PAGE_REQUESTS = 4
 _PRI_REASONS = frozenset({FaultReason.PAGING_ENTRY_INV, FaultReason.WRITE, FaultReason.READ})
 #: Yield to the event loop after this many bytes of one descriptor.
 _YIELD_BYTES = 1 << 20
+_VALID_FLAGS = DescFlags.valid_mask()
+_F_BLOCK = int(DescFlags.BLOCK_ON_FAULT)
+_PASID_VALID, _PASID_MASK = DescPasid.VALID.mask, DescPasid.PASID.mask
+_PASID_FIELDS = _PASID_VALID | _PASID_MASK
+_OPCODES = frozenset(int(o) for o in Opcode)
 
 
 class PriPort(Protocol):
@@ -122,14 +127,13 @@ def pattern_bytes(pattern: int, phase: int, n: int) -> bytes:
 class DmaEngine:
     """Executes descriptors for one device (see the module doc)."""
 
-    def __init__(self, iommu: IommuDevice, devtlb: DeviceTlb, *,
-                 ats_enabled: Callable[[], bool], pasid_enabled: Callable[[], bool],
-                 pri: PriPort) -> None:
+    def __init__(self, iommu: IommuDevice, devtlb: DeviceTlb, *, pri: PriPort) -> None:
         self.iommu = iommu
         self.devtlb = devtlb
-        self.ats_enabled = ats_enabled
-        self.pasid_enabled = pasid_enabled
         self.pri = pri
+        #: The device keeps these equal to its ATS and PASID Enable bits.
+        self.ats_on = False
+        self.pasid_on = False
         self.outstanding = 0          # page requests awaiting their response
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._next_grpid = 0
@@ -139,7 +143,7 @@ class DmaEngine:
     # -- translation -----------------------------------------------------------
     def translate(self, pasid: int | None, iova: int, n: int, access: int) -> Views | Fault:
         """Host memory for ``[iova, iova + n)``, or the first ``Fault``."""
-        if not self.ats_enabled():
+        if not self.ats_on:
             segs = self.iommu.translate(pasid, iova, n, access)
             if segs.__class__ is Fault:
                 return segs  # type: ignore[return-value]
@@ -237,17 +241,17 @@ class DmaEngine:
     # -- descriptors -------------------------------------------------------------
     def check(self, d: Descriptor) -> int | None | Outcome:
         """Validate ``d``: its PASID (None: untagged) or the INVALID_DESC outcome."""
-        if d.flags & ~DescFlags.valid_mask() or not d.reserved_clear():
+        if d.flags & ~_VALID_FLAGS or not d.reserved_clear():
             return INVALID
-        if d.opcode not in Opcode._value2member_map_:
+        if d.opcode not in _OPCODES:
             return INVALID
-        if d.pasid & ~(DescPasid.VALID.mask | DescPasid.PASID.mask):
+        if d.pasid & ~_PASID_FIELDS:
             return INVALID
         pasid = None
-        if DescPasid.VALID.get(d.pasid):
-            if not self.pasid_enabled():
+        if d.pasid & _PASID_VALID:
+            if not self.pasid_on:
                 return INVALID
-            pasid = DescPasid.PASID.get(d.pasid)
+            pasid = d.pasid & _PASID_MASK
         if d.length > MAX_LENGTH:
             return INVALID
         for addr in (d.src, d.dst):
@@ -258,7 +262,7 @@ class DmaEngine:
     async def execute(self, d: Descriptor, pasid: int | None,
                       drain: Callable[[], Awaitable[None]]) -> Outcome:
         """Run a checked descriptor."""
-        block = bool(d.flags & DescFlags.BLOCK_ON_FAULT)
+        block = bool(d.flags & _F_BLOCK)
         op = d.opcode
         if op == Opcode.NOP:
             return Outcome(CompletionStatus.SUCCESS)

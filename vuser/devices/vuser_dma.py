@@ -51,6 +51,8 @@ MAX_QUEUES = (BAR0_SIZE - 0x100) // QUEUE_STRIDE
 X86_MSI_WINDOW = (0xFEE0_0000, 0xFEEF_FFFF)
 #: Input addresses the engine can emit (48-bit, the 4-level first stage).
 APERTURE = (0, (1 << 48) - 1)
+_F_IRQ, _F_COMPLETION = int(DescFlags.IRQ), int(DescFlags.COMPLETION)
+_F_BLOCK, _F_RID = int(DescFlags.BLOCK_ON_FAULT), int(DescFlags.COMPLETION_RID)
 
 
 def _int_option(name: str, value: int | str | None, default: int, lo: int, hi: int) -> int:
@@ -149,24 +151,26 @@ class VuserDma(PciDevice):
 
         self.devtlb = DeviceTlb(tlb_entries)
         self.iommu.devtlb_invalidate = self.devtlb.invalidate
-        self.engine = DmaEngine(self.iommu, self.devtlb, ats_enabled=self._ats_enabled,
-                                pasid_enabled=lambda: self.pasid_cap.enabled(self.config),
-                                pri=_PriPort(self))
+        self.engine = DmaEngine(self.iommu, self.devtlb, pri=_PriPort(self))
         self.queues = [_Queue(q) for q in range(self.nqueues)]
         self.ctrl = 0
         self.int_status = 0
         self._progress: list[asyncio.Future[None]] = []
         self.regs = RegisterFile(BAR0_SIZE, self._registers())
         self.add_bar(0, Bar.mem32(BAR0_SIZE), self.regs)
-        self.config.add_write_hook(self.ats_cap.field_offset("ctl"), 2, self._ats_written)
+        self.config.add_write_hook(self.ats_cap.field_offset("ctl"), 2, self._caps_written)
+        self.config.add_write_hook(self.pasid_cap.field_offset("ctl"), 2, self._caps_written)
 
     # -- capabilities ----------------------------------------------------------
 
     def _ats_enabled(self) -> bool:
         return self.ats_cap.enabled(self.config)
 
-    def _ats_written(self, _offset: int, _count: int) -> None:
-        if not self._ats_enabled():
+    def _caps_written(self, _offset: int = 0, _count: int = 0) -> None:
+        """PASID or ATS control written (or reset): tell the engine."""
+        self.engine.pasid_on = self.pasid_cap.enabled(self.config)
+        self.engine.ats_on = self._ats_enabled()
+        if not self.engine.ats_on:
             self.devtlb.flush()   # translations die with ATS (PCIe Base 6.0 §10.5.1.3)
 
     # -- registers -------------------------------------------------------------
@@ -331,16 +335,16 @@ class VuserDma(PciDevice):
         q.started += 1
         if not isinstance(checked, Outcome):
             out = await self.engine.execute(d, pasid, lambda: self._drain(q))
-        if d.flags & DescFlags.COMPLETION:
+        if d.flags & _F_COMPLETION:
             f = await self.engine.write_record(self._completion_space(d, pasid), d.completion,
-                                               out, bool(d.flags & DescFlags.BLOCK_ON_FAULT))
+                                               out, bool(d.flags & _F_BLOCK))
             if f is not None:
                 q.current = None
                 self._halt(q, QueueError.COMPLETION_FAULT)
                 return False
         q.current = None
         self._retire(q)
-        if d.flags & DescFlags.IRQ:
+        if d.flags & _F_IRQ:
             self.int_status |= 1 << q.index
             if QCtrl.IRQ_ENABLE.get(q.ctrl):
                 self.raise_irq(QCtrl.VECTOR.get(q.ctrl))
@@ -349,7 +353,7 @@ class VuserDma(PciDevice):
 
     @staticmethod
     def _completion_space(d: Descriptor, pasid: int | None) -> int | None:
-        return None if d.flags & DescFlags.COMPLETION_RID else pasid
+        return None if d.flags & _F_RID else pasid
 
     def _record_pasid(self, d: Descriptor) -> int | None:
         """The address space of an invalid descriptor's completion record."""
@@ -393,6 +397,7 @@ class VuserDma(PciDevice):
     def on_reset(self) -> None:
         """DEVICE_RESET: queues stopped without records, registers to defaults."""
         self._device_reset()
+        self._caps_written()
 
     def client_disconnected(self) -> None:
         super().client_disconnected()
