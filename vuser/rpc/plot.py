@@ -29,6 +29,10 @@ def pyplot() -> Any:
     return plt
 
 
+def _hex(v: int | None) -> str:
+    return "-" if v is None else f"{v:#x}"
+
+
 def hit_rate_series(events: list[dict[str, Any]], bins: int = 50
                     ) -> tuple[list[float], list[float | None]]:
     """IOTLB hit rate of translate events in ``bins`` equal time slices."""
@@ -66,7 +70,7 @@ def plot_trace(events: list[dict[str, Any]], out: str, title: str = "vuser trace
     tr = [e for e in events if e["kind"] == "translate"]
     per_pasid = Counter((e["label"], e["pasid"]) for e in tr)
     ax = axes[1]
-    names = [f"{lbl}:{'RID' if p is None else p}" for (lbl, p) in per_pasid]
+    names = [f"{_hex(lbl)}:{'RID' if p is None else p}" for (lbl, p) in per_pasid]
     ax.bar(range(len(names)), list(per_pasid.values()))
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("translations")
@@ -75,7 +79,8 @@ def plot_trace(events: list[dict[str, Any]], out: str, title: str = "vuser trace
     ax = axes[2]
     ax.bar(range(len(per_page)), [n for _k, n in per_page])
     ax.set_xticks(range(len(per_page)),
-                  [f"{lbl}:{'R' if p is None else p}:{pg << 12:#x}" for (lbl, p, pg), _n in per_page],
+                  [f"{_hex(lbl)}:{'R' if p is None else p}:{pg << 12:#x}"
+                   for (lbl, p, pg), _n in per_page],
                   rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("translations")
     ax.set_title(f"translations per page (top {top})")
