@@ -322,3 +322,11 @@ def test_unbound_device_dma_faults_blocked(platform):
         assert isinstance(f, Fault) and f.stage == Stage.BLOCKED
     finally:
         dev.close()
+
+
+def test_close_unbinds_a_device_bound_by_hand(platform):
+    dev = SampleDevice(label=12)
+    dev.join_platform(platform)
+    platform.ctx.device_bind(dev.iommu)               # as the control RPC may do
+    dev.close()
+    assert not dev.iommu.bound and platform.devices() == []

@@ -193,6 +193,8 @@ class Platform:
         b = self._bindings.get(idev.label)
         if b is not None:
             b.close()
+        if idev.bound and idev.ctx is self.ctx:   # bound by hand (the control RPC)
+            self.ctx.device_unbind(idev.dev_id)
         if self._devices.get(idev.label) is device:
             del self._devices[idev.label]
             self.registry.unregister(idev)
