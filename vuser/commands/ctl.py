@@ -39,7 +39,8 @@ def _int(text: str) -> int:
     try:
         return int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (decimal or 0x hex)") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an integer (decimal or 0x hex)") from None
 
 
 def _sub(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
@@ -248,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "trace" and args.trace_command != "record":
         return _trace_offline(args)
     if cmd == "devices":
-        return asyncio.run(_with_client(args, lambda c: _simple(c, args, "devices", render.devices)))
+        return asyncio.run(_with_client(
+            args, lambda c: _simple(c, args, "devices", render.devices)))
     if cmd == "pasids":
         return asyncio.run(_with_client(
             args, lambda c: _simple(c, args, "pasid_table", render.pasid_table, args.label)))
@@ -385,9 +387,9 @@ async def _inject(c: Any, args: argparse.Namespace) -> int:
         pasid = None if args.rid else (-1 if args.any_pasid else args.pasid)
         rid = await c.inject_fault(args.label, pasid, args.iova, args.length, args.count,
                                    args.reason, args.stage)
+        who = "any PASID" if pasid == -1 else render.pasid_str(pasid)
         return _print(args, rid, lambda v: f"injection rule {v}: the next {args.count} "
-                                           f"translations of label {args.label:#x} "
-                                           f"{render.pasid_str(pasid) if pasid != -1 else 'any PASID'}"
+                                           f"translations of label {args.label:#x} {who}"
                                            f" in [{args.iova:#x}, +{args.length:#x}) fault")
     if a == "unmap":
         hole = await c.s2_unmap(args.ioas, args.iova, args.length)
