@@ -43,7 +43,7 @@ async def test_fill_compare_nop_and_interrupts(rig, ram):
     irq = DescFlags.COMPLETION | DescFlags.IRQ
     await drv.run(1,
                   desc(Opcode.FILL, dst=buf + 3, length=21, pattern=0x0807060504030201,
-                       completion=c1, flags=irq),
+                       src=2**64 - 1, completion=c1, flags=irq),   # FILL ignores src
                   desc(Opcode.COMPARE, src=buf + 3, dst=buf + 11, length=8, completion=c2),
                   desc(Opcode.COMPARE, src=buf + 3, dst=buf + 4, length=8, completion=c3),
                   desc(Opcode.NOP, completion=c4, flags=irq))

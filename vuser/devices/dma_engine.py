@@ -64,6 +64,11 @@ _F_BLOCK = int(DescFlags.BLOCK_ON_FAULT)
 _PASID_VALID, _PASID_MASK = DescPasid.VALID.mask, DescPasid.PASID.mask
 _PASID_FIELDS = _PASID_VALID | _PASID_MASK
 _OPCODES = frozenset(int(o) for o in Opcode)
+#: The addresses each opcode uses (checked for wrap-around).
+_OPERANDS: dict[int, Callable[[Descriptor], tuple[int, ...]]] = {
+    Opcode.NOP: lambda d: (), Opcode.DRAIN: lambda d: (), Opcode.FILL: lambda d: (d.dst,),
+    Opcode.MEMCPY: lambda d: (d.src, d.dst), Opcode.COMPARE: lambda d: (d.src, d.dst),
+}
 
 
 class PriPort(Protocol):
@@ -254,7 +259,7 @@ class DmaEngine:
             pasid = d.pasid & _PASID_MASK
         if d.length > MAX_LENGTH:
             return INVALID
-        for addr in (d.src, d.dst):
+        for addr in _OPERANDS[d.opcode](d):
             if addr + d.length > 1 << 64:
                 return INVALID
         return pasid
