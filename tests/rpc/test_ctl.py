@@ -180,3 +180,22 @@ def test_vuser_run_passes_a_control_socket() -> None:
     assert len(os.fsencode(path)) <= 107
     assert control_socket_path(["--control", "/tmp/c"]) == (["--control", "/tmp/c"], "/tmp/c")
     assert control_socket_path(["--control=/tmp/d"])[1] == "/tmp/d"
+
+
+def test_faults_follow_prints_a_dma_fault(served: str) -> None:
+    env = dict(os.environ, VUSER_CONTROL=served)
+    follow = subprocess.Popen(VUSER + ["ctl", "faults", "--follow", "--count", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert follow.stderr.readline().startswith("following fault, page_request")
+        dev_id = int(run_cli("ctl", "call", "device_bind", "0x42", env=env).stdout)
+        r = run_cli("ctl", "--json", "call", "translate", str(dev_id), "null", "0x5000", "8", "1",
+                    env=env)
+        assert json.loads(r.stdout)["fault"]["reason"] == 0x02  # nothing attached: blocked
+        out, _err = follow.communicate(timeout=20)
+        assert follow.returncode == 0
+        assert out.startswith("fault: label 0x42 pasid RID iova 0x5000") and "BLOCKED" in out
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
