@@ -97,3 +97,33 @@ def test_unknown_experiment(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["experiment", "nope"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no experiment 'nope'" in err
+
+
+def test_iotlb_live_mode_against_a_server(tmp_path: object) -> None:
+    """--socket: sizes set on the server, counters read, the capacity put back."""
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    from vuser.rpc import SyncClient
+
+    d = tempfile.mkdtemp(prefix="vuser-exp-", dir="/tmp")
+    ctl = os.path.join(d, "c.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "vuser", "serve", "--device",
+                             f"sample@{os.path.join(d, 's.sock')}", "--control", ctl],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(ctl) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with SyncClient(ctl) as c:
+            before = c.stats()["iotlb_capacity"]
+        rows = iotlb_hit_rate.live(ctl, [16, 64], 0.05)
+        assert [r[0] for r in rows] == [16, 64] and all(r[2] == 0 for r in rows)  # idle server
+        with SyncClient(ctl) as c:
+            assert c.stats()["iotlb_capacity"] == before
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        shutil.rmtree(d, ignore_errors=True)
