@@ -16,7 +16,7 @@ from vuser.devices.sample import SampleDevice, SampleReg, SampleStatus, pattern
 from vuser.devices.viommu_bind import MAX_BOUND
 from vuser.devices.viommu_tables import MAX_SCAN_TABLES
 from vuser.devices.vtd_layout import (
-    ContextEntry, ContextQw0, FaultReason, Fsts, InvType, Iqei, Iqercd, PasidDirEntry,
+    ContextQw0, FaultReason, Fsts, InvType, Iqei, Iqercd, PasidDirEntry,
     PasidEntry, PasidQw0, PasidQw2, Pgtt, Reg, RootHalf, Rtaddr,
 )
 from vuser.iommu import Fault

@@ -28,7 +28,7 @@ from vuser.transport.server import DeviceServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "devices"))
 from viommu_guest import (  # noqa: E402
-    VtdDriver, context_cache, page_response, pasid_cache, pdevtlb, piotlb, wait,
+    VtdDriver, page_response, pasid_cache, pdevtlb, piotlb, wait,
 )
 
 LABEL, BYSTANDER = 0x0100, 0x0208
@@ -240,7 +240,7 @@ async def test_hostile_guest_does_not_stop_the_other_device(rig, ram, viommu, ca
     other, odrv = await add_vdma(rig, ram, BYSTANDER, viommu)
     vt = viommu.drv
     await vt.enable_translation()
-    sp = space(ram, vt, 1)
+    space(ram, vt, 1)
     pe = vt.pasid_entry_addr(LABEL, 1)
     ram.write(pe, (int.from_bytes(ram.read(pe, 8), "little")
                    | PasidQw0.SSADE.mask | (1 << 11)).to_bytes(8, "little"))
@@ -270,4 +270,3 @@ async def test_hostile_guest_does_not_stop_the_other_device(rig, ram, viommu, ca
     await asyncio.wait_for(viommu.dev.idle(), 10)
     assert await vt.read32(Reg.VER) == 0x30
     assert not [r for r in caplog.records if r.levelno >= 40]
-    del sp
