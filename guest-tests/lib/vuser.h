@@ -596,6 +596,56 @@ const char *vdma_qerror_name(unsigned err);
 void vdma_completion_describe(const volatile struct vdma_completion *c, char *buf, size_t len);
 
 /* ------------------------------------------------------------------ */
+/* Nested translation set-ups: a vuser-dma behind the vIOMMU            */
+/*
+ * vt_nested_open finds the vIOMMU and a vuser-dma (by label, or the first),
+ * initialises both, gives the device a context entry whose RID_PASID entry
+ * (PASID 0) is pass-through (so the ring, and every request without a
+ * PASID, reaches guest physical memory through stage 2), enables PASID on
+ * the device and translation on the vIOMMU. Queue 0 is set up.
+ *
+ * vt_space_init gives a PASID its own first-stage table (4 or 5 levels),
+ * with a completion record mapped at VT_SPACE_COMP_IOVA, and programs the
+ * PASID entry. Descriptors tagged with that PASID use IOVAs of that table.
+ */
+#define VT_NESTED_PRI 0x1        /* context PRE, and the device's PRI enabled */
+#define VT_NESTED_ATS 0x2        /* context DTE, and the device's ATS enabled */
+#define VT_NESTED_ANY_LABEL UINT32_MAX
+#define VT_NESTED_RID_DID 1      /* domain id of the pass-through RID_PASID entry */
+#define VT_SPACE_COMP_IOVA 0x7ff000ull
+
+struct vt_nested {
+	struct vtd iommu;
+	struct vdma dma;
+	uint16_t sid;            /* the device's label, its source-id */
+	unsigned flags;
+	volatile struct vdma_completion *gpa_comp;   /* record of untagged descriptors */
+	uint64_t gpa_comp_pa;
+};
+
+struct vt_space {
+	struct vt_nested *env;
+	struct vtd_pgtable pt;
+	uint32_t pasid;
+	uint16_t did;
+	volatile struct vdma_completion *comp;   /* mapped at VT_SPACE_COMP_IOVA */
+	uint64_t comp_pa;
+};
+
+int vt_nested_open(struct vt_nested *e, uint32_t label, unsigned flags);
+int vt_space_init(struct vt_nested *e, struct vt_space *s, uint32_t pasid, uint16_t did,
+		  int levels);
+/* Map in the space's table (see vtd_pgtable_map); the IOTLB is not touched. */
+int vt_space_map(struct vt_space *s, uint64_t iova, uint64_t pa, uint64_t size, unsigned prot,
+		 uint64_t page_size);
+/* Run one descriptor tagged with the space's PASID on queue 0, its completion
+ * record at VT_SPACE_COMP_IOVA; returns the status (or -errno). */
+int vt_space_run(struct vt_space *s, struct vdma_desc *d);
+/* Run one untagged descriptor (GPAs) with its record in pool memory. */
+int vt_nested_run_gpa(struct vt_nested *e, struct vdma_desc *d,
+		      volatile struct vdma_completion **rec);
+
+/* ------------------------------------------------------------------ */
 /* The vuser_dma kernel driver (guest-tests/kmod/vuser_dma.c)           */
 
 #define VDMA_KMOD_PATH "/lib/modules/vuser_dma.ko"
