@@ -10,14 +10,14 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    provision what is missing and run the demo"
 	@echo "make test   provision what is missing and run the whole test suite"
-	@echo "make setup  create $(VENV) with vuser (editable) and its test dependencies"
+	@echo "make setup  create $(VENV) with vuser (editable), its test dependencies and the plot extra"
 	@echo "make provision  QEMU with vfio-user-pci and the guest image, into the cache (idempotent)"
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot]'
 	touch $@
 
 # QEMU (system or Debian's, unpacked into ~/.cache/vuser) and the guest image;
