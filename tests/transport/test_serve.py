@@ -168,3 +168,19 @@ def test_missing_directory_and_unknown_type(tmp_path):
     assert out.returncode == 1 and "does not exist" in out.stderr
     out = run_serve("--device", f"frob@{tmp_path}/x.sock")
     assert out.returncode == 1 and "unknown device type 'frob'" in out.stderr
+
+
+def test_two_sample_devices_get_distinct_labels(tmp_path):
+    """Without label= options, the platform hands each device a free label."""
+    from vuser.commands.serve import DeviceSpec, make_device
+    from vuser.devices import DEVICE_TYPES
+    from vuser.devices.platform import Platform
+
+    platform = Platform()
+    try:
+        a = make_device(DeviceSpec("sample", str(tmp_path / "a")), DEVICE_TYPES, platform)
+        b = make_device(DeviceSpec("sample", str(tmp_path / "b")), DEVICE_TYPES, platform)
+        assert a.label != b.label
+        assert {a.label, b.label} == {d.label for d in platform.registry.devices()}
+    finally:
+        platform.close()

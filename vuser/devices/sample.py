@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from vuser.errors import UserError
+from vuser.iommu import IommufdError
 from vuser.pci.bar import Bar
 from vuser.pci.caps_ext import Ats, Pasid, Pri, Vsec
 from vuser.pci.caps_std import PciExpress, PowerManagement, VendorSpecific
@@ -20,6 +21,7 @@ from vuser.protocol.backend import DmaError
 from vuser.wire import BitLayout, Bits
 
 from .base import PciDevice
+from .platform import Platform
 
 __all__ = ["SampleDevice", "SampleReg", "SampleStatus", "pattern"]
 
@@ -65,7 +67,8 @@ def _parse_label(label: int | str) -> int:
 
 
 class SampleDevice(PciDevice):
-    """vendor 0x5655, device 0x0001; options: ``label`` (u32, default 0)."""
+    """vendor 0x5655, device 0x0001; options: ``label`` (u32; by default the
+    platform allocates a free one, or 0 without a platform)."""
 
     DEVICE_ID = 0x0001
     CLASS_CODE = 0xFF0000
@@ -78,9 +81,21 @@ class SampleDevice(PciDevice):
     MAX_DMA_LEN = 1 << 20
     VERSION = 1
 
-    def __init__(self, *, label: int | str = 0) -> None:
+    def __init__(self, *, platform: Platform | None = None,
+                 label: int | str | None = None) -> None:
         super().__init__()
-        self.label = _parse_label(label)
+        want = None if label is None else _parse_label(label)
+        if platform is not None:
+            try:
+                # Its PASID/ATS/PRI capabilities are inert: the model sees
+                # an untagged-only device.
+                self.join_platform(platform, label=want, name="sample",
+                                   pasid_width=0, ats=False, pri=False)
+            except IommufdError as e:
+                raise UserError(f"sample: {e.msg}") from None
+            self.label = self.iommu.label
+        else:
+            self.label = 0 if want is None else want
         self._job = 0                   # doorbell count: the DMA a completion belongs to
         self._job_vector = 0
         R = SampleReg
