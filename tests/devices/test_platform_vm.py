@@ -13,7 +13,7 @@ import pytest
 
 from vuser.devices.platform import Platform
 from vuser.devices.sample import SampleDevice, SampleReg, pattern
-from vuser.iommu import Fault, Stage
+from vuser.iommu import Fault, IommufdError, Stage
 from vuser.protocol.backend import DmaError
 from vuser.transport.client import Client, VfioUserError
 from vuser.transport.server import DeviceServer
@@ -330,3 +330,45 @@ def test_close_unbinds_a_device_bound_by_hand(platform):
     platform.ctx.device_bind(dev.iommu)               # as the control RPC may do
     dev.close()
     assert not dev.iommu.bound and platform.devices() == []
+
+
+async def test_a_pasid_device_joining_after_a_plain_one_gets_a_pasid_parent(
+        tmp_path, platform, memfd):
+    """The first device of a VM has no PASIDs, so its stage-2 parent cannot
+    take PASID attachments; the first PASID-capable device to join replaces it
+    with one that can, moving the devices already there."""
+    from vuser.devices.vuser_dma import VuserDma
+
+    plain = SampleDevice(platform=platform)            # inert PASID cap: untagged only
+    dma = VuserDma(platform=platform)
+    assert plain.iommu.pasid_width == 0 and dma.iommu.pasid_width == 20
+    servers = []
+    for dev, name in ((plain, "plain"), (dma, "dma")):
+        server = DeviceServer(dev, str(tmp_path / f"{name}.sock"), name=name)
+        await server.start()
+        servers.append(server)
+    try:
+        async with await Client.connect(servers[0].path) as c1:
+            await c1.dma_map(GPA, 4 * MiB, fd=memfd)
+            [vm] = platform.vms()
+            first = vm.s2_hwpt_id
+            assert not platform.ctx.object_info(first)["pasid_compat"]
+            async with await Client.connect(servers[1].path) as c2:
+                await c2.dma_map(GPA, 4 * MiB, fd=memfd)
+                assert vm.s2_hwpt_id != first and vm.s2_pasid
+                assert platform.ctx.object_info(vm.s2_hwpt_id)["pasid_compat"]
+                with pytest.raises(IommufdError) as gone:
+                    platform.ctx.object_info(first)         # the old parent is gone
+                assert gone.value.errno == errno.ENOENT
+                for dev in (plain, dma):
+                    assert platform.ctx.device_info(dev.iommu.dev_id)["attach"] == [
+                        [None, vm.s2_hwpt_id]]
+                # PASID attachments now work, and the plain device still DMAs.
+                platform.ctx.device_attach(dma.iommu.dev_id, vm.s2_hwpt_id, pasid=1)
+                assert await sample_dma(c1, plain, GPA + 0x1000, 64, seed=5) == DONE
+                assert os.pread(memfd, 64, 0x1000) == pattern(5, 64)
+    finally:
+        for server in servers:
+            await server.close()
+        plain.close()
+        dma.close()

@@ -67,6 +67,9 @@ class Vm:
         #: allocated through the first device that binds into the VM (iommufd
         #: HWPT_ALLOC needs a device); 0 until then.
         self.s2_hwpt_id = 0
+        #: Whether ``s2_hwpt_id`` was allocated PASID-capable (it needs a
+        #: device with PASIDs to allocate it so).
+        self.s2_pasid = False
         self.gpa = GpaSpace(ctx, self.ioas_id)
         self._devices: list[PciDevice] = []
         #: ``cb(vm)`` before the VM's parent HWPT and IOAS are destroyed.
@@ -336,23 +339,48 @@ class DeviceBinding:
         dev_id = ctx.device_bind(idev)
         new_s2 = False
         try:
-            if not vm.s2_hwpt_id:
-                flags = HwptAllocFlags.NEST_PARENT
-                if idev.pasid_width:
-                    flags |= HwptAllocFlags.PASID
-                vm.s2_hwpt_id = ctx.hwpt_alloc(dev_id, vm.ioas_id, int(flags))
-                new_s2 = True
+            if not vm.s2_hwpt_id or (idev.pasid_width and not vm.s2_pasid):
+                new_s2 = self._new_parent(vm, dev_id, bool(idev.pasid_width))
             ctx.device_attach(dev_id, vm.s2_hwpt_id)
         except IommufdError:
-            if new_s2:
+            if new_s2 and not vm._devices:
                 ctx.destroy(vm.s2_hwpt_id)
-                vm.s2_hwpt_id = 0
+                vm.s2_hwpt_id, vm.s2_pasid = 0, False
             ctx.device_unbind(dev_id)
             raise
         self.vm, self.dev_id = vm, dev_id
         vm._devices.append(self.device)
         log.info("%s: bound (dev_id %d), RID on VM %d's stage-2 HWPT %d", self._name(),
                  dev_id, vm.vm_id, vm.s2_hwpt_id)
+
+    def _new_parent(self, vm: Vm, dev_id: int, pasid: bool) -> bool:
+        """Allocate the VM's stage-2 parent through ``dev_id``.
+
+        A VM whose first device had no PASIDs got a parent that PASID
+        attachments cannot use; the first PASID-capable device to join
+        allocates a PASID-capable one, and the devices already in the VM move
+        to it (iommufd replace) before the old one goes.
+        """
+        ctx = self.platform.ctx
+        flags = HwptAllocFlags.NEST_PARENT | (HwptAllocFlags.PASID if pasid else 0)
+        new = ctx.hwpt_alloc(dev_id, vm.ioas_id, int(flags))
+        old = vm.s2_hwpt_id
+        if old:
+            moved = []
+            try:
+                for other in vm._devices:
+                    b = self.platform._bindings[other.iommu.label]
+                    ctx.device_replace(b.dev_id, new)
+                    moved.append(b.dev_id)
+            except IommufdError:
+                for d in moved:
+                    ctx.device_replace(d, old)
+                ctx.destroy(new)
+                raise
+            ctx.destroy(old)
+            log.info("VM %d: stage-2 parent %d replaced by PASID-capable %d", vm.vm_id, old, new)
+        vm.s2_hwpt_id, vm.s2_pasid = new, pasid
+        return True
 
     def _leave(self) -> None:
         vm = self.vm
