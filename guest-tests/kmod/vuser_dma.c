@@ -275,19 +275,35 @@ static int vdma_submit(struct vdma_queue *q, const struct vdma_hw_desc *desc)
 	return slot;
 }
 
-/* Sleep until COMPLETED reaches `target` (woken by the queue's interrupt). */
-static int vdma_wait_completed(struct vdma_queue *q, u32 target, unsigned int timeout_ms)
+/* True once the queue's vector has fired since `irqs_before`. */
+static bool vdma_irq_seen(struct vdma_queue *q, u64 irqs_before)
+{
+	return atomic64_read(&q->vd->irqs[q->index]) != irqs_before;
+}
+
+static bool vdma_halted(struct vdma_queue *q)
+{
+	return vdma_rd(q->vd, qreg(q->index, VDMA_QUEUE_REG_Q_STATUS)) & VDMA_Q_STATUS_HALTED_MASK;
+}
+
+/*
+ * Sleep until COMPLETED reaches `target` and the queue's interrupt has
+ * arrived: the device retires the descriptor before it sends the MSI-X
+ * message, so the count alone could be seen before the interrupt.
+ */
+static int vdma_wait_completed(struct vdma_queue *q, u32 target, u64 irqs_before,
+			       unsigned int timeout_ms)
 {
 	struct vdma_dev *vd = q->vd;
 	long left;
 
 	left = wait_event_interruptible_timeout(q->wait,
-		(s32)(vdma_rd(vd, qreg(q->index, VDMA_QUEUE_REG_COMPLETED)) - target) >= 0 ||
-		(vdma_rd(vd, qreg(q->index, VDMA_QUEUE_REG_Q_STATUS)) & VDMA_Q_STATUS_HALTED_MASK),
+		((s32)(vdma_rd(vd, qreg(q->index, VDMA_QUEUE_REG_COMPLETED)) - target) >= 0 &&
+		 vdma_irq_seen(q, irqs_before)) || vdma_halted(q),
 		msecs_to_jiffies(timeout_ms ? timeout_ms : DEFAULT_TIMEOUT_MS));
 	if (left < 0)
 		return left;
-	if (vdma_rd(vd, qreg(q->index, VDMA_QUEUE_REG_Q_STATUS)) & VDMA_Q_STATUS_HALTED_MASK)
+	if (vdma_halted(q))
 		return -EIO;
 	return left ? 0 : -ETIMEDOUT;
 }
@@ -344,13 +360,16 @@ static long vdma_ioc_memcpy(struct vdma_dev *vd, struct vuser_dma_memcpy __user 
 	irqs_before = atomic64_read(&vd->irqs[q->index]);
 	slot = vdma_submit(q, &desc);
 	ret = slot < 0 ? slot : 0;
+	/* Completion is signalled by the queue's MSI-X vector; the record says how. */
 	if (!ret)
-		ret = wait_event_interruptible_timeout(q->wait, READ_ONCE(comp->status) != 0,
+		ret = wait_event_interruptible_timeout(q->wait,
+			(READ_ONCE(comp->status) != 0 && vdma_irq_seen(q, irqs_before)) ||
+			vdma_halted(q),
 			msecs_to_jiffies(m.timeout_ms ? m.timeout_ms : DEFAULT_TIMEOUT_MS));
 	if (ret == 0)
 		ret = -ETIMEDOUT;
 	else if (ret > 0)
-		ret = 0;
+		ret = READ_ONCE(comp->status) ? 0 : -EIO;   /* halted: no record */
 	dma_rmb();   /* read the record (and the data) after seeing its status */
 
 	dma_unmap_single(dev, dst_dma, m.len, DMA_FROM_DEVICE);
@@ -402,7 +421,7 @@ static long vdma_ioc_submit(struct vdma_dev *vd, struct vuser_dma_submit __user 
 	if (slot < 0)
 		return slot;
 	if (s.wait)
-		ret = vdma_wait_completed(q, q->submitted, s.timeout_ms);
+		ret = vdma_wait_completed(q, q->submitted, irqs_before, s.timeout_ms);
 	s.completed = vdma_rd(vd, qreg(q->index, VDMA_QUEUE_REG_COMPLETED));
 	s.irqs = atomic64_read(&vd->irqs[q->index]) - irqs_before;
 	if (copy_to_user(uarg, &s, sizeof(s)))
