@@ -104,6 +104,7 @@ struct vdma_dev {
 	struct pci_dev *pdev;
 	void __iomem *regs;                 /* BAR0 */
 	void __iomem *pba;                  /* the MSI-X Pending Bit Array */
+	void __iomem *msix_table;           /* the MSI-X table (read-only use here) */
 	u32 cap, label;
 	unsigned int nqueues, nvectors;
 	bool pasid_enabled;
@@ -207,14 +208,35 @@ static void vdma_free_irqs(struct vdma_dev *vd)
 	pci_free_irq_vectors(vd->pdev);
 }
 
-/* Map the PBA (pending bits), which the MSI-X capability locates. */
-static int vdma_map_pba(struct vdma_dev *vd)
+/*
+ * Map the PBA (pending bits) and the MSI-X table, which the MSI-X capability
+ * locates, to report them (VUSER_DMA_IOC_PENDING). The MSI core owns the
+ * table; the driver only reads it.
+ */
+static int vdma_map_msix(struct vdma_dev *vd)
 {
-	u32 pba;
+	u32 pba, table;
 
 	pci_read_config_dword(vd->pdev, vd->pdev->msix_cap + PCI_MSIX_PBA, &pba);
+	pci_read_config_dword(vd->pdev, vd->pdev->msix_cap + PCI_MSIX_TABLE, &table);
 	vd->pba = pci_iomap_range(vd->pdev, pba & PCI_MSIX_PBA_BIR, pba & PCI_MSIX_PBA_OFFSET, 8);
-	return vd->pba ? 0 : -ENOMEM;
+	vd->msix_table = pci_iomap_range(vd->pdev, table & PCI_MSIX_TABLE_BIR,
+					 table & PCI_MSIX_TABLE_OFFSET,
+					 vd->nvectors * PCI_MSIX_ENTRY_SIZE);
+	if (!vd->pba || !vd->msix_table) {
+		if (vd->pba)
+			pci_iounmap(vd->pdev, vd->pba);
+		if (vd->msix_table)
+			pci_iounmap(vd->pdev, vd->msix_table);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static void vdma_unmap_msix(struct vdma_dev *vd)
+{
+	pci_iounmap(vd->pdev, vd->msix_table);
+	pci_iounmap(vd->pdev, vd->pba);
 }
 
 /* ---- queues ---- */
@@ -481,7 +503,11 @@ static long vdma_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	}
 	case VUSER_DMA_IOC_PENDING: {
 		struct vuser_dma_pending p = { .pba = readq(vd->pba) };
+		unsigned int i;
 
+		for (i = 0; i < vd->nvectors; i++)
+			p.vector_ctrl[i] = readl(vd->msix_table + i * PCI_MSIX_ENTRY_SIZE +
+						 PCI_MSIX_ENTRY_VECTOR_CTRL);
 		ret = copy_to_user(uarg, &p, sizeof(p)) ? -EFAULT : 0;
 		break;
 	}
@@ -598,7 +624,7 @@ static int vdma_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = vdma_setup_irqs(vd);
 	if (ret)
 		goto out_ida;
-	ret = vdma_map_pba(vd);
+	ret = vdma_map_msix(vd);
 	if (ret)
 		goto out_irqs;
 	for (i = 0; i < vd->nqueues; i++) {
@@ -623,7 +649,7 @@ out_pasid:
 	vdma_disable_pasid(vd);
 out_pba:
 	vdma_hw_reset(vd);
-	pci_iounmap(pdev, vd->pba);
+	vdma_unmap_msix(vd);
 out_irqs:
 	vdma_free_irqs(vd);
 out_ida:
@@ -638,7 +664,7 @@ static void vdma_remove(struct pci_dev *pdev)
 	misc_deregister(&vd->misc);
 	vdma_disable_pasid(vd);
 	vdma_hw_reset(vd);            /* stops every queue before the rings are freed */
-	pci_iounmap(pdev, vd->pba);
+	vdma_unmap_msix(vd);
 	vdma_free_irqs(vd);
 	ida_free(&vdma_ida, vd->id);
 	/* devm/pcim release BAR0, the rings and the device. */

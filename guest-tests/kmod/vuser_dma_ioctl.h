@@ -87,9 +87,14 @@ struct vuser_dma_mask {
 	__u32 masked;
 };
 
-/* VUSER_DMA_IOC_PENDING: the MSI-X Pending Bit Array (first 64 vectors). */
+/*
+ * VUSER_DMA_IOC_PENDING: the MSI-X Pending Bit Array (first 64 vectors),
+ * and each vector's Vector Control word from the MSI-X table (bit 0: masked).
+ */
 struct vuser_dma_pending {
 	__u64 pba;
+	__u32 vector_ctrl[VUSER_DMA_MAX_VECTORS];
+	__u32 reserved;
 };
 
 #define VUSER_DMA_IOC_MAGIC 'v'

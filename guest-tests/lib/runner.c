@@ -73,6 +73,10 @@ int vt_main(int argc, char **argv, const struct vt_case *cases, int n)
 			ktap_skip(i + 1, cases[i].name,
 				  vt_skip_reason[0] ? vt_skip_reason : "no reason given");
 			break;
+		case VT_TODO:
+			ktap_line("not ok %d %s # TODO %s", i + 1, cases[i].name,
+				  vt_skip_reason[0] ? vt_skip_reason : "no reason given");
+			break;
 		default:
 			vt_results[i] = VT_FAIL;
 			ktap_not_ok(i + 1, cases[i].name);

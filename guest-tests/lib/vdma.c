@@ -339,11 +339,8 @@ int vdma_kmod_mask(int fd, unsigned vector, int masked)
 	return kioctl(fd, VUSER_DMA_IOC_MASK, &m, "MASK");
 }
 
-int vdma_kmod_pending(int fd, uint64_t *pba)
+int vdma_kmod_pending(int fd, struct vuser_dma_pending *p)
 {
-	struct vuser_dma_pending p = { 0 };
-	int ret = kioctl(fd, VUSER_DMA_IOC_PENDING, &p, "PENDING");
-
-	*pba = p.pba;
-	return ret;
+	memset(p, 0, sizeof(*p));
+	return kioctl(fd, VUSER_DMA_IOC_PENDING, p, "PENDING");
 }
