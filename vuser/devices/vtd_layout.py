@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 
+from vuser.iommu.hw_info import VtdCap, VtdEcap
 from vuser.wire import BitLayout, Bits, Struct, u64
 
 __all__ = [
@@ -91,62 +92,12 @@ FRCD_SIZE = 16
 REGS_SIZE = 0x1000
 
 
-class Cap(BitLayout, width=64):
-    """CAP_REG (§11.4.2)."""
-
-    ND = Bits(0, 2)          # number of domains: 6 = 64K
-    AFL = Bits(3)
-    RWBF = Bits(4)
-    PLMR = Bits(5)
-    PHMR = Bits(6)
-    CM = Bits(7)             # caching mode: not-present entries may be cached
-    SAGAW = Bits(8, 12)
-    MGAW = Bits(16, 21)      # maximum guest address width - 1
-    ZLR = Bits(22)
-    FRO = Bits(24, 33)       # fault recording registers offset / 16
-    SLLPS = Bits(34, 37)
-    PSI = Bits(39)
-    NFR = Bits(40, 47)       # number of fault recording registers - 1
-    MAMV = Bits(48, 53)
-    DWD = Bits(54)
-    DRD = Bits(55)
-    FS1GP = Bits(56)
-    PI = Bits(59)
-    FS5LP = Bits(60)
-    ESIRTPS = Bits(62)
-    ESRTPS = Bits(63)
+class Cap(VtdCap, width=64):
+    """CAP_REG (§11.4.2): the fields are declared once, in the model's GET_HW_INFO."""
 
 
-class Ecap(BitLayout, width=64):
-    """ECAP_REG (§11.4.3)."""
-
-    C = Bits(0)
-    QI = Bits(1)
-    DT = Bits(2)
-    IR = Bits(3)
-    EIM = Bits(4)
-    PT = Bits(6)
-    SC = Bits(7)
-    IRO = Bits(8, 17)        # IOTLB registers offset / 16
-    MHMV = Bits(20, 23)
-    MTS = Bits(25)
-    NEST = Bits(26)
-    PRS = Bits(29)
-    ERS = Bits(30)
-    SRS = Bits(31)
-    NWFS = Bits(33)
-    EAFS = Bits(34)
-    PSS = Bits(35, 39)       # PASID size - 1
-    PASID = Bits(40)
-    DIT = Bits(41)
-    PDS = Bits(42)
-    SMTS = Bits(43)
-    VCS = Bits(44)
-    SSADS = Bits(45)
-    SSTS = Bits(46)          # second-stage translation support
-    FSTS = Bits(47)          # first-stage translation support
-    SMPWCS = Bits(48)
-    RPS = Bits(49)
+class Ecap(VtdEcap, width=64):
+    """ECAP_REG (§11.4.3): the fields are declared once, in the model's GET_HW_INFO."""
 
 
 class Gcmd(BitLayout, width=32):

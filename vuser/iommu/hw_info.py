@@ -16,32 +16,61 @@ from .uapi import HwCapabilities, HwInfo, HwInfoType
 
 
 class VtdCap(BitLayout, width=64):
-    """VT-d Capability Register (the fields the model sets)."""
+    """VT-d CAP_REG (VT-d §11.4.2); also the vIOMMU device's register."""
 
-    ND = Bits(0, 2)
+    ND = Bits(0, 2)          # number of domains: 6 = 64K
+    AFL = Bits(3)
+    RWBF = Bits(4)
+    PLMR = Bits(5)
+    PHMR = Bits(6)
+    CM = Bits(7)             # caching mode: not-present entries may be cached
     SAGAW = Bits(8, 12)
-    MGAW = Bits(16, 21)
+    MGAW = Bits(16, 21)      # maximum guest address width - 1
+    ZLR = Bits(22)
+    FRO = Bits(24, 33)       # fault recording registers offset / 16
     SLLPS = Bits(34, 37)
     PSI = Bits(39)
+    NFR = Bits(40, 47)       # number of fault recording registers - 1
+    MAMV = Bits(48, 53)
+    DWD = Bits(54)
+    DRD = Bits(55)
     FS1GP = Bits(56)
+    PI = Bits(59)
+    FS5LP = Bits(60)
+    ESIRTPS = Bits(62)
+    ESRTPS = Bits(63)
 
 
 class VtdEcap(BitLayout, width=64):
-    """VT-d Extended Capability Register (the fields the model sets)."""
+    """VT-d ECAP_REG (VT-d §11.4.3); also the vIOMMU device's register."""
 
+    C = Bits(0)
     QI = Bits(1)
     DT = Bits(2)
+    IR = Bits(3)
+    EIM = Bits(4)
     PT = Bits(6)
     SC = Bits(7)
+    IRO = Bits(8, 17)        # IOTLB registers offset / 16
+    MHMV = Bits(20, 23)
+    MTS = Bits(25)
     NEST = Bits(26)
     PRS = Bits(29)
+    ERS = Bits(30)
     SRS = Bits(31)
-    PSS = Bits(35, 39)
+    NWFS = Bits(33)
+    EAFS = Bits(34)
+    PSS = Bits(35, 39)       # PASID size - 1
     PASID = Bits(40)
+    DIT = Bits(41)
     PDS = Bits(42)
     SMTS = Bits(43)
-    SLTS = Bits(46)
-    FLTS = Bits(47)
+    VCS = Bits(44)
+    SSADS = Bits(45)
+    SSTS = Bits(46)          # second-stage translation support
+    FSTS = Bits(47)          # first-stage translation support
+    SMPWCS = Bits(48)
+    RPS = Bits(49)
 
 
 #: SAGAW bit 2 = 48-bit (4-level), bit 3 = 57-bit (5-level) second stage.
@@ -55,7 +84,7 @@ def vtd_cap_ecap(pasid_width: int, ats: bool, pri: bool) -> tuple[int, int]:
     ecap = VtdEcap.pack(
         QI=1, DT=int(ats), PT=1, SC=1, NEST=1, PRS=int(pri and pasid_width > 0), SRS=1,
         PSS=max(pasid_width - 1, 0), PASID=int(pasid_width > 0), PDS=1, SMTS=1,
-        SLTS=1, FLTS=1)
+        SSTS=1, FSTS=1)
     return cap, ecap
 
 
