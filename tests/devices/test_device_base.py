@@ -7,7 +7,7 @@ import errno
 import logging
 
 import pytest
-from devhelp import efd_count, fd_is_open
+from fdhelp import efd_count, fd_is_open
 
 from vuser.devices.base import NO_DMA, PciDevice
 from vuser.errors import LocalProtocolError, RemoteProtocolError

@@ -10,7 +10,7 @@ import mmap
 import os
 
 import pytest
-from devhelp import efd_count, fd_is_open
+from fdhelp import efd_count, fd_is_open
 
 from vuser.devices import DEVICE_TYPES, SampleDevice
 from vuser.devices.sample import SampleReg as R

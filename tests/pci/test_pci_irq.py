@@ -8,7 +8,7 @@ import errno
 import os
 
 import pytest
-from pcihelp import efd_count, fd_is_open
+from fdhelp import efd_count, fd_is_open
 
 from vuser.errors import LocalProtocolError, RemoteProtocolError
 from vuser.pci.irq import Interrupts, IrqIndex

@@ -1,4 +1,4 @@
-"""fd helpers for the PCI tests."""
+"""fd helpers shared by the PCI and device tests."""
 
 from __future__ import annotations
 
