@@ -22,11 +22,10 @@ int vt_nested_open(struct vt_nested *e, uint32_t label, unsigned flags)
 	if (e->dma.label > 0xffff)
 		return vt_fail(ERANGE, "label %#x does not fit a 16-bit source-id", e->dma.label);
 	e->sid = (uint16_t)e->dma.label;
-	if ((ret = vt_pci_pasid_enable(&e->dma.pci, 1)))
-		return ret;
-	if ((flags & VT_NESTED_ATS) && (ret = vt_pci_ats_enable(&e->dma.pci, 1)))
-		return ret;
-	if ((flags & VT_NESTED_PRI) && (ret = vt_pci_pri_enable(&e->dma.pci, 1, PRI_REQUESTS)))
+	/* PASID on; ATS and PRI exactly as asked (an earlier program may have left them on). */
+	if ((ret = vt_pci_pasid_enable(&e->dma.pci, 1)) ||
+	    (ret = vt_pci_ats_enable(&e->dma.pci, !!(flags & VT_NESTED_ATS))) ||
+	    (ret = vt_pci_pri_enable(&e->dma.pci, !!(flags & VT_NESTED_PRI), PRI_REQUESTS)))
 		return ret;
 	ret = vtd_context_setup(&e->iommu, e->sid, 0,
 				(flags & VT_NESTED_PRI ? VTD_CTX_PRE : 0) |

@@ -63,7 +63,8 @@ int vdma_open(struct vdma *d, struct vt_pci *pci)
 		d->nqueues = VDMA_MAX_QUEUES;
 	if (!d->nqueues)
 		return vt_fail(ENODEV, "%s: CAP %#x has no queues", pci->bdf, d->cap);
-	return 0;
+	/* Whatever an earlier user left running stops here. */
+	return vdma_reset(d);
 }
 
 int vdma_enable(struct vdma *d)

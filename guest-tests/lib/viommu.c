@@ -94,8 +94,19 @@ static int gcmd(struct vtd *v, uint32_t cmd, uint32_t sts, int on, const char *w
 
 int vtd_init(struct vtd *v)
 {
-	uint32_t val;
+	uint32_t val, gsts = vtd_read32(v, VTD_REG_GSTS);
 	int ret;
+
+	/* Start from a quiet unit, whatever an earlier program left: translation
+	 * off, queued invalidation off (IQH returns to 0), no fault pending. */
+	if ((gsts & VTD_GCMD_TE_MASK) && (ret = gcmd(v, VTD_GCMD_TE_MASK, VTD_GCMD_TE_MASK, 0, "TE")))
+		return ret;
+	if ((gsts & VTD_GCMD_QIE_MASK) &&
+	    (ret = gcmd(v, VTD_GCMD_QIE_MASK, VTD_GCMD_QIE_MASK, 0, "QIE")))
+		return ret;
+	vtd_write32(v, VTD_REG_FSTS, (uint32_t)(VTD_FSTS_PFO_MASK | VTD_FSTS_IQE_MASK |
+						VTD_FSTS_ICE_MASK | VTD_FSTS_ITE_MASK));
+	vtd_faults_clear_all(v);
 
 	v->root = vt_dmapool_alloc(&v->pool, VT_PAGE_SIZE, VT_PAGE_SIZE, &v->root_pa);
 	v->iq = vt_dmapool_alloc(&v->pool, VT_PAGE_SIZE, VT_PAGE_SIZE, &v->iq_pa);

@@ -9,6 +9,7 @@ import pytest
 
 from guest_helpers import need_gcc
 from vuser.errors import UserError
+from vuser.guest import image as guest_image  # imported here: the inner runs must see the patch
 from vuser.guest import programs
 from vuser.qemu import find as qemu_find
 from vuser.qemu import launcher
@@ -24,6 +25,13 @@ timeout = 50
 [environment]
 devices = []
 """
+
+
+def manifest(declared) -> str:
+    """MANIFEST, plus every other real guest program, each in a guest of its own."""
+    extra = "".join(f'\n[{n}]\ndevices = ["vuser-dma"]\nalone = true\n'
+                    for n in sorted(declared) if n not in ("enumerate", "environment"))
+    return MANIFEST + extra
 CONFTEST = "from vuser.guest.pytest_plugin import pytest_collect_file  # noqa: F401\n"
 
 
@@ -47,6 +55,22 @@ def ktap(program: str, lines: list[str], result: str | None) -> str:
     return "\n".join(["KTAP version 1", "1..1", *body] + ([result] if result else [])) + "\n"
 
 
+def combine(results: list[GuestResult]) -> GuestResult:
+    """One guest running several scripted programs: their subtests in one document,
+    the top-level results renumbered, the exit status of the worst."""
+    lines = ["KTAP version 1", f"1..{len(results)}"]
+    for i, r in enumerate(results, 1):
+        for ln in r.console.splitlines()[2:]:
+            if ln.startswith(("ok 1 ", "not ok 1 ")):
+                ln = ln.replace(" 1 ", f" {i} ", 1)
+            lines.append(ln)
+    status = [r.exit_status for r in results]
+    worst = None if None in status else max(status)
+    errors = [r.error for r in results if r.error]
+    return GuestResult(exit_status=worst, console="\n".join(lines) + "\n",
+                       error=errors[0] if errors else None)
+
+
 @pytest.fixture
 def guest(pytester, monkeypatch, cases):
     """Script what each program's guest prints; returns (set_script, launches)."""
@@ -56,21 +80,22 @@ def guest(pytester, monkeypatch, cases):
     pytester.makeconftest(CONFTEST)
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n"
                      "markers =\n    guest: boots a guest\n")
-    (pytester.path / "guest_tests.toml").write_text(MANIFEST)
+    (pytester.path / "guest_tests.toml").write_text(manifest(declared))
     scripts: dict[str, GuestResult | Exception] = {}
     launches = []
     monkeypatch.setattr(qemu_find, "find_qemu", lambda **kw: "fake-qemu")
 
     def fake_launch(image, devices, timeout, qemu):
-        (program,) = image.tests
-        launches.append((program, devices, timeout, image.append))
-        what = scripts[program]
-        if isinstance(what, Exception):
-            raise what
-        return what
+        names = list(image.tests)
+        launches.append((",".join(names), devices, timeout, image.append))
+        whats = [scripts[n] for n in names]
+        for what in whats:
+            if isinstance(what, Exception):
+                raise what
+        return whats[0] if len(whats) == 1 else combine(whats)
 
     monkeypatch.setattr(launcher, "launch", fake_launch)
-    monkeypatch.setattr("vuser.guest.image.build_image", lambda tests, progress: _Image(tests))
+    monkeypatch.setattr(guest_image, "build_image", lambda tests, progress: _Image(tests))
 
     class _Image:
         def __init__(self, tests):
@@ -86,14 +111,14 @@ def guest(pytester, monkeypatch, cases):
 
 def test_every_declared_case_is_an_item_and_passes(guest, pytester):
     scripts, launches, declared, all_ok = guest
-    scripts.update(enumerate=all_ok("enumerate"), environment=all_ok("environment"))
+    scripts.update({n: all_ok(n) for n in declared})
     res = run(pytester)
     total = sum(len(c) + 1 for c in declared.values())  # + guest_exit per program
     res.assert_outcomes(passed=total)
-    # One boot per program, with the manifest's devices and timeout.
-    assert sorted(launches) == sorted([
-        ("enumerate", ["sample"], 50.0, "console=ttyS0 vuser.tests=enumerate"),
-        ("environment", [], 300.0, "console=ttyS0 vuser.tests=environment")])
+    # One boot per device list (here every program is alone), with its devices and timeout.
+    assert ("enumerate", ["sample"], 50.0, "console=ttyS0 vuser.tests=enumerate") in launches
+    assert ("environment", [], 300.0, "console=ttyS0 vuser.tests=environment") in launches
+    assert len(launches) == len(declared)
     collected = run(pytester, "--collect-only", "-m", "guest").stdout.str()
     assert "guest_tests.toml::enumerate::find_device" in collected
 
@@ -173,3 +198,43 @@ def test_bad_manifest_is_a_collection_error(guest, pytester):
     res = run(pytester)
     assert res.ret != 0
     assert "devices must be a list of device types" in res.stdout.str()
+
+
+def test_programs_with_the_same_devices_share_one_guest(guest, pytester):
+    scripts, launches, declared, all_ok = guest
+    (pytester.path / "guest_tests.toml").write_text(
+        manifest(declared).replace('[environment]\ndevices = []\n',
+                                   '[environment]\ndevices = ["sample"]\ntimeout = 70\n'))
+    bad = [f"not ok 1 {declared['environment'][0]}"] + [
+        f"ok {i} {c}" for i, c in enumerate(declared["environment"][1:], 2)]
+    scripts["environment"] = GuestResult(
+        exit_status=1, console=ktap("environment", bad, "not ok 1 environment # exit status 1"))
+    scripts["enumerate"] = all_ok("enumerate")
+    res = run(pytester, "-k", "enumerate or environment")
+    # One guest for both; environment's failed case fails, enumerate's exit agrees
+    # with the guest's status 1 because a program of its guest failed.
+    assert launches == [("enumerate,environment", ["sample"], 120.0,
+                         "console=ttyS0 vuser.tests=enumerate,environment")] or \
+        launches == [("environment,enumerate", ["sample"], 120.0,
+                      "console=ttyS0 vuser.tests=environment,enumerate")]
+    res.assert_outcomes(passed=len(declared["enumerate"]) + 1 + len(declared["environment"]),
+                        failed=1)
+    assert f"not ok 1 {declared['environment'][0]}" in res.stdout.str()
+
+
+def test_only_selected_programs_of_a_group_boot(guest, pytester):
+    scripts, launches, declared, all_ok = guest
+    (pytester.path / "guest_tests.toml").write_text(
+        manifest(declared).replace('[environment]\ndevices = []\n',
+                                   '[environment]\ndevices = ["sample"]\n'))
+    scripts.update(enumerate=all_ok("enumerate"), environment=all_ok("environment"))
+    res = run(pytester, "-k", "environment")
+    res.assert_outcomes(passed=len(declared["environment"]) + 1)
+    assert [ln[0] for ln in launches] == ["environment"]
+
+
+def test_alone_must_be_a_boolean(guest, pytester):
+    (pytester.path / "guest_tests.toml").write_text('[enumerate]\nalone = "yes"\n')
+    res = run(pytester)
+    assert res.ret != 0
+    assert "alone must be true or false" in res.stdout.str()

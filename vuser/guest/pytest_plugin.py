@@ -6,17 +6,22 @@ A manifest (``tests/guest/guest_tests.toml``) names each guest test program
     [enumerate]
     devices = ["sample"]
     timeout = 300       # seconds the guest may run
+    alone = false       # true: never share a guest with other programs
 
 Collection builds the programs (host gcc, cached) and reads the cases each
 declares from its ``.vuser_cases`` ELF section, so every case is an item
-before anything boots: ``guest_tests.toml::enumerate::find_device``. The first
-item of a program builds the image and boots the guest once
-(``vuser.qemu.launcher.launch``); every item then reads its case's KTAP line:
-``ok`` passes, ``not ok`` fails, ``# SKIP`` skips, ``# TODO`` xfails. A case
-that was declared but never reported fails, with the guest's end and the
-console tail. One more item per program, ``guest_exit``, fails when the guest
-did not end cleanly through isa-debug-exit with a status that agrees with its
-results (timeout, server death, panic, crash after the last case).
+before anything boots: ``guest_tests.toml::enumerate::find_device``.
+
+Programs with the same device list share one guest (a *boot group*): the
+first item of any of them builds the image and boots the guest once
+(``vuser.qemu.launcher.launch``) running every program of the group that has
+a selected item, one after the other (timeout: the sum of theirs). Each item
+then reads its case's KTAP line: ``ok`` passes, ``not ok`` fails, ``# SKIP``
+skips, ``# TODO`` xfails. A case that was declared but never reported fails,
+with the guest's end and the console tail. One more item per program,
+``guest_exit``, fails when the guest did not end cleanly through
+isa-debug-exit with a status that agrees with the results of the programs it
+ran (timeout, server death, panic, crash after the last case).
 
 Items are marked ``guest``. They skip only when no QEMU can be found or
 provisioned, or no host gcc can build the guest tests, and say so.
@@ -37,7 +42,7 @@ import pytest
 from vuser.errors import UserError
 from vuser.guest import ktap, programs
 
-__all__ = ["MANIFEST_NAME", "pytest_collect_file", "GuestManifest", "GuestProgramNode",
+__all__ = ["MANIFEST_NAME", "pytest_collect_file", "GuestManifest", "GuestProgramNode", "BootGroup",
            "GuestCaseItem", "GuestExitItem", "ProgramSpec", "load_manifest"]
 
 MANIFEST_NAME = "guest_tests.toml"
@@ -54,6 +59,7 @@ class ProgramSpec:
     name: str
     devices: tuple[str, ...]
     timeout: float
+    alone: bool = False
 
 
 def load_manifest(path: Path) -> dict[str, ProgramSpec]:
@@ -66,7 +72,7 @@ def load_manifest(path: Path) -> dict[str, ProgramSpec]:
     for name, entry in data.items():
         if not isinstance(entry, dict):
             raise UserError(f"{path}: [{name}] must be a table")
-        unknown = set(entry) - {"devices", "timeout"}
+        unknown = set(entry) - {"devices", "timeout", "alone"}
         if unknown:
             raise UserError(f"{path}: [{name}] has unknown keys {sorted(unknown)}")
         devices = entry.get("devices", [])
@@ -75,7 +81,10 @@ def load_manifest(path: Path) -> dict[str, ProgramSpec]:
             raise UserError(f"{path}: [{name}] devices must be a list of device types")
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise UserError(f"{path}: [{name}] timeout must be a positive number")
-        specs[name] = ProgramSpec(name, tuple(devices), float(timeout))
+        alone = entry.get("alone", False)
+        if not isinstance(alone, bool):
+            raise UserError(f"{path}: [{name}] alone must be true or false")
+        specs[name] = ProgramSpec(name, tuple(devices), float(timeout), alone)
     return specs
 
 
@@ -92,6 +101,7 @@ class _Run:
     result: Any = None  # vuser.qemu.launcher.GuestResult
     program: ktap.KtapResult | None = None
     doc: ktap.KtapDocument | None = None
+    programs: tuple[str, ...] = ()  # every program the guest ran (its boot group)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -113,6 +123,7 @@ class GuestManifest(pytest.File):
                                             reason=f"prerequisite missing: {e}")
                 return
             raise
+        groups: dict[tuple[str, ...], BootGroup] = {}
         for name, prog in sorted(progs.tests.items()):
             spec = specs.get(name)
             if spec is None:
@@ -121,21 +132,76 @@ class GuestManifest(pytest.File):
                     message=f"guest test {name} is not in {self.path.name}: add a [{name}] "
                             "table saying which devices its guest needs")
                 continue
-            yield GuestProgramNode.from_parent(self, name=name, spec=spec, cases=prog.cases)
+            key = (f"alone:{name}",) if spec.alone else spec.devices
+            group = groups.setdefault(key, BootGroup(spec.devices))
+            node = GuestProgramNode.from_parent(self, name=name, spec=spec, cases=prog.cases,
+                                                group=group)
+            group.nodes.append(node)
+            yield node
         for name in sorted(set(specs) - set(progs.tests)):
             yield _ErrorItem.from_parent(
                 self, name=name, message=f"{self.path.name} lists [{name}] but there is no "
                                          f"guest-tests/{name}.c")
 
 
-class GuestProgramNode(pytest.Collector):
-    """One guest test program: its cases, then ``guest_exit``; boots once."""
+class BootGroup:
+    """Programs that share one guest: same devices (see the module doc)."""
 
-    def __init__(self, *, spec: ProgramSpec, cases: tuple[str, ...], **kw: Any) -> None:
+    def __init__(self, devices: tuple[str, ...]) -> None:
+        self.devices = devices
+        self.nodes: list[GuestProgramNode] = []
+        self._runs: dict[str, _Run] | None = None
+
+    @property
+    def timeout(self) -> float:
+        """Upper bound of the group's guest run: every member's timeout."""
+        return sum(n.spec.timeout for n in self.nodes)
+
+    def run_for(self, node: GuestProgramNode) -> _Run:
+        if self._runs is None:
+            self._runs = self._boot(node.session)
+        run = self._runs.get(node.name)
+        if run is None:  # selected after the group booted (cannot happen in one session)
+            run = self._boot_members([node])[node.name]
+            self._runs[node.name] = run
+        return run
+
+    def _boot(self, session: pytest.Session) -> dict[str, _Run]:
+        selected = {item.parent for item in getattr(session, "items", ())}
+        members = [n for n in self.nodes if n in selected] or list(self.nodes)
+        return self._boot_members(members)
+
+    def _boot_members(self, members: list[GuestProgramNode]) -> dict[str, _Run]:
+        from vuser.guest.image import build_image
+        from vuser.qemu.find import find_qemu
+        from vuser.qemu.launcher import launch
+
+        names = [n.name for n in members]
+        try:
+            qemu = find_qemu(show_progress=False)
+        except UserError as e:
+            run = _Run(skip=f"prerequisite missing: no QEMU with vfio-user-pci: {e}")
+            return dict.fromkeys(names, run)
+        try:
+            image = build_image(tests=names, progress=False)
+            result = launch(image, devices=list(self.devices),
+                            timeout=sum(n.spec.timeout for n in members), qemu=qemu)
+        except UserError as e:
+            return dict.fromkeys(names, _Run(error=str(e)))
+        doc = ktap.parse(result.console)
+        return {name: _Run(result=result, doc=doc, program=doc.find(name),
+                           programs=tuple(names)) for name in names}
+
+
+class GuestProgramNode(pytest.Collector):
+    """One guest test program: its cases, then ``guest_exit``; boots with its group."""
+
+    def __init__(self, *, spec: ProgramSpec, cases: tuple[str, ...], group: BootGroup,
+                 **kw: Any) -> None:
         super().__init__(**kw)
         self.spec = spec
         self.cases = cases
-        self._run: _Run | None = None
+        self.group = group
 
     def collect(self):
         for case in self.cases:
@@ -143,27 +209,7 @@ class GuestProgramNode(pytest.Collector):
         yield GuestExitItem.from_parent(self, name=EXIT_ITEM)
 
     def run(self) -> _Run:
-        if self._run is None:
-            self._run = self._boot()
-        return self._run
-
-    def _boot(self) -> _Run:
-        from vuser.guest.image import build_image
-        from vuser.qemu.find import find_qemu
-        from vuser.qemu.launcher import launch
-
-        try:
-            qemu = find_qemu(show_progress=False)
-        except UserError as e:
-            return _Run(skip=f"prerequisite missing: no QEMU with vfio-user-pci: {e}")
-        try:
-            image = build_image(tests=[self.name], progress=False)
-            result = launch(image, devices=list(self.spec.devices), timeout=self.spec.timeout,
-                            qemu=qemu)
-        except UserError as e:
-            return _Run(error=str(e))
-        doc = ktap.parse(result.console)
-        return _Run(result=result, doc=doc, program=doc.find(self.name))
+        return self.group.run_for(self)
 
 
 def _guest_end(run: _Run) -> str:
@@ -187,7 +233,7 @@ class _GuestItem(pytest.Item):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.add_marker(pytest.mark.guest)
-        self.add_marker(pytest.mark.timeout(self.parent.spec.timeout + SETUP_ALLOWANCE_S))
+        self.add_marker(pytest.mark.timeout(self.parent.group.timeout + SETUP_ALLOWANCE_S))
 
     def _outcome(self) -> _Run:
         run = self.parent.run()
@@ -241,9 +287,12 @@ class GuestExitItem(_GuestItem):
         if prog is None or prog.status is None:
             raise GuestFailure(_report(run, f"the guest never reported program {self.parent.name}"))
         failed = prog.status is ktap.Status.FAIL
-        if r.exit_status != int(failed):
+        ran = [run.doc.find(n) for n in run.programs] if run.programs else [prog]
+        any_failed = any(p is None or p.status is not ktap.Status.PASS for p in ran)
+        if r.exit_status != int(any_failed):
+            others = f" and the {len(ran) - 1} other program(s) of its guest" if len(ran) > 1 else ""
             raise GuestFailure(_report(run, f"exit status {r.exit_status} disagrees with the "
-                                            f"program's result ({prog.status.value})"))
+                                            f"program's result ({prog.status.value}){others}"))
         if failed and all(c.status in (ktap.Status.PASS, ktap.Status.SKIP) for c in prog.subtests):
             diag = "; ".join(prog.diagnostics[-3:])
             raise GuestFailure(_report(run, f"every case passed but the program failed: "
