@@ -3,8 +3,13 @@
  * Finds the device by id in sysfs, checks its config space (standard and
  * extended capabilities), maps BAR0, makes the device DMA a pattern into a
  * hugepage whose physical address comes from /proc/self/pagemap, and sees the
- * completion and the INTx interrupt through uio_pci_generic. Needs root, the
- * q35 machine with the device behind a PCIe root port, and the uio modules.
+ * completion and the INTx interrupt through uio_pci_generic. Then the device
+ * labels: every vuser device carries its label (the stream id the vIOMMU
+ * knows it by) in its vendor capability and its VSEC; the guest finds each
+ * device by label, the labels are the ones the host gave (guest_tests.toml:
+ * the sample with label 0x21, a vuser-dma with 0x22) and vuser-dma's LABEL
+ * register agrees. Needs root, the q35 machine with each device behind a
+ * PCIe root port, and the uio modules.
  */
 #include <poll.h>
 #include <time.h>
@@ -25,6 +30,10 @@
 #define SAMPLE_PASID_WIDTH 20
 #define SAMPLE_VNDR_CAP_LEN 8
 #define SAMPLE_DMA_MAX (1u << 20)
+/* The labels guest_tests.toml gives the devices of this program's guest. */
+#define SAMPLE_LABEL 0x21
+#define DMA_LABEL 0x22
+#define VSEC_LABEL_OFF 8     /* after the extended and the VSEC headers */
 
 /* BAR0 registers, u32 each (docs/sample-device.md "BAR0 registers"). */
 enum sample_reg {
@@ -374,6 +383,64 @@ static enum vt_result dma_unmapped(void)
 	return VT_PASS;
 }
 
+/* Every vuser device: its label in the vendor capability and in the VSEC. */
+static enum vt_result device_labels(void)
+{
+	uint32_t labels[16];
+	int n = 0;
+
+	vt_require("config_header");
+	for (int i = 0; i < 16; i++) {
+		struct vt_pci d, again;
+		uint8_t c[VT_PCI_CFG_MAX];
+		uint32_t label;
+		unsigned vsec;
+		ssize_t len;
+
+		if (vt_pci_find_nth(VT_VUSER_VENDOR, 0, i, &d))
+			break;
+		VT_CALL(vt_pci_label(&d, &label), "vendor capability label");
+		len = vt_pci_cfg_read(&d, c, sizeof(c), 0);
+		VT_CHECK(len == VT_PCI_CFG_MAX, "%s: config space %zd bytes", d.bdf, len);
+		vsec = vt_pci_find_ext_cap(c, (size_t)len, PCI_EXT_CAP_ID_VNDR);
+		ktap_diag("%s %04x:%04x label %#x (VSEC at %#x)", d.bdf, d.vendor, d.device, label,
+			  vsec);
+		if (d.device != VTD_DEVICE_ID) {
+			VT_CHECK(vsec, "%s has no VSEC", d.bdf);
+			VT_CHECK(vt_le32(c, vsec + VSEC_LABEL_OFF) == label,
+				 "%s: VSEC label %#x, vendor capability %#x", d.bdf,
+				 vt_le32(c, vsec + VSEC_LABEL_OFF), label);
+		}
+		for (int j = 0; j < n; j++)
+			VT_CHECK(labels[j] != label, "label %#x given twice", label);
+		labels[n++] = label;
+		VT_CALL(vt_pci_find_label(d.device, label, &again), "find by label");
+		VT_CHECK(!strcmp(again.bdf, d.bdf), "label %#x found at %s, not %s", label, again.bdf,
+			 d.bdf);
+		vt_pci_close(&d);
+	}
+	VT_CHECK(n >= 2, "%d vuser devices, want the sample and a vuser-dma", n);
+	return VT_PASS;
+}
+
+static enum vt_result labels_from_the_host(void)
+{
+	struct vt_pci s, d;
+	struct vdma dma;
+
+	vt_require("device_labels");
+	VT_CALL(vt_pci_find_label(SAMPLE_DEVICE, SAMPLE_LABEL, &s), "the sample by its label");
+	VT_CHECK(!strcmp(s.bdf, dev.bdf), "label %#x is %s, the sample is %s", SAMPLE_LABEL, s.bdf,
+		 dev.bdf);
+	VT_CALL(vt_pci_find_label(0, DMA_LABEL, &d), "the vuser-dma by its label (any device id)");
+	VT_CHECK(d.device == VDMA_DEVICE_ID, "label %#x is device %04x", DMA_LABEL, d.device);
+	VT_CHECK(vt_pci_find_label(0, 0x7777, &s) == -ENOENT, "a label nobody has was found");
+	VT_CALL(vdma_open(&dma, &d), "map vuser-dma's registers");
+	VT_CHECK(dma.label == DMA_LABEL, "vuser-dma LABEL register %#x, want %#x", dma.label,
+		 DMA_LABEL);
+	return VT_PASS;
+}
+
 VUSER_CASES(find_device, config_header, capabilities, ext_capabilities, uio_bind, bus_master,
 	    bar0_registers, dma_to_guest, dma_completion, intx_interrupt, dma_too_long,
-	    dma_unmapped)
+	    dma_unmapped, device_labels, labels_from_the_host)
