@@ -20,8 +20,11 @@ ioasid model and watch the devices from another terminal with `vuser ctl`.
 Missing pieces are provisioned first: QEMU with vfio-user-pci, the guest
 image (see `vuser provision`, `vuser doctor`).
 
-  vuser run                          the demo: every guest test, sample device
-  vuser run --test enumerate         one guest test (repeatable)
+  vuser run                          every guest test, each with the devices
+                                     tests/guest/guest_tests.toml gives it
+                                     (one guest per device list)
+  vuser run --test enumerate         one guest test (repeatable), its devices too
+  vuser run --device sample --test environment   with the devices given
   vuser run --shell                  an interactive guest shell (Ctrl-] leaves)
 """
 
@@ -30,13 +33,16 @@ DEFAULT_DEVICES = ("sample",)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", "-d", action="append", metavar="TYPE",
-                        help="a device type to serve (repeatable; default: sample)")
+                        help="a device to serve, TYPE[,key=value...] (repeatable; default: "
+                             "what each test needs, from tests/guest/guest_tests.toml; "
+                             "sample for --shell)")
     parser.add_argument("--test", "-t", action="append", metavar="NAME",
                         help="a guest test to run (repeatable; default: all)")
     parser.add_argument("--shell", action="store_true",
                         help="an interactive shell on the guest's console instead of tests")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
-                        help="stop a guest that runs longer (default 300 s; none with --shell)")
+                        help="stop a guest that runs longer (default: the manifest's timeout "
+                             "of its tests, 300 s with --device; none with --shell)")
     parser.add_argument("--memory", type=int, default=512, metavar="MIB", help="guest RAM (default 512)")
     parser.add_argument("--accel", choices=("tcg", "kvm"), default="tcg",
                         help="accelerator (default tcg; see `vuser doctor` for KVM)")
@@ -141,34 +147,73 @@ def run(args: argparse.Namespace) -> int:
     timeout = args.timeout if args.timeout is not None else (24 * 3600.0 if args.shell else 300.0)
     if timeout <= 0:
         raise UserError(f"--timeout must be positive, not {args.timeout}")
-    devices = args.device or list(DEFAULT_DEVICES)
     _exit_on_sigterm()
 
     qemu = find_qemu(show_progress=True)  # first: its problems are found without a build
-    image = build_image(tests=args.test, progress=True, shell=args.shell)
     verbose = getattr(args, "verbose", 0) > 0
-    print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} ({qemu.source}), "
-          f"{args.accel}, devices: {', '.join(devices)}", file=sys.stderr)
+    server_args, control = control_socket_path(args.server_arg)
 
     def echo(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    server_args, control = control_socket_path(args.server_arg)
-    common = dict(devices=devices, timeout=timeout, memory_mib=args.memory, accel=args.accel,
-                  extra_server_args=server_args, qemu=qemu,
-                  on_ready=lambda info: _on_ready(info, verbose, control))
+    def launch_args(devices: list[str], guest_timeout: float) -> dict:
+        return dict(devices=devices, timeout=guest_timeout, memory_mib=args.memory,
+                    accel=args.accel, extra_server_args=server_args, qemu=qemu,
+                    on_ready=lambda info: _on_ready(info, verbose, control))
+
     if args.shell:
+        devices = args.device or list(DEFAULT_DEVICES)
+        image = build_image(tests=None, progress=True, shell=True)
+        print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} "
+              f"({qemu.source}), {args.accel}, devices: {', '.join(devices)}", file=sys.stderr)
         print("vuser: guest shell on the serial console; Ctrl-] leaves", file=sys.stderr)
         fd = sys.stdin.fileno()
         with _raw_terminal(fd):
-            result = launch(image, console_echo=echo, console_input=fd, **common)
+            result = launch(image, console_echo=echo, console_input=fd,
+                            **launch_args(devices, timeout))
         print(file=sys.stderr)
         if result.error and not result.error.startswith("console session ended"):
             raise UserError(result.error)
         return 0
 
-    result = launch(image, console_echo=None if args.quiet else echo, **common)
+    worst = 0
+    for plan in _plan(args):
+        image = build_image(tests=list(plan.programs) if plan.programs else None, progress=True)
+        guest_timeout = args.timeout if args.timeout is not None else plan.timeout
+        print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} "
+              f"({qemu.source}), {args.accel}, devices: {', '.join(plan.devices) or 'none'}; "
+              f"tests: {', '.join(image.tests)}", file=sys.stderr)
+        result = launch(image, console_echo=None if args.quiet else echo,
+                        **launch_args(list(plan.devices), guest_timeout))
+        status, error = _report(result, args.quiet)
+        if error:  # the guest crashed, hung or lied: stop here
+            raise UserError(error)
+        worst = max(worst, status)
+    return worst
+
+
+def _plan(args: argparse.Namespace):
+    """The guests to boot. With --device: one, with those devices, running the
+    tests named (or all). Without: the devices each test needs, from
+    tests/guest/guest_tests.toml, one guest per device list (tests that need
+    the same devices share it); the timeout is the manifest's unless --timeout."""
+    from vuser.guest import manifest
+
+    if args.device:
+        return [manifest.BootPlan(tuple(args.device), tuple(args.test or ()), 300.0)]
+    specs = manifest.load_manifest()
+    names = list(args.test) if args.test else list(specs)
+    known = [n for n in names if n in specs]
+    unlisted = [n for n in names if n not in specs]  # the image builder judges these
+    plans = manifest.boot_groups(specs, known) if known else []
+    if unlisted:
+        plans.insert(0, manifest.BootPlan(DEFAULT_DEVICES, tuple(unlisted), 300.0))
+    return plans
+
+
+def _report(result, quiet: bool) -> tuple[int, str | None]:
+    """Print one guest's summary; (exit status, error or None)."""
     rows, all_ok = _summary(result.console)
     if rows:
         _print_summary(rows)
@@ -176,14 +221,15 @@ def run(args: argparse.Namespace) -> int:
         if line.strip():
             print(f"vuser: QEMU: {line.strip()}", file=sys.stderr)
     if result.error:
-        if args.quiet or result.timed_out:
+        # A crash or a hang: the test failed; show how the console ended.
+        if quiet or result.timed_out:
             tail = result.console_tail(15)
             print("vuser: last console lines:\n" + (tail or "(none)"), file=sys.stderr)
-        raise UserError(result.error)
+        return 1, result.error
     if not rows:
-        raise UserError(f"the guest printed no KTAP results (exit status {result.exit_status})")
+        return 1, f"the guest printed no KTAP results (exit status {result.exit_status})"
     status = result.exit_status
     if status == 0 and not all_ok:
-        raise UserError("the guest exited 0 but its KTAP results show failures or missing tests")
+        return 1, "the guest exited 0 but its KTAP results show failures or missing tests"
     print(f"vuser: guest exited with status {status} in {result.duration_s:.1f} s", file=sys.stderr)
-    return status
+    return status, None

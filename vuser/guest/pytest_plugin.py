@@ -8,6 +8,7 @@ A manifest (``tests/guest/guest_tests.toml``) names each guest test program
     timeout = 300       # seconds the guest may run
     alone = false       # true: never share a guest with other programs
 
+(``vuser.guest.manifest`` reads it.)
 Collection builds the programs (host gcc, cached) and reads the cases each
 declares from its ``.vuser_cases`` ELF section, so every case is an item
 before anything boots: ``guest_tests.toml::enumerate::find_device``.
@@ -32,7 +33,6 @@ pytest_collect_file``.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,51 +41,17 @@ import pytest
 
 from vuser.errors import UserError
 from vuser.guest import ktap, programs
+from vuser.guest.manifest import ProgramSpec, load_manifest
 
 __all__ = ["MANIFEST_NAME", "pytest_collect_file", "GuestManifest", "GuestProgramNode", "BootGroup",
            "GuestCaseItem", "GuestExitItem", "ProgramSpec", "load_manifest"]
 
 MANIFEST_NAME = "guest_tests.toml"
 EXIT_ITEM = "guest_exit"
-DEFAULT_TIMEOUT_S = 300.0
 # pytest-timeout budget of the item that boots: image (first run: download),
 # QEMU (first run: provisioning) and the guest itself.
 SETUP_ALLOWANCE_S = 1200.0
 CONSOLE_TAIL = 40
-
-
-@dataclass(frozen=True)
-class ProgramSpec:
-    name: str
-    devices: tuple[str, ...]
-    timeout: float
-    alone: bool = False
-
-
-def load_manifest(path: Path) -> dict[str, ProgramSpec]:
-    """Parse the manifest; ``UserError`` naming the bad entry."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise UserError(f"{path}: {e}") from None
-    specs = {}
-    for name, entry in data.items():
-        if not isinstance(entry, dict):
-            raise UserError(f"{path}: [{name}] must be a table")
-        unknown = set(entry) - {"devices", "timeout", "alone"}
-        if unknown:
-            raise UserError(f"{path}: [{name}] has unknown keys {sorted(unknown)}")
-        devices = entry.get("devices", [])
-        timeout = entry.get("timeout", DEFAULT_TIMEOUT_S)
-        if not isinstance(devices, list) or not all(isinstance(d, str) and d for d in devices):
-            raise UserError(f"{path}: [{name}] devices must be a list of device types")
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise UserError(f"{path}: [{name}] timeout must be a positive number")
-        alone = entry.get("alone", False)
-        if not isinstance(alone, bool):
-            raise UserError(f"{path}: [{name}] alone must be true or false")
-        specs[name] = ProgramSpec(name, tuple(devices), float(timeout), alone)
-    return specs
 
 
 class GuestFailure(Exception):
