@@ -8,6 +8,8 @@
  * sizes and offsets that cross 4 KiB pages, plus the error paths.
  */
 #include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 
 #include "lib/vuser.h"
 
@@ -265,5 +267,45 @@ static enum vt_result unmapped_address(void)
 	return VT_PASS;
 }
 
+/*
+ * DMA memory fails loudly without root: a child that drops to uid 65534
+ * cannot allocate (euid check) nor read a PFN from pagemap (it reads 0).
+ */
+static enum vt_result dma_memory_needs_root(void)
+{
+	int status;
+	pid_t pid = fork();
+
+	VT_CHECK(pid >= 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		struct vt_dmabuf b;
+		static char page[4096] __attribute__((aligned(4096)));
+		int code = 0;
+
+		page[0] = 1;
+		if (setgid(65534) || setuid(65534))
+			_exit(10);
+		/* As a process started by that user: changing uid made it non-dumpable,
+		 * which would hide /proc/self/pagemap altogether. */
+		prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
+		if (vt_dmabuf_alloc(&b, 4096) != -EPERM || !strstr(vt_err(), "need root")) {
+			ktap_diag("as uid 65534, vt_dmabuf_alloc: %s", vt_err());
+			code |= 1;
+		}
+		if (vt_virt_to_phys(page) != 0 || !strstr(vt_err(), "PFN reads 0")) {
+			ktap_diag("as uid 65534, vt_virt_to_phys: %s", vt_err());
+			code |= 2;
+		}
+		fflush(stdout);
+		_exit(code);
+	}
+	VT_CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status), "child did not exit");
+	VT_CHECK(WEXITSTATUS(status) != 10, "could not drop to uid 65534");
+	VT_CHECK(!(WEXITSTATUS(status) & 1), "a DMA buffer was allocated without root");
+	VT_CHECK(!(WEXITSTATUS(status) & 2), "pagemap gave a PFN without CAP_SYS_ADMIN, or no "
+		 "clear error");
+	return VT_PASS;
+}
+
 VUSER_CASES(find_device, open_device, nop, memcpy_sizes, fill_sizes, compare_equal_and_different,
-	    ring_wraps, invalid_descriptor, unmapped_address)
+	    ring_wraps, invalid_descriptor, unmapped_address, dma_memory_needs_root)

@@ -209,33 +209,14 @@ static enum vt_result ext_capabilities(void)
 
 static enum vt_result uio_bind(void)
 {
-	char path[400], id[32], name[256], dev_path[300];
-	struct dirent *e;
-	DIR *d;
-	int ret;
+	char drv[64];
 
 	vt_require("find_device");
-	snprintf(path, sizeof(path), "%s/uio", dev.dir);
-	if (access(path, F_OK)) {
-		snprintf(id, sizeof(id), "%04x %04x", SAMPLE_VENDOR, SAMPLE_DEVICE);
-		ret = vt_write_file("/sys/bus/pci/drivers/uio_pci_generic/new_id", id);
-		VT_CHECK(ret == 0 || ret == -EEXIST, "uio_pci_generic new_id: %s", strerror(-ret));
-	}
-	for (int i = 0; i < 200 && access(path, F_OK); i++)
-		usleep(10000);
-	d = opendir(path);
-	VT_CHECK(d, "uio_pci_generic did not bind %s: %s (INTx disable not implemented?)",
-		 dev.bdf, strerror(errno));
-	name[0] = '\0';
-	while ((e = readdir(d)))
-		if (!strncmp(e->d_name, "uio", 3))
-			snprintf(name, sizeof(name), "%s", e->d_name);
-	closedir(d);
-	VT_CHECK(name[0], "no uio device under %s", path);
-	snprintf(dev_path, sizeof(dev_path), "/dev/%s", name);
-	uio_fd = open(dev_path, O_RDWR | O_CLOEXEC);
-	VT_CHECK(uio_fd >= 0, "open %s: %s", dev_path, strerror(errno));
-	ktap_diag("bound to uio_pci_generic as %s", dev_path);
+	/* driver_override + bind: only this function, not every 5655:0001. */
+	VT_CALL(vt_pci_bind_uio(&dev, &uio_fd), "bind to uio_pci_generic");
+	VT_CALL(vt_pci_driver(&dev, drv, sizeof(drv)), "driver link");
+	VT_CHECK(!strcmp(drv, "uio_pci_generic"), "%s is bound to \"%s\"", dev.bdf, drv);
+	ktap_diag("bound to uio_pci_generic");
 	return VT_PASS;
 }
 
