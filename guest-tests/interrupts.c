@@ -206,9 +206,13 @@ static enum vt_result halted_queue_raises_error_vector(void)
 	VT_CHECK(ret == -EIO, "SUBMIT returned %d (%s), want -EIO (queue halted)", ret, vt_err());
 	VT_CHECK(wait_count(err, before.count[err] + 1, &c) == 0, "error vector: %s", vt_err());
 	VT_CHECK(c.count[q] == before.count[q], "the halted queue's own vector fired");
-	/* The other queues go on. */
+	/* The other queues go on, and the driver restarted the halted one. */
 	VT_CALL(submit_fill(0, 62, 1, &s), "SUBMIT on queue 0");
 	VT_CHECK(s.irqs == 1, "queue 0 after the halt: %llu interrupts", (unsigned long long)s.irqs);
+	VT_CALL(submit_fill(q, 63, 1, &s), "SUBMIT on the restarted queue");
+	VT_CHECK(s.irqs == 1 && record(63)->status == VDMA_COMPLETION_STATUS_SUCCESS,
+		 "restarted queue %u: %llu interrupts, status %u", q, (unsigned long long)s.irqs,
+		 record(63)->status);
 	return VT_PASS;
 }
 

@@ -241,11 +241,40 @@ static void vdma_unmap_msix(struct vdma_dev *vd)
 
 /* ---- queues ---- */
 
+/*
+ * (Re)start a queue on its ring: disabled first (the device abandons what it
+ * has not finished), then the ring programmed and the queue enabled with its
+ * completions interrupting on the queue's own vector. The ring starts empty.
+ */
+static int vdma_queue_start(struct vdma_queue *q)
+{
+	struct vdma_dev *vd = q->vd;
+	unsigned int i = q->index;
+	u32 st;
+
+	vdma_wr(vd, qreg(i, VDMA_QUEUE_REG_Q_CTRL), 0);
+	vdma_wr(vd, qreg(i, VDMA_QUEUE_REG_RING_LO), lower_32_bits(q->ring_dma));
+	vdma_wr(vd, qreg(i, VDMA_QUEUE_REG_RING_HI), upper_32_bits(q->ring_dma));
+	vdma_wr(vd, qreg(i, VDMA_QUEUE_REG_RING_SIZE), RING_ENTRIES);
+	vdma_wr(vd, qreg(i, VDMA_QUEUE_REG_Q_CTRL),
+		VDMA_Q_CTRL_ENABLE_MASK | VDMA_Q_CTRL_IRQ_ENABLE_MASK |
+		FIELD_PREP(VDMA_Q_CTRL_VECTOR_MASK, i));
+	st = vdma_rd(vd, qreg(i, VDMA_QUEUE_REG_Q_STATUS));
+	if (!(st & VDMA_Q_STATUS_ENABLED_MASK) || (st & VDMA_Q_STATUS_HALTED_MASK)) {
+		dev_err(&vd->pdev->dev, "queue %u did not enable: Q_STATUS %#x Q_ERROR %u\n", i, st,
+			vdma_rd(vd, qreg(i, VDMA_QUEUE_REG_Q_ERROR)));
+		return -EIO;
+	}
+	q->tail = vdma_rd(vd, qreg(i, VDMA_QUEUE_REG_HEAD));
+	q->submitted = vdma_rd(vd, qreg(i, VDMA_QUEUE_REG_COMPLETED));
+	vdma_wr(vd, qreg(i, VDMA_QUEUE_REG_TAIL), q->tail);
+	return 0;
+}
+
 static int vdma_queue_init(struct vdma_dev *vd, unsigned int i)
 {
 	struct vdma_queue *q = &vd->q[i];
 	struct device *dev = &vd->pdev->dev;
-	u32 st;
 
 	q->vd = vd;
 	q->index = i;
@@ -256,25 +285,7 @@ static int vdma_queue_init(struct vdma_dev *vd, unsigned int i)
 				      GFP_KERNEL);
 	if (!q->ring || !q->comp)
 		return -ENOMEM;
-
-	vdma_wr(vd, qreg(i, VDMA_QUEUE_REG_Q_CTRL), 0);
-	vdma_wr(vd, qreg(i, VDMA_QUEUE_REG_RING_LO), lower_32_bits(q->ring_dma));
-	vdma_wr(vd, qreg(i, VDMA_QUEUE_REG_RING_HI), upper_32_bits(q->ring_dma));
-	vdma_wr(vd, qreg(i, VDMA_QUEUE_REG_RING_SIZE), RING_ENTRIES);
-	/* Enabled, completions interrupting on vector i. */
-	vdma_wr(vd, qreg(i, VDMA_QUEUE_REG_Q_CTRL),
-		VDMA_Q_CTRL_ENABLE_MASK | VDMA_Q_CTRL_IRQ_ENABLE_MASK |
-		FIELD_PREP(VDMA_Q_CTRL_VECTOR_MASK, i));
-	st = vdma_rd(vd, qreg(i, VDMA_QUEUE_REG_Q_STATUS));
-	if (!(st & VDMA_Q_STATUS_ENABLED_MASK) || (st & VDMA_Q_STATUS_HALTED_MASK)) {
-		dev_err(dev, "queue %u did not enable: Q_STATUS %#x Q_ERROR %u\n", i, st,
-			vdma_rd(vd, qreg(i, VDMA_QUEUE_REG_Q_ERROR)));
-		return -EIO;
-	}
-	q->tail = vdma_rd(vd, qreg(i, VDMA_QUEUE_REG_HEAD));
-	q->submitted = vdma_rd(vd, qreg(i, VDMA_QUEUE_REG_COMPLETED));
-	vdma_wr(vd, qreg(i, VDMA_QUEUE_REG_TAIL), q->tail);
-	return 0;
+	return vdma_queue_start(q);
 }
 
 /* Put one descriptor at TAIL and ring the doorbell; returns its ring slot. */
@@ -393,6 +404,12 @@ static long vdma_ioc_memcpy(struct vdma_dev *vd, struct vuser_dma_memcpy __user 
 	else if (ret > 0)
 		ret = READ_ONCE(comp->status) ? 0 : -EIO;   /* halted: no record */
 	dma_rmb();   /* read the record (and the data) after seeing its status */
+	/*
+	 * Timed out, interrupted or halted: the device may still hold the
+	 * descriptor. Stop the queue before the buffers go back to the kernel.
+	 */
+	if (ret && slot >= 0)
+		vdma_queue_start(q);
 
 	dma_unmap_single(dev, dst_dma, m.len, DMA_FROM_DEVICE);
 	if (!ret) {
@@ -442,8 +459,13 @@ static long vdma_ioc_submit(struct vdma_dev *vd, struct vuser_dma_submit __user 
 	slot = vdma_submit(q, &desc);
 	if (slot < 0)
 		return slot;
-	if (s.wait)
+	if (s.wait) {
 		ret = vdma_wait_completed(q, q->submitted, irqs_before, s.timeout_ms);
+		/* Not completed (timed out, interrupted, queue halted): stop the
+		 * queue and start it again, empty. */
+		if (ret)
+			vdma_queue_start(q);
+	}
 	s.completed = vdma_rd(vd, qreg(q->index, VDMA_QUEUE_REG_COMPLETED));
 	s.irqs = atomic64_read(&vd->irqs[q->index]) - irqs_before;
 	if (copy_to_user(uarg, &s, sizeof(s)))
