@@ -37,11 +37,109 @@ def image_ready(qemu_bin):
 def test_run_one_guest_test_prints_summary_and_exits_with_its_status(image_ready):
     p = run_vuser("run", "-q", "--test", "environment", timeout=240)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "guest test results" in p.stdout
-    assert re.search(r"pass\s+environment", p.stdout)
-    assert re.search(r"pass\s+running_as_root", p.stdout)
-    assert "enumerate" not in p.stdout  # only the test asked for
+    assert p.stdout.splitlines() == ["guest test results",
+                                     "  pass       environment  6 cases passed"]
     assert re.search(r"vuser: guest exited with status 0 in [\d.]+ s", p.stderr)
+    assert "that was the demo" not in p.stderr
+
+
+def test_run_without_test_runs_the_demo(image_ready):
+    p = run_vuser("run", timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    boots = re.findall(r"devices: ([^;]*); tests: (.*)", p.stderr)
+    assert boots == [("sample,label=0x21, vuser-dma,label=0x22", "enumerate"),
+                     ("vuser-iommu, vuser-dma,label=0x42", "demo")]
+    # The demo's story is on the console, as KTAP diagnostics of its cases.
+    assert re.search(r"^    # vuser-dma: +\S+ 5655:0002, label 0x42", p.stdout, re.M)
+    assert re.search(r"^    #   PASID 1 +0x\w+ +GPA 0x\w+ \(page B\) +SUCCESS, 4096 bytes$",
+                     p.stdout, re.M)
+    assert re.search(r"^    #   no PASID +0x\w+ +GPA 0x\w+ \(page D\) +SUCCESS, 4096 bytes$",
+                     p.stdout, re.M)
+    assert re.search(r"^    #   PASID 1 +0x\w+ +nothing written +PAGE_FAULT at 0x\w+; vIOMMU "
+                     r"fault record: reason 0x71, source-id 0x42, PASID 1$", p.stdout, re.M)
+    assert re.search(r"^    ok 9 what_went_where$", p.stdout, re.M)
+    summary = p.stdout[p.stdout.index("guest test results"):].splitlines()
+    assert summary == ["guest test results",
+                       "  pass       enumerate  14 cases passed",
+                       "  pass       demo       9 cases passed"]
+    assert "vuser: control socket " in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("vuser: that was the demo (enumerate and "
+                                                        "demo); `vuser run --all` runs every")
+
+
+def _args(*argv: str):
+    import argparse
+
+    from vuser.commands import run as run_cmd
+
+    parser = argparse.ArgumentParser()
+    run_cmd.configure(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_plan_default_is_the_demo_and_all_is_every_program():
+    from vuser.commands.run import DEFAULT_TESTS, _plan
+    from vuser.guest.manifest import load_manifest
+
+    assert DEFAULT_TESTS == ("enumerate", "demo")
+    default = _plan(_args())
+    assert [p.programs for p in default] == [("enumerate",), ("demo",)]
+    specs = load_manifest()
+    assert default[1].devices == specs["demo"].devices
+    every = _plan(_args("--all"))
+    assert sorted(n for p in every for n in p.programs) == sorted(specs)
+    assert len(every) == len({specs[n].devices for n in specs})  # one guest per device list
+    assert [p.programs for p in _plan(_args("--test", "dma_nested"))] == [("dma_nested",)]
+    # --device: one guest with those devices, the demo's programs or all of them.
+    assert [(p.devices, p.programs) for p in _plan(_args("--device", "sample"))] == [
+        (("sample",), DEFAULT_TESTS)]
+    assert [p.programs for p in _plan(_args("--device", "sample", "--all"))] == [()]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--test", "demo", "--all"), "--test and --all do not go together"),
+    (("--shell", "--all"), "--shell and --all do not go together"),
+    (("--shell", "--test", "demo"), "--shell and --test do not go together"),
+])
+def test_conflicting_options_are_one_line_errors(argv, message):
+    p = run_vuser("run", *argv, timeout=60)
+    assert p.returncode == 1
+    assert p.stderr.strip() == f"vuser: error: {message}"
+
+
+SPLIT_CONSOLE = """\
+KTAP version 1
+1..2
+    KTAP version 1
+    # Subtest: demo
+    1..4
+    ok 1 find_devices
+    not ok 2 context_entry
+    ok 3 stage1_tables # SKIP no hugepages
+# dmesg: [    2.8] kernel says something
+not ok 1 demo # exit status 1
+"""
+
+
+def test_summary_of_a_failed_program(capsys):
+    from vuser.commands.run import _print_summary, _results
+
+    programs = _results(SPLIT_CONSOLE)
+    # The cases and the result line are one program, though kernel messages split them.
+    assert [(p.name, p.status, p.reason) for p in programs] == [
+        ("demo", "fail", "exit status 1"), ("(1 more program(s) announced)", "missing", "")]
+    assert programs[0].cases == [("find_devices", "pass", ""), ("context_entry", "fail", ""),
+                                 ("stage1_tables", "skip", "no hugepages")]
+    assert not any(p.ok for p in programs)
+    _print_summary(programs)
+    assert capsys.readouterr().out.splitlines() == [
+        "guest test results",
+        "  fail       demo                           1 passed, 1 failed, 1 skipped, 1 not run  "
+        "# exit status 1",
+        "      fail       context_entry",
+        "      skip       stage1_tables  # no hugepages",
+        "  missing    (1 more program(s) announced)",
+    ]
 
 
 def test_run_unknown_test_is_one_line_error(image_ready):

@@ -7,28 +7,38 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-HELP = "boot a Linux guest against vuser devices and run guest tests (or a shell)"
+HELP = "boot a Linux guest against vuser devices and run the demo, guest tests or a shell"
 DESCRIPTION = """\
-Start a vuser server with the given devices, boot a Linux guest in QEMU
-against it (q35, each device behind its own PCIe root port, TCG unless
---accel kvm), run the guest tests and stream the serial console. Prints a
-summary of the tests' KTAP results and exits with their status: 0 when all
+Start a vuser server with the devices a guest test needs, boot a Linux guest
+in QEMU against it (q35, each device behind its own PCIe root port, TCG
+unless --accel kvm), run guest test programs and stream the serial console
+(KTAP). Then print a summary and exit with the tests' status: 0 when all
 passed. Once QEMU runs, the server's control socket is printed: drive the
 ioasid model and watch the devices from another terminal with `vuser ctl`.
 
-Missing pieces are provisioned first: QEMU with vfio-user-pci, the guest
-image (see `vuser provision`, `vuser doctor`).
+Without --test it runs the demo: `enumerate` (a sample device and a
+vuser-dma: config space, capabilities, BARs, DMA, interrupts) and `demo` (a
+vuser-dma behind the vIOMMU: stage-1 tables for PASID 1, a pass-through
+entry for requests without a PASID, a memcpy each way and a fault, told on
+the console), one guest per device list. `make run` is this.
 
-  vuser run                          every guest test, each with the devices
-                                     tests/guest/guest_tests.toml gives it
-                                     (one guest per device list)
-  vuser run --test enumerate         one guest test (repeatable), its devices too
+Missing pieces are provisioned first: QEMU with vfio-user-pci, the guest
+image (see `vuser provision`, `vuser doctor`). The devices each program
+needs are in tests/guest/guest_tests.toml; programs with the same devices
+share a guest.
+
+  vuser run                          the demo: enumerate, then demo
+  vuser run --all                    every guest test program
+  vuser run --test dma_nested        one program (repeatable), with its devices
   vuser run --device sample --test environment   with the devices given
   vuser run --shell                  an interactive guest shell (Ctrl-] leaves)
 """
 
 DEFAULT_DEVICES = ("sample",)
+#: What `vuser run` (and `make run`) runs without --test or --all.
+DEFAULT_TESTS = ("enumerate", "demo")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +47,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "what each test needs, from tests/guest/guest_tests.toml; "
                              "sample for --shell)")
     parser.add_argument("--test", "-t", action="append", metavar="NAME",
-                        help="a guest test to run (repeatable; default: all)")
+                        help="a guest test program to run (repeatable; default: the demo, "
+                             f"that is {' and '.join(DEFAULT_TESTS)})")
+    parser.add_argument("--all", action="store_true",
+                        help="run every guest test program (guest-tests/*.c)")
     parser.add_argument("--shell", action="store_true",
                         help="an interactive shell on the guest's console instead of tests")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
@@ -89,37 +102,80 @@ def _on_ready(info, verbose: bool, control: str | None = None) -> None:
             print(f"vuser: device socket {sock}", file=sys.stderr)
 
 
-def _summary(console: str) -> tuple[list[tuple[str, str, str]], bool]:
-    """(name, status, reason) per top-level KTAP result and per case; and whether all passed."""
+@dataclass
+class ProgramResult:
+    """One guest test program's outcome in a guest's KTAP."""
+
+    name: str
+    status: str = "unfinished"  # pass, fail, skip, xfail, unfinished, missing
+    reason: str = ""
+    cases: list[tuple[str, str, str]] = field(default_factory=list)  # (name, status, reason)
+    planned: int | None = None  # cases the program announced
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("pass", "skip", "xfail")
+
+
+def _results(console: str) -> list[ProgramResult]:
+    """The programs a guest's console reports, in order. A program whose
+    cases and result line were split (the guest's /init prints kernel
+    messages between them after a failure) is one program; a program the
+    top-level plan announced but never reported is ``missing``."""
     from vuser.guest import ktap
 
     doc = ktap.parse(console)
-    rows: list[tuple[str, str, str]] = []
-    all_ok = bool(doc.results)
+    progs: dict[str, ProgramResult] = {}
     for r in doc.results:
-        status = r.status.value if r.status else "unfinished"
-        rows.append((r.name, status, r.reason))
-        for sub in r.subtests:
-            rows.append((f"  {sub.name}", sub.status.value if sub.status else "unfinished", sub.reason))
-        if r.status not in (ktap.Status.PASS, ktap.Status.SKIP, ktap.Status.XFAIL):
-            all_ok = False
-    if doc.plan is not None and len(doc.results) < doc.plan:
-        rows.append((f"({doc.plan - len(doc.results)} planned test(s))", "missing", ""))
-        all_ok = False
-    return rows, all_ok
+        p = progs.setdefault(r.name, ProgramResult(r.name))
+        if r.subtests:
+            p.cases = [(c.name, c.status.value if c.status else "unfinished", c.reason)
+                       for c in r.subtests]
+            p.planned = r.plan
+        if r.status is not None:
+            p.status, p.reason = r.status.value, r.reason
+    out = list(progs.values())
+    if doc.plan is not None and len(out) < doc.plan:
+        out.append(ProgramResult(f"({doc.plan - len(out)} more program(s) announced)", "missing"))
+    return out
 
 
-def _print_summary(rows: list[tuple[str, str, str]]) -> None:
+def _counts(p: ProgramResult) -> str:
+    """'14 cases passed' or '7 passed, 1 failed, 1 not run'."""
+    tally: dict[str, int] = {}
+    for _, status, _ in p.cases:
+        tally[status] = tally.get(status, 0) + 1
+    not_run = (p.planned or 0) - len(p.cases)
+    if not_run > 0:
+        tally["not run"] = not_run
+    if not tally:
+        return ""
+    if set(tally) == {"pass"}:
+        return f"{tally['pass']} case{'s' if tally['pass'] != 1 else ''} passed"
+    words = {"pass": "passed", "fail": "failed", "skip": "skipped", "xfail": "expected failure",
+             "unfinished": "unfinished"}
+    return ", ".join(f"{n} {words.get(s, s)}" for s, n in tally.items())
+
+
+def _print_summary(programs: list[ProgramResult]) -> None:
+    """One line per program; the cases that did not pass below it."""
     from rich.console import Console
     from rich.markup import escape
 
     out = Console(stderr=False, highlight=False)
     colour = {"pass": "green", "skip": "yellow", "xfail": "yellow"}
+    width = max((len(p.name) for p in programs), default=0)
     out.print("[bold]guest test results[/]")
-    for name, status, reason in rows:
-        c = colour.get(status, "red")
-        extra = f"  # {escape(reason)}" if reason else ""
-        out.print(f"  [{c}]{status:<10}[/] {escape(name)}{extra}")
+    for p in programs:
+        line = f"{escape(p.name):<{width}}  {_counts(p)}".rstrip()
+        extra = f"  # {escape(p.reason)}" if p.reason else ""
+        out.print(f"  [{colour.get(p.status, 'red')}]{p.status:<10}[/] {line}{extra}",
+                  soft_wrap=True)
+        for name, status, reason in p.cases:
+            if status != "pass":
+                why = f"  # {escape(reason)}" if reason else ""
+                out.print(f"      [{colour.get(status, 'red')}]{status:<10}[/] {escape(name)}{why}",
+                          soft_wrap=True)
 
 
 def _exit_on_sigterm() -> None:
@@ -138,8 +194,10 @@ def run(args: argparse.Namespace) -> int:
     from vuser.qemu.find import find_qemu
     from vuser.qemu.launcher import launch
 
-    if args.shell and args.test:
-        raise UserError("--shell and --test do not go together")
+    if args.shell and (args.test or args.all):
+        raise UserError(f"--shell and {'--test' if args.test else '--all'} do not go together")
+    if args.test and args.all:
+        raise UserError("--test and --all do not go together")
     if args.shell and not os.isatty(sys.stdin.fileno()):
         raise UserError("--shell needs a terminal on standard input")
     if args.memory < 64:
@@ -177,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(result.error)
         return 0
 
-    worst = 0
+    worst, programs, error = 0, [], None
     for plan in _plan(args):
         image = build_image(tests=list(plan.programs) if plan.programs else None, progress=True)
         guest_timeout = args.timeout if args.timeout is not None else plan.timeout
@@ -186,24 +244,35 @@ def run(args: argparse.Namespace) -> int:
               f"tests: {', '.join(image.tests)}", file=sys.stderr)
         result = launch(image, console_echo=None if args.quiet else echo,
                         **launch_args(list(plan.devices), guest_timeout))
-        status, error = _report(result, args.quiet)
-        if error:  # the guest crashed, hung or lied: stop here
-            raise UserError(error)
+        status, error, found = _report(result, args.quiet)
+        programs += found
         worst = max(worst, status)
+        if error:  # the guest crashed, hung or lied: stop here
+            break
+    if programs:
+        _print_summary(programs)
+    if error:
+        raise UserError(error)
+    if not (args.test or args.all):
+        print(f"vuser: that was the demo ({' and '.join(DEFAULT_TESTS)}); `vuser run --all` runs "
+              "every guest test, `vuser run --test NAME` one", file=sys.stderr)
     return worst
 
 
 def _plan(args: argparse.Namespace):
-    """The guests to boot. With --device: one, with those devices, running the
-    tests named (or all). Without: the devices each test needs, from
-    tests/guest/guest_tests.toml, one guest per device list (tests that need
-    the same devices share it); the timeout is the manifest's unless --timeout."""
+    """The guests to boot. The programs: those named with --test, every one
+    (--all), or the demo (DEFAULT_TESTS). With --device: one guest with
+    those devices. Without: the devices each program needs, from
+    tests/guest/guest_tests.toml, one guest per device list (programs that
+    need the same devices share it); the timeout is the manifest's unless
+    --timeout."""
     from vuser.guest import manifest
 
     if args.device:
-        return [manifest.BootPlan(tuple(args.device), tuple(args.test or ()), 300.0)]
+        names = () if args.all else tuple(args.test or DEFAULT_TESTS)  # (): every program
+        return [manifest.BootPlan(tuple(args.device), names, 300.0)]
     specs = manifest.load_manifest()
-    names = list(args.test) if args.test else list(specs)
+    names = list(args.test or (specs if args.all else DEFAULT_TESTS))
     known = [n for n in names if n in specs]
     unlisted = [n for n in names if n not in specs]  # the image builder judges these
     plans = manifest.boot_groups(specs, known) if known else []
@@ -212,11 +281,9 @@ def _plan(args: argparse.Namespace):
     return plans
 
 
-def _report(result, quiet: bool) -> tuple[int, str | None]:
-    """Print one guest's summary; (exit status, error or None)."""
-    rows, all_ok = _summary(result.console)
-    if rows:
-        _print_summary(rows)
+def _report(result, quiet: bool) -> tuple[int, str | None, list[ProgramResult]]:
+    """One guest's outcome: (exit status, error or None, its programs)."""
+    programs = _results(result.console)
     for line in result.qemu_log.splitlines():
         if line.strip():
             print(f"vuser: QEMU: {line.strip()}", file=sys.stderr)
@@ -225,11 +292,11 @@ def _report(result, quiet: bool) -> tuple[int, str | None]:
         if quiet or result.timed_out:
             tail = result.console_tail(15)
             print("vuser: last console lines:\n" + (tail or "(none)"), file=sys.stderr)
-        return 1, result.error
-    if not rows:
-        return 1, f"the guest printed no KTAP results (exit status {result.exit_status})"
+        return 1, result.error, programs
+    if not programs:
+        return 1, f"the guest printed no KTAP results (exit status {result.exit_status})", programs
     status = result.exit_status
-    if status == 0 and not all_ok:
-        return 1, "the guest exited 0 but its KTAP results show failures or missing tests"
+    if status == 0 and not all(p.ok for p in programs):
+        return 1, "the guest exited 0 but its KTAP results show failures or missing tests", programs
     print(f"vuser: guest exited with status {status} in {result.duration_s:.1f} s", file=sys.stderr)
-    return status, None
+    return status, None, programs
