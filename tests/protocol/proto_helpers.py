@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import os
 import struct
 from typing import Any
@@ -55,6 +56,10 @@ def is_open(fd: int) -> bool:
 
 
 def open_fds() -> set[int]:
+    """This process's open fds, after collecting garbage (so that objects an
+    earlier test left behind close theirs now, not in the middle of a count).
+    Compare with ``<=``: nothing new may be open; unrelated fds may close."""
+    gc.collect()
     return {int(n) for n in os.listdir("/proc/self/fd")}
 
 

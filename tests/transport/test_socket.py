@@ -170,7 +170,7 @@ async def test_disconnect_drops_dma_and_eventfds_and_keeps_device_state(served):
     assert backend.irq_fds == {} and backend.disconnects == 1
     os.close(memfd)
     os.close(efd)
-    assert open_fds() == before
+    assert open_fds() <= before
     async with await Client.connect(path) as c2:
         assert await c2.region_read(0, REG_SCRATCH, 4) == b"kept"
     assert backend.connects == 2
@@ -192,7 +192,7 @@ async def test_disconnect_in_the_middle_of_a_message(served):
     os.close(memfd)
     await asyncio.wait_for(server.wait_idle(), TIMEOUT)
     assert backend.disconnects == 1
-    assert open_fds() == before
+    assert open_fds() <= before
     async with await Client.connect(path) as c:
         assert (await c.device_info()).num_regions == 9
 
@@ -210,7 +210,7 @@ async def test_fds_with_a_request_that_takes_none_are_closed_by_the_server(serve
         # The error reply is unexpected for our client (we bypassed it) and is
         # dropped; the next request proves the server went on.
         assert (await c.device_info()).num_irqs == 5
-        assert open_fds() == before
+        assert open_fds() <= before
 
 
 async def test_a_second_client_waits_for_the_first(served):
@@ -263,7 +263,7 @@ async def test_200_connect_disconnect_cycles_leak_no_fds(served):
         await asyncio.wait_for(server.wait_idle(), TIMEOUT)
     os.close(memfd)
     assert server.sessions_served == 200 and backend.disconnects == 200
-    assert open_fds() == before
+    assert open_fds() <= before
 
 
 async def test_server_close_removes_its_socket(tmp_path):
