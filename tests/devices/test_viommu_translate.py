@@ -156,7 +156,8 @@ async def test_stale_translation_until_pasid_iotlb_invalidation(rig):
 
 async def test_stale_device_tlb_until_pasid_device_tlb_invalidation(rig):
     """An ATS device TLB (``devtlb.DeviceTlb`` on the sample's IommuDevice) keeps the
-    old page after the PTE changes, until a PASID device-TLB invalidation."""
+    old page after the PTE changes, even after the PASID-IOTLB invalidation, until
+    a PASID device-TLB invalidation (VT-d §6.5.2: two caches, two descriptors)."""
     from vuser.devices.devtlb import DeviceTlb
 
     drv, ram = rig.drv, rig.ram
@@ -183,10 +184,14 @@ async def test_stale_device_tlb_until_pasid_device_tlb_invalidation(rig):
     pt.map(IOVA, new, P)
     ats_write(b"stale")
     assert ram.read(old, 5) == b"stale"
+    await drv.submit(piotlb(4, did=1, addr=IOVA, am=0))
+    assert atc.lookup(4, IOVA) is not None           # the IOTLB flush left the ATC alone
+    ats_write(b"still")
+    assert ram.read(old, 5) == b"still" and ram.read(new, 5) == bytes(5)
     await drv.submit(pdevtlb(LABEL, 4, IOVA))
     assert atc.lookup(4, IOVA) is None
     ats_write(b"fresh")
-    assert ram.read(new, 5) == b"fresh" and ram.read(old, 5) == b"stale"
+    assert ram.read(new, 5) == b"fresh" and ram.read(old, 5) == b"still"
 
 
 async def test_pass_through_pasid_and_blocking_after_clear(rig):

@@ -171,6 +171,7 @@ async def test_stale_translation_until_pasid_iotlb_invalidation(vdma, viommu, ra
 
 
 async def test_stale_device_tlb_until_pasid_device_tlb_invalidation(rig, ram, viommu):
+    """Two caches, two descriptors: the IOTLB flush leaves the ATS cache stale."""
     dev, drv = await add_vdma(rig, ram, LABEL, viommu, ats=True)
     vt = viommu.drv
     await vt.enable_translation()
@@ -182,6 +183,12 @@ async def test_stale_device_tlb_until_pasid_device_tlb_invalidation(rig, ram, vi
     sp.pt.map(DST, fresh, PAGE)
     await drv.run(0, desc(Opcode.FILL, dst=DST, length=8, pasid=1, pattern=2, completion=COMP))
     assert ram.read(sp.dst + PAGE, 8) == pat(2) and ram.read(fresh, 8) == bytes(8)
+    # The PASID-IOTLB invalidation flushes the IOMMU's IOTLB, not the device's
+    # TLB: the device keeps writing the old page (VT-d §6.5.2.4).
+    await vt.submit(piotlb(1, did=1, addr=DST, am=0))
+    assert dev.devtlb.lookup(1, DST) is not None
+    await drv.run(0, desc(Opcode.FILL, dst=DST, length=8, pasid=1, pattern=4, completion=COMP))
+    assert ram.read(sp.dst + PAGE, 8) == pat(4) and ram.read(fresh, 8) == bytes(8)
     await vt.submit(pdevtlb(LABEL, 1, DST))
     assert dev.devtlb.lookup(1, DST) is None
     await drv.run(0, desc(Opcode.FILL, dst=DST, length=8, pasid=1, pattern=3, completion=COMP))

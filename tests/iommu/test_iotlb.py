@@ -139,6 +139,24 @@ def test_device_tlb_hook_hears_every_invalidation(nested: NestedRig) -> None:
     assert calls[1:] == [(PASID, 0, 1), (PASID, 0, U64_MAX), (PASID, 0, U64_MAX)]
 
 
+def test_hardware_style_invalidations_keep_the_two_caches_apart(nested: NestedRig) -> None:
+    """VT-d descriptors (the vIOMMU's path): an IOTLB invalidation with
+    ``devtlb=False`` leaves device TLBs alone, and ``devtlb_invalidate`` tells
+    only the device TLB, leaving the IOTLB's entries in place."""
+    calls: list[tuple] = []
+    nested.dev.devtlb_invalidate = lambda pasid, addr, npages: calls.append((pasid, addr, npages))
+    nested.pt.map(0, DATA_GPA, P)
+    assert not isinstance(nested.ctx.translate(nested.dev_id, PASID, 0, 1, R), Fault)
+    entries = nested.ctx.stats()["iotlb_entries"]
+    nested.ctx.devtlb_invalidate(nested.dev_id, PASID, 0, 1)
+    assert calls == [(PASID, 0, 1)]
+    assert nested.ctx.stats()["iotlb_entries"] == entries       # the IOTLB kept its entry
+    assert nested.ctx.iotlb_invalidate(nested.dev_id, PASID, 0, 1, devtlb=False) >= 1
+    assert calls == [(PASID, 0, 1)]                                # the device TLB was not told
+    expect_errno(errno.EINVAL, nested.ctx.devtlb_invalidate, nested.dev_id, PASID, 0x10, 1)
+    expect_errno(errno.ENOENT, nested.ctx.devtlb_invalidate, 9999, PASID, 0, 1)
+
+
 def test_ats_translation_requests(nested: NestedRig) -> None:
     nested.pt.map(0x200000, DATA_GPA + 0x200000, 2 * MB, page_size=2 * MB)
     nested.pt.map(0, DATA_GPA, P, write=False)

@@ -311,7 +311,8 @@ class PasidBinder:
     # -- invalidations that reach the model's IOTLB -----------------------------------
     def flush(self, label: int | None, pasid: int | None | str, addr: int = 0,
               npages: int = U64_MAX, did: int | None = None) -> int:
-        """Invalidate IOTLB (and, by the model's rule, device-TLB) entries.
+        """Invalidate IOTLB entries only: device TLBs (ATS) keep theirs until a
+        device-TLB descriptor (VT-d §6.5.2.4), unlike iommufd's HWPT_INVALIDATE.
 
         ``label=None``: every device; ``pasid="all"``: every PASID and the
         RID; ``did``: only attachments whose entry has that DID. Returns how
@@ -336,15 +337,22 @@ class PasidBinder:
 
     def flush_device(self, label: int, pasid: int | None | str, addr: int,
                      npages: int) -> int:
-        """A device-TLB invalidation for ``label`` (whatever is attached)."""
+        """A device-TLB invalidation for ``label``: its ATS cache only; the
+        IOTLB keeps its entries (VT-d §6.5.2.5)."""
         d = self._devices.get(label)
         if d is None:
             return 0
-        return self._flush(d.dev_id, ALL_PASIDS if pasid == "all" else pasid, addr, npages)
+        try:
+            self.ctx.devtlb_invalidate(d.dev_id, ALL_PASIDS if pasid == "all" else pasid,
+                                       addr, npages, vpasid=True)
+        except IommufdError as e:
+            log.warning("vIOMMU: device-TLB flush of %#x PASID %s failed: %s", label, pasid, e)
+            return 0
+        return 1
 
     def _flush(self, dev_id: int, pasid: int | None, addr: int, npages: int) -> int:
         try:
-            self.ctx.iotlb_invalidate(dev_id, pasid, addr, npages, vpasid=True)
+            self.ctx.iotlb_invalidate(dev_id, pasid, addr, npages, vpasid=True, devtlb=False)
         except IommufdError as e:
             log.warning("vIOMMU: flush of device %d PASID %s failed: %s", dev_id, pasid, e)
             return 0

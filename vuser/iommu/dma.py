@@ -319,13 +319,15 @@ class DmaCommands:
                 length=U64_MAX if npages == U64_MAX else npages * 4096))
 
     def _flush_dev(self, bd: BoundDevice, pasid: int | None | str, addr: int = 0,
-                   npages: int = U64_MAX) -> int:
-        """Drop ``(bd, pasid)``'s IOTLB entries and tell its device TLB."""
+                   npages: int = U64_MAX, *, devtlb: bool = True) -> int:
+        """Drop ``(bd, pasid)``'s IOTLB entries and tell its device TLB (unless
+        ``devtlb`` is False)."""
         n = self._iotlb.invalidate_dev(bd.id, pasid, addr, npages)
         self._stats.invalidations += 1
         self._stats.invalidated_entries += n
         p = ALL_PASIDS if pasid == "all" else pasid
-        self._devtlb(bd, p, addr, npages)  # type: ignore[arg-type]
+        if devtlb:
+            self._devtlb(bd, p, addr, npages)  # type: ignore[arg-type]
         self._trace_inval(bd, p, addr, n, npages)  # type: ignore[arg-type]
         return n
 
@@ -366,7 +368,8 @@ class DmaCommands:
         self._trace_inval(None, None, first, n, npages)
 
     def iotlb_invalidate(self, dev_id: int | None = None, pasid: int | None = ALL_PASIDS,
-                         addr: int = 0, npages: int = U64_MAX, *, vpasid: bool = False) -> int:
+                         addr: int = 0, npages: int = U64_MAX, *, vpasid: bool = False,
+                         devtlb: bool = True) -> int:
         """Model extension: per-page, per-PASID, per-device or global invalidation.
 
         ``dev_id=None`` flushes everything. Otherwise ``pasid`` selects one
@@ -374,7 +377,10 @@ class DmaCommands:
         ``vpasid=True`` reads it as the guest's vPASID (the table is applied,
         as for invalidations that arrive with a device label). ``addr`` (4K
         aligned) and ``npages`` select a range; ``npages=U64_MAX`` is all.
-        The device TLBs concerned are told too. Returns the entries dropped.
+        The device TLBs concerned are told too, as iommufd's HWPT_INVALIDATE
+        does; ``devtlb=False`` leaves them alone, as a VT-d IOTLB or PASID-IOTLB
+        invalidation descriptor does (VT-d §6.5.2.4: device TLBs need their
+        own descriptor). Returns the entries dropped.
         """
         if not isinstance(addr, int) or addr < 0 or addr & 0xFFF or not isinstance(npages, int) \
                 or npages <= 0 or npages > U64_MAX:
@@ -384,16 +390,31 @@ class DmaCommands:
             self._stats.invalidations += 1
             self._stats.invalidated_entries += n
             from .device import BoundDevice
-            for bd in self._objects.of_type(BoundDevice):
-                self._devtlb(bd, ALL_PASIDS, 0, U64_MAX)
+            if devtlb:
+                for bd in self._objects.of_type(BoundDevice):
+                    self._devtlb(bd, ALL_PASIDS, 0, U64_MAX)
             self._trace_inval(None, None, 0, n, U64_MAX)
             return n
         bd = self._bound(dev_id)
         if pasid == ALL_PASIDS:
-            return self._flush_dev(bd, "all", addr, npages)
+            return self._flush_dev(bd, "all", addr, npages, devtlb=devtlb)
         if vpasid and pasid is not None:
             pasid = bd.v2p.get(pasid, pasid)
-        return self._flush_dev(bd, pasid, addr, npages)
+        return self._flush_dev(bd, pasid, addr, npages, devtlb=devtlb)
+
+    def devtlb_invalidate(self, dev_id: int, pasid: int | None = ALL_PASIDS, addr: int = 0,
+                          npages: int = U64_MAX, *, vpasid: bool = False) -> None:
+        """Model extension: tell one device's TLB (ATS) to drop a range, and
+        nothing else: the IOTLB keeps its entries, as with a VT-d device-TLB or
+        PASID device-TLB invalidation descriptor. Arguments as for
+        ``iotlb_invalidate``."""
+        if not isinstance(addr, int) or addr < 0 or addr & 0xFFF or not isinstance(npages, int) \
+                or npages <= 0 or npages > U64_MAX:
+            raise fail(errno.EINVAL, "addr must be 4K aligned and npages positive")
+        bd = self._bound(dev_id)
+        if vpasid and pasid not in (None, ALL_PASIDS):
+            pasid = bd.v2p.get(pasid, pasid)
+        self._devtlb(bd, pasid, addr, npages)
 
     def iotlb_set_capacity(self, capacity: int) -> None:
         """Resize the IOTLB (entries); the least recently used go first."""
