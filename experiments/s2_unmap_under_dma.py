@@ -121,7 +121,7 @@ async def _run(args: Any) -> dict[str, Any]:
                             "host_stages": dict(Counter(f["stage"] for f in host)),
                             "faulted": [i for i, r in recs_out if r.status == 2]}
         return {"phases": phases, "completions": len(completions),
-                "completed_total": sum(c["new"] for c in completions), "hole": holes[0],
+                "completed_total": sum(1 for c in completions if "status" in c), "hole": holes[0],
                 "hole_pages": [hole_pages.start, hole_pages.stop - 1]}
 
 

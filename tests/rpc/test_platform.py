@@ -13,7 +13,7 @@ if ROOT not in sys.path:
 from experiments._vdma import PAGE, Stage, memcpy  # noqa: E402
 
 #: Methods that need a platform; test_methods covers the rest.
-PLATFORM_METHODS = {"vms", "device_state"}
+PLATFORM_METHODS = {"vms", "device_state", "dma_queues"}
 
 PASID = 3
 SRC, DST = 0x10_0000_0000, 0x20_0000_0000
@@ -50,18 +50,21 @@ async def test_device_views_and_completion_notifications() -> None:
         await st.idle()
         assert st.ram.read(dst, PAGE) == b"\xab" * PAGE
         assert (st.record(recs).status, st.record(recs + 32).status) == (1, 2)
-        seen = {}
-        for _ in range(4):
+        seen: dict[str, list] = {"fault": [], "dma_completion": []}
+        while len(seen["dma_completion"]) < 2 or not seen["fault"]:
             topic, payload = await ctl.next_notification(timeout=5)
-            seen.setdefault(topic, payload)
-            if len(seen) == 2:
-                break
-        assert seen["fault"]["iova"] == DST + 8 * PAGE and seen["fault"]["stage"] == 1
-        c = seen["dma_completion"]
-        assert (c["label"], c["queue"]) == (0x31, 0) and c["completed"] >= 1
+            seen[topic].append(payload)
+        assert seen["fault"][0]["iova"] == DST + 8 * PAGE and seen["fault"][0]["stage"] == 1
+        ok, bad = seen["dma_completion"]
+        assert [(c["label"], c["queue"], c["index"]) for c in (ok, bad)] == [(0x31, 0, 0),
+                                                                              (0x31, 0, 1)]
+        assert (ok["status_name"], bad["status_name"]) == ("SUCCESS", "PAGE_FAULT")
+        assert bad["fault_addr"] == DST + 8 * PAGE and ok["fault_addr"] is None
 
         state = await ctl.device_state(0x31)
         assert state["queues"][0]["completed"] == 2 and state["type"] == "VuserDma"
+        [q0, *_] = await ctl.dma_queues()
+        assert (q0["label"], q0["queue"], q0["completed"], q0["halted"]) == (0x31, 0, 2, False)
         cnt = await ctl.counters()
         assert cnt["devices"]["0x31"]["queue0_completed"] == 2
         assert "devtlb_hits" in cnt["devices"]["0x31"]

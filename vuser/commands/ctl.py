@@ -26,6 +26,7 @@ prints the raw result for scripts. Addresses may be given in hex (0x...).
   vuser ctl --socket /tmp/ctl.sock devices
   vuser ctl pasids 0x1
   vuser ctl faults --follow
+  vuser ctl completions --follow --label 0x1
   vuser ctl trace record /tmp/t.trace --duration 10
   vuser ctl trace summary /tmp/t.trace ; vuser ctl trace plot /tmp/t.trace
   vuser ctl inject fault --label 1 --pasid 5 --iova 0x400000 --length 0x1000 --count 3
@@ -85,6 +86,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=20, metavar="N", help="recent entries (default 20)")
     p.add_argument("--count", type=int, default=None, metavar="N",
                    help="with --follow: stop after N events")
+
+    p = _sub(sub, "completions", "show DMA queue counters; --follow streams each descriptor's end",
+             "Every DMA queue of every device: ring, HEAD, TAIL, COMPLETED count,\n"
+             "halted and error. With --follow, print one line per descriptor a\n"
+             "device ends (label, queue and ring slot, PASID, opcode, addresses,\n"
+             "status, fault address and bytes done) as it happens, until ^C.")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="stream one line per completed descriptor until ^C")
+    p.add_argument("--label", type=_int, default=None, metavar="LABEL",
+                   help="only this device (a label, see `vuser ctl devices`)")
+    p.add_argument("--count", type=int, default=None, metavar="N",
+                   help="with --follow: stop after N descriptors")
 
     p = _sub(sub, "trace", "record, show, summarise and plot translation traces",
              "Traces hold every translation (time, label, PASID, IOVA, GPA, stage,\n"
@@ -263,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_with_client(args, lambda c: _stats(c, args)))
     if cmd == "faults":
         return asyncio.run(_with_client(args, lambda c: _faults(c, args)))
+    if cmd == "completions":
+        return asyncio.run(_with_client(args, lambda c: _completions(c, args)))
     if cmd == "trace":
         return asyncio.run(_with_client(args, lambda c: _trace_record(c, args)))
     if cmd == "inject":
@@ -311,11 +326,53 @@ async def _faults(c: Any, args: argparse.Namespace) -> int:
                 print("fault: " + render.fault_line(payload), flush=True)
             elif topic == "page_request":
                 print(render.page_request_line(payload), flush=True)
+            elif topic == "dma_completion":
+                print("completion: " + render.completion_line(payload), flush=True)
             elif topic == "lost":
                 print(f"({payload.get('count')} notifications lost: the client lagged)",
                       flush=True)
             else:
                 print(f"{topic}: {payload}", flush=True)
+    except asyncio.CancelledError:  # ^C
+        pass
+    return 0
+
+
+def _print_note(args: argparse.Namespace, topic: str, payload: Any) -> None:
+    if args.json:
+        print(json.dumps({"topic": topic, "payload": payload}, sort_keys=True,
+                         default=lambda o: o.hex() if isinstance(o, bytes) else str(o)),
+              flush=True)
+        return
+    from vuser.rpc import render
+
+    if topic == "lost":
+        print(f"({payload.get('count')} notifications lost: the client lagged)", flush=True)
+    else:
+        print(render.completion_line(payload), flush=True)
+
+
+async def _completions(c: Any, args: argparse.Namespace) -> int:
+    from vuser.rpc import render
+
+    if not args.follow:
+        qs = await asyncio.wait_for(c.dma_queues(), args.timeout)
+        if args.label is not None:
+            qs = [q for q in qs if q["label"] == args.label]
+        return _print(args, qs, render.dma_queues)
+    await c.subscribe(["dma_completion"])
+    who = "every device" if args.label is None else f"label {args.label:#x}"
+    print(f"following DMA completions of {who} on {c.path} (^C to stop)", file=sys.stderr,
+          flush=True)
+    seen = 0
+    try:
+        while args.count is None or seen < args.count:
+            topic, payload = await c.next_notification()
+            if topic == "dma_completion":
+                if args.label is not None and payload.get("label") != args.label:
+                    continue
+                seen += 1
+            _print_note(args, topic, payload)
     except asyncio.CancelledError:  # ^C
         pass
     return 0

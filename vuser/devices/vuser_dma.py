@@ -16,12 +16,19 @@ registers, queues and their workers, interrupts.
   (its connection mapped guest RAM with an fd), and it never falls back to
   DMA_READ/DMA_WRITE messages: DMA to memory QEMU mapped without an fd faults
   like any unmapped GPA (stage 2).
+- Completion observers (``add_completion_observer``) hear of every descriptor
+  that ends, one ``DmaCompletion`` each, synchronously; a failing observer is
+  logged and never disturbs the device (docs/vuser-dma.md, "Completion
+  observers").
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from vuser.errors import UserError
@@ -43,7 +50,7 @@ from .platform import Platform
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VuserDma"]
+__all__ = ["VuserDma", "DmaCompletion", "CompletionObserver"]
 
 BAR0_SIZE = 0x1000
 MAX_QUEUES = (BAR0_SIZE - 0x100) // QUEUE_STRIDE
@@ -65,6 +72,51 @@ def _int_option(name: str, value: int | str | None, default: int, lo: int, hi: i
     if not lo <= v <= hi:
         raise UserError(f"vuser-dma: {name}={v} is not in {lo}..{hi}")
     return v
+
+
+@dataclass(frozen=True, slots=True)
+class DmaCompletion:
+    """One descriptor that ended, as completion observers see it.
+
+    The fields are the completion record's (docs/vuser-dma.md) plus where the
+    descriptor came from. ``halted`` is set when the descriptor ended by
+    halting its queue: COMPLETION_FAULT (it ran, with ``status``, but its
+    record could not be written and HEAD stays on it) or INTERNAL (a vuser
+    bug stopped it; ``status`` is NONE).
+    """
+
+    label: int                    # the device label (stream id)
+    queue: int
+    index: int                    # ring slot (HEAD when it was fetched)
+    opcode: int                   # the descriptor's opcode byte (maybe unknown: INVALID_DESC)
+    pasid: int | None             # the PASID it ran with; None: untagged
+    status: CompletionStatus
+    result: int                   # COMPARE: 0 equal, 1 different
+    bytes_done: int
+    fault_addr: int | None        # PAGE_FAULT only: the faulting address
+    fault_info: int               # FaultInfo bits (write, stage 2)
+    src: int
+    dst: int
+    length: int
+    time: float                   # time.monotonic() when it ended
+    halted: QueueError | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A msgpack-friendly form: codes as ints, with their names beside them."""
+        op = self.opcode
+        return {
+            "label": self.label, "queue": self.queue, "index": self.index,
+            "opcode": op, "opcode_name": Opcode(op).name if op in _OPCODE_VALUES else None,
+            "pasid": self.pasid, "status": int(self.status), "status_name": self.status.name,
+            "result": self.result, "bytes_done": self.bytes_done, "fault_addr": self.fault_addr,
+            "fault_info": self.fault_info, "src": self.src, "dst": self.dst,
+            "length": self.length, "time": self.time,
+            "halted": self.halted.name if self.halted is not None else None,
+        }
+
+
+CompletionObserver = Callable[[DmaCompletion], None]
+_OPCODE_VALUES = frozenset(int(o) for o in Opcode)
 
 
 class _Queue:
@@ -156,6 +208,10 @@ class VuserDma(PciDevice):
         self.ctrl = 0
         self.int_status = 0
         self._progress: list[asyncio.Future[None]] = []
+        self._completion_observers: list[CompletionObserver] = []
+        self._failed_observers: list[CompletionObserver] = []   # failure already logged
+        #: Exceptions completion observers raised (logged, then swallowed).
+        self.observer_errors = 0
         self.regs = RegisterFile(BAR0_SIZE, self._registers())
         self.add_bar(0, Bar.mem32(BAR0_SIZE), self.regs)
         self.config.add_write_hook(self.ats_cap.field_offset("ctl"), 2, self._caps_written)
@@ -285,11 +341,14 @@ class VuserDma(PciDevice):
         cur, q.current = q.current, None
         if cur is not None and abort:
             d, pasid = cur
+            out = Outcome(CompletionStatus.ABORTED)
             if d.flags & DescFlags.COMPLETION:
                 v = self.engine.translate(self._completion_space(d, pasid), d.completion, 32, 2)
                 if v.__class__ is not Fault:
-                    scatter(v, Outcome(CompletionStatus.ABORTED).record())  # type: ignore[arg-type]
+                    scatter(v, out.record())  # type: ignore[arg-type]
+            index = q.head
             self._retire(q)
+            self._completed(q, index, d, pasid, out)
         self._notify_progress()
 
     def _retire(self, q: _Queue) -> None:
@@ -307,8 +366,11 @@ class VuserDma(PciDevice):
             raise
         except Exception:
             log.exception("vuser-dma %#x: queue %d failed", self.label, q.index)
-            q.current = None
+            cur, q.current = q.current, None
             self._halt(q, QueueError.INTERNAL)
+            if cur is not None:
+                self._completed(q, q.head, cur[0], cur[1], Outcome(CompletionStatus.NONE),
+                                QueueError.INTERNAL)
         finally:
             if q.task is asyncio.current_task():
                 q.task = None
@@ -341,9 +403,12 @@ class VuserDma(PciDevice):
             if f is not None:
                 q.current = None
                 self._halt(q, QueueError.COMPLETION_FAULT)
+                self._completed(q, q.head, d, pasid, out, QueueError.COMPLETION_FAULT)
                 return False
         q.current = None
+        index = q.head
         self._retire(q)
+        self._completed(q, index, d, pasid, out)
         if d.flags & _F_IRQ:
             self.int_status |= 1 << q.index
             if QCtrl.IRQ_ENABLE.get(q.ctrl):
@@ -361,6 +426,47 @@ class VuserDma(PciDevice):
                 and not d.pasid & ~(DescPasid.VALID.mask | DescPasid.PASID.mask):
             return DescPasid.PASID.get(d.pasid)
         return None
+
+    # -- completion observers -------------------------------------------------------
+
+    def add_completion_observer(self, cb: CompletionObserver) -> None:
+        """Call ``cb(DmaCompletion)`` once for every descriptor that ends from now on.
+
+        Synchronous, from the queue's worker; an exception in ``cb`` is logged
+        (the first one of each observer with its traceback) and counted in
+        ``observer_errors``, and the descriptor and queue go on.
+        """
+        if cb not in self._completion_observers:
+            self._completion_observers.append(cb)
+
+    def remove_completion_observer(self, cb: CompletionObserver) -> None:
+        """Stop calling ``cb`` (nothing happens if it was not added)."""
+        if cb in self._completion_observers:
+            self._completion_observers.remove(cb)
+        if cb in self._failed_observers:
+            self._failed_observers.remove(cb)
+
+    def _completed(self, q: _Queue, index: int, d: Descriptor, pasid: int | None,
+                   out: Outcome, halted: QueueError | None = None) -> None:
+        """Tell the completion observers that descriptor ``index`` of ``q`` ended."""
+        if not self._completion_observers:
+            return
+        failed = out.status == CompletionStatus.PAGE_FAULT
+        rec = DmaCompletion(self.label, q.index, index, d.opcode, pasid, out.status, out.result,
+                            out.bytes_done, out.fault_addr if failed else None, out.fault_info,
+                            d.src, d.dst, d.length, time.monotonic(), halted)
+        for cb in list(self._completion_observers):
+            try:
+                cb(rec)
+            except Exception:
+                self.observer_errors += 1
+                if cb in self._failed_observers:
+                    log.debug("vuser-dma %#x: completion observer %r failed again",
+                              self.label, cb)
+                else:
+                    self._failed_observers.append(cb)
+                    log.exception("vuser-dma %#x: completion observer %r failed "
+                                  "(ignored; later failures are counted)", self.label, cb)
 
     # -- DRAIN ------------------------------------------------------------------
 
@@ -405,11 +511,17 @@ class VuserDma(PciDevice):
             self._stop(q, abort=False)
         self.devtlb.flush()
 
+    def close(self) -> None:
+        self._completion_observers.clear()
+        super().close()
+
     def describe(self) -> dict[str, Any]:
         """For the control RPC: queues, device TLB, PRI counters."""
         return {"label": self.label, "enabled": self.enabled, "int_status": self.int_status,
                 "queues": [q.describe() for q in self.queues],
-                "ats": self._ats_enabled(), "engine": self.engine.stats()}
+                "ats": self._ats_enabled(), "engine": self.engine.stats(),
+                "completion_observers": len(self._completion_observers),
+                "observer_errors": self.observer_errors}
 
 
 class _PriPort:

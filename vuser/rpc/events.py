@@ -6,20 +6,35 @@ Topics (notifications ``[2, topic, payload]``):
 - ``page_request``: page requests queued, refused or dropped, and responses
   (the model's page-request observer);
 - ``invalidate``: every IOTLB invalidation (the trace event as a dict);
-- ``dma_completion``: descriptors a device completed (published by device
-  adapters, see ``service``).
+- ``dma_completion``: one per descriptor a DMA device ended (its completion
+  observer, ``VuserDma.add_completion_observer``), a map:
+
+  ``label``, ``queue``, ``index`` (ring slot), ``opcode`` and ``opcode_name``
+  (nil for an unknown opcode), ``pasid`` (nil: untagged), ``status`` and
+  ``status_name`` (1 SUCCESS, 2 PAGE_FAULT, 3 INVALID_DESC, 4 ABORTED; 0 NONE
+  with ``halted`` INTERNAL), ``result``, ``bytes_done``, ``fault_addr`` (nil
+  unless PAGE_FAULT), ``fault_info`` (bit 0 write, bit 1 stage 2), ``src``,
+  ``dst``, ``length``, ``time`` (the server's monotonic clock) and
+  ``halted`` (nil, or the queue error the descriptor halted its queue with:
+  COMPLETION_FAULT, its record not written, or INTERNAL).
+
+A subscriber that stops reading has its notifications dropped and counted,
+then gets ``[2, "lost", {"count": N}]`` (``server``).
 
 The hub owns the model's single trace hook: it installs it only while a
 trace records or someone listens to ``invalidate`` (a trace hook costs every
 translation), and hands each event to the recorder and to the subscribers.
-It also keeps the last ``RECENT`` faults for ``vuser ctl faults``.
+Likewise it observes the devices' completions only while someone listens to
+``dma_completion``; the devices it asks are those ``devices()`` lists at
+each subscribe call. It also keeps the last ``RECENT`` faults for ``vuser
+ctl faults``.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from vuser.iommu import Fault, IoasidContext, TraceEvent
@@ -35,8 +50,12 @@ class Subscriber(Protocol):
 class Hub:
     """Per-server event fan-out and the trace-hook owner."""
 
-    def __init__(self, ctx: IoasidContext) -> None:
+    def __init__(self, ctx: IoasidContext,
+                 devices: Callable[[], Iterable[Any]] | None = None) -> None:
         self.ctx = ctx
+        self._devices = devices or (lambda: ())
+        #: Devices whose completion observer is ours (while ``dma_completion`` has listeners).
+        self._completion_sources: list[Any] = []
         self._subs: dict[str, list[Subscriber]] = {t: [] for t in TOPICS}
         self.recent_faults: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.recent_page_requests: deque[dict[str, Any]] = deque(maxlen=RECENT)
@@ -52,6 +71,7 @@ class Hub:
         for subs in self._subs.values():
             subs.clear()
         self._sync_hook()
+        self._sync_completions()
 
     # -- subscriptions -----------------------------------------------------------
     def subscribe(self, sub: Subscriber, topics: list[str]) -> list[str]:
@@ -59,6 +79,7 @@ class Hub:
             if sub not in self._subs[t]:
                 self._subs[t].append(sub)
         self._sync_hook()
+        self._sync_completions()
         return self.topics_of(sub)
 
     def unsubscribe(self, sub: Subscriber, topics: list[str] | None = None) -> list[str]:
@@ -66,6 +87,7 @@ class Hub:
             if sub in self._subs[t]:
                 self._subs[t].remove(sub)
         self._sync_hook()
+        self._sync_completions()
         return self.topics_of(sub)
 
     def topics_of(self, sub: Subscriber) -> list[str]:
@@ -95,6 +117,25 @@ class Hub:
             self._recorder(ev)
         if ev.kind == "invalidate":
             self.publish("invalidate", ev.to_dict())
+
+    # -- DMA completions -----------------------------------------------------------
+    def _sync_completions(self) -> None:
+        """Observe every device's completions while someone listens, none otherwise."""
+        if self._subs["dma_completion"]:
+            for dev in self._devices():
+                add = getattr(dev, "add_completion_observer", None)
+                if add is None or any(d is dev for d in self._completion_sources):
+                    continue
+                add(self._on_completion)
+                self._completion_sources.append(dev)
+        else:
+            for dev in self._completion_sources:
+                dev.remove_completion_observer(self._on_completion)
+            self._completion_sources.clear()
+
+    def _on_completion(self, rec: Any) -> None:
+        if self._subs["dma_completion"]:
+            self.publish("dma_completion", rec.to_dict())
 
     # -- observers --------------------------------------------------------------------
     def _on_fault(self, f: Fault) -> None:

@@ -135,6 +135,37 @@ def page_request_line(p: dict[str, Any]) -> str:
                                                if k not in ("event", "time"))
 
 
+_OPERANDS = {"MEMCPY": ("src", "dst"), "FILL": ("dst",), "COMPARE": ("src", "dst")}
+
+
+def completion_line(c: dict[str, Any]) -> str:
+    """One ``dma_completion`` notification (one descriptor)."""
+    op = c.get("opcode_name") or f"opcode {hx(c.get('opcode'))}"
+    addrs = " ".join(f"{k} {hx(c.get(k))}" for k in _OPERANDS.get(op, ()))
+    out = (f"label {hx(c.get('label'))} q{c.get('queue')}[{c.get('index')}] "
+           f"pasid {pasid_str(c.get('pasid'))} {op}"
+           + (f" {addrs} len {hx(c.get('length'))}" if addrs else "")
+           + f": {c.get('status_name')}")
+    if c.get("status_name") == "PAGE_FAULT":
+        info = c.get("fault_info") or 0
+        out += (f" at {hx(c.get('fault_addr'))} ({'stage 2' if info & 2 else 'stage 1'}"
+                f"{', write' if info & 1 else ''}) after {hx(c.get('bytes_done'))} bytes")
+    elif op == "COMPARE" and c.get("status_name") == "SUCCESS":
+        out += (" equal" if not c.get("result") else
+                f" different at {hx(c.get('bytes_done'))}")
+    if c.get("halted"):
+        out += f"; queue halted: {c['halted']}"
+    return out
+
+
+def dma_queues(qs: list[dict[str, Any]]) -> str:
+    rows = [[hx(q["label"]), q["queue"], hx(q["ring"]), q["size"], q["head"], q["tail"],
+             q["completed"], q["enabled"], q["busy"], q["halted"], q["error"] or "-"]
+            for q in qs]
+    return table(["LABEL", "QUEUE", "RING", "SIZE", "HEAD", "TAIL", "COMPLETED", "ENABLED",
+                  "BUSY", "HALTED", "ERROR"], rows, empty="(no DMA queues)")
+
+
 def faults(f: dict[str, Any]) -> str:
     rows = [[f"{r['time']:.3f}", hx(r.get("label")), pasid_str(r.get("pasid")), hx(r.get("iova")),
              hx(r.get("addr")), stage_name(r["stage"]), reason_name(r["reason"]), r.get("access")]

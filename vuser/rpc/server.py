@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 
 #: Unsent bytes to one client beyond which its notifications are dropped.
 HIGH_WATER = 8 << 20
-#: Seconds between looks at the devices' completion counters (``dma_completion``).
-COMPLETION_POLL = 0.02
 
 
 class _Connection(asyncio.Protocol):
@@ -147,7 +145,6 @@ class ControlServer:
         self.limits = limits or Limits()
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[_Connection] = set()
-        self._poller: asyncio.Task[None] | None = None
 
     @property
     def clients(self) -> int:
@@ -170,22 +167,9 @@ class ControlServer:
         except BaseException:
             sock.close()
             raise
-        self._poller = asyncio.get_running_loop().create_task(self._poll_completions())
-
-    async def _poll_completions(self) -> None:
-        """Device queues have no completion hook: watch their counters instead."""
-        while True:
-            await asyncio.sleep(COMPLETION_POLL)
-            try:
-                self.service.poll_completions()
-            except Exception:  # a device's describe() failing must not stop the server
-                log.exception("polling DMA completions failed")
 
     async def close(self) -> None:
         """Stop listening, drop every client, remove the socket file."""
-        if self._poller is not None:
-            self._poller.cancel()
-            self._poller = None
         if self._server is not None:
             self._server.close()
             for c in list(self._conns):

@@ -108,12 +108,11 @@ class Service:
         self.ctx = ctx
         self.registry = registry if registry is not None else ctx.registry
         self.platform = platform
-        self.hub = Hub(ctx)
+        self.hub = Hub(ctx, self._platform_devices)
         self.injector = FaultInjector(ctx)
         self.holes = S2Holes(ctx)
         self.recorder: TraceRecorder | None = None
         self._recorder_owner: Any = None
-        self._completions_seen: dict[tuple[int, int], int] = {}
         self.methods: dict[str, Method] = {}
         self._add_uapi()
         self._add_own()
@@ -270,10 +269,6 @@ class Service:
         bad = [t for t in topics if t not in TOPICS]
         if bad:
             raise RpcError(errno.EINVAL, f"unknown topic(s) {bad!r}; topics: {', '.join(TOPICS)}")
-        if "dma_completion" in topics and not self.hub.listening("dma_completion"):
-            # The baseline: completions from now on are news.
-            self._completions_seen = {k: q["completed"]
-                                      for k, q in self._completion_counts().items()}
         return self.hub.subscribe(conn, topics)
 
     @rpc("events", conn=True)
@@ -433,38 +428,14 @@ class Service:
                 return d
         raise RpcError(errno.ENOENT, f"no device model with label {label!r}")
 
-    # -- DMA completions: polled from the devices' queue counters -----------------------
-    def _completion_counts(self) -> dict[tuple[int, int], dict[str, Any]]:
-        out: dict[tuple[int, int], dict[str, Any]] = {}
+    @rpc("view")
+    def dma_queues(self) -> list[dict[str, Any]]:
+        """Every DMA queue of every device: ring, HEAD, TAIL, COMPLETED, halted, error."""
+        out: list[dict[str, Any]] = []
         for dev in self._platform_devices():
             label = self._label_of(dev)
             d = dev.describe() if hasattr(dev, "describe") else None
             if label is None or not isinstance(d, dict):
                 continue
-            for q in d.get("queues", ()):
-                out[(label, q["queue"])] = q
-        return out
-
-    def poll_completions(self) -> int:
-        """Publish ``dma_completion`` for every queue whose COMPLETED count moved.
-
-        Returns the number of notifications. The server calls this every
-        ``COMPLETION_POLL`` seconds while someone subscribes to the topic.
-        """
-        if not self.hub.listening("dma_completion"):
-            self._completions_seen = {}
-            return 0
-        now = self._completion_counts()
-        seen = self._completions_seen
-        n = 0
-        for key, q in now.items():
-            before = seen.get(key)
-            if before is not None and q["completed"] != before:
-                delta = (q["completed"] - before) & 0xFFFF_FFFF
-                self.hub.publish("dma_completion", {
-                    "label": key[0], "queue": key[1], "completed": q["completed"],
-                    "new": delta, "head": q["head"], "tail": q["tail"],
-                    "halted": q["halted"], "error": q["error"]})
-                n += 1
-        self._completions_seen = {k: q["completed"] for k, q in now.items()}
-        return n
+            out += [dict(q, label=label) for q in d.get("queues", ())]
+        return sorted(out, key=lambda q: (q["label"], q["queue"]))
