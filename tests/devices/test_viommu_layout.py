@@ -200,3 +200,25 @@ def test_reader_wrapping_pointers_are_access_errors():
     mem = Memory()
     reader = TableReader(mem.read, ((1 << 64) - 4096) | 1 << 10)
     assert reader.context(0xFF00) == TableFault(FaultReason.ROOT_ACCESS)
+
+
+def test_the_viommu_shows_its_label_like_every_vuser_device():
+    """architecture.md §4: the label is in a vendor capability and a VSEC."""
+    from vuser.devices.platform import Platform
+    from vuser.devices.viommu import VIommuDevice
+    from vuser.pci.caps import walk_extended, walk_standard
+
+    platform = Platform()
+    try:
+        dev = VIommuDevice(label=0x10042)
+        dev.join_platform(platform)
+        config = dev.config.read(0, dev.config.size)
+        vendor = [e for e in walk_standard(config) if e.cap_id == 0x09]
+        vsec = [e for e in walk_extended(config) if e.cap_id == 0x0B]
+        assert len(vendor) == 1 and len(vsec) == 1
+        at = vendor[0].offset
+        assert int.from_bytes(config[at + 4:at + 8], "little") == 0x10042
+        assert dev.iommu.label == 0x10042
+    finally:
+        dev.close()
+        platform.close()

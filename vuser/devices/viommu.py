@@ -40,7 +40,8 @@ from vuser.errors import UserError
 from vuser.iommu import Fault, FaultReason as ModelReason, IommufdError, Stage
 from vuser.iommu.uapi import FaultFlags, FaultRecord
 from vuser.pci.bar import Bar
-from vuser.pci.caps_std import PciExpress, PowerManagement
+from vuser.pci.caps_ext import Vsec
+from vuser.pci.caps_std import PciExpress, PowerManagement, VendorSpecific
 from vuser.protocol.backend import DmaError
 
 from .base import PciDevice
@@ -136,7 +137,12 @@ class VIommuDevice(PciDevice):
         kw.setdefault("pasid_width", PASID_BITS)
         kw.setdefault("ats", False)
         kw.setdefault("pri", False)
-        return super().join_platform(platform, **kw)
+        idev = super().join_platform(platform, **kw)
+        # Every vuser device shows its label (architecture.md §4); this one's
+        # is known only now.
+        self.add_capability(VendorSpecific(idev.label))
+        self.add_capability(Vsec(idev.label))
+        return idev
 
     # -- the VM and the model ---------------------------------------------------------
     @property
