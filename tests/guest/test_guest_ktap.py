@@ -122,3 +122,24 @@ def test_empty_and_lines_input():
     assert parse("").results == [] and parse("").version is None
     doc = parse(iter(["TAP version 14", "1..1", "ok 1"]))
     assert doc.version == 14 and doc.results[0].name == "" and doc.results[0].number == 1
+
+
+def test_diagnostics_between_cases_and_the_programs_result_keep_one_program():
+    """/init prints the kernel log's tail (``# dmesg:``) after a failed
+    program's cases and before its result line: still one program."""
+    doc = parse(textwrap.dedent("""\
+        KTAP version 1
+        1..1
+            KTAP version 1
+            # Subtest: interrupts
+            1..2
+            ok 1 module_loads
+            not ok 2 vector_per_queue
+        # dmesg: [    4.16] vuser_dma: loading out-of-tree module taints kernel.
+        # dmesg: [    4.59] vuser_dma 0000:01:00.0: error interrupt
+        not ok 1 interrupts # exit status 1
+        """))
+    [prog] = doc.results
+    assert prog.name == "interrupts" and prog.complete and prog.status is Status.FAIL
+    assert [c.name for c in prog.subtests] == ["module_loads", "vector_per_queue"]
+    assert any("error interrupt" in d for d in prog.diagnostics)

@@ -118,10 +118,8 @@ class ProgramResult:
 
 
 def _results(console: str) -> list[ProgramResult]:
-    """The programs a guest's console reports, in order. A program whose
-    cases and result line were split (the guest's /init prints kernel
-    messages between them after a failure) is one program; a program the
-    top-level plan announced but never reported is ``missing``."""
+    """The programs a guest's console reports, in order, one per name; a
+    program the top-level plan announced but never reported is ``missing``."""
     from vuser.guest import ktap
 
     doc = ktap.parse(console)

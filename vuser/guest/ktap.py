@@ -160,9 +160,13 @@ def parse(text: str | Iterable[str]) -> KtapDocument:
         if not (version or plan or diag or _BAIL.match(body)):
             garbage(line)
             continue
-        # A KTAP line at a shallower level than open subtests without their
-        # parent's result line: those ended early (a program died).
-        _close_deeper(blocks, d + 1, unfinished=True)
+        # A version, plan or bail-out line at a shallower level than open
+        # subtests without their parent's result line: those ended early (a
+        # program died). A diagnostic there does not end them (KTAP allows
+        # diagnostics anywhere: /init prints the kernel log's tail between a
+        # failed program's cases and its result line).
+        if not diag:
+            _close_deeper(blocks, d + 1, unfinished=True)
         block = blocks[d]
         if version:
             if d > 0 and not block.empty():
