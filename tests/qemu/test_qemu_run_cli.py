@@ -216,6 +216,36 @@ def test_kvm_probe_without_dev_kvm(qemu_bin, monkeypatch, tmp_path):
     assert not st.usable and st.reason == f"{tmp_path / 'kvm'} does not exist"
 
 
+@pytest.mark.parametrize("linux, usable, says", [
+    (None, True, "no guest image to try a Linux guest"),
+    ({"exit_status": 0}, True, "the Linux guest passed its tests"),
+    ({"exit_status": None, "timed_out": True, "error": "timed out"}, False,
+     "the Linux guest hung (no exit within 20 s)"),
+    ({"exit_status": 1, "error": None}, False, "the Linux guest failed: exit status 1"),
+])
+def test_kvm_probe_needs_the_linux_guest_too(qemu_bin, monkeypatch, tmp_path, linux, usable, says):
+    """The mini-guest running is not enough (it runs here while Linux hangs):
+    with an image, KVM is usable only if the Linux guest's test passes."""
+    from vuser.qemu.launcher import GuestResult
+
+    dev = tmp_path / "kvm"
+    dev.touch()
+    monkeypatch.setattr(kvm, "KVM_DEV", dev)
+    calls = []
+
+    def fake_launch(image, devices, timeout, **kw):
+        calls.append((image, kw.get("kernel_args", ())))
+        if len(calls) == 1:
+            return GuestResult(kvm.PROBE_VALUE, "", duration_s=0.1)
+        return GuestResult(console="", duration_s=1.0, **linux)
+
+    monkeypatch.setattr(kvm, "launch", fake_launch)
+    st = kvm.probe_kvm(qemu_bin, linux=None if linux is None else "IMAGE")
+    assert st.usable is usable and says in st.reason
+    if linux is not None:
+        assert calls[1] == ("IMAGE", ("vuser.tests=environment",))
+
+
 def test_provision_when_cached_is_quiet(image_ready):
     p = run_vuser("provision", "--quiet", timeout=120)
     assert p.returncode == 0, p.stderr

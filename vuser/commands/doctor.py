@@ -8,7 +8,8 @@ HELP = "check QEMU, KVM, the guest image and the guest tests"
 DESCRIPTION = """\
 Report, without downloading or building anything:
   - QEMU: version, path and source (env, system, provisioned), or why none fits;
-  - KVM: whether a KVM guest actually runs here (a short probe), else TCG;
+  - KVM: whether a KVM guest actually runs here (a mini-guest, then the
+    Linux guest image if it is built), else TCG;
   - the guest image and the guest tests: built for the current sources or not.
 Exit status 0 when `vuser run` can boot a guest without provisioning, else 1.
 """
@@ -17,6 +18,18 @@ Exit status 0 when `vuser run` can boot a guest without provisioning, else 1.
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-kvm-probe", action="store_true",
                         help="only check /dev/kvm, do not boot a probe guest")
+
+
+def _cached_image(st: dict | None):
+    """The built guest image (from the cache, nothing built), or None."""
+    if not st or not st.get("image"):
+        return None
+    from vuser.errors import UserError
+    from vuser.guest.image import build_image
+    try:
+        return build_image(progress=False)
+    except UserError:
+        return None
 
 
 def _line(ok: bool | None, what: str, text: str) -> str:
@@ -48,6 +61,26 @@ def run(args: argparse.Namespace) -> int:
                                            "unpacks Debian's into the cache"))
             healthy = False
 
+    st = None
+    try:
+        from vuser.guest.image import status
+        st = status()
+    except (ImportError, UserError) as e:
+        out.print(_line(False, "guest image", escape(f"cannot check: {e}")))
+        healthy = False
+    if st is not None:
+        if st["image"]:
+            out.print(_line(True, "guest image", escape(f"kernel {st['kernel']}, {st['path']}")))
+        else:
+            out.print(_line(False, "guest image", escape((st.get("problem") or "not built")
+                                                         + "; `vuser provision --image` builds it")))
+            healthy = False
+        if st["tests_built"]:
+            tests = ", ".join(f"{n} ({c} cases)" for n, c in sorted(st["tests"].items())) or "none"
+            out.print(_line(True, "guest tests", escape(tests)))
+        else:
+            out.print(_line(False, "guest tests", "not built; `vuser provision --image` builds them"))
+            healthy = False
     if qemu is None:
         out.print(_line(None, "KVM", "not probed (no QEMU)"))
     elif args.no_kvm_probe:
@@ -58,26 +91,8 @@ def run(args: argparse.Namespace) -> int:
                                      "(not probed); guests use TCG unless --accel kvm"))
     else:
         from vuser.qemu.kvm import probe_kvm
-        kvm = probe_kvm(qemu)
+        kvm = probe_kvm(qemu, linux=_cached_image(st))
         note = "; `vuser run --accel kvm` may be used" if kvm.usable else "; guests use TCG"
         out.print(_line(kvm.usable, "KVM", escape(kvm.reason + note)))
 
-    try:
-        from vuser.guest.image import status
-        st = status()
-    except (ImportError, UserError) as e:
-        out.print(_line(False, "guest image", escape(f"cannot check: {e}")))
-        return 1
-    if st["image"]:
-        out.print(_line(True, "guest image", escape(f"kernel {st['kernel']}, {st['path']}")))
-    else:
-        out.print(_line(False, "guest image", escape((st.get("problem") or "not built")
-                                                     + "; `vuser provision --image` builds it")))
-        healthy = False
-    if st["tests_built"]:
-        tests = ", ".join(f"{n} ({c} cases)" for n, c in sorted(st["tests"].items())) or "none"
-        out.print(_line(True, "guest tests", escape(tests)))
-    else:
-        out.print(_line(False, "guest tests", "not built; `vuser provision --image` builds them"))
-        healthy = False
     return 0 if healthy else 1
