@@ -116,6 +116,11 @@ async def test_every_method_round_trips(harness: Harness, server: ControlServer,
     fq = await call("fault_queue_alloc", 4)
     assert ctx.object_info(fq)["depth"] == 4
     assert await call("iotlb_invalidate", dev, PASID) >= 1
+    assert await call("iotlb_invalidate", dev, PASID, devtlb=False) >= 0
+    heard = []
+    h.dev.devtlb_invalidate = lambda pasid, addr, npages: heard.append((pasid, addr, npages))
+    assert await call("devtlb_invalidate", dev, PASID, 0x3000, 2) is None
+    assert heard == [(PASID, 0x3000, 2)]
     assert await call("iotlb_set_capacity", 128) is None
     stats = await call("stats")
     assert stats["iotlb_capacity"] == 128 and stats["translations"] >= 4

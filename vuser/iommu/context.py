@@ -54,7 +54,7 @@ class IoasidContext(IoasCommands, HwptCommands, DeviceCommands, FaultCommands,
         "device_bind", "device_attach", "device_replace", "device_detach", "device_unbind",
         "device_lookup", "device_pasid_map", "device_ppasid", "device_info",
         "translate", "read", "write", "ats_translate", "page_request",
-        "iotlb_invalidate", "iotlb_set_capacity", "stats", "stats_reset",
+        "iotlb_invalidate", "devtlb_invalidate", "iotlb_set_capacity", "stats", "stats_reset",
     )
 
     def __init__(self, registry: IommuRegistry, *, iotlb_capacity: int = DEFAULT_IOTLB_CAPACITY,
