@@ -26,24 +26,9 @@ static struct vt_nested env;
 static struct vt_space s1, s2, s3, s5;
 static struct vt_dmabuf data, big1, big2;
 
-/* The k-th 4 KiB page of the data hugepage: address and pointer. */
-static uint64_t page_pa(unsigned k)
-{
-	return data.pa + (uint64_t)k * PG;
-}
-
-static uint8_t *page_va(unsigned k)
-{
-	return data.va + (size_t)k * PG;
-}
-
-static long first_not(const uint8_t *p, size_t n, uint8_t v)
-{
-	for (size_t i = 0; i < n; i++)
-		if (p[i] != v)
-			return (long)i;
-	return -1;
-}
+/* The k-th 4 KiB page of the data hugepage. */
+#define page_pa(k) vt_dmabuf_page_pa(&data, (k))
+#define page_va(k) vt_dmabuf_page_va(&data, (k))
 
 static int check_status(int st, volatile struct vdma_completion *c, const char *what)
 {
@@ -95,7 +80,7 @@ static enum vt_result rid_pass_through(void)
 	vdma_desc_fill(&d, VDMA_NO_PASID, page_pa(0) + 0x100, 0x200, 0x5a5a5a5a5a5a5a5aull, 0);
 	st = vt_nested_run_gpa(&env, &d, &c);
 	VT_CHECK(!check_status(st, c, "untagged fill with translation on"), "failed");
-	VT_CHECK(first_not(page_va(0) + 0x100, 0x200, 0x5a) < 0 && first_not(page_va(0), 0x100, 0) < 0,
+	VT_CHECK(vt_first_not(page_va(0) + 0x100, 0x200, 0x5a) < 0 && vt_first_not(page_va(0), 0x100, 0) < 0,
 		 "the untagged fill did not land at its GPA");
 	return VT_PASS;
 }
@@ -124,11 +109,11 @@ static enum vt_result two_pasids_two_tables(void)
 	if (st != VDMA_COMPLETION_STATUS_SUCCESS)
 		dump_faults();
 	VT_CHECK(!check_status(st, s2.comp, "PASID 2 fill"), "failed");
-	VT_CHECK(first_not(page_va(1), PG, 0x11) < 0, "PASID 1's page holds %#x at +%ld",
-		 page_va(1)[first_not(page_va(1), PG, 0x11)], first_not(page_va(1), PG, 0x11));
-	VT_CHECK(first_not(page_va(2), PG, 0x22) < 0, "PASID 2's page holds %#x at +%ld",
-		 page_va(2)[first_not(page_va(2), PG, 0x22)], first_not(page_va(2), PG, 0x22));
-	VT_CHECK(first_not(page_va(3), PG, 0) < 0, "a neighbouring page was written");
+	VT_CHECK(vt_first_not(page_va(1), PG, 0x11) < 0, "PASID 1's page holds %#x at +%ld",
+		 page_va(1)[vt_first_not(page_va(1), PG, 0x11)], vt_first_not(page_va(1), PG, 0x11));
+	VT_CHECK(vt_first_not(page_va(2), PG, 0x22) < 0, "PASID 2's page holds %#x at +%ld",
+		 page_va(2)[vt_first_not(page_va(2), PG, 0x22)], vt_first_not(page_va(2), PG, 0x22));
+	VT_CHECK(vt_first_not(page_va(3), PG, 0) < 0, "a neighbouring page was written");
 	return VT_PASS;
 }
 
@@ -163,11 +148,11 @@ static enum vt_result scattered_memcpy(void)
 		memcpy(got + i * PG, page_va(8 + 2 * i), PG);
 	VT_CHECK(!memcmp(got + 0x80, expect + off, len), "the destination pages do not hold the "
 		 "source in IOVA order");
-	VT_CHECK(first_not(got, 0x80, 0xee) < 0 && first_not(got + 0x80 + len, 4 * PG - 0x80 - len,
+	VT_CHECK(vt_first_not(got, 0x80, 0xee) < 0 && vt_first_not(got + 0x80 + len, 4 * PG - 0x80 - len,
 							       0xee) < 0,
 		 "memcpy wrote outside its IOVA range");
 	for (unsigned i = 0; i < 4; i++)
-		VT_CHECK(first_not(page_va(9 + 2 * i), PG, 0xdd) < 0, "unmapped page %u written",
+		VT_CHECK(vt_first_not(page_va(9 + 2 * i), PG, 0xdd) < 0, "unmapped page %u written",
 			 9 + 2 * i);
 	return VT_PASS;
 }
@@ -196,10 +181,10 @@ static enum vt_result pages_2m(void)
 	if (st != VDMA_COMPLETION_STATUS_SUCCESS)
 		dump_faults();
 	VT_CHECK(!check_status(st, s3.comp, "fill across a 2 MiB page"), "failed");
-	VT_CHECK(first_not(big1.va + VT_HUGEPAGE_SIZE - 0x800, 0x800, 0x33) < 0 &&
-			 first_not(big1.va, VT_HUGEPAGE_SIZE - 0x800, 0) < 0,
+	VT_CHECK(vt_first_not(big1.va + VT_HUGEPAGE_SIZE - 0x800, 0x800, 0x33) < 0 &&
+			 vt_first_not(big1.va, VT_HUGEPAGE_SIZE - 0x800, 0) < 0,
 		 "the 2 MiB page is not as expected");
-	VT_CHECK(first_not(page_va(20), 0x800, 0x33) < 0 && first_not(page_va(20) + 0x800, 0x800, 0) < 0,
+	VT_CHECK(vt_first_not(page_va(20), 0x800, 0x33) < 0 && vt_first_not(page_va(20) + 0x800, 0x800, 0) < 0,
 		 "the 4 KiB page after it is not as expected");
 	/* A copy inside the 2 MiB page, far from its start. */
 	for (unsigned b = 0; b < 0x3000; b++)
@@ -236,12 +221,12 @@ static enum vt_result five_level(void)
 	if (st != VDMA_COMPLETION_STATUS_SUCCESS)
 		dump_faults();
 	VT_CHECK(!check_status(st, s5.comp, "fill at 2^48 + 0x10"), "failed");
-	VT_CHECK(first_not(page_va(30) + 0x10, 0x20, 0x55) < 0 && first_not(page_va(30), 0x10, 0) < 0,
+	VT_CHECK(vt_first_not(page_va(30) + 0x10, 0x20, 0x55) < 0 && vt_first_not(page_va(30), 0x10, 0) < 0,
 		 "the page above 2^48 is not as expected");
 	vdma_desc_memcpy(&d, 0, IOVA_HIGH + 0x10, IOVA_HIGH + (1ull << 40) + 0x1fffe0, 0x20, 0);
 	st = vt_space_run(&s5, &d);
 	VT_CHECK(!check_status(st, s5.comp, "memcpy between 5-level mappings"), "failed");
-	VT_CHECK(first_not(big2.va + 0x1fffe0, 0x20, 0x55) < 0, "the 2 MiB page was not written");
+	VT_CHECK(vt_first_not(big2.va + 0x1fffe0, 0x20, 0x55) < 0, "the 2 MiB page was not written");
 	return VT_PASS;
 }
 
@@ -291,11 +276,11 @@ static enum vt_result no_pasid_at_the_same_time(void)
 		VT_CHECK(!check_status(st, &gpa_recs[i], "untagged fill"), "untagged descriptor %u", i);
 		st = vdma_wait(&env.dma, 1, &gpa_recs[N + i], 20000);
 		VT_CHECK(!check_status(st, &gpa_recs[N + i], "queue 1 fill"), "queue 1 descriptor %u", i);
-		VT_CHECK(first_not(page + (i / 2) * 64, 64, (uint8_t)(i + 1)) < 0,
+		VT_CHECK(vt_first_not(page + (i / 2) * 64, 64, (uint8_t)(i + 1)) < 0,
 			 "PASID %u's fill %u did not reach its page", s->pasid, i);
 		VT_CHECK(page_va(40)[i * 64] == (uint8_t)(0x80 + i), "untagged fill %u: %#x", i,
 			 page_va(40)[i * 64]);
-		VT_CHECK(first_not(page_va(42) + i * 64, 64, 0x42) < 0, "queue 1 fill %u", i);
+		VT_CHECK(vt_first_not(page_va(42) + i * 64, 64, 0x42) < 0, "queue 1 fill %u", i);
 	}
 	return VT_PASS;
 }

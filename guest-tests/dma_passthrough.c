@@ -35,14 +35,6 @@ static void fill_random(uint8_t *p, size_t n, unsigned seed)
 }
 
 /* The first byte of [p, p+n) that is not v, or -1. */
-static long first_not(const uint8_t *p, size_t n, uint8_t v)
-{
-	for (size_t i = 0; i < n; i++)
-		if (p[i] != v)
-			return (long)i;
-	return -1;
-}
-
 static int run(struct vdma_desc *d)
 {
 	int st = vdma_run(&dev, 0, d, comp);
@@ -130,8 +122,8 @@ static enum vt_result memcpy_sizes(void)
 			 "memcpy %u bytes: bytes_done %llu", len, (unsigned long long)comp->bytes_done);
 		VT_CHECK(!memcmp(s, t, len), "memcpy %u bytes (src +%#x, dst +%#x): data differs",
 			 len, cases[i].src_off, cases[i].dst_off);
-		VT_CHECK(first_not(dst.va, cases[i].dst_off, CANARY) < 0 &&
-				 first_not(t + len, dst.len - cases[i].dst_off - len, CANARY) < 0,
+		VT_CHECK(vt_first_not(dst.va, cases[i].dst_off, CANARY) < 0 &&
+				 vt_first_not(t + len, dst.len - cases[i].dst_off - len, CANARY) < 0,
 			 "memcpy %u bytes wrote outside its destination", len);
 	}
 	ktap_diag("%zu sizes from 1 byte to 1 MiB", sizeof(cases) / sizeof(cases[0]));
@@ -160,8 +152,8 @@ static enum vt_result fill_sizes(void)
 			VT_CHECK(dst.va[off + b] == want, "fill %u bytes at +%#x: byte %u is %#x, want %#x",
 				 len, off, b, dst.va[off + b], want);
 		}
-		VT_CHECK(first_not(dst.va, off, CANARY) < 0 &&
-				 first_not(dst.va + off + len, dst.len - off - len, CANARY) < 0,
+		VT_CHECK(vt_first_not(dst.va, off, CANARY) < 0 &&
+				 vt_first_not(dst.va + off + len, dst.len - off - len, CANARY) < 0,
 			 "fill %u bytes wrote outside its destination", len);
 	}
 	return VT_PASS;
@@ -242,7 +234,7 @@ static enum vt_result invalid_descriptor(void)
 	d.length = 64;
 	st = run(&d);
 	VT_CHECK(st == VDMA_COMPLETION_STATUS_INVALID_DESC, "unknown opcode: status %d", st);
-	VT_CHECK(first_not(dst.va, 4096, CANARY) < 0, "an invalid descriptor wrote memory");
+	VT_CHECK(vt_first_not(dst.va, 4096, CANARY) < 0, "an invalid descriptor wrote memory");
 	vdma_desc_nop(&d, VDMA_NO_PASID, comp_pa);
 	VT_CHECK(run(&d) == VDMA_COMPLETION_STATUS_SUCCESS, "the queue does not work afterwards");
 	return VT_PASS;

@@ -17,23 +17,9 @@ static struct vt_nested env;
 static struct vt_space s1, s2;
 static struct vt_dmabuf data;
 
-static uint64_t page_pa(unsigned k)
-{
-	return data.pa + (uint64_t)k * PG;
-}
-
-static uint8_t *page_va(unsigned k)
-{
-	return data.va + (size_t)k * PG;
-}
-
-static long first_not(const uint8_t *p, size_t n, uint8_t v)
-{
-	for (size_t i = 0; i < n; i++)
-		if (p[i] != v)
-			return (long)i;
-	return -1;
-}
+/* The k-th 4 KiB page of the data hugepage. */
+#define page_pa(k) vt_dmabuf_page_pa(&data, (k))
+#define page_va(k) vt_dmabuf_page_va(&data, (k))
 
 /* Fill `len` bytes at iova in space s with byte v; 0 on SUCCESS. */
 static int fill(struct vt_space *s, uint64_t iova, uint64_t len, uint8_t v)
@@ -81,19 +67,19 @@ static enum vt_result iotlb_page_selective(void)
 	VT_CALL(vt_space_map(&s1, X, page_pa(0), PG, VTD_PROT_READ | VTD_PROT_WRITE, VTD_PAGE_4K),
 		"map X -> page 0");
 	VT_CHECK(!fill(&s1, X, PG, 0x11), "first fill");
-	VT_CHECK(first_not(page_va(0), PG, 0x11) < 0, "page 0 not filled");
+	VT_CHECK(vt_first_not(page_va(0), PG, 0x11) < 0, "page 0 not filled");
 
 	VT_CALL(vtd_pgtable_remap(&s1.pt, X, page_pa(1)), "re-point X -> page 1");
 	VT_CHECK(!fill(&s1, X, PG, 0x22), "fill after the PTE change");
-	VT_CHECK(first_not(page_va(0), PG, 0x22) < 0 && first_not(page_va(1), PG, 0) < 0,
+	VT_CHECK(vt_first_not(page_va(0), PG, 0x22) < 0 && vt_first_not(page_va(1), PG, 0) < 0,
 		 "the PTE change took effect without an invalidation (page 0 %#x, page 1 %#x)",
 		 page_va(0)[0], page_va(1)[0]);
 
 	VT_CALL(vtd_inv_piotlb_pages(&env.iommu, s1.did, s1.pasid, X, 0, 0), "PASID-IOTLB (page)");
 	VT_CALL(vtd_qi_wait(&env.iommu), "wait descriptor");
 	VT_CHECK(!fill(&s1, X, PG, 0x33), "fill after the invalidation");
-	VT_CHECK(first_not(page_va(1), PG, 0x33) < 0, "page 1 not written after the invalidation");
-	VT_CHECK(first_not(page_va(0), PG, 0x22) < 0, "page 0 written after the invalidation");
+	VT_CHECK(vt_first_not(page_va(1), PG, 0x33) < 0, "page 1 not written after the invalidation");
+	VT_CHECK(vt_first_not(page_va(0), PG, 0x22) < 0, "page 0 written after the invalidation");
 	return VT_PASS;
 }
 
@@ -108,13 +94,13 @@ static enum vt_result iotlb_whole_pasid(void)
 	VT_CALL(vtd_pgtable_remap(&s1.pt, X + 0x100000, page_pa(4)), "re-point page 0");
 	VT_CALL(vtd_pgtable_remap(&s1.pt, X + 0x101000, page_pa(5)), "re-point page 1");
 	VT_CHECK(!fill(&s1, X + 0x100000, 2 * PG, 0x55), "fill after the PTE changes");
-	VT_CHECK(first_not(page_va(2), 2 * PG, 0x55) < 0 && first_not(page_va(4), 2 * PG, 0) < 0,
+	VT_CHECK(vt_first_not(page_va(2), 2 * PG, 0x55) < 0 && vt_first_not(page_va(4), 2 * PG, 0) < 0,
 		 "a PTE change took effect without an invalidation");
 	VT_CALL(vtd_inv_piotlb_pasid(&env.iommu, s1.did, s1.pasid), "PASID-IOTLB (whole PASID)");
 	VT_CALL(vtd_qi_wait(&env.iommu), "wait descriptor");
 	VT_CHECK(!fill(&s1, X + 0x100000, 2 * PG, 0x66), "fill after the invalidation");
-	VT_CHECK(first_not(page_va(4), 2 * PG, 0x66) < 0, "new pages not written");
-	VT_CHECK(first_not(page_va(2), 2 * PG, 0x55) < 0, "old pages written");
+	VT_CHECK(vt_first_not(page_va(4), 2 * PG, 0x66) < 0, "new pages not written");
+	VT_CHECK(vt_first_not(page_va(2), 2 * PG, 0x55) < 0, "old pages written");
 	return VT_PASS;
 }
 
@@ -125,18 +111,18 @@ static enum vt_result invalidation_is_selective(void)
 	memset(page_va(6), 0, 2 * PG);
 	/* X -> page 1, cached again (iotlb_whole_pasid flushed all of PASID 1). */
 	VT_CHECK(!fill(&s1, X, PG, 0x70), "fill to cache X");
-	VT_CHECK(first_not(page_va(1), PG, 0x70) < 0, "X does not lead to page 1");
+	VT_CHECK(vt_first_not(page_va(1), PG, 0x70) < 0, "X does not lead to page 1");
 	VT_CALL(vtd_pgtable_remap(&s1.pt, X, page_pa(6)), "re-point X -> page 6");
 	VT_CALL(vtd_inv_piotlb_pasid(&env.iommu, s2.did, s2.pasid), "invalidate PASID 2");
 	VT_CALL(vtd_inv_piotlb_pages(&env.iommu, 99, s1.pasid, X, 0, 0), "PASID 1 under DID 99");
 	VT_CALL(vtd_qi_wait(&env.iommu), "wait descriptor");
 	VT_CHECK(!fill(&s1, X, PG, 0x77), "fill");
-	VT_CHECK(first_not(page_va(1), PG, 0x77) < 0 && first_not(page_va(6), PG, 0) < 0,
+	VT_CHECK(vt_first_not(page_va(1), PG, 0x77) < 0 && vt_first_not(page_va(6), PG, 0) < 0,
 		 "PASID 1's entry was flushed by another PASID's or DID's invalidation");
 	VT_CALL(vtd_inv_piotlb_pages(&env.iommu, s1.did, s1.pasid, X, 0, 0), "PASID 1, its DID");
 	VT_CALL(vtd_qi_wait(&env.iommu), "wait descriptor");
 	VT_CHECK(!fill(&s1, X, PG, 0x78), "fill after the right invalidation");
-	VT_CHECK(first_not(page_va(6), PG, 0x78) < 0, "page 6 not written");
+	VT_CHECK(vt_first_not(page_va(6), PG, 0x78) < 0, "page 6 not written");
 	return VT_PASS;
 }
 
@@ -151,7 +137,7 @@ static enum vt_result unmap_then_invalidate(void)
 	drain_faults(0);
 	VT_CALL(vtd_pgtable_unmap(&s1.pt, X, PG), "clear the PTE of X");
 	VT_CHECK(!fill(&s1, X, PG, 0x79), "fill through the stale entry");
-	VT_CHECK(first_not(page_va(6), PG, 0x79) < 0, "the stale translation was not used");
+	VT_CHECK(vt_first_not(page_va(6), PG, 0x79) < 0, "the stale translation was not used");
 	VT_CALL(vtd_inv_piotlb_pages(&env.iommu, s1.did, s1.pasid, X, 0, 0), "invalidate X");
 	VT_CALL(vtd_qi_wait(&env.iommu), "wait descriptor");
 	vdma_desc_fill(&d, 0, X + 0x10, 16, 0, 0);
@@ -160,7 +146,7 @@ static enum vt_result unmap_then_invalidate(void)
 		 st, st < 0 ? vt_err() : vdma_status_name(st));
 	VT_CHECK(s1.comp->fault_addr == X + 0x10, "fault_addr %#llx",
 		 (unsigned long long)s1.comp->fault_addr);
-	VT_CHECK(first_not(page_va(6), PG, 0x79) < 0, "page 6 written after the unmap");
+	VT_CHECK(vt_first_not(page_va(6), PG, 0x79) < 0, "page 6 written after the unmap");
 	n = vtd_faults_collect(&env.iommu, f, 8);
 	VT_CHECK(n == 1, "%d fault records, want 1", n);
 	VT_CHECK(f[0].reason == VTD_FAULT_REASON_FS_P && f[0].pasid_present && f[0].pasid == 1 &&
@@ -181,29 +167,29 @@ static enum vt_result device_tlb_with_ats(void)
 	VT_CALL(vt_space_map(&s2, Y, page_pa(10), PG, VTD_PROT_READ | VTD_PROT_WRITE, VTD_PAGE_4K),
 		"map Y -> page 10");
 	VT_CHECK(!fill(&s2, Y, PG, 0x81), "first fill (through ATS)");
-	VT_CHECK(first_not(page_va(10), PG, 0x81) < 0, "page 10 not filled");
+	VT_CHECK(vt_first_not(page_va(10), PG, 0x81) < 0, "page 10 not filled");
 	VT_CALL(vtd_pgtable_remap(&s2.pt, Y, page_pa(11)), "re-point Y -> page 11");
 	VT_CHECK(!fill(&s2, Y, PG, 0x82), "fill after the PTE change");
-	VT_CHECK(first_not(page_va(10), PG, 0x82) < 0 && first_not(page_va(11), PG, 0) < 0,
+	VT_CHECK(vt_first_not(page_va(10), PG, 0x82) < 0 && vt_first_not(page_va(11), PG, 0) < 0,
 		 "the PTE change took effect without an invalidation");
 	/* The device dropping its own TLB is not enough: the IOTLB is still stale. */
 	VT_CALL(vdma_devtlb_flush(&env.dma), "DEVTLB_CTRL flush");
 	VT_CHECK(!fill(&s2, Y, PG, 0x83), "fill after the device's own flush");
-	VT_CHECK(first_not(page_va(10), PG, 0x83) < 0 && first_not(page_va(11), PG, 0) < 0,
+	VT_CHECK(vt_first_not(page_va(10), PG, 0x83) < 0 && vt_first_not(page_va(11), PG, 0) < 0,
 		 "the device's own TLB flush made the vIOMMU re-walk");
 	/* Two caches, two descriptors (VT-d 6.5.2): the PASID-IOTLB invalidation
 	 * alone leaves the device TLB stale... */
 	VT_CALL(vtd_inv_piotlb_pages(&env.iommu, s2.did, s2.pasid, Y, 0, 0), "PASID-IOTLB inv");
 	VT_CALL(vtd_qi_wait(&env.iommu), "wait descriptor");
 	VT_CHECK(!fill(&s2, Y, PG, 0x85), "fill after the PASID-IOTLB invalidation");
-	VT_CHECK(first_not(page_va(10), PG, 0x85) < 0 && first_not(page_va(11), PG, 0) < 0,
+	VT_CHECK(vt_first_not(page_va(10), PG, 0x85) < 0 && vt_first_not(page_va(11), PG, 0) < 0,
 		 "the PASID-IOTLB invalidation flushed the device TLB too");
 	/* ...until the PASID device-TLB invalidation. */
 	VT_CALL(vtd_inv_devtlb(&env.iommu, env.sid, 1, s2.pasid, Y, PG), "PASID device-TLB inv");
 	VT_CALL(vtd_qi_wait(&env.iommu), "wait descriptor");
 	VT_CHECK(!fill(&s2, Y, PG, 0x84), "fill after the device-TLB invalidation");
-	VT_CHECK(first_not(page_va(11), PG, 0x84) < 0, "page 11 not written");
-	VT_CHECK(first_not(page_va(10), PG, 0x85) < 0, "page 10 written after the invalidation");
+	VT_CHECK(vt_first_not(page_va(11), PG, 0x84) < 0, "page 11 not written");
+	VT_CHECK(vt_first_not(page_va(10), PG, 0x85) < 0, "page 10 written after the invalidation");
 	return VT_PASS;
 }
 
@@ -218,15 +204,15 @@ static enum vt_result device_tlb_range(void)
 	VT_CALL(vtd_pgtable_remap(&s2.pt, Y + 0x2000, page_pa(14)), "re-point page 0");
 	VT_CALL(vtd_pgtable_remap(&s2.pt, Y + 0x3000, page_pa(15)), "re-point page 1");
 	VT_CHECK(!fill(&s2, Y + 0x2000, 2 * PG, 0x92), "fill after the PTE changes");
-	VT_CHECK(first_not(page_va(12), 2 * PG, 0x92) < 0, "a PTE change took effect at once");
+	VT_CHECK(vt_first_not(page_va(12), 2 * PG, 0x92) < 0, "a PTE change took effect at once");
 	VT_CALL(vtd_inv_piotlb_pages(&env.iommu, s2.did, s2.pasid, Y + 0x2000, 1, 0),
 		"PASID-IOTLB invalidation of 8 KiB");
 	VT_CALL(vtd_inv_devtlb(&env.iommu, env.sid, 1, s2.pasid, Y + 0x2000, 2 * PG),
 		"device-TLB invalidation of 8 KiB");
 	VT_CALL(vtd_qi_wait(&env.iommu), "wait descriptor");
 	VT_CHECK(!fill(&s2, Y + 0x2000, 2 * PG, 0x93), "fill after the invalidation");
-	VT_CHECK(first_not(page_va(14), 2 * PG, 0x93) < 0, "both new pages written");
-	VT_CHECK(first_not(page_va(12), 2 * PG, 0x92) < 0, "old pages written");
+	VT_CHECK(vt_first_not(page_va(14), 2 * PG, 0x93) < 0, "both new pages written");
+	VT_CHECK(vt_first_not(page_va(12), 2 * PG, 0x92) < 0, "old pages written");
 	return VT_PASS;
 }
 

@@ -25,15 +25,9 @@ static struct vt_dmabuf data;
 static volatile struct vdma_completion *rec;
 static uint64_t rec_pa;
 
-static uint64_t page_pa(unsigned k)
-{
-	return data.pa + (uint64_t)k * PG;
-}
-
-static uint8_t *page_va(unsigned k)
-{
-	return data.va + (size_t)k * PG;
-}
+/* The k-th 4 KiB page of the data hugepage. */
+#define page_pa(k) vt_dmabuf_page_pa(&data, (k))
+#define page_va(k) vt_dmabuf_page_va(&data, (k))
 
 /* The first byte of the data hugepage that is not CANARY, outside [lo, hi). */
 static long canary_broken(size_t lo, size_t hi)

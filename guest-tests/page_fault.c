@@ -20,23 +20,9 @@ static struct vt_nested env;
 static struct vt_space s1;
 static struct vt_dmabuf data;
 
-static uint64_t page_pa(unsigned k)
-{
-	return data.pa + (uint64_t)k * PG;
-}
-
-static uint8_t *page_va(unsigned k)
-{
-	return data.va + (size_t)k * PG;
-}
-
-static long first_not(const uint8_t *p, size_t n, uint8_t v)
-{
-	for (size_t i = 0; i < n; i++)
-		if (p[i] != v)
-			return (long)i;
-	return -1;
-}
+/* The k-th 4 KiB page of the data hugepage. */
+#define page_pa(k) vt_dmabuf_page_pa(&data, (k))
+#define page_va(k) vt_dmabuf_page_va(&data, (k))
 
 /* Submit one PASID 1 descriptor without waiting, its record cleared. */
 static int submit(struct vdma_desc *d)
@@ -104,7 +90,7 @@ static enum vt_result not_present_becomes_page_request(void)
 	ret = vdma_wait(&env.dma, 0, s1.comp, 20000);
 	VT_CHECK(ret == VDMA_COMPLETION_STATUS_SUCCESS, "after the response: %d (%s)", ret,
 		 ret < 0 ? vt_err() : vdma_status_name(ret));
-	VT_CHECK(first_not(page_va(0) + 0x100, 0x200, 0xab) < 0 && first_not(page_va(0), 0x100, 0) < 0,
+	VT_CHECK(vt_first_not(page_va(0) + 0x100, 0x200, 0xab) < 0 && vt_first_not(page_va(0), 0x100, 0) < 0,
 		 "the fill did not land in the page mapped for it");
 	return VT_PASS;
 }

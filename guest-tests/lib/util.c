@@ -55,3 +55,13 @@ int vt_wait32(volatile const uint32_t *p, uint32_t mask, uint32_t want, unsigned
 			vt_sleep_us(200);
 	}
 }
+
+long vt_first_not(const void *p, size_t n, uint8_t v)
+{
+	const uint8_t *b = p;
+
+	for (size_t i = 0; i < n; i++)
+		if (b[i] != v)
+			return (long)i;
+	return -1;
+}

@@ -298,6 +298,20 @@ struct vt_dmabuf {
 	int huge;
 };
 
+/* The k-th 4 KiB page of a DMA buffer: guest-physical address and pointer. */
+static inline uint64_t vt_dmabuf_page_pa(const struct vt_dmabuf *b, unsigned k)
+{
+	return b->pa + (uint64_t)k * VT_PAGE_SIZE;
+}
+
+static inline uint8_t *vt_dmabuf_page_va(const struct vt_dmabuf *b, unsigned k)
+{
+	return b->va + (size_t)k * VT_PAGE_SIZE;
+}
+
+/* Index of the first of the n bytes at p that is not v; -1 if all are v. */
+long vt_first_not(const void *p, size_t n, uint8_t v);
+
 /* Guest physical address of va; 0 (and vt_err()) on failure. */
 uint64_t vt_virt_to_phys(const void *va);
 int vt_dmabuf_alloc(struct vt_dmabuf *b, size_t len);
