@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import sys
@@ -153,8 +152,6 @@ def test_console_input_reaches_the_guest_and_ctrl_bracket_detaches(qemu_bin, min
     _assert_torn_down(infos[0])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vuser.commands.serve") is None,
-                    reason="prerequisite missing: vuser serve (vuser/commands/serve.py) not built yet")
 def test_real_server_death_while_the_guest_runs(qemu_bin, mini):
     infos, on_ready = _capture()
     running, killed = threading.Event(), threading.Event()
