@@ -222,3 +222,21 @@ def test_the_viommu_shows_its_label_like_every_vuser_device():
     finally:
         dev.close()
         platform.close()
+
+
+def test_event_source_keeps_ip_until_the_message_goes_out():
+    b = RegisterBank(0x100)
+    b.define(0x38, 4, 0, wmask=1 << 31)
+    results = [False]
+    ev = EventSource(b, 0x38, lambda: results[-1])
+    ev.raise_event()
+    assert b.get(0x38) == 0x4000_0000 and ev.signals == 0       # not sent: IP pending
+    results.append(True)
+    ev.retry()
+    assert b.get(0x38) == 0 and ev.signals == 1
+    ev.in_flight = True                                          # an asynchronous sender
+    b.set(0x38, 0x4000_0000)
+    ev.retry()
+    assert ev.signals == 1 and b.get(0x38) == 0x4000_0000        # one message at a time
+    ev.delivered()
+    assert b.get(0x38) == 0 and not ev.in_flight

@@ -360,6 +360,49 @@ class VtdDriver:
         return bool(EventCtl.IP.get(await self.read32(ctl)))
 
 
+# -- the server's DMA_WRITEs outside guest RAM: event messages ----------------------------
+
+class MessageRecorder:
+    """Plays QEMU's side of a vIOMMU's event messages on ``client``: every
+    DMA_WRITE outside the client's local buffers is recorded as (addr, data)
+    and answered with success, or with ``refuse`` (an errno) while it is set,
+    as QEMU answers ENODEV while Bus Master Enable is clear."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.writes: list[tuple[int, bytes]] = []
+        self.refused: list[tuple[int, bytes]] = []
+        self.refuse: int | None = None
+        self._serve = client._serve_dma
+        client._serve_dma = self._serve_dma
+
+    def _serve_dma(self, req) -> None:
+        from vuser.protocol.consts import Command
+        from vuser.protocol.events import ErrorReply, Reply
+        from vuser.protocol.messages import VfioUserDmaRw
+        if req.command is Command.DMA_WRITE:
+            rw = req.body.rw
+            try:
+                self.client._local_view(rw.addr, rw.count, True)
+            except OSError:
+                entry = (rw.addr, bytes(req.body.data))
+                if self.refuse is not None:
+                    self.refused.append(entry)
+                    self.client.channel.send(ErrorReply(req.msg_id, req.command, self.refuse))
+                else:
+                    self.writes.append(entry)
+                    self.client.channel.send(Reply(req.msg_id, req.command, VfioUserDmaRw(
+                        addr=rw.addr, count=rw.count)))
+                return
+        self._serve(req)
+
+    def take(self) -> list[tuple[int, int]]:
+        """The recorded messages as (address, 32-bit data), emptied."""
+        out = [(a, struct.unpack("<I", d)[0] if len(d) == 4 else -1) for a, d in self.writes]
+        self.writes.clear()
+        return out
+
+
 # -- a server with a vIOMMU and DMA devices, driven by our clients --------------------------
 
 class Rig:
@@ -385,14 +428,19 @@ class Rig:
         self.clients.append(client)
         return client
 
-    async def start(self, tmp_path, labels, factory) -> None:
+    async def start(self, tmp_path, labels, factory, *, msix: bool = True,
+                    viommu_options: dict | None = None) -> None:
+        """``msix`` False: the function's MSI-X stays off, as in a kernel-owned
+        guest (events go out as DMA_WRITEs; see ``MessageRecorder``)."""
         from vuser.devices.viommu import VIommuDevice
-        self.viommu = VIommuDevice()
+        self.viommu = VIommuDevice(**(viommu_options or {}))
         self.viommu.join_platform(self.platform)
         self.vc = await self.serve(self.viommu, str(tmp_path / "viommu.sock"))
+        self.messages = MessageRecorder(self.vc)
         await self.ram.map_into(self.vc)
-        self.efds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(3)]
-        await self.vc.set_irq_eventfds(2, self.efds)   # MSI-X: fault, invalidation, PRQ
+        if msix:
+            self.efds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(3)]
+            await self.vc.set_irq_eventfds(2, self.efds)   # MSI-X: fault, invalidation, PRQ
         self.drv = VtdDriver(self.vc, self.ram)
         for label in labels:
             dev = factory(label)

@@ -41,12 +41,14 @@ from vuser.iommu import Fault, FaultReason as ModelReason, IommufdError, Stage
 from vuser.iommu.uapi import FaultFlags, FaultRecord
 from vuser.pci.bar import Bar
 from vuser.pci.caps_ext import Vsec
-from vuser.pci.caps_std import PciExpress, PowerManagement, VendorSpecific
+from vuser.pci.caps_std import MsiX, PciExpress, PowerManagement, VendorSpecific
+from vuser.pci.irq import IrqIndex
 from vuser.protocol.backend import DmaError
 
 from .base import PciDevice
 from .viommu_bind import Kind, PasidBinder
 from .viommu_faults import FaultRecorder, model_reason
+from .viommu_msi import MsiSender
 from .viommu_prq import PageRequestQueue
 from .viommu_qi import InvalidationQueue
 from .viommu_regs import PASID_BITS, EventSource, RegisterBank, define_vtd_registers
@@ -111,12 +113,15 @@ class VIommuDevice(PciDevice):
         self.add_capability(PowerManagement())
         self.add_msix(bar=4, vectors=self.MSIX_VECTORS, table_offset=0, pba_offset=0x800)
         self.add_capability(PciExpress())
-        self.fault_event = EventSource(self.regs, Reg.FECTL,
-                                       lambda: self.raise_irq(VECTOR_FAULT))
+        self.msi = MsiSender(lambda: self.bus_master,
+                             lambda coro: self.spawn(coro, name="viommu-msi"))
+        self.fault_event = EventSource(self.regs, Reg.FECTL, lambda: self._signal(VECTOR_FAULT))
         self.inv_event = EventSource(self.regs, Reg.IECTL,
-                                     lambda: self.raise_irq(VECTOR_INVALIDATION))
+                                     lambda: self._signal(VECTOR_INVALIDATION))
         self.prq_event = EventSource(self.regs, Reg.PECTL,
-                                     lambda: self.raise_irq(VECTOR_PAGE_REQUEST))
+                                     lambda: self._signal(VECTOR_PAGE_REQUEST))
+        self._events = (self.fault_event, self.inv_event, self.prq_event)
+        self._bme = False
         self.faults = FaultRecorder(self.regs, self.fault_event)
         self.qi = InvalidationQueue(self.regs, self.faults, self,
                                     lambda coro: self.spawn(coro, name="viommu-qi"))
@@ -143,6 +148,40 @@ class VIommuDevice(PciDevice):
         self.add_capability(VendorSpecific(idev.label))
         self.add_capability(Vsec(idev.label))
         return idev
+
+    # -- interrupts (docs/vuser-iommu.md, "Interrupts") ----------------------------------
+    @property
+    def msix_in_use(self) -> bool:
+        """The function's MSI-X is enabled (userspace-owned: the vectors signal events)."""
+        if self.irqs.active is IrqIndex.MSIX:
+            return True
+        cap = self.caps.find(MsiX)
+        return cap is not None and bool(cap.enabled(self.config))  # type: ignore[attr-defined]
+
+    def _signal(self, vector: int) -> bool:
+        """Send event ``vector``: an MSI-X vector if enabled, else the VT-d message."""
+        if self.msix_in_use:
+            self.raise_irq(vector)
+            return True
+        return self.msi.send(self._events[vector])
+
+    def _command_written(self, offset: int, count: int) -> None:
+        super()._command_written(offset, count)
+        bme = self.bus_master
+        was, self._bme = self._bme, bme
+        if bme and not was:
+            for event in self._events:   # messages held back while BME was clear
+                event.retry()
+
+    def client_connected(self, dma: Any) -> None:
+        super().client_connected(dma)
+        self.msi.port = getattr(dma, "message_dma", None)
+
+    def client_disconnected(self) -> None:
+        self.msi.port = None
+        for event in self._events:
+            event.in_flight = False        # the write task is cancelled with the others
+        super().client_disconnected()
 
     # -- the VM and the model ---------------------------------------------------------
     @property

@@ -10,8 +10,8 @@ ignore writes.
 
 ``EventSource`` is the interrupt logic shared by the fault, invalidation
 completion and page request events (§7.3, §7.5.1.2): an event sets IP; if IM
-is clear the vector is signalled and IP cleared; clearing IM with IP set
-signals it then.
+is clear the message is sent and IP cleared once it went out; clearing IM
+with IP set sends it then; a message that cannot go out yet stays pending.
 
 ``cap_value``/``ecap_value`` are what the function advertises; see
 docs/vuser-iommu.md for the reasons behind each bit.
@@ -145,34 +145,57 @@ class RegisterBank(Region):
 
 
 class EventSource:
-    """One of the three VT-d interrupt events (fault, invalidation, page request)."""
+    """One of the three VT-d interrupt events (fault, invalidation, page request).
 
-    def __init__(self, regs: RegisterBank, ctl: int, fire: Callable[[], None]) -> None:
+    IP means "a message is pending" (§10.4.9): it is set when the event arises
+    and cleared only once the message went out. ``fire`` sends it and returns
+    True (or None) when it was sent, False when it could not be sent now (IP
+    stays set; ``retry`` tries again, as does the next event or IM write); a
+    sender that completes later sets ``in_flight`` and calls ``delivered``.
+    The data and address registers follow the control register (+4 DATA,
+    +8 ADDR, +0xC UADDR: FECTL, IECTL and PECTL alike).
+    """
+
+    def __init__(self, regs: RegisterBank, ctl: int, fire: Callable[[], bool | None]) -> None:
         self.regs, self.ctl, self.fire = regs, ctl, fire
         self.signals = 0
+        self.in_flight = False
+
+    def message(self) -> tuple[int, int]:
+        """``(address, data)`` of the event's MSI (UADDR:ADDR, DATA)."""
+        addr = (self.regs.get(self.ctl + 0xC) << 32) | self.regs.get(self.ctl + 8)
+        return addr, self.regs.get(self.ctl + 4)
+
+    @property
+    def pending(self) -> bool:
+        return bool(EventCtl.IP.get(self.regs.get(self.ctl)))
 
     def raise_event(self) -> None:
         """The event condition arose: set IP, deliver unless masked."""
-        ctl = self.regs.get(self.ctl)
-        if EventCtl.IM.get(ctl):
-            self.regs.set(self.ctl, ctl | EventCtl.IP.mask)
-            return
-        self._deliver()
+        self.regs.set_bits(self.ctl, EventCtl.IP.mask)
+        self.retry()
 
     def ctl_written(self, _raw: int = 0) -> None:
         """IM cleared while IP is set: deliver now."""
+        self.retry()
+
+    def retry(self) -> None:
+        """Send the pending message if IP is set, IM clear and none is in flight."""
         ctl = self.regs.get(self.ctl)
-        if EventCtl.IP.get(ctl) and not EventCtl.IM.get(ctl):
-            self._deliver()
+        if not EventCtl.IP.get(ctl) or EventCtl.IM.get(ctl) or self.in_flight:
+            return
+        if self.fire() is not False and not self.in_flight:
+            self.delivered()
+
+    def delivered(self) -> None:
+        """The message went out: IP clears."""
+        self.in_flight = False
+        self.regs.set_bits(self.ctl, clear_mask=EventCtl.IP.mask)
+        self.signals += 1
 
     def cancel(self) -> None:
         """The condition went away while pending (software cleared it): clear IP."""
         self.regs.set_bits(self.ctl, clear_mask=EventCtl.IP.mask)
-
-    def _deliver(self) -> None:
-        self.regs.set_bits(self.ctl, clear_mask=EventCtl.IP.mask)
-        self.signals += 1
-        self.fire()
 
 
 def define_vtd_registers(bank: RegisterBank, hooks: dict[Reg, Callable[[int], None]]) -> None:
