@@ -16,8 +16,10 @@
  *   submission:  descriptor into the ring at TAIL, TAIL forward, doorbell;
  *   userspace:   one misc character device per function, /dev/vuser_dma<N>,
  *                with the ioctls of vuser_dma_ioctl.h: a memcpy through
- *                streaming DMA mappings, raw (PASID-tagged) descriptors,
- *                interrupt counts, vector masking, the pending bits.
+ *                streaming or coherent DMA mappings, raw (PASID-tagged)
+ *                descriptors, interrupt counts, vector masking, the pending
+ *                bits, DMA after an unmap, and shared virtual addressing
+ *                (bind the caller's mm, copy between its virtual addresses).
  *
  * Register and descriptor layouts come from vdma_layout.h, generated from
  * the server's declaration (vuser/devices/dma_layout.py).
@@ -28,6 +30,14 @@
  * driver's own DMA (rings, completion records, the memcpy buffers) carries
  * no PASID: it goes through the device's default attachment, which is what
  * the DMA API's addresses are for.
+ *
+ * Two ways a guest can run: with no kernel IOMMU driver for the device (the
+ * vIOMMU, if any, is programmed from userspace), the DMA API hands out
+ * physical addresses and this driver enables PASID itself; with the guest
+ * kernel's intel_iommu owning the vIOMMU, the DMA API hands out IOVAs of the
+ * device's DMA domain, the IOMMU driver has enabled PASID, ATS and PRI
+ * (6.1: iommu_enable_pci_caps at attach), and SVA binds process address
+ * spaces to PASIDs.
  */
 #include <linux/bitfield.h>
 #include <linux/delay.h>
@@ -36,12 +46,14 @@
 #include <linux/idr.h>
 #include <linux/interrupt.h>
 #include <linux/io.h>
+#include <linux/iommu.h>
 #include <linux/irq.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
 #include <linux/pci-ats.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 #include <linux/wait.h>
@@ -53,6 +65,8 @@
 #define RING_ENTRIES 64                    /* descriptors per queue */
 #define MEMCPY_MAX (1u << 20)              /* bytes per VUSER_DMA_IOC_MEMCPY */
 #define DEFAULT_TIMEOUT_MS 10000
+#define SVA_COPY_MAX (16u << 20)            /* the descriptor's length limit */
+#define UNBIND_QUEUED_MAX 8
 
 /* The descriptor and completion record, as the device reads and writes them. */
 struct vdma_hw_desc {
@@ -108,6 +122,8 @@ struct vdma_dev {
 	u32 cap, label;
 	unsigned int nqueues, nvectors;
 	bool pasid_enabled;
+	u32 pasid_owner;                    /* VUSER_DMA_OWNER_* */
+	bool sva_features;                  /* IOPF and SVA enabled by this driver */
 	struct vdma_queue q[VUSER_DMA_MAX_QUEUES];
 	atomic64_t irqs[VUSER_DMA_MAX_VECTORS];
 	struct mutex lock;                  /* one ioctl at a time per device */
@@ -116,7 +132,16 @@ struct vdma_dev {
 	int id;
 };
 
+/* One per open file: the device, and the mm bound through it (SVA). */
+struct vdma_file {
+	struct vdma_dev *vd;
+	struct iommu_sva *sva;
+	u32 pasid;
+};
+
 static DEFINE_IDA(vdma_ida);
+
+static u32 vdma_domain_kind(struct pci_dev *pdev);
 
 /* ---- registers ---- */
 
@@ -341,6 +366,70 @@ static int vdma_wait_completed(struct vdma_queue *q, u32 target, u64 irqs_before
 	return left ? 0 : -ETIMEDOUT;
 }
 
+/*
+ * Run one descriptor with its completion record in the queue's slot of the
+ * driver's coherent record array (untagged when the descriptor carries a
+ * PASID) and wait for the record: sleeping until the queue's interrupt, or,
+ * with `poll`, spinning on the record (for callers that may not sleep).
+ * A descriptor that did not end is abandoned by restarting its queue.
+ */
+static int vdma_run(struct vdma_queue *q, struct vdma_hw_desc *desc, unsigned int timeout_ms,
+		    bool poll, struct vdma_hw_completion *out)
+{
+	struct vdma_hw_completion *comp;
+	u64 irqs_before;
+	int slot;
+	long ret;
+
+	if (!timeout_ms)
+		timeout_ms = DEFAULT_TIMEOUT_MS;
+	slot = q->tail;
+	comp = &q->comp[slot];
+	memset(comp, 0, sizeof(*comp));
+	desc->flags |= VDMA_DESC_FLAGS_IRQ | VDMA_DESC_FLAGS_COMPLETION;
+	if (le32_to_cpu(desc->pasid) & VDMA_DESC_PASID_VALID_MASK)
+		desc->flags |= VDMA_DESC_FLAGS_COMPLETION_RID;
+	desc->completion = cpu_to_le64(q->comp_dma + slot * sizeof(*comp));
+
+	irqs_before = atomic64_read(&q->vd->irqs[q->index]);
+	slot = vdma_submit(q, desc);
+	if (slot < 0)
+		return slot;
+	if (poll) {
+		u64 deadline = get_jiffies_64() + msecs_to_jiffies(timeout_ms);
+		unsigned long spins = 0, max_spins = timeout_ms * 50ul;
+
+		/* jiffies may not advance (softirqs off): bound the spins too. */
+		ret = -ETIMEDOUT;
+		while (time_before64(get_jiffies_64(), deadline) && spins++ < max_spins) {
+			if (READ_ONCE(comp->status)) {
+				ret = 0;
+				break;
+			}
+			if (vdma_halted(q)) {
+				ret = -EIO;
+				break;
+			}
+			udelay(20);
+		}
+	} else {
+		ret = wait_event_interruptible_timeout(q->wait,
+			(READ_ONCE(comp->status) != 0 && vdma_irq_seen(q, irqs_before)) ||
+			vdma_halted(q), msecs_to_jiffies(timeout_ms));
+		if (ret == 0)
+			ret = -ETIMEDOUT;
+		else if (ret > 0)
+			ret = READ_ONCE(comp->status) ? 0 : -EIO;   /* halted: no record */
+	}
+	dma_rmb();   /* read the record (and the data) after seeing its status */
+	if (ret) {
+		vdma_queue_start(q);
+		return ret;
+	}
+	*out = *comp;
+	return 0;
+}
+
 /* ---- ioctls ---- */
 
 static long vdma_ioc_memcpy(struct vdma_dev *vd, struct vuser_dma_memcpy __user *uarg)
@@ -350,35 +439,61 @@ static long vdma_ioc_memcpy(struct vdma_dev *vd, struct vuser_dma_memcpy __user 
 	struct vdma_hw_desc desc = {};
 	struct vdma_hw_completion *comp;
 	struct vdma_queue *q;
-	dma_addr_t src_dma, dst_dma;
-	void *src, *dst;
+	dma_addr_t src_dma = DMA_MAPPING_ERROR, dst_dma = DMA_MAPPING_ERROR;
+	void *src = NULL, *dst = NULL;
+	bool csrc, cdst;
 	u64 irqs_before;
 	int slot;
 	long ret;
 
 	if (copy_from_user(&m, uarg, sizeof(m)))
 		return -EFAULT;
-	if (!m.len || m.len > MEMCPY_MAX || m.queue >= vd->nqueues)
+	if (!m.len || m.len > MEMCPY_MAX || m.queue >= vd->nqueues || m.reserved ||
+	    (m.flags & ~(VUSER_DMA_MEMCPY_COHERENT_SRC | VUSER_DMA_MEMCPY_COHERENT_DST)))
 		return -EINVAL;
 	q = &vd->q[m.queue];
+	csrc = m.flags & VUSER_DMA_MEMCPY_COHERENT_SRC;
+	cdst = m.flags & VUSER_DMA_MEMCPY_COHERENT_DST;
 
-	/* Streaming DMA: kernel buffers mapped for the device's direction. */
-	src = kmalloc(m.len, GFP_KERNEL);
-	dst = kzalloc(m.len, GFP_KERNEL);
+	/*
+	 * Coherent buffers (dma_alloc_coherent: mapped for as long as they
+	 * live), or streaming DMA: kernel buffers mapped for the device's
+	 * direction around the transfer.
+	 */
 	ret = -ENOMEM;
-	if (!src || !dst)
+	src = csrc ? dma_alloc_coherent(dev, m.len, &src_dma, GFP_KERNEL) : kmalloc(m.len, GFP_KERNEL);
+	if (!src)
 		goto out_free;
+	dst = cdst ? dma_alloc_coherent(dev, m.len, &dst_dma, GFP_KERNEL) : kzalloc(m.len, GFP_KERNEL);
+	if (!dst)
+		goto out_free;
+	memset(dst, 0, m.len);
 	ret = -EFAULT;
 	if (copy_from_user(src, u64_to_user_ptr(m.src), m.len))
 		goto out_free;
-	src_dma = dma_map_single(dev, src, m.len, DMA_TO_DEVICE);
-	ret = dma_mapping_error(dev, src_dma);
-	if (ret)
-		goto out_free;
-	dst_dma = dma_map_single(dev, dst, m.len, DMA_FROM_DEVICE);
-	ret = dma_mapping_error(dev, dst_dma);
-	if (ret)
-		goto out_unmap_src;
+	if (!csrc) {
+		src_dma = dma_map_single(dev, src, m.len, DMA_TO_DEVICE);
+		ret = dma_mapping_error(dev, src_dma);
+		if (ret) {
+			src_dma = DMA_MAPPING_ERROR;
+			goto out_free;
+		}
+	}
+	if (!cdst) {
+		dst_dma = dma_map_single(dev, dst, m.len, DMA_FROM_DEVICE);
+		ret = dma_mapping_error(dev, dst_dma);
+		if (ret) {
+			dst_dma = DMA_MAPPING_ERROR;
+			goto out_unmap_src;
+		}
+	}
+	m.src_dma = src_dma;
+	m.dst_dma = dst_dma;
+	/* Coherent memory may come from a remap (not the linear map). */
+	m.src_phys = is_vmalloc_addr(src) ? page_to_phys(vmalloc_to_page(src)) +
+		     offset_in_page(src) : virt_to_phys(src);
+	m.dst_phys = is_vmalloc_addr(dst) ? page_to_phys(vmalloc_to_page(dst)) +
+		     offset_in_page(dst) : virt_to_phys(dst);
 
 	slot = q->tail;
 	comp = &q->comp[slot];
@@ -411,7 +526,10 @@ static long vdma_ioc_memcpy(struct vdma_dev *vd, struct vuser_dma_memcpy __user 
 	if (ret && slot >= 0)
 		vdma_queue_start(q);
 
-	dma_unmap_single(dev, dst_dma, m.len, DMA_FROM_DEVICE);
+	if (!cdst) {
+		dma_unmap_single(dev, dst_dma, m.len, DMA_FROM_DEVICE);
+		dst_dma = DMA_MAPPING_ERROR;
+	}
 	if (!ret) {
 		m.status = comp->status;
 		m.fault_info = comp->fault_info;
@@ -422,11 +540,270 @@ static long vdma_ioc_memcpy(struct vdma_dev *vd, struct vuser_dma_memcpy __user 
 		    copy_to_user(uarg, &m, sizeof(m)))
 			ret = -EFAULT;
 	}
+	if (!cdst && dst_dma != DMA_MAPPING_ERROR)
+		dma_unmap_single(dev, dst_dma, m.len, DMA_FROM_DEVICE);
 out_unmap_src:
-	dma_unmap_single(dev, src_dma, m.len, DMA_TO_DEVICE);
+	if (!csrc && src_dma != DMA_MAPPING_ERROR)
+		dma_unmap_single(dev, src_dma, m.len, DMA_TO_DEVICE);
 out_free:
-	kfree(dst);
-	kfree(src);
+	if (cdst && dst)
+		dma_free_coherent(dev, m.len, dst, dst_dma);
+	else
+		kfree(dst);
+	if (csrc && src)
+		dma_free_coherent(dev, m.len, src, src_dma);
+	else
+		kfree(src);
+	return ret;
+}
+
+/*
+ * DMA after dma_unmap_single (VUSER_DMA_IOC_STALE, see the header). What a
+ * strict domain must do: the unmap invalidates the IOTLB (and the device
+ * TLB) before it returns, so the second FILL faults. A lazy (flush queue)
+ * domain defers that invalidation: until the queue is flushed the old
+ * translation may still be used, the window that lazy mode accepts.
+ */
+static long vdma_ioc_stale(struct vdma_dev *vd, struct vuser_dma_stale __user *uarg)
+{
+	struct device *dev = &vd->pdev->dev;
+	struct vuser_dma_stale st;
+	struct vdma_hw_desc desc = {};
+	struct vdma_hw_completion rec;
+	struct vdma_queue *q;
+	struct page *page;
+	dma_addr_t iova;
+	bool nosoftirq;
+	u8 *buf, want;
+	size_t i;
+	long ret;
+
+	if (copy_from_user(&st, uarg, sizeof(st)))
+		return -EFAULT;
+	if (st.queue >= vd->nqueues || (st.flags & ~VUSER_DMA_STALE_NO_SOFTIRQ) ||
+	    st.delay_ms > 10000)
+		return -EINVAL;
+	q = &vd->q[st.queue];
+	nosoftirq = st.flags & VUSER_DMA_STALE_NO_SOFTIRQ;
+	page = alloc_page(GFP_KERNEL | __GFP_ZERO);
+	if (!page)
+		return -ENOMEM;
+	buf = page_address(page);
+	iova = dma_map_page(dev, page, 0, PAGE_SIZE, DMA_FROM_DEVICE);
+	ret = dma_mapping_error(dev, iova);
+	if (ret)
+		goto out_free;
+	st.iova = iova;
+	st.phys = page_to_phys(page);
+	st.cpus = num_online_cpus();
+
+	desc.opcode = VDMA_OPCODE_FILL;
+	desc.dst = cpu_to_le64(iova);
+	desc.length = cpu_to_le64(PAGE_SIZE);
+	desc.pattern = cpu_to_le64(st.pattern);
+	ret = vdma_run(q, &desc, st.timeout_ms, false, &rec);
+	if (ret) {
+		dma_unmap_page(dev, iova, PAGE_SIZE, DMA_FROM_DEVICE);
+		goto out_free;
+	}
+	st.first_status = rec.status;
+
+	memset(&desc, 0, sizeof(desc));
+	desc.opcode = VDMA_OPCODE_FILL;
+	desc.dst = cpu_to_le64(iova);
+	desc.length = cpu_to_le64(PAGE_SIZE);
+	desc.pattern = cpu_to_le64(~st.pattern);
+	if (nosoftirq)
+		local_bh_disable();
+	dma_unmap_page(dev, iova, PAGE_SIZE, DMA_FROM_DEVICE);
+	if (st.delay_ms)
+		mdelay(st.delay_ms);
+	ret = vdma_run(q, &desc, st.timeout_ms, nosoftirq, &rec);
+	if (nosoftirq)
+		local_bh_enable();
+	if (ret)
+		goto out_free;
+	st.status = rec.status;
+	st.fault_info = rec.fault_info;
+	st.fault_addr = le64_to_cpu(rec.fault_addr);
+	st.bytes_done = le64_to_cpu(rec.bytes_done);
+	want = (u8)~st.pattern;
+	st.landed = 0;
+	for (i = 0; i < PAGE_SIZE; i++)
+		st.landed += buf[i] == want;
+	ret = copy_to_user(uarg, &st, sizeof(st)) ? -EFAULT : 0;
+out_free:
+	__free_page(page);
+	return ret;
+}
+
+/* ---- shared virtual addressing (6.1: iommu_sva_bind_device with drvdata) ---- */
+
+/*
+ * IOPF first, then SVA (include/linux/iommu.h); 6.1's intel driver accepts
+ * them only when it has enabled PASID, ATS and PRI on the device.
+ */
+static int vdma_sva_features(struct vdma_dev *vd)
+{
+	struct device *dev = &vd->pdev->dev;
+	int ret;
+
+	if (vd->sva_features)
+		return 0;
+	ret = iommu_dev_enable_feature(dev, IOMMU_DEV_FEAT_IOPF);
+	if (ret) {
+		dev_err(dev, "enable IOMMU_DEV_FEAT_IOPF: %d\n", ret);
+		return ret;
+	}
+	ret = iommu_dev_enable_feature(dev, IOMMU_DEV_FEAT_SVA);
+	if (ret) {
+		dev_err(dev, "enable IOMMU_DEV_FEAT_SVA: %d\n", ret);
+		iommu_dev_disable_feature(dev, IOMMU_DEV_FEAT_IOPF);
+		return ret;
+	}
+	vd->sva_features = true;
+	return 0;
+}
+
+static void vdma_sva_features_off(struct vdma_dev *vd)
+{
+	if (!vd->sva_features)
+		return;
+	iommu_dev_disable_feature(&vd->pdev->dev, IOMMU_DEV_FEAT_SVA);
+	iommu_dev_disable_feature(&vd->pdev->dev, IOMMU_DEV_FEAT_IOPF);
+	vd->sva_features = false;
+}
+
+static long vdma_ioc_sva_bind(struct vdma_file *f, struct vuser_dma_sva_bind __user *uarg)
+{
+	struct vdma_dev *vd = f->vd;
+	struct vuser_dma_sva_bind b = {};
+	struct iommu_sva *sva;
+	int ret;
+
+	if (f->sva)
+		return -EBUSY;
+	ret = vdma_sva_features(vd);
+	if (ret)
+		return ret;
+	sva = iommu_sva_bind_device(&vd->pdev->dev, current->mm, NULL);
+	if (IS_ERR(sva)) {
+		dev_err(&vd->pdev->dev, "iommu_sva_bind_device: %ld\n", PTR_ERR(sva));
+		return PTR_ERR(sva);
+	}
+	f->sva = sva;
+	f->pasid = iommu_sva_get_pasid(sva);
+	b.pasid = f->pasid;
+	dev_info(&vd->pdev->dev, "bound pid %d's mm to PASID %#x\n", current->pid, f->pasid);
+	return copy_to_user(uarg, &b, sizeof(b)) ? -EFAULT : 0;
+}
+
+static void vdma_sva_unbind(struct vdma_file *f)
+{
+	if (!f->sva)
+		return;
+	iommu_sva_unbind_device(f->sva);
+	f->sva = NULL;
+}
+
+static long vdma_ioc_sva_copy(struct vdma_file *f, struct vuser_dma_sva_copy __user *uarg)
+{
+	struct vdma_dev *vd = f->vd;
+	struct vuser_dma_sva_copy c;
+	struct vdma_hw_desc desc = {};
+	struct vdma_hw_completion rec;
+	u32 pasid;
+	long ret;
+
+	if (copy_from_user(&c, uarg, sizeof(c)))
+		return -EFAULT;
+	if (!c.len || c.len > SVA_COPY_MAX || c.queue >= vd->nqueues || c.reserved ||
+	    (c.flags & ~VUSER_DMA_SVA_BLOCK_ON_FAULT) || c.pasid > VDMA_DESC_PASID_PASID_MASK)
+		return -EINVAL;
+	if (!vd->pasid_enabled)
+		return -EOPNOTSUPP;
+	if (!c.pasid && !f->sva)
+		return -ENOENT;     /* nothing bound through this file */
+	pasid = c.pasid ? c.pasid : f->pasid;
+	desc.opcode = VDMA_OPCODE_MEMCPY;
+	if (c.flags & VUSER_DMA_SVA_BLOCK_ON_FAULT)
+		desc.flags = VDMA_DESC_FLAGS_BLOCK_ON_FAULT;
+	desc.pasid = cpu_to_le32(VDMA_DESC_PASID_VALID_MASK | pasid);
+	desc.src = cpu_to_le64(c.src);
+	desc.dst = cpu_to_le64(c.dst);
+	desc.length = cpu_to_le64(c.len);
+	ret = vdma_run(&vd->q[c.queue], &desc, c.timeout_ms, false, &rec);
+	if (ret)
+		return ret;
+	c.status = rec.status;
+	c.fault_info = rec.fault_info;
+	c.bytes_done = le64_to_cpu(rec.bytes_done);
+	c.fault_addr = le64_to_cpu(rec.fault_addr);
+	c.used_pasid = pasid;
+	return copy_to_user(uarg, &c, sizeof(c)) ? -EFAULT : 0;
+}
+
+/*
+ * Unbinding while descriptors are queued (VUSER_DMA_IOC_SVA_UNBIND_QUEUED):
+ * with the device stopped they cannot start, so they are still in the ring
+ * when iommu_sva_unbind_device() tears the PASID entry down and drains its
+ * page requests; started again, the device must find the PASID blocked.
+ */
+static long vdma_ioc_sva_unbind_queued(struct vdma_file *f,
+				       struct vuser_dma_sva_unbind_queued __user *uarg)
+{
+	struct vdma_dev *vd = f->vd;
+	struct vuser_dma_sva_unbind_queued u;
+	struct vdma_queue *q;
+	u32 first, i;
+	u64 irqs_before;
+	long ret = 0;
+
+	if (copy_from_user(&u, uarg, sizeof(u)))
+		return -EFAULT;
+	if (!u.count || u.count > UNBIND_QUEUED_MAX || !u.len || u.len > SVA_COPY_MAX ||
+	    u.queue >= vd->nqueues)
+		return -EINVAL;
+	if (!f->sva)
+		return -ENOENT;
+	q = &vd->q[u.queue];
+	if (RING_ENTRIES - 1 - ((q->tail - vdma_rd(vd, qreg(q->index, VDMA_QUEUE_REG_HEAD))) %
+				RING_ENTRIES) < u.count)
+		return -EBUSY;
+
+	vdma_wr(vd, VDMA_REG_CTRL, 0);                  /* stop: nothing runs */
+	first = q->tail;
+	irqs_before = atomic64_read(&vd->irqs[q->index]);
+	for (i = 0; i < u.count; i++) {
+		struct vdma_hw_desc desc = {};
+		u32 slot = (first + i) % RING_ENTRIES;
+
+		memset(&q->comp[slot], 0, sizeof(q->comp[slot]));
+		desc.opcode = VDMA_OPCODE_MEMCPY;
+		desc.flags = VDMA_DESC_FLAGS_IRQ | VDMA_DESC_FLAGS_COMPLETION |
+			     VDMA_DESC_FLAGS_COMPLETION_RID | VDMA_DESC_FLAGS_BLOCK_ON_FAULT;
+		desc.pasid = cpu_to_le32(VDMA_DESC_PASID_VALID_MASK | f->pasid);
+		desc.src = cpu_to_le64(u.src);
+		desc.dst = cpu_to_le64(u.dst + (u64)i * u.len);
+		desc.length = cpu_to_le64(u.len);
+		desc.completion = cpu_to_le64(q->comp_dma + slot * sizeof(q->comp[0]));
+		ret = vdma_submit(q, &desc);
+		if (ret < 0)
+			break;
+		ret = 0;
+	}
+	vdma_sva_unbind(f);
+	u.unbound = 1;
+	vdma_wr(vd, VDMA_REG_CTRL, VDMA_CTRL_ENABLE_MASK);  /* start again */
+	if (!ret && i)
+		ret = vdma_wait_completed(q, q->submitted, irqs_before, u.timeout_ms);
+	if (ret)
+		vdma_queue_start(q);
+	dma_rmb();
+	for (i = 0; i < u.count && i < UNBIND_QUEUED_MAX; i++)
+		u.statuses[i] = READ_ONCE(q->comp[(first + i) % RING_ENTRIES].status);
+	if (copy_to_user(uarg, &u, sizeof(u)))
+		return -EFAULT;
 	return ret;
 }
 
@@ -475,7 +852,8 @@ static long vdma_ioc_submit(struct vdma_dev *vd, struct vuser_dma_submit __user 
 
 static long vdma_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
-	struct vdma_dev *vd = container_of(file->private_data, struct vdma_dev, misc);
+	struct vdma_file *f = file->private_data;
+	struct vdma_dev *vd = f->vd;
 	void __user *uarg = (void __user *)arg;
 	long ret;
 
@@ -485,7 +863,9 @@ static long vdma_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		struct vuser_dma_info info = {
 			.label = vd->label, .cap = vd->cap, .nqueues = vd->nqueues,
 			.nvectors = vd->nvectors, .ring_entries = RING_ENTRIES,
-			.pasid_enabled = vd->pasid_enabled,
+			.pasid_enabled = vd->pasid_enabled, .pasid_owner = vd->pasid_owner,
+			.domain = vdma_domain_kind(vd->pdev),
+			.ats_enabled = vd->pdev->ats_enabled, .pri_enabled = vd->pdev->pri_enabled,
 		};
 
 		ret = copy_to_user(uarg, &info, sizeof(info)) ? -EFAULT : 0;
@@ -533,6 +913,22 @@ static long vdma_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		ret = copy_to_user(uarg, &p, sizeof(p)) ? -EFAULT : 0;
 		break;
 	}
+	case VUSER_DMA_IOC_STALE:
+		ret = vdma_ioc_stale(vd, uarg);
+		break;
+	case VUSER_DMA_IOC_SVA_BIND:
+		ret = vdma_ioc_sva_bind(f, uarg);
+		break;
+	case VUSER_DMA_IOC_SVA_UNBIND:
+		ret = f->sva ? 0 : -ENOENT;
+		vdma_sva_unbind(f);
+		break;
+	case VUSER_DMA_IOC_SVA_COPY:
+		ret = vdma_ioc_sva_copy(f, uarg);
+		break;
+	case VUSER_DMA_IOC_SVA_UNBIND_QUEUED:
+		ret = vdma_ioc_sva_unbind_queued(f, uarg);
+		break;
 	default:
 		ret = -ENOTTY;
 	}
@@ -540,17 +936,64 @@ static long vdma_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	return ret;
 }
 
+/* misc_open() left the miscdevice in private_data; put a vdma_file there. */
+static int vdma_open(struct inode *inode, struct file *file)
+{
+	struct vdma_dev *vd = container_of(file->private_data, struct vdma_dev, misc);
+	struct vdma_file *f = kzalloc(sizeof(*f), GFP_KERNEL);
+
+	if (!f)
+		return -ENOMEM;
+	f->vd = vd;
+	file->private_data = f;
+	return 0;
+}
+
+static int vdma_release(struct inode *inode, struct file *file)
+{
+	struct vdma_file *f = file->private_data;
+
+	mutex_lock(&f->vd->lock);
+	vdma_sva_unbind(f);
+	mutex_unlock(&f->vd->lock);
+	kfree(f);
+	return 0;
+}
+
 static const struct file_operations vdma_fops = {
 	.owner = THIS_MODULE,
+	.open = vdma_open,
+	.release = vdma_release,
 	.unlocked_ioctl = vdma_ioctl,
 	.compat_ioctl = compat_ptr_ioctl,
 };
 
 /* ---- probe and remove ---- */
 
+/* What the device's default domain is: none (no IOMMU), identity, DMA, DMA-FQ. */
+static u32 vdma_domain_kind(struct pci_dev *pdev)
+{
+	struct iommu_domain *dom = iommu_get_domain_for_dev(&pdev->dev);
+
+	if (!dom)
+		return VUSER_DMA_DOMAIN_NONE;
+	switch (dom->type) {
+	case IOMMU_DOMAIN_IDENTITY:
+		return VUSER_DMA_DOMAIN_IDENTITY;
+	case IOMMU_DOMAIN_DMA:
+		return VUSER_DMA_DOMAIN_DMA;
+	case IOMMU_DOMAIN_DMA_FQ:
+		return VUSER_DMA_DOMAIN_DMA_FQ;
+	default:
+		return VUSER_DMA_DOMAIN_OTHER;
+	}
+}
+
 /*
- * PASID: pci_enable_pasid() wants End-End TLP Prefix support and ACS on the
- * whole path to the root port, which a VM's emulated root port may not
+ * PASID. With the kernel's IOMMU driver owning the device, that driver has
+ * enabled PASID already (and will disable it): check first, and leave it.
+ * Otherwise pci_enable_pasid() wants End-End TLP Prefix support and ACS on
+ * the whole path to the root port, which a VM's emulated root port may not
  * advertise. vuser does not route TLPs, so when the core refuses, enabling
  * the endpoint's own PASID capability is what the device needs.
  */
@@ -562,6 +1005,11 @@ static void vdma_enable_pasid(struct vdma_dev *vd)
 
 	if (!pos || !(vd->cap & VDMA_CAP_PASID_MASK))
 		return;
+	if (pdev->pasid_enabled) {
+		vd->pasid_enabled = true;
+		vd->pasid_owner = VUSER_DMA_OWNER_IOMMU;
+		return;
+	}
 	ret = pci_enable_pasid(pdev, 0);
 	if (ret) {
 		u16 ctrl;
@@ -571,6 +1019,7 @@ static void vdma_enable_pasid(struct vdma_dev *vd)
 		pci_write_config_word(pdev, pos + PCI_PASID_CTRL, ctrl | PCI_PASID_CTRL_ENABLE);
 	}
 	vd->pasid_enabled = true;
+	vd->pasid_owner = VUSER_DMA_OWNER_DRIVER;
 }
 
 static void vdma_disable_pasid(struct vdma_dev *vd)
@@ -579,7 +1028,7 @@ static void vdma_disable_pasid(struct vdma_dev *vd)
 	int pos = pci_find_ext_capability(pdev, PCI_EXT_CAP_ID_PASID);
 	u16 ctrl;
 
-	if (!vd->pasid_enabled)
+	if (!vd->pasid_enabled || vd->pasid_owner != VUSER_DMA_OWNER_DRIVER)
 		return;
 	if (pdev->pasid_enabled) {
 		pci_disable_pasid(pdev);
@@ -588,6 +1037,7 @@ static void vdma_disable_pasid(struct vdma_dev *vd)
 		pci_write_config_word(pdev, pos + PCI_PASID_CTRL, ctrl & ~PCI_PASID_CTRL_ENABLE);
 	}
 	vd->pasid_enabled = false;
+	vd->pasid_owner = VUSER_DMA_OWNER_NONE;
 }
 
 static void vdma_hw_reset(struct vdma_dev *vd)
@@ -663,8 +1113,9 @@ static int vdma_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = misc_register(&vd->misc);
 	if (ret)
 		goto out_pasid;
-	dev_info(dev, "/dev/%s: label %#x, %u queues, %u MSI-X vectors%s\n", vd->name, vd->label,
-		 vd->nqueues, vd->nvectors, vd->pasid_enabled ? ", PASID" : "");
+	dev_info(dev, "/dev/%s: label %#x, %u queues, %u MSI-X vectors%s%s\n", vd->name,
+		 vd->label, vd->nqueues, vd->nvectors, vd->pasid_enabled ? ", PASID" : "",
+		 vd->pasid_owner == VUSER_DMA_OWNER_IOMMU ? " (enabled by the IOMMU driver)" : "");
 	return 0;
 
 out_pasid:
@@ -684,6 +1135,7 @@ static void vdma_remove(struct pci_dev *pdev)
 	struct vdma_dev *vd = pci_get_drvdata(pdev);
 
 	misc_deregister(&vd->misc);
+	vdma_sva_features_off(vd);
 	vdma_disable_pasid(vd);
 	vdma_hw_reset(vd);            /* stops every queue before the rings are freed */
 	vdma_unmap_msix(vd);

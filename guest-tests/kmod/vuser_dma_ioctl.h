@@ -23,7 +23,22 @@ struct vuser_dma_info {
 	__u32 nvectors;       /* MSI-X vectors allocated (queues + the error vector) */
 	__u32 ring_entries;   /* descriptors per ring */
 	__u32 pasid_enabled;  /* the PASID capability's Enable bit is set */
+	/* out, kernel-owned vIOMMU: */
+	__u32 pasid_owner;    /* VUSER_DMA_OWNER_*: who enabled PASID */
+	__u32 domain;         /* VUSER_DMA_DOMAIN_*: the device's default IOMMU domain */
+	__u32 ats_enabled;    /* pci_dev ats_enabled (the IOMMU driver enables ATS) */
+	__u32 pri_enabled;    /* pci_dev pri_enabled (6.1: the IOMMU driver enables PRI) */
 };
+
+#define VUSER_DMA_OWNER_NONE 0     /* PASID is off */
+#define VUSER_DMA_OWNER_DRIVER 1   /* this driver enabled it (no kernel IOMMU) */
+#define VUSER_DMA_OWNER_IOMMU 2    /* the kernel's IOMMU driver had enabled it */
+
+#define VUSER_DMA_DOMAIN_NONE 0    /* no IOMMU: the DMA API gives physical addresses */
+#define VUSER_DMA_DOMAIN_IDENTITY 1
+#define VUSER_DMA_DOMAIN_DMA 2     /* translated, strict invalidation */
+#define VUSER_DMA_DOMAIN_DMA_FQ 3  /* translated, lazy invalidation (flush queue) */
+#define VUSER_DMA_DOMAIN_OTHER 4
 
 /*
  * VUSER_DMA_IOC_MEMCPY: copy len bytes from the user buffer src to the user
@@ -43,7 +58,18 @@ struct vuser_dma_memcpy {
 	__u64 bytes_done;
 	__u64 fault_addr;
 	__u64 irqs;           /* interrupts counted on the queue's vector during the call */
+	/* in */
+	__u32 flags;          /* VUSER_DMA_MEMCPY_COHERENT_*: dma_alloc_coherent buffers */
+	__u32 reserved;
+	/* out: the buffers' DMA addresses (IOVAs behind an IOMMU) and physical addresses */
+	__u64 src_dma;
+	__u64 dst_dma;
+	__u64 src_phys;
+	__u64 dst_phys;
 };
+
+#define VUSER_DMA_MEMCPY_COHERENT_SRC (1u << 0)  /* else kmalloc + dma_map_single */
+#define VUSER_DMA_MEMCPY_COHERENT_DST (1u << 1)
 
 /*
  * VUSER_DMA_IOC_SUBMIT: a raw descriptor, typically PASID-tagged, whose
@@ -97,6 +123,92 @@ struct vuser_dma_pending {
 	__u32 reserved;
 };
 
+/*
+ * VUSER_DMA_IOC_STALE: DMA to an address after dma_unmap_single. The driver
+ * maps one page (DMA_FROM_DEVICE), FILLs it through the device with
+ * `pattern` (which also puts the translation in the IOMMU's caches), unmaps
+ * it, waits `delay_ms` (0: none), then FILLs the unmapped IOVA with
+ * ~pattern. The page stays the driver's until both descriptors ended, so
+ * whether the second FILL was blocked or landed is read from it. With
+ * VUSER_DMA_STALE_NO_SOFTIRQ the unmap and the second FILL run with
+ * softirqs off on this CPU (completion polled), so the IOMMU's flush-queue
+ * timer cannot run in between.
+ */
+struct vuser_dma_stale {
+	__u32 queue;
+	__u32 flags;          /* VUSER_DMA_STALE_* */
+	__u32 delay_ms;       /* between dma_unmap_single and the second FILL */
+	__u32 timeout_ms;
+	__u64 pattern;
+	/* out */
+	__u64 iova;           /* the page's DMA address */
+	__u64 phys;
+	__u32 first_status;   /* the FILL while mapped */
+	__u32 status;         /* the FILL after the unmap: completion status */
+	__u32 fault_info;
+	__u32 cpus;           /* CPUs online (the softirq guard holds on one CPU only) */
+	__u64 fault_addr;
+	__u64 bytes_done;
+	__u64 landed;         /* bytes of the page that hold ~pattern afterwards */
+};
+
+#define VUSER_DMA_STALE_NO_SOFTIRQ (1u << 0)
+
+/*
+ * Shared virtual addressing (6.1 API): VUSER_DMA_IOC_SVA_BIND enables
+ * IOMMU_DEV_FEAT_IOPF and IOMMU_DEV_FEAT_SVA and binds the calling
+ * process's mm (iommu_sva_bind_device); the PASID is its
+ * iommu_sva_get_pasid(). One bind per open file; closing the file unbinds.
+ */
+struct vuser_dma_sva_bind {
+	__u32 pasid;          /* out */
+	__u32 reserved;
+};
+
+/*
+ * VUSER_DMA_IOC_SVA_COPY: MEMCPY of len bytes from src to dst, both virtual
+ * addresses of the calling process, tagged with `pasid` (0: the file's bound
+ * PASID). The completion record is untagged, in the driver's memory.
+ * VUSER_DMA_SVA_BLOCK_ON_FAULT sets the descriptor's block-on-fault flag (a
+ * not-present page is page-requested through PRI instead of failing).
+ */
+struct vuser_dma_sva_copy {
+	__u64 src;
+	__u64 dst;
+	__u64 len;            /* <= 16 MiB */
+	__u32 pasid;          /* 0: the bound PASID; else bits 19:0 */
+	__u32 flags;          /* VUSER_DMA_SVA_* */
+	__u32 queue;
+	__u32 timeout_ms;
+	/* out */
+	__u32 status;
+	__u32 fault_info;
+	__u64 bytes_done;
+	__u64 fault_addr;
+	__u32 used_pasid;
+	__u32 reserved;
+};
+
+#define VUSER_DMA_SVA_BLOCK_ON_FAULT (1u << 0)
+
+/*
+ * VUSER_DMA_IOC_SVA_UNBIND_QUEUED: unbinding while descriptors are queued.
+ * The driver stops the device (CTRL.ENABLE clear), queues `count` MEMCPYs of
+ * len bytes from src to dst + i*len tagged with the bound PASID (with
+ * block-on-fault), unbinds the mm, starts the device again and waits for
+ * every descriptor to end. statuses[i] is each one's completion status.
+ */
+struct vuser_dma_sva_unbind_queued {
+	__u64 src;
+	__u64 dst;
+	__u64 len;
+	__u32 count;          /* 1 .. 8 */
+	__u32 queue;
+	__u32 timeout_ms;
+	__u32 unbound;        /* out: 1 once the mm was unbound */
+	__u8 statuses[8];     /* out */
+};
+
 #define VUSER_DMA_IOC_MAGIC 'v'
 #define VUSER_DMA_IOC_INFO _IOR(VUSER_DMA_IOC_MAGIC, 0, struct vuser_dma_info)
 #define VUSER_DMA_IOC_MEMCPY _IOWR(VUSER_DMA_IOC_MAGIC, 1, struct vuser_dma_memcpy)
@@ -104,5 +216,11 @@ struct vuser_dma_pending {
 #define VUSER_DMA_IOC_IRQ_COUNTS _IOR(VUSER_DMA_IOC_MAGIC, 3, struct vuser_dma_irq_counts)
 #define VUSER_DMA_IOC_MASK _IOW(VUSER_DMA_IOC_MAGIC, 4, struct vuser_dma_mask)
 #define VUSER_DMA_IOC_PENDING _IOR(VUSER_DMA_IOC_MAGIC, 5, struct vuser_dma_pending)
+#define VUSER_DMA_IOC_STALE _IOWR(VUSER_DMA_IOC_MAGIC, 6, struct vuser_dma_stale)
+#define VUSER_DMA_IOC_SVA_BIND _IOR(VUSER_DMA_IOC_MAGIC, 7, struct vuser_dma_sva_bind)
+#define VUSER_DMA_IOC_SVA_UNBIND _IO(VUSER_DMA_IOC_MAGIC, 8)
+#define VUSER_DMA_IOC_SVA_COPY _IOWR(VUSER_DMA_IOC_MAGIC, 9, struct vuser_dma_sva_copy)
+#define VUSER_DMA_IOC_SVA_UNBIND_QUEUED \
+	_IOWR(VUSER_DMA_IOC_MAGIC, 10, struct vuser_dma_sva_unbind_queued)
 
 #endif

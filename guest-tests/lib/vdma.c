@@ -345,3 +345,44 @@ int vdma_kmod_pending(int fd, struct vuser_dma_pending *p)
 	memset(p, 0, sizeof(*p));
 	return kioctl(fd, VUSER_DMA_IOC_PENDING, p, "PENDING");
 }
+
+int vdma_kmod_stale(int fd, struct vuser_dma_stale *st)
+{
+	return kioctl(fd, VUSER_DMA_IOC_STALE, st, "STALE");
+}
+
+int vdma_kmod_sva_bind(int fd, uint32_t *pasid)
+{
+	struct vuser_dma_sva_bind b = { 0 };
+	int ret = kioctl(fd, VUSER_DMA_IOC_SVA_BIND, &b, "SVA_BIND");
+
+	if (!ret)
+		*pasid = b.pasid;
+	return ret;
+}
+
+int vdma_kmod_sva_unbind(int fd)
+{
+	return kioctl(fd, VUSER_DMA_IOC_SVA_UNBIND, NULL, "SVA_UNBIND");
+}
+
+int vdma_kmod_sva_copy(int fd, struct vuser_dma_sva_copy *c)
+{
+	return kioctl(fd, VUSER_DMA_IOC_SVA_COPY, c, "SVA_COPY");
+}
+
+int vdma_kmod_sva_unbind_queued(int fd, struct vuser_dma_sva_unbind_queued *u)
+{
+	return kioctl(fd, VUSER_DMA_IOC_SVA_UNBIND_QUEUED, u, "SVA_UNBIND_QUEUED");
+}
+
+const char *vdma_kmod_domain_name(uint32_t domain)
+{
+	switch (domain) {
+	case VUSER_DMA_DOMAIN_NONE: return "none (no IOMMU)";
+	case VUSER_DMA_DOMAIN_IDENTITY: return "identity";
+	case VUSER_DMA_DOMAIN_DMA: return "DMA (strict)";
+	case VUSER_DMA_DOMAIN_DMA_FQ: return "DMA-FQ (lazy)";
+	default: return "other";
+	}
+}

@@ -682,5 +682,49 @@ int vdma_kmod_submit(int fd, struct vuser_dma_submit *s);
 int vdma_kmod_irq_counts(int fd, struct vuser_dma_irq_counts *c);
 int vdma_kmod_mask(int fd, unsigned vector, int masked);
 int vdma_kmod_pending(int fd, struct vuser_dma_pending *p);
+/* With the guest kernel's IOMMU driver owning the device (kernel-owned vIOMMU): */
+int vdma_kmod_stale(int fd, struct vuser_dma_stale *st);
+int vdma_kmod_sva_bind(int fd, uint32_t *pasid);
+int vdma_kmod_sva_unbind(int fd);
+int vdma_kmod_sva_copy(int fd, struct vuser_dma_sva_copy *c);
+int vdma_kmod_sva_unbind_queued(int fd, struct vuser_dma_sva_unbind_queued *u);
+const char *vdma_kmod_domain_name(uint32_t domain);   /* VUSER_DMA_DOMAIN_* */
+
+/* ------------------------------------------------------------------ */
+/* The kernel's own view: its log and its IOMMU (kernel-owned vIOMMU)   */
+
+/* The kernel log (/dev/kmsg) from now on: records written before the call
+ * are skipped. */
+struct vt_kmsg {
+	int fd;
+};
+int vt_kmsg_open(struct vt_kmsg *k);
+void vt_kmsg_close(struct vt_kmsg *k);
+/* The next record (its message text, without the prefix) that contains
+ * `needle`, waiting up to timeout_ms for it; -ENOENT if none came. */
+int vt_kmsg_find(struct vt_kmsg *k, const char *needle, char *msg, size_t len,
+		 unsigned timeout_ms);
+/* Count the records from now that contain `needle`, waiting `ms` first. */
+int vt_kmsg_count(struct vt_kmsg *k, const char *needle, unsigned ms);
+
+/* One DMAR fault as the 6.1 intel_iommu fault handler logs it
+ * ("DMAR: [DMA Write NO_PASID] Request device [02:00.0] fault addr 0x...
+ * [fault reason 0x71] ..."). */
+struct vt_dmar_fault {
+	int write;               /* "DMA Write" (1) or "DMA Read" (0) */
+	int has_pasid;
+	uint32_t pasid;
+	unsigned bus, dev, fn;
+	uint64_t addr;
+	unsigned reason;
+	char text[160];          /* the reason's words */
+};
+/* Parse one kernel log message; -EINVAL if it is not such a line. */
+int vt_dmar_fault_parse(const char *msg, struct vt_dmar_fault *f);
+/* A PCI function's BDF as the 16-bit source-id (bus << 8 | dev << 3 | fn). */
+int vt_pci_bdf_sid(const struct vt_pci *pci, uint16_t *sid);
+/* The function's IOMMU group type (/sys/.../iommu_group/type: "DMA",
+ * "DMA-FQ", "identity", ...); -ENOENT if it has no IOMMU group. */
+int vt_pci_iommu_group_type(const struct vt_pci *pci, char *type, size_t len);
 
 #endif
