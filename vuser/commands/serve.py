@@ -28,6 +28,10 @@ strings. Once a device listens, one line "TYPE ready on PATH" is printed on
 stdout; with --control PATH, "control ready on PATH" follows once the control
 socket (see `vuser ctl`) listens. -v traces every vfio-user message, -vv adds
 raw bytes. SIGINT or SIGTERM shuts down cleanly and removes the sockets.
+
+A device that finds its setup wrong beyond repair stops the server: one
+error line on stderr, sockets closed, exit status 3 (vuser-iommu with
+drhd_base=ADDR when the firmware puts BAR0 elsewhere).
 """
 
 log = logging.getLogger(__name__)
@@ -163,7 +167,7 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
     All devices join one ``Platform`` (one ioasid context): ``platform`` if
     given (the caller then closes it), else a new one closed on return.
     """
-    from vuser.devices.platform import Platform
+    from vuser.devices.platform import FATAL_EXIT, Platform
     from vuser.transport.server import DeviceServer
 
     types = device_types() if types is None else types
@@ -181,6 +185,7 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
         raise
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
+    platform.on_fatal.append(lambda _msg: stop.set())
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
@@ -215,6 +220,9 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
                 close()
         if own_platform:
             platform.close()
+    if platform.fatal_error is not None:
+        print(platform.fatal_error, file=sys.stderr, flush=True)
+        return FATAL_EXIT
     return 0
 
 

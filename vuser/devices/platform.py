@@ -23,6 +23,12 @@ Every device attached to the VM's stage-2 parent sees the whole union of the
 VM's maps, as devices sharing an IOAS do in iommufd: a connection's DMA_UNMAP
 takes memory away only when no other connection of the VM still maps it.
 
+A device that finds the setup it was given is wrong in a way no guest can
+recover from (vuser-iommu's ``drhd_base``) calls ``Platform.fatal``: the
+error is kept (``fatal_error``) and the ``on_fatal`` callbacks run; ``vuser
+serve`` registers one that stops the server, which prints the error line
+and exits with ``FATAL_EXIT``.
+
 A VM is released when its last device leaves: the ``on_release`` callbacks
 run first (the vIOMMU forgets what it built), then whatever is left over the
 parent and unused (nested HWPTs, vIOMMUs) is destroyed, then the parent HWPT
@@ -49,7 +55,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Platform", "Vm", "DeviceBinding"]
+__all__ = ["Platform", "Vm", "DeviceBinding", "FATAL_EXIT"]
+
+#: Exit status of ``vuser serve`` after ``Platform.fatal``.
+FATAL_EXIT = 3
 
 FileIdent = tuple[int, int]
 
@@ -111,6 +120,18 @@ class Platform:
         self._groups: dict[str, IommuGroup] = {}
         self._devices: dict[int, PciDevice] = {}
         self._bindings: dict[int, DeviceBinding] = {}
+        self.fatal_error: str | None = None
+        self.on_fatal: list[Callable[[str], None]] = []
+
+    def fatal(self, message: str) -> None:
+        """A device cannot go on (see the module doc); the first message is kept."""
+        if self.fatal_error is not None:
+            return
+        self.fatal_error = message
+        if not self.on_fatal:
+            log.error("%s", message)
+        for cb in list(self.on_fatal):
+            cb(message)
 
     # -- VMs --------------------------------------------------------------
     def vms(self) -> list[Vm]:

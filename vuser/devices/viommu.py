@@ -39,7 +39,8 @@ from typing import Any
 from vuser.errors import UserError
 from vuser.iommu import Fault, FaultReason as ModelReason, IommufdError, Stage
 from vuser.iommu.uapi import FaultFlags, FaultRecord
-from vuser.pci.bar import Bar
+from vuser.pci.bar import Bar, BarReg, bar_offset
+from vuser.pci.config import Command, Type0Header
 from vuser.pci.caps_ext import Vsec
 from vuser.pci.caps_std import MsiX, PciExpress, PowerManagement, VendorSpecific
 from vuser.pci.irq import IrqIndex
@@ -73,6 +74,17 @@ _PRI_REASONS = frozenset({ModelReason.PAGING_ENTRY_INV, ModelReason.WRITE, Model
 _FM_IGNORE = {0: 0, 1: 0b100, 2: 0b110, 3: 0b111}
 
 
+def _parse_drhd_base(value: int | str) -> int:
+    try:
+        base = int(value, 0) if isinstance(value, str) else int(value)
+    except ValueError:
+        raise UserError(f"vuser-iommu: drhd_base {value!r} is not an integer") from None
+    if not 0 < base < 1 << 32 or base % REGS_SIZE:
+        raise UserError(f"vuser-iommu: drhd_base {base:#x} is not a {REGS_SIZE:#x}-aligned "
+                        "32-bit address (BAR0 is a 32-bit memory BAR)")
+    return base
+
+
 def _parse_label(label: int | str) -> int:
     try:
         value = int(label, 0) if isinstance(label, str) else int(label)
@@ -86,9 +98,15 @@ def _parse_label(label: int | str) -> int:
 class VIommuDevice(PciDevice):
     """vendor 0x5655, device 0x0003, class 0x0806 (IOMMU).
 
-    Option ``label``: the function's own label in the model (default: the
-    first free one from 0x10000, outside the 16-bit source-ids it manages, so
-    it never takes a label a DMA device asks for).
+    Options (docs/vuser-iommu.md):
+
+    - ``label``: the function's own label in the model (default: the first
+      free one from 0x10000, outside the 16-bit source-ids it manages, so it
+      never takes a label a DMA device asks for);
+    - ``drhd_base``: the register base the guest's DMAR table gives for this
+      unit; the BAR0 address the firmware programs must equal it, else the
+      server stops (``Platform.fatal``);
+    - ``cm``: CAP.CM, caching mode (1, the default, or 0).
     """
 
     DEVICE_ID = 0x0003
@@ -98,9 +116,11 @@ class VIommuDevice(PciDevice):
     MESSAGE_DMA_FALLBACK = False
     MSIX_VECTORS = 3
 
-    def __init__(self, *, label: int | str | None = None) -> None:
+    def __init__(self, *, label: int | str | None = None,
+                 drhd_base: int | str | None = None) -> None:
         super().__init__()
         self._want_label = None if label is None else _parse_label(label)
+        self.drhd_base = None if drhd_base is None else _parse_drhd_base(drhd_base)
         self.regs = RegisterBank(REGS_SIZE)
         define_vtd_registers(self.regs, {
             Reg.GCMD: self._gcmd_written, Reg.CCMD: self._ccmd_written,
@@ -110,6 +130,7 @@ class VIommuDevice(PciDevice):
             Reg.IOTLB: self._iotlb_written, Reg.FRCD: self._frcd_written,
         })
         self.add_bar(0, Bar.mem32(REGS_SIZE), self.regs)
+        self.config.add_write_hook(bar_offset(0), 4, self._bar0_written)
         self.add_capability(PowerManagement())
         self.add_msix(bar=4, vectors=self.MSIX_VECTORS, table_offset=0, pba_offset=0x800)
         self.add_capability(PciExpress())
@@ -165,10 +186,33 @@ class VIommuDevice(PciDevice):
             return True
         return self.msi.send(self._events[vector])
 
+    # -- the register base the DMAR gives (drhd_base) -----------------------------------
+    @property
+    def bar0_address(self) -> int:
+        return self.config.peek(bar_offset(0), 4) & BarReg.MEM_ADDR_MASK
+
+    def _bar0_written(self, offset: int, count: int) -> None:
+        if offset <= bar_offset(0) and offset + count >= bar_offset(0) + 4:
+            self._check_drhd_base()     # a partial write waits for the whole dword
+
+    def _check_drhd_base(self) -> None:
+        """With memory decode on, BAR0 must be at ``drhd_base`` (sizing writes aside)."""
+        if self.drhd_base is None or self.platform is None:
+            return
+        if not Command.MEMORY.get(self.config.peek(Type0Header.offset_of("command"), 2)):
+            return
+        addr = self.bar0_address
+        if addr == (~(REGS_SIZE - 1)) & BarReg.MEM_ADDR_MASK:
+            return                      # all-ones written: the size probe
+        if addr != self.drhd_base:
+            self.platform.fatal(f"vuser-iommu: firmware placed BAR0 at {addr:#x} but the "
+                                f"DMAR's DRHD base is {self.drhd_base:#x}")
+
     def _command_written(self, offset: int, count: int) -> None:
         super()._command_written(offset, count)
+        self._check_drhd_base()
         bme = self.bus_master
-        was, self._bme = self._bme, bme
+        was, self._bme = getattr(self, "_bme", False), bme
         if bme and not was:
             for event in self._events:   # messages held back while BME was clear
                 event.retry()
