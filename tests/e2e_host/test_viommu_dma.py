@@ -37,9 +37,10 @@ RID_COMPLETION = DescFlags.COMPLETION | DescFlags.COMPLETION_RID
 
 
 @pytest.fixture
-async def viommu(rig, ram):
-    """A vuser-iommu on the rig's platform, connected like QEMU, queues set up."""
-    dev = VIommuDevice()
+async def viommu(rig, ram, request):
+    """A vuser-iommu on the rig's platform, connected like QEMU, queues set up
+    (device options from an indirect parameter, if any)."""
+    dev = VIommuDevice(**getattr(request, "param", {}))
     dev.join_platform(rig.platform)
     path = str(rig.tmp_path / "viommu.sock")
     server = DeviceServer(dev, path, name="vuser-iommu")
@@ -127,6 +128,31 @@ async def test_nested_pasid_dma_programmed_through_the_viommu(vdma, viommu, ram)
         drv.assert_only_written(before, (sp.dst, 2 * PAGE), (sp.comp + 32, 32),
                                 *((t, n) for t, n in vt_tables(vt)))
     assert ram.read(spaces[1].dst + PAGE + 100, 64) != ram.read(spaces[2].dst + PAGE + 100, 64)
+    assert await vt.faults() == []
+
+
+@pytest.mark.parametrize("viommu", [{"cm": "0"}], indirect=True)
+async def test_cm0_descriptor_dma_fetches_entries_on_demand(vdma, viommu, ram):
+    """CM=0: the engine's DMA (rings through RID_PASID, data through PASID 1) finds
+    entries the guest wrote without any invalidation; a changed entry is used only
+    after its PASID-cache invalidation."""
+    dev, drv = vdma
+    vt = viommu.drv
+    sp = space(ram, vt, 1, did=1)
+    await drv.run(0, desc(Opcode.MEMCPY, src=SRC, dst=DST, length=64, pasid=1,
+                          completion=COMP))
+    assert drv.record(sp.comp).status == CompletionStatus.SUCCESS
+    assert ram.read(sp.dst + PAGE, 64) == ram.read(sp.src, 64)
+    sp2 = space(ram, vt, 1, did=1)                      # new tables, not invalidated
+    await drv.run(0, desc(Opcode.FILL, dst=DST, length=64, pasid=1, pattern=0x11,
+                          completion=COMP))
+    assert drv.record(sp.comp).status == CompletionStatus.SUCCESS
+    assert ram.read(sp.dst + PAGE, 8) == pat(0x11) and ram.read(sp2.dst + PAGE, 8) != pat(0x11)
+    await vt.submit(pasid_cache(1, did=1), piotlb(1, did=1))
+    await drv.run(0, desc(Opcode.FILL, dst=DST, length=64, pasid=1, pattern=0x22,
+                          completion=COMP))
+    assert drv.record(sp2.comp).status == CompletionStatus.SUCCESS
+    assert ram.read(sp2.dst + PAGE, 8) == pat(0x22)
     assert await vt.faults() == []
 
 

@@ -117,10 +117,13 @@ class VIommuDevice(PciDevice):
     MSIX_VECTORS = 3
 
     def __init__(self, *, label: int | str | None = None,
-                 drhd_base: int | str | None = None) -> None:
+                 drhd_base: int | str | None = None, cm: int | str = 1) -> None:
         super().__init__()
         self._want_label = None if label is None else _parse_label(label)
         self.drhd_base = None if drhd_base is None else _parse_drhd_base(drhd_base)
+        if str(cm) not in ("0", "1"):
+            raise UserError(f"vuser-iommu: cm={cm!r}: caching mode is 0 or 1")
+        self.cm = int(cm)
         self.regs = RegisterBank(REGS_SIZE)
         define_vtd_registers(self.regs, {
             Reg.GCMD: self._gcmd_written, Reg.CCMD: self._ccmd_written,
@@ -128,7 +131,7 @@ class VIommuDevice(PciDevice):
             Reg.IQT: self._iqt_written, Reg.ICS: self._ics_written,
             Reg.IECTL: self._iectl_written, Reg.PECTL: self._pectl_written,
             Reg.IOTLB: self._iotlb_written, Reg.FRCD: self._frcd_written,
-        })
+        }, cm=self.cm)
         self.add_bar(0, Bar.mem32(REGS_SIZE), self.regs)
         self.config.add_write_hook(bar_offset(0), 4, self._bar0_written)
         self.add_capability(PowerManagement())
@@ -245,6 +248,8 @@ class VIommuDevice(PciDevice):
         self.binder = PasidBinder(ctx, vm.s2_hwpt_id, self._fault_id)
         self.prq = PageRequestQueue(self.regs, self.prq_event, ctx, self._fault_id)
         ctx.add_fault_observer(self._model_fault)
+        if not self.cm:
+            ctx.add_miss_resolver(self._miss)
         vm.on_release.append(self._vm_released)
         self._vm = vm
         self.qi.read = vm.gpa_read
@@ -262,7 +267,10 @@ class VIommuDevice(PciDevice):
             if dev is self or idev is None or not idev.bound or idev.label > 0xFFFF:
                 continue
             devices[idev.label] = (idev.dev_id, idev.pasid_width)
-        self.binder.set_devices(devices)
+        new = self.binder.set_devices(devices)
+        if not self.cm and self.translation_enabled:
+            for label in new:               # nothing cached yet: DMA fetches
+                self.binder.drop(label)
         return self.binder
 
     def _reader(self) -> TableReader:
@@ -286,6 +294,7 @@ class VIommuDevice(PciDevice):
             ctx.remove_fault_observer(self._model_fault)
         except ValueError:
             pass
+        ctx.remove_miss_resolver(self._miss)
         if self._fault_id is not None:
             try:
                 ctx.destroy(self._fault_id)
@@ -326,7 +335,10 @@ class VIommuDevice(PciDevice):
         binder = self._refresh()
         if binder is None:
             return
-        if on:
+        if on and not self.cm:
+            for label in binder.labels():     # empty caches: every DMA fetches
+                binder.drop(label, context=True)
+        elif on:
             reader = self._reader()
             for label in binder.labels():
                 binder.sync(reader, label)
@@ -397,12 +409,24 @@ class VIommuDevice(PciDevice):
         for label in binder.labels():
             if g == 3 and (label & ~ign) != (sid & ~ign):
                 continue
-            binder.sync(reader, label)
+            if self.cm:
+                binder.sync(reader, label)
+            else:
+                binder.drop(label, context=True)
 
     def pasid_cache(self, g: int, did: int, pasid: int) -> None:
         """PASID-cache invalidation: 0 domain, 1 PASID-selective (of the domain), 3 global."""
         binder = self._refresh()
         if binder is None or not self.translation_enabled:
+            return
+        if not self.cm:
+            for label in binder.labels():
+                if g == 0:
+                    binder.drop(label, did=did)
+                elif g == 1:
+                    binder.drop(label, [pasid], did=did)
+                else:
+                    binder.drop(label)
             return
         reader = self._reader()
         for label in binder.labels():
@@ -412,6 +436,15 @@ class VIommuDevice(PciDevice):
                 binder.sync(reader, label, [pasid], did=did)
             else:
                 binder.sync(reader, label)
+
+    def _miss(self, dev_id: int, label: int, pasid: int | None) -> bool:
+        """The model's miss resolver (CM = 0): fetch the entry a DMA needs."""
+        if not self.translation_enabled or self._vm is None or self.binder is None:
+            return False
+        binder = self._refresh()
+        if binder is None or binder.dev_id(label) != dev_id:
+            return False
+        return binder.fetch(self._reader(), label, pasid)
 
     def iotlb(self, g: int, did: int, addr: int, npages: int) -> None:
         """IOTLB invalidation: 1 global, 2 domain, 3 page-selective in the domain."""

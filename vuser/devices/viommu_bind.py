@@ -16,6 +16,13 @@ invalidation, or TE toggling), as hardware would (VT-d §6.5.2.2):
   blocking (``device_detach``), remembering the fault reason so that a DMA
   that hits it is recorded with that reason.
 
+With caching mode off (CAP.CM = 0, ``cm=0``) the vIOMMU drops instead of
+re-reading on an invalidation (``drop``: the entry is detached and marked
+not cached, the RID too) and fetches on demand when a DMA misses (``fetch``,
+VT-d §6.2.1): a present entry is applied and so cached until invalidated;
+a not-present or erroneous one is never cached (§6.1), so the next DMA
+walks the tables again.
+
 Attaching uses ``device_attach`` and falls back to ``device_replace`` when
 something else is attached (EBUSY). A model error (say a PASID beyond the
 device's width) blocks the PASID (reason SPT.4) and is logged; it never
@@ -42,7 +49,7 @@ from .vtd_layout import FaultReason
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PasidBinder", "Target", "Kind", "MAX_BOUND"]
+__all__ = ["PasidBinder", "Target", "Kind", "MAX_BOUND", "UNCACHED"]
 
 MAX_BOUND = 4096
 #: Guest-physical address width of table pointers (the model's output width).
@@ -67,6 +74,11 @@ class Target:
     fpd: bool = False
     reason: int = 0                 # BLOCK: the fault reason DMA gets
     s1: S1Key | None = None
+    cached: bool = True             # False: dropped (CM = 0), fetched on the next DMA
+
+
+#: A dropped entry (CM = 0): blocking in the model until a DMA fetches it.
+UNCACHED = Target(Kind.BLOCK, cached=False)
 
 
 #: What a PASID is before the vIOMMU touches it, and a RID under TE = 0.
@@ -98,12 +110,13 @@ class PasidBinder:
         self._refused = 0
 
     # -- devices -------------------------------------------------------------
-    def set_devices(self, devices: dict[int, tuple[int, int]]) -> None:
-        """The VM's devices now: ``{label: (dev_id, pasid_width)}``.
+    def set_devices(self, devices: dict[int, tuple[int, int]]) -> list[int]:
+        """The VM's devices now: ``{label: (dev_id, pasid_width)}``; returns the new labels.
 
         Devices that left (unbound by the platform, which detached them) are
         forgotten; their HWPT references are dropped.
         """
+        new = []
         for label in [lb for lb, d in self._devices.items()
                       if devices.get(lb, (None,))[0] != d.dev_id]:
             d = self._devices.pop(label)
@@ -112,13 +125,17 @@ class PasidBinder:
         for label, (dev_id, width) in devices.items():
             if label not in self._devices:
                 self._devices[label] = _Device(label, dev_id, width)
+                new.append(label)
+        return new
 
     def labels(self) -> list[int]:
         return sorted(self._devices)
 
     def target(self, label: int, pasid: int | None) -> Target | None:
+        """The cached target of ``(label, pasid)``; None when nothing is cached."""
         d = self._devices.get(label)
-        return d.targets.get(pasid) if d is not None else None
+        t = d.targets.get(pasid) if d is not None else None
+        return t if t is not None and t.cached else None
 
     def context(self, label: int) -> ContextInfo | TableFault | None:
         d = self._devices.get(label)
@@ -177,6 +194,61 @@ class PasidBinder:
             self._refused = 0
         return changed
 
+    # -- caching mode off: drop on invalidation, fetch on a miss -----------------------
+    def drop(self, label: int, pasids: Iterable[int | None] | None = None,
+             did: int | None = None, context: bool = False) -> int:
+        """Forget cached entries of ``label`` (CM = 0 invalidation); returns how many.
+
+        ``pasids=None``: every PASID and the RID (a PASID in ``pasids`` equal
+        to the context's RID_PASID takes the RID along); ``did``: only entries
+        with that DID; ``context``: the context entry too. A dropped RID is
+        detached (blocking) until a DMA fetches it again.
+        """
+        d = self._devices.get(label)
+        if d is None:
+            return 0
+        rid_pasid = d.context.rid_pasid if isinstance(d.context, ContextInfo) else None
+        if pasids is None:
+            scope = set(d.targets) | {None}
+        else:
+            scope = set(pasids)
+            if rid_pasid is not None and rid_pasid in scope:
+                scope.add(None)
+        n = 0
+        for p in sorted(scope, key=lambda p: -1 if p is None else p):
+            t = d.targets.get(p)
+            if t is not None and not t.cached:
+                continue
+            if did is not None and (t is None or t.did != did):
+                continue
+            if p is not None and t is None:
+                continue
+            n += self._apply(d, p, UNCACHED)
+        if context:
+            d.context = None
+        return n
+
+    def fetch(self, reader: TableReader, label: int, pasid: int | None) -> bool:
+        """A DMA of ``(label, pasid)`` missed (CM = 0): read the context entry
+        (unless cached) and the PASID entry, apply it if it is valid. Returns
+        whether something is attached now."""
+        d = self._devices.get(label)
+        if d is None:
+            return False
+        if pasid is not None and not 0 < pasid < 1 << d.pasid_width:
+            return False
+        ci = d.context if isinstance(d.context, ContextInfo) else reader.context(label)
+        if isinstance(ci, TableFault):
+            d.context = None
+            return False
+        d.context = ci
+        t = self._target(reader.pasid(ci, ci.rid_pasid if pasid is None else pasid))
+        if t.kind is Kind.BLOCK:
+            return False                  # not present or erroneous: not cached
+        self._apply(d, pasid, t)
+        applied = d.targets.get(pasid)
+        return applied is not None and applied.kind is not Kind.BLOCK
+
     def _apply_if(self, d: _Device, pasid: int | None, new: Target, did: int | None) -> int:
         if did is not None:
             old = d.targets.get(pasid)
@@ -221,7 +293,7 @@ class PasidBinder:
         self._ref(new)
         if stored is not None:
             self._unref(stored)
-        if pasid is not None and new == BLOCKED:
+        if pasid is not None and (new == BLOCKED or not new.cached):
             d.targets.pop(pasid, None)
         else:
             d.targets[pasid] = new

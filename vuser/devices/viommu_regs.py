@@ -45,10 +45,10 @@ MAMV = 18
 _Q = struct.Struct("<Q")
 
 
-def cap_value() -> int:
-    """CAP_REG: 64K domains, caching mode, MGAW 57, 8 fault records at 0x200, PSI,
-    first-stage 1 GiB pages and 5-level paging."""
-    return Cap.pack(ND=6, CM=1, SAGAW=0b01100, MGAW=56, FRO=Reg.FRCD // 16, PSI=1,
+def cap_value(cm: int = 1) -> int:
+    """CAP_REG: 64K domains, caching mode ``cm``, MGAW 57, 8 fault records at 0x200,
+    PSI, first-stage 1 GiB pages and 5-level paging."""
+    return Cap.pack(ND=6, CM=cm, SAGAW=0b01100, MGAW=56, FRO=Reg.FRCD // 16, PSI=1,
                     NFR=NFR - 1, MAMV=MAMV, FS1GP=1, FS5LP=1)
 
 
@@ -198,13 +198,14 @@ class EventSource:
         self.regs.set_bits(self.ctl, clear_mask=EventCtl.IP.mask)
 
 
-def define_vtd_registers(bank: RegisterBank, hooks: dict[Reg, Callable[[int], None]]) -> None:
+def define_vtd_registers(bank: RegisterBank, hooks: dict[Reg, Callable[[int], None]],
+                         *, cm: int = 1) -> None:
     """Declare every VT-d register of the function in ``bank``, with ``hooks``."""
     h = hooks.get
     ones = (1 << 64) - 1
     im = EventCtl.IM.mask
     bank.define(Reg.VER, 4, VER_VALUE)
-    bank.define(Reg.CAP, 8, cap_value())
+    bank.define(Reg.CAP, 8, cap_value(cm))
     bank.define(Reg.ECAP, 8, ecap_value())
     bank.define(Reg.GCMD, 4, 0, on_write=h(Reg.GCMD))          # write-only: reads 0
     bank.define(Reg.GSTS, 4, 0)

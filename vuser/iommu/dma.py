@@ -98,6 +98,10 @@ FaultObserver = Callable[[Fault], None]
 #: ``hook(dev_id, pasid, iova, length, access)``: a ``Fault`` to report instead
 #: of translating, or None (see ``vuser.iommu.inject``).
 InjectHook = Callable[[int, "int | None", int, int, int], "Fault | None"]
+#: ``resolver(dev_id, label, pasid)``: called when a DMA finds nothing attached
+#: to ``(dev_id, pasid)`` (``pasid`` as fault reports give it); it may attach something (a vIOMMU fetching a table
+#: entry on demand) and returns whether it did. The walk is then retried.
+MissResolver = Callable[[int, int, "int | None"], bool]
 
 
 class DmaCommands:
@@ -110,6 +114,7 @@ class DmaCommands:
     _fault_observers: list[FaultObserver]
     _clock: Callable[[], float]
     _inject: InjectHook | None = None
+    _miss_resolvers: tuple[MissResolver, ...] = ()
 
     # -- translation ---------------------------------------------------------
     def translate(self, dev_id: int, pasid: int | None, iova: int, length: int,
@@ -192,6 +197,10 @@ class DmaCommands:
             raise ValueError(f"bad access {access!r}")
         bd = self._bound(dev_id)
         hwpt = bd.attach.get(pasid)
+        if hwpt is None and self._miss_resolvers:
+            label, vp = bd.dev.label, bd.vpasid(pasid)
+            if any(r(dev_id, label, vp) for r in self._miss_resolvers):
+                hwpt = bd.attach.get(pasid)
         if hwpt is None:
             reason = FaultReason.CONTEXT_ENTRY_P if pasid is None else FaultReason.PASID_ENTRY_P
             return self._report(bd, pasid, Fault(reason, Stage.BLOCKED, addr, access, addr))
@@ -450,6 +459,13 @@ class DmaCommands:
 
     def remove_fault_observer(self, cb: FaultObserver) -> None:
         self._fault_observers.remove(cb)
+
+    def add_miss_resolver(self, cb: MissResolver) -> None:
+        """Ask ``cb`` before reporting a DMA with nothing attached (see ``MissResolver``)."""
+        self._miss_resolvers = (*self._miss_resolvers, cb)
+
+    def remove_miss_resolver(self, cb: MissResolver) -> None:
+        self._miss_resolvers = tuple(r for r in self._miss_resolvers if r is not cb)
 
 
 def default_clock() -> float:
