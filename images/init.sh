@@ -6,6 +6,11 @@
 # (default: all), printing KTAP on the console, or, with vuser.shell=1, gives
 # an interactive shell. It ends through isa-debug-exit: 0 when every test
 # passed, 1 otherwise (QEMU exits with (value << 1) | 1).
+#
+# With vuser.iommu=kernel (the guest kernel owns vuser-iommu) it first sets
+# Bus Master Enable in the PCI Command register of every vuser-iommu function:
+# no driver binds to it, and QEMU carries out the function's DMA writes (the
+# VT-d interrupt messages) only while the bit is set.
 
 /bin/busybox mount -t proc proc /proc
 /bin/busybox --install -s
@@ -29,12 +34,28 @@ done
 
 tests=$VUSER_TESTS_ALL
 shell=0
+iommu=user
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in
 	vuser.tests=*) tests=$(echo "${arg#vuser.tests=}" | tr , ' ') ;;
 	vuser.shell=1) shell=1 ;;
+	vuser.iommu=*) iommu=${arg#vuser.iommu=} ;;
 	esac
 done
+
+if [ "$iommu" = kernel ]; then
+	found=0
+	for d in /sys/bus/pci/devices/*; do
+		[ "$(cat "$d/vendor"):$(cat "$d/device")" = "$VUSER_IOMMU_ID" ] || continue
+		found=$((found + 1))
+		# Command register (offset 4), low byte: read, OR in bit 2, write back.
+		cmd=$(dd if="$d/config" bs=1 skip=4 count=1 2>/dev/null | od -An -tu1 | tr -d ' ')
+		printf "\\$(printf %o $((cmd | 4)))" |
+			dd of="$d/config" bs=1 seek=4 count=1 conv=notrunc 2>/dev/null ||
+			notes="$notes|vuser.iommu=kernel: cannot set Bus Master Enable on ${d##*/}"
+	done
+	[ "$found" = 1 ] || notes="$notes|vuser.iommu=kernel: found $found vuser-iommu functions, not 1"
+fi
 
 if [ "$shell" = 1 ]; then
 	echo "vuser guest: tests are in /tests (${VUSER_TESTS_ALL}); exit the shell to power off"

@@ -9,8 +9,8 @@ from vuser.guest import manifest, programs
 from vuser.guest.manifest import BootPlan, ProgramSpec, boot_groups, load_manifest
 
 
-def spec(name, devices=("vuser-dma",), timeout=100.0, alone=False):
-    return ProgramSpec(name, tuple(devices), timeout, alone)
+def spec(name, devices=("vuser-dma",), timeout=100.0, alone=False, iommu="user", append=()):
+    return ProgramSpec(name, tuple(devices), timeout, alone, iommu, tuple(append))
 
 
 def test_same_devices_share_a_guest_in_first_seen_order():
@@ -28,6 +28,31 @@ def test_alone_programs_get_their_own_guest():
     assert [p.programs for p in plans] == [("a", "c"), ("b",)]
 
 
+def test_guests_are_shared_only_with_equal_devices_iommu_and_append():
+    devs = ("vuser-iommu", "vuser-dma")
+    specs = {s.name: s for s in (
+        spec("u1", devs), spec("k1", devs, iommu="kernel"), spec("u2", devs),
+        spec("k2", devs, iommu="kernel"), spec("ks", devs, iommu="kernel", append=["iommu.strict=1"]),
+        spec("ks2", devs, iommu="kernel", append=["iommu.strict=1"]))}
+    assert boot_groups(specs, list(specs)) == [
+        BootPlan(devs, ("u1", "u2"), 200.0, "user", ()),
+        BootPlan(devs, ("k1", "k2"), 200.0, "kernel", ()),
+        BootPlan(devs, ("ks", "ks2"), 200.0, "kernel", ("iommu.strict=1",)),
+    ]
+    assert [p.kernel_iommu for p in boot_groups(specs, ["u1", "k1"])] == [False, True]
+
+
+def test_new_keys_parse_and_demo_keeps_manifest_order(tmp_path):
+    path = tmp_path / "guest_tests.toml"
+    path.write_text('[b]\ndemo = true\n[a]\niommu = "kernel"\nappend = ["iommu.strict=1"]\n'
+                    'demo = true\n[c]\n')
+    specs = load_manifest(path)
+    assert (specs["a"].iommu, specs["a"].append, specs["a"].demo) == ("kernel", ("iommu.strict=1",),
+                                                                      True)
+    assert (specs["c"].iommu, specs["c"].append, specs["c"].demo) == ("user", (), False)
+    assert manifest.demo_programs(specs) == ["b", "a"]
+
+
 def test_unlisted_program_is_a_clear_error():
     with pytest.raises(UserError, match=r"has no \[ghost\]: which devices does its guest need"):
         boot_groups({"a": spec("a")}, ["a", "ghost"])
@@ -39,6 +64,12 @@ def test_unlisted_program_is_a_clear_error():
     ("[a]\ntimeout = true\n", "timeout must be a positive number"),
     ('[a]\nalone = "yes"\n', "alone must be true or false"),
     ("[a]\nboots = 2\n", "unknown keys \\['boots'\\]"),
+    ('[a]\niommu = "guest"\n', 'iommu must be "user" or "kernel", not \'guest\''),
+    ('[a]\nappend = "iommu.strict=1"\n', "append must be a list of kernel command line words"),
+    ('[a]\nappend = ["a b"]\n', "append must be a list of kernel command line words"),
+    ('[a]\nappend = [""]\n', "append must be a list of kernel command line words"),
+    ('[a]\nappend = ["vuser.iommu=user"]\n', "append must not set vuser"),
+    ('[a]\ndemo = 1\n', "demo must be true or false"),
     ("a = 1\n", "must be a table"),
     ("[a\n", "guest_tests.toml"),
 ])

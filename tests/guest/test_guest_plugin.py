@@ -71,6 +71,15 @@ def combine(results: list[GuestResult]) -> GuestResult:
                        error=errors[0] if errors else None)
 
 
+class _Launches(list):
+    """The scripted launches: (programs, devices, timeout, append); ``modes``:
+    programs -> (kernel_iommu, kernel_args)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modes: dict[str, tuple[bool, tuple[str, ...]]] = {}
+
+
 @pytest.fixture
 def guest(pytester, monkeypatch, cases):
     """Script what each program's guest prints; returns (set_script, launches)."""
@@ -82,12 +91,13 @@ def guest(pytester, monkeypatch, cases):
                      "markers =\n    guest: boots a guest\n")
     (pytester.path / "guest_tests.toml").write_text(manifest(declared))
     scripts: dict[str, GuestResult | Exception] = {}
-    launches = []
+    launches = _Launches()
     monkeypatch.setattr(qemu_find, "find_qemu", lambda **kw: "fake-qemu")
 
-    def fake_launch(image, devices, timeout, qemu):
+    def fake_launch(image, devices, timeout, qemu, kernel_iommu=False, kernel_args=()):
         names = list(image.tests)
         launches.append((",".join(names), devices, timeout, image.append))
+        launches.modes[",".join(names)] = (kernel_iommu, tuple(kernel_args))
         whats = [scripts[n] for n in names]
         for what in whats:
             if isinstance(what, Exception):
@@ -220,6 +230,21 @@ def test_programs_with_the_same_devices_share_one_guest(guest, pytester):
     res.assert_outcomes(passed=len(declared["enumerate"]) + 1 + len(declared["environment"]),
                         failed=1)
     assert f"not ok 1 {declared['environment'][0]}" in res.stdout.str()
+
+
+def test_iommu_mode_and_append_split_guests_and_reach_the_launcher(guest, pytester):
+    scripts, launches, declared, all_ok = guest
+    (pytester.path / "guest_tests.toml").write_text(
+        manifest(declared).replace('[environment]\ndevices = []\n',
+                                   '[environment]\ndevices = ["sample"]\niommu = "kernel"\n'
+                                   'append = ["iommu.strict=1"]\n'))
+    scripts.update(enumerate=all_ok("enumerate"), environment=all_ok("environment"))
+    res = run(pytester, "-k", "enumerate or environment")
+    res.assert_outcomes(passed=len(declared["enumerate"]) + len(declared["environment"]) + 2)
+    # Same devices, but another vIOMMU mode and command line: two guests.
+    assert sorted(ln[0] for ln in launches) == ["enumerate", "environment"]
+    assert launches.modes == {"enumerate": (False, ()),
+                              "environment": (True, ("iommu.strict=1",))}
 
 
 def test_only_selected_programs_of_a_group_boot(guest, pytester):

@@ -63,8 +63,7 @@ def test_run_without_test_runs_the_demo(image_ready):
                        "  pass       enumerate  14 cases passed",
                        "  pass       demo       9 cases passed"]
     assert "vuser: control socket " in p.stderr
-    assert p.stderr.strip().splitlines()[-1].startswith("vuser: that was the demo (enumerate and "
-                                                        "demo); `vuser run --all` runs every")
+    assert p.stderr.strip().splitlines()[-1].startswith("vuser: that was the demo (enumerate")
 
 
 def _args(*argv: str):
@@ -78,22 +77,51 @@ def _args(*argv: str):
 
 
 def test_plan_default_is_the_demo_and_all_is_every_program():
-    from vuser.commands.run import DEFAULT_TESTS, _plan
-    from vuser.guest.manifest import load_manifest
+    from vuser.commands.run import _plan, default_tests
+    from vuser.guest.manifest import demo_programs, load_manifest
 
-    assert DEFAULT_TESTS == ("enumerate", "demo")
-    default = _plan(_args())
-    assert [p.programs for p in default] == [("enumerate",), ("demo",)]
     specs = load_manifest()
+    # The demo is data: the programs marked demo = true, in manifest order.
+    assert default_tests() == tuple(demo_programs(specs))
+    assert default_tests()[:2] == ("enumerate", "demo")
+    assert all(specs[n].demo for n in default_tests())
+    default = _plan(_args())
+    assert [n for p in default for n in p.programs] == list(default_tests())
     assert default[1].devices == specs["demo"].devices
     every = _plan(_args("--all"))
     assert sorted(n for p in every for n in p.programs) == sorted(specs)
-    assert len(every) == len({specs[n].devices for n in specs})  # one guest per device list
+    # one guest per (devices, iommu mode, kernel arguments)
+    assert len(every) == len({specs[n].boot_key() for n in specs})
     assert [p.programs for p in _plan(_args("--test", "dma_nested"))] == [("dma_nested",)]
-    # --device: one guest with those devices, the demo's programs or all of them.
+    # --device: one guest with those devices, the demo's programs or all of them, of its mode.
     assert [(p.devices, p.programs) for p in _plan(_args("--device", "sample"))] == [
-        (("sample",), DEFAULT_TESTS)]
-    assert [p.programs for p in _plan(_args("--device", "sample", "--all"))] == [()]
+        (("sample",), default_tests("user"))]
+    assert [sorted(p.programs) for p in _plan(_args("--device", "sample", "--all"))] == [
+        sorted(n for n in specs if not specs[n].kernel_iommu)]
+
+
+def test_plan_kernel_iommu_keeps_to_kernel_owned_programs():
+    from vuser.commands.run import _plan
+    from vuser.errors import UserError
+    from vuser.guest.manifest import load_manifest
+
+    specs = load_manifest()
+    kernel = sorted(n for n in specs if specs[n].kernel_iommu)
+    assert "kernel_iommu" in kernel
+    plans = _plan(_args("--kernel-iommu", "--all"))
+    assert sorted(n for p in plans for n in p.programs) == kernel
+    assert all(p.kernel_iommu for p in plans)
+    plans = _plan(_args("--kernel-iommu", "--test", "kernel_iommu"))
+    assert [(p.programs, p.iommu) for p in plans] == [(("kernel_iommu",), "kernel")]
+    # The manifest decides without the flag, too.
+    assert [p.iommu for p in _plan(_args("--test", "kernel_iommu"))] == ["kernel"]
+    plans = _plan(_args("--kernel-iommu", "--device", "vuser-iommu", "--device", "vuser-dma",
+                        "--test", "kernel_iommu"))
+    assert [(p.devices, p.iommu) for p in plans] == [(("vuser-iommu", "vuser-dma"), "kernel")]
+    with pytest.raises(UserError, match=r"^dma_nested runs with a userspace-owned vIOMMU "
+                                        r"\(iommu = \"user\" in guest_tests.toml\); "
+                                        r"--kernel-iommu boots only kernel-owned guests$"):
+        _plan(_args("--kernel-iommu", "--test", "dma_nested"))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -18,11 +18,19 @@ unless --accel kvm), run guest test programs and stream the serial console
 passed. Once QEMU runs, the server's control socket is printed: drive the
 ioasid model and watch the devices from another terminal with `vuser ctl`.
 
-Without --test it runs the demo: `enumerate` (a sample device and a
-vuser-dma: config space, capabilities, BARs, DMA, interrupts) and `demo` (a
+Without --test it runs the demo: the programs marked `demo = true` in
+tests/guest/guest_tests.toml, in its order: `enumerate` (a sample device and
+a vuser-dma: config space, capabilities, BARs, DMA, interrupts), `demo` (a
 vuser-dma behind the vIOMMU: stage-1 tables for PASID 1, a pass-through
 entry for requests without a PASID, a memcpy each way and a fault, told on
-the console), one guest per device list. `make run` is this.
+the console), and any kernel-owned ones. `make run` is this.
+
+With --kernel-iommu the guest kernel's own intel_iommu driver owns the
+vuser-iommu (there must be exactly one): the launcher finds where the
+firmware puts each device (a short firmware-only boot, cached), labels each
+device with its BDF, passes an ACPI DMAR for the unit and boots with
+`intel_iommu=on,sm_on intremap=off`. Programs declare the mode they need
+(`iommu = "kernel"` in the manifest); --kernel-iommu runs only those.
 
 Missing pieces are provisioned first: QEMU with vfio-user-pci, the guest
 image (see `vuser provision`, `vuser doctor`). The devices each program
@@ -34,11 +42,23 @@ share a guest.
   vuser run --test dma_nested        one program (repeatable), with its devices
   vuser run --device sample --test environment   with the devices given
   vuser run --shell                  an interactive guest shell (Ctrl-] leaves)
+  vuser run --kernel-iommu --shell   a shell in a guest whose kernel owns vuser-iommu
+  vuser run --kernel-iommu           the kernel-owned demo programs
 """
 
 DEFAULT_DEVICES = ("sample",)
-#: What `vuser run` (and `make run`) runs without --test or --all.
-DEFAULT_TESTS = ("enumerate", "demo")
+#: The devices of a kernel-owned guest without --device.
+KERNEL_IOMMU_DEVICES = ("vuser-iommu", "vuser-dma")
+
+
+def default_tests(iommu: str | None = None) -> tuple[str, ...]:
+    """What `vuser run` (and `make run`) runs without --test or --all: the
+    manifest's ``demo = true`` programs in its order; with ``iommu``, only
+    those of that vIOMMU mode ("user" or "kernel")."""
+    from vuser.guest import manifest
+
+    specs = manifest.load_manifest()
+    return tuple(n for n in manifest.demo_programs(specs) if iommu in (None, specs[n].iommu))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -48,11 +68,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "sample for --shell)")
     parser.add_argument("--test", "-t", action="append", metavar="NAME",
                         help="a guest test program to run (repeatable; default: the demo, "
-                             f"that is {' and '.join(DEFAULT_TESTS)})")
+                             "the programs marked demo = true in tests/guest/guest_tests.toml)")
     parser.add_argument("--all", action="store_true",
                         help="run every guest test program (guest-tests/*.c)")
     parser.add_argument("--shell", action="store_true",
                         help="an interactive shell on the guest's console instead of tests")
+    parser.add_argument("--kernel-iommu", action="store_true",
+                        help="the guest kernel's intel_iommu owns the vuser-iommu (DMAR, BDF "
+                             "labels, intel_iommu=on,sm_on intremap=off); only programs with "
+                             "iommu = \"kernel\" in the manifest")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="stop a guest that runs longer (default: the manifest's timeout "
                              "of its tests, 300 s with --device; none with --shell)")
@@ -93,7 +117,9 @@ def control_socket_path(server_args: list[str]) -> tuple[list[str], str]:
 
 
 def _on_ready(info, verbose: bool, control: str | None = None) -> None:
-    """Hook once QEMU runs: print the control socket for `vuser ctl`."""
+    """Hook once QEMU runs: print the launcher's notes and the control socket for `vuser ctl`."""
+    for note in info.notes:
+        print(f"vuser: {note}", file=sys.stderr, flush=True)
     if control is not None:
         print(f"vuser: control socket {control} (vuser ctl --socket {control} ...)",
               file=sys.stderr, flush=True)
@@ -213,35 +239,46 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    def launch_args(devices: list[str], guest_timeout: float) -> dict:
+    def launch_args(devices: list[str], guest_timeout: float, kernel_iommu: bool = False,
+                    append: tuple[str, ...] = ()) -> dict:
         return dict(devices=devices, timeout=guest_timeout, memory_mib=args.memory,
                     accel=args.accel, extra_server_args=server_args, qemu=qemu,
-                    on_ready=lambda info: _on_ready(info, verbose, control))
+                    on_ready=lambda info: _on_ready(info, verbose, control),
+                    kernel_iommu=kernel_iommu, kernel_args=append)
+
+    def mode(kernel_iommu: bool, append: tuple[str, ...] = ()) -> str:
+        return ((", kernel-owned vIOMMU" if kernel_iommu else "")
+                + (f", kernel args: {' '.join(append)}" if append else ""))
 
     if args.shell:
-        devices = args.device or list(DEFAULT_DEVICES)
+        devices = args.device or list(KERNEL_IOMMU_DEVICES if args.kernel_iommu
+                                      else DEFAULT_DEVICES)
         image = build_image(tests=None, progress=True, shell=True)
         print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} "
-              f"({qemu.source}), {args.accel}, devices: {', '.join(devices)}", file=sys.stderr)
+              f"({qemu.source}), {args.accel}, devices: {', '.join(devices)}"
+              f"{mode(args.kernel_iommu)}", file=sys.stderr)
         print("vuser: guest shell on the serial console; Ctrl-] leaves", file=sys.stderr)
         fd = sys.stdin.fileno()
         with _raw_terminal(fd):
             result = launch(image, console_echo=echo, console_input=fd,
-                            **launch_args(devices, timeout))
+                            **launch_args(devices, timeout, args.kernel_iommu))
         print(file=sys.stderr)
         if result.error and not result.error.startswith("console session ended"):
             raise UserError(result.error)
         return 0
 
     worst, programs, error = 0, [], None
-    for plan in _plan(args):
+    plans = _plan(args)
+    for plan in plans:
         image = build_image(tests=list(plan.programs) if plan.programs else None, progress=True)
         guest_timeout = args.timeout if args.timeout is not None else plan.timeout
         print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} "
-              f"({qemu.source}), {args.accel}, devices: {', '.join(plan.devices) or 'none'}; "
+              f"({qemu.source}), {args.accel}, devices: {', '.join(plan.devices) or 'none'}"
+              f"{mode(plan.kernel_iommu, plan.append)}; "
               f"tests: {', '.join(image.tests)}", file=sys.stderr)
         result = launch(image, console_echo=None if args.quiet else echo,
-                        **launch_args(list(plan.devices), guest_timeout))
+                        **launch_args(list(plan.devices), guest_timeout, plan.kernel_iommu,
+                                      plan.append))
         status, error, found = _report(result, args.quiet)
         programs += found
         worst = max(worst, status)
@@ -252,30 +289,54 @@ def run(args: argparse.Namespace) -> int:
     if error:
         raise UserError(error)
     if not (args.test or args.all):
-        print(f"vuser: that was the demo ({' and '.join(DEFAULT_TESTS)}); `vuser run --all` runs "
+        shown = [n for p in plans for n in p.programs]
+        print(f"vuser: that was the demo ({_and(shown)}); `vuser run --all` runs "
               "every guest test, `vuser run --test NAME` one", file=sys.stderr)
     return worst
 
 
+def _and(names: list[str]) -> str:
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
+
+
 def _plan(args: argparse.Namespace):
     """The guests to boot. The programs: those named with --test, every one
-    (--all), or the demo (DEFAULT_TESTS). With --device: one guest with
-    those devices. Without: the devices each program needs, from
-    tests/guest/guest_tests.toml, one guest per device list (programs that
-    need the same devices share it); the timeout is the manifest's unless
-    --timeout."""
+    (--all), or the demo (``default_tests()``). With --device: one guest with
+    those devices. Without: the devices, vIOMMU mode and kernel arguments
+    each program needs, from tests/guest/guest_tests.toml, one guest per
+    distinct set (programs that need the same share it); the timeout is the
+    manifest's unless --timeout. --kernel-iommu keeps to kernel-owned
+    programs: a named userspace-mode one is an error."""
+    from vuser.errors import UserError
     from vuser.guest import manifest
 
-    if args.device:
-        names = () if args.all else tuple(args.test or DEFAULT_TESTS)  # (): every program
-        return [manifest.BootPlan(tuple(args.device), names, 300.0)]
+    kernel = getattr(args, "kernel_iommu", False)
+    iommu = "kernel" if kernel else "user"
     specs = manifest.load_manifest()
-    names = list(args.test or (specs if args.all else DEFAULT_TESTS))
+    if args.test and kernel:
+        user = [n for n in args.test if n in specs and not specs[n].kernel_iommu]
+        if user:
+            raise UserError(f"{user[0]} runs with a userspace-owned vIOMMU (iommu = \"user\" in "
+                            f"{manifest.MANIFEST_PATH.name}); --kernel-iommu boots only "
+                            "kernel-owned guests")
+    # With --device every program runs in the one mode asked for.
+    only = iommu if kernel or args.device else None
+    if args.all:
+        names = [n for n in specs if only in (None, specs[n].iommu)]
+    else:
+        names = list(args.test or default_tests(only))
+    if not names:
+        what = "kernel-owned" if kernel else "userspace-owned"
+        raise UserError(f"no {'' if args.all else 'demo '}program of {manifest.MANIFEST_PATH.name} "
+                        f"runs with a {what} vIOMMU (iommu = \"{iommu}\"); name one with --test")
+    if args.device:
+        return [manifest.BootPlan(tuple(args.device), tuple(names), 300.0, iommu)]
     known = [n for n in names if n in specs]
     unlisted = [n for n in names if n not in specs]  # the image builder judges these
     plans = manifest.boot_groups(specs, known) if known else []
     if unlisted:
-        plans.insert(0, manifest.BootPlan(DEFAULT_DEVICES, tuple(unlisted), 300.0))
+        plans.insert(0, manifest.BootPlan(KERNEL_IOMMU_DEVICES if kernel else DEFAULT_DEVICES,
+                                          tuple(unlisted), 300.0, iommu))
     return plans
 
 

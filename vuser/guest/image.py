@@ -46,7 +46,7 @@ from vuser.guest.newc import write_gzip
 
 __all__ = ["BUILDER_VERSION", "GuestImage", "Recipe", "build_image", "status", "load_recipe"]
 
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 MANIFEST = "image.json"
 DEBUG_EXIT = "sbin/vuser-debug-exit"
 
@@ -61,6 +61,7 @@ class GuestImage:
     tests: dict[str, list[str]]  # selected test program -> its declared cases
     kernel_release: str
     key: str
+    kernel_config: Path | None = None  # the kernel package's boot/config-<release>
 
 
 @dataclass(frozen=True)
@@ -211,8 +212,10 @@ def build_image(tests: Sequence[str] | None = None, progress: bool = True, *,
     words = [recipe.cmdline, f"vuser.tests={','.join(selected)}"]
     if shell:
         words.append("vuser.shell=1")
+    config = tree.root / "boot" / f"config-{manifest['kernel_release']}"
     return GuestImage(kernel=out / "vmlinuz", initrd=out / "initrd.img", append=" ".join(words),
-                      tests=selected, kernel_release=manifest["kernel_release"], key=key)
+                      tests=selected, kernel_release=manifest["kernel_release"], key=key,
+                      kernel_config=config if config.is_file() else None)
 
 
 def _busybox(root: Path) -> bytes:
@@ -229,7 +232,16 @@ def _image_conf(recipe: Recipe, modules: list[str], tests: list[str],
     return (f"VUSER_MODULES={shlex.quote(' '.join(modules))}\n"
             f"VUSER_OWN_MODULES={shlex.quote(' '.join(own_modules))}\n"
             f"VUSER_TESTS_ALL={shlex.quote(' '.join(tests))}\n"
-            f"VUSER_HUGEPAGES={recipe.hugepages}\n").encode()
+            f"VUSER_HUGEPAGES={recipe.hugepages}\n"
+            f"VUSER_IOMMU_ID={_iommu_id()}\n").encode()
+
+
+def _iommu_id() -> str:
+    """vuser-iommu's ``vendor:device`` as sysfs shows them (``/init`` sets its
+    Bus Master Enable in a kernel-owned guest)."""
+    from vuser.devices.viommu import VIommuDevice
+
+    return f"{VIommuDevice.VENDOR_ID:#06x}:{VIommuDevice.DEVICE_ID:#06x}"
 
 
 def _build(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet, key: str,

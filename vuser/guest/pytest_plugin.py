@@ -7,13 +7,16 @@ A manifest (``tests/guest/guest_tests.toml``) names each guest test program
     devices = ["sample"]
     timeout = 300       # seconds the guest may run
     alone = false       # true: never share a guest with other programs
+    iommu = "user"      # "kernel": the guest kernel owns the vuser-iommu
+    append = []         # extra kernel command line words
 
 (``vuser.guest.manifest`` reads it.)
 Collection builds the programs (host gcc, cached) and reads the cases each
 declares from its ``.vuser_cases`` ELF section, so every case is an item
 before anything boots: ``guest_tests.toml::enumerate::find_device``.
 
-Programs with the same device list share one guest (a *boot group*): the
+Programs with the same devices, ``iommu`` and ``append`` share one guest (a
+*boot group*): the
 first item of any of them builds the image and boots the guest once
 (``vuser.qemu.launcher.launch``) running every program of the group that has
 a selected item, one after the other (timeout: the sum of theirs). Each item
@@ -98,8 +101,7 @@ class GuestManifest(pytest.File):
                     message=f"guest test {name} is not in {self.path.name}: add a [{name}] "
                             "table saying which devices its guest needs")
                 continue
-            key = (f"alone:{name}",) if spec.alone else spec.devices
-            group = groups.setdefault(key, BootGroup(spec.devices))
+            group = groups.setdefault(spec.boot_key(), BootGroup(spec.devices, spec))
             node = GuestProgramNode.from_parent(self, name=name, spec=spec, cases=prog.cases,
                                                 group=group)
             group.nodes.append(node)
@@ -111,10 +113,12 @@ class GuestManifest(pytest.File):
 
 
 class BootGroup:
-    """Programs that share one guest: same devices (see the module doc)."""
+    """Programs that share one guest: same devices, iommu and append (module doc)."""
 
-    def __init__(self, devices: tuple[str, ...]) -> None:
+    def __init__(self, devices: tuple[str, ...], spec: ProgramSpec | None = None) -> None:
         self.devices = devices
+        self.kernel_iommu = spec.kernel_iommu if spec else False
+        self.append = spec.append if spec else ()
         self.nodes: list[GuestProgramNode] = []
         self._runs: dict[str, _Run] | None = None
 
@@ -151,7 +155,8 @@ class BootGroup:
         try:
             image = build_image(tests=names, progress=False)
             result = launch(image, devices=list(self.devices),
-                            timeout=sum(n.spec.timeout for n in members), qemu=qemu)
+                            timeout=sum(n.spec.timeout for n in members), qemu=qemu,
+                            kernel_iommu=self.kernel_iommu, kernel_args=self.append)
         except UserError as e:
             return dict.fromkeys(names, _Run(error=str(e)))
         doc = ktap.parse(result.console)

@@ -10,6 +10,9 @@
   ``stdio`` chardev (QEMU's stdin/stdout are the launcher's pipes).
 - ``-no-reboot``: a reboot or a panic ends QEMU (exit status 0, no debug-exit).
 - QMP on a UNIX socket.
+- Without a kernel (``GuestConfig.kernel`` None) the guest stays in the
+  firmware: SeaBIOS assigns the BARs and finds nothing to boot (the probe of
+  ``vuser.qemu.topology``).
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ ACCELS = ("tcg", "kvm")
 
 @dataclass(frozen=True)
 class GuestConfig:
-    """What the guest gets; paths are absolute."""
+    """What the guest gets; paths are absolute. ``kernel`` None: firmware only."""
 
-    kernel: Path
+    kernel: Path | None
     initrd: Path | None
     append: str
     sockets: Sequence[Path] = ()
@@ -82,8 +85,9 @@ def qemu_args(cfg: GuestConfig) -> list[str]:
         args += ["-device", vfio_user_device(sock, bus, f"vuser{i}")]
     if cfg.qmp is not None:
         args += ["-qmp", f"unix:{cfg.qmp},server=on,wait=off"]
-    args += ["-kernel", str(cfg.kernel)]
-    if cfg.initrd is not None:
-        args += ["-initrd", str(cfg.initrd)]
-    args += ["-append", cfg.append]
+    if cfg.kernel is not None:
+        args += ["-kernel", str(cfg.kernel)]
+        if cfg.initrd is not None:
+            args += ["-initrd", str(cfg.initrd)]
+        args += ["-append", cfg.append]
     return args + list(cfg.extra)

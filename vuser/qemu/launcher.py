@@ -8,6 +8,12 @@ timeout, or its server dies; in every case QEMU (QMP ``quit``, then SIGTERM,
 then SIGKILL) and the server's process group are stopped, and the private
 working directory with the sockets is removed.
 
+With ``kernel_iommu=True`` the guest kernel owns the vuser-iommu: before the
+server starts, the launcher finds where the firmware puts each device (a
+firmware-only boot of the same topology, cached; ``vuser.qemu.topology``), then
+labels each device with its BDF, tells the unit its register base, passes a
+DMAR with ``-acpitable`` and adds the kernel options (``vuser.qemu.kernel_iommu``).
+
 QEMU exits with ``(val << 1) | 1`` after the guest writes ``val`` to the
 isa-debug-exit port (``hw/misc/debugexit.c``). QEMU's own start-up errors also
 exit 1, so an exit status of 1 with an error line on QEMU's stderr and nothing
@@ -29,7 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -66,6 +72,9 @@ class GuestResult:
     qemu_log: str = ""
     error: str | None = None
     guest_state: str | None = None  # QMP query-status when the guest was stopped by us
+    stopped: bool = False  # the launcher's ``until`` condition ended the run
+    notes: list[str] = field(default_factory=list)  # one-line facts about the run (probe, kernel)
+    topology: Any = None  # kernel_iommu: the vuser.qemu.topology.Topology the guest booted with
 
     @property
     def ok(self) -> bool:
@@ -84,6 +93,7 @@ class LaunchInfo:
     qmp: Path
     server_pid: int | None
     qemu_pid: int
+    notes: tuple[str, ...] = ()  # what the launcher found (kernel_iommu: register base, BDFs)
 
 
 class _Stream:
@@ -174,7 +184,9 @@ class _Run:
                  console_echo: Callable[[str], None] | None, console_input: int | None,
                  qemu: QemuBinary | None, server_command: Sequence[str] | None,
                  ready_timeout: float, on_ready: Callable[[LaunchInfo], None] | None,
-                 qemu_extra: Sequence[str]) -> None:
+                 qemu_extra: Sequence[str], kernel_iommu: bool = False,
+                 probe_cache: Path | None = None,
+                 until: Callable[[Path], bool] | None = None) -> None:
         self.image = image
         self.devices = list(devices)
         self.timeout = timeout
@@ -190,6 +202,13 @@ class _Run:
         self.ready_timeout = ready_timeout
         self.on_ready = on_ready
         self.qemu_extra = list(qemu_extra)
+        self.kernel_iommu = kernel_iommu
+        self.probe_cache = probe_cache
+        self.until = until
+        self.notes: list[str] = []
+        self.topology: Any = None
+        self._probe_key: str | None = None
+        self._dmar: bytes | None = None
         self.workdir: Path | None = None
         self.server: subprocess.Popen | None = None
         self.qemu: subprocess.Popen | None = None
@@ -200,27 +219,65 @@ class _Run:
         self.input_thread: threading.Thread | None = None
 
     # -- validate first
-    def validate(self) -> tuple[Path, Path | None]:
+    def validate(self) -> tuple[Path | None, Path | None]:
         for dev in self.devices:
             dtype = dev.split(",", 1)[0]
             if not dtype or "@" in dev or "/" in dtype:
                 raise UserError(f"bad device {dev!r} (give TYPE[,key=value...], such as 'sample')")
         if self.timeout <= 0:
             raise UserError(f"timeout must be > 0, not {self.timeout}")
+        if self.accel not in cmdline.ACCELS:
+            raise UserError(f"accelerator must be one of {', '.join(cmdline.ACCELS)}, not {self.accel!r}")
+        if self.image is None:  # firmware only
+            return None, None
         kernel = Path(self.image.kernel)
         initrd = Path(self.image.initrd) if getattr(self.image, "initrd", None) else None
         if not kernel.is_file():
             raise UserError(f"guest kernel {kernel} does not exist (build the image: vuser provision --image)")
         if initrd is not None and not initrd.is_file():
             raise UserError(f"guest initrd {initrd} does not exist (build the image: vuser provision --image)")
-        if self.accel not in cmdline.ACCELS:
-            raise UserError(f"accelerator must be one of {', '.join(cmdline.ACCELS)}, not {self.accel!r}")
+        if self.kernel_iommu:
+            from vuser.qemu import kernel_iommu
+
+            kernel_iommu.iommu_index(self.devices)
+            self.notes += kernel_iommu.check_kernel_config(
+                getattr(self.image, "kernel_config", None), getattr(self.image, "kernel_release", ""))
         return kernel, initrd
+
+    def _prepare_kernel_iommu(self, qemu_bin: QemuBinary) -> None:
+        """Probe (or recall) the firmware's placement; label the devices, build the DMAR."""
+        from vuser.qemu import kernel_iommu, topology
+
+        probe_devices = [topology.strip_options(d) for d in self.devices]
+        cache = self.probe_cache or topology.default_cache()
+        self._probe_key = topology.probe_key(qemu_bin, probe_devices, memory_mib=self.memory_mib,
+                                             accel=self.accel, smp=self.smp,
+                                             qemu_extra=self.qemu_extra)
+
+        def boot(until: Callable[[Path], bool], timeout: float) -> GuestResult:
+            return _Run(None, probe_devices, timeout=timeout, memory_mib=self.memory_mib,
+                        accel=self.accel, smp=self.smp, extra_server_args=(), kernel_args=(),
+                        console_echo=None, console_input=None, qemu=qemu_bin,
+                        server_command=self.server_command, ready_timeout=self.ready_timeout,
+                        on_ready=None, qemu_extra=self.qemu_extra, until=until).run()
+
+        topo = topology.probe(boot, len(self.devices), key=self._probe_key, cache=cache)
+        plan = kernel_iommu.plan(self.devices, topo, kernel_iommu.unit_options())
+        self.topology = topo
+        self.devices = list(plan.devices)
+        self.kernel_args += plan.kernel_args
+        self._dmar = plan.dmar
+        how = "cached probe" if topo.cached else f"firmware probe {topo.probe_s:.1f} s"
+        self.notes.append(f"kernel-owned vIOMMU: register base {plan.register_base:#x} ({how}); "
+                          + ", ".join(f"{d.split(',', 1)[0]} at {s.name}"
+                                      for d, s in zip(self.devices, topo.slots)))
 
     # -- then act
     def run(self) -> GuestResult:
         kernel, initrd = self.validate()
         qemu_bin = self.qemu_bin or find_qemu()
+        if self.kernel_iommu:
+            self._prepare_kernel_iommu(qemu_bin)
         start = time.monotonic()
         try:
             self.workdir = Path(tempfile.mkdtemp(prefix="vuser-run-"))
@@ -230,17 +287,24 @@ class _Run:
             sockets = tuple(self.workdir / f"{i}-{dev.split(',', 1)[0]}.sock"
                             for i, dev in enumerate(self.devices))
             qmp_path = self.workdir / "qmp.sock"
+            extra = list(self.qemu_extra)
+            if self._dmar is not None:
+                table = self.workdir / "dmar.bin"
+                table.write_bytes(self._dmar)
+                extra += ["-acpitable", f"file={table}"]
             if self.devices:
                 self._start_server(sockets)
             cfg = cmdline.GuestConfig(
-                kernel=kernel.resolve(), initrd=initrd.resolve() if initrd else None,
+                kernel=kernel.resolve() if kernel else None,
+                initrd=initrd.resolve() if initrd else None,
                 append=cmdline.kernel_cmdline(getattr(self.image, "append", ""), self.kernel_args),
                 sockets=sockets, qmp=qmp_path, memory_mib=self.memory_mib, accel=self.accel,
-                smp=self.smp, extra=self.qemu_extra)
+                smp=self.smp, extra=extra)
             self._start_qemu([*qemu_bin.argv, *cmdline.qemu_args(cfg)])
             if self.on_ready:
                 self.on_ready(LaunchInfo(self.workdir, sockets, qmp_path,
-                                         self.server.pid if self.server else None, self.qemu.pid))
+                                         self.server.pid if self.server else None, self.qemu.pid,
+                                         tuple(self.notes)))
             result = self._wait(start, qmp_path)
         finally:
             self.teardown()
@@ -248,6 +312,13 @@ class _Run:
         result.server_log = self.server_out.text() if self.server_out else ""
         result.qemu_log = self.qemu_err.text() if self.qemu_err else ""
         self._interpret(result)
+        result.notes = list(self.notes)
+        result.topology = self.topology
+        if self.kernel_iommu and result.server_died and self._probe_key:
+            # Most likely vuser-iommu refused its register base: probe afresh next time.
+            from vuser.qemu import topology
+
+            topology.forget(self.probe_cache or topology.default_cache(), self._probe_key)
         return result
 
     def _start_server(self, sockets: Sequence[Path]) -> None:
@@ -336,6 +407,9 @@ class _Run:
                 break
             if self.detached.is_set():
                 break
+            if self.until is not None and self.until(qmp_path):
+                result.stopped = True
+                break
         result.duration_s = time.monotonic() - start
         if self.server is not None and not result.server_died and self.qemu.poll() is not None:
             # QEMU may have ended *because* the server died; look once more.
@@ -355,6 +429,8 @@ class _Run:
                        f"{_last_line(r.server_log, 'no output')}")
         elif self.detached.is_set():
             r.error = "console session ended by the user (Ctrl-])"
+        elif r.stopped:
+            r.error = "stopped by the launcher once it had what it waited for"
         elif rc is None:
             r.error = "QEMU did not run"
         elif rc < 0:
@@ -430,7 +506,8 @@ def launch(image: Any, devices: Sequence[str] = ("sample",), timeout: float = 12
            console_input: int | None = None, smp: int = 1,
            server_command: Sequence[str] | None = None, ready_timeout: float = 20.0,
            on_ready: Callable[[LaunchInfo], None] | None = None,
-           qemu_extra: Sequence[str] = ()) -> GuestResult:
+           qemu_extra: Sequence[str] = (), kernel_iommu: bool = False,
+           probe_cache: Path | None = None) -> GuestResult:
     """Boot ``image`` (``.kernel``, ``.initrd``, ``.append``) against vuser ``devices``.
 
     - ``kernel_args``: words appended to the kernel command line (``vuser.tests=a,b``).
@@ -439,6 +516,10 @@ def launch(image: Any, devices: Sequence[str] = ("sample",), timeout: float = 12
     - ``qemu``: the QEMU to use (default: ``find_qemu()``, provisioning if needed).
     - ``server_command``: argv prefix of the server (default ``python -m vuser serve``).
     - ``on_ready``: called with a ``LaunchInfo`` once QEMU has started.
+    - ``kernel_iommu``: the guest kernel owns the one vuser-iommu among
+      ``devices`` (module doc); ``probe_cache`` is where firmware probes are
+      cached (default ``<cache>/probes``). ``result.notes`` says where the
+      register base came from.
 
     Startup failures raise ``UserError``; everything after QEMU started is
     reported in the ``GuestResult``. Nothing is left running or on disk.
@@ -447,13 +528,15 @@ def launch(image: Any, devices: Sequence[str] = ("sample",), timeout: float = 12
                 extra_server_args=extra_server_args, kernel_args=kernel_args,
                 console_echo=console_echo, console_input=console_input, qemu=qemu,
                 server_command=server_command, ready_timeout=ready_timeout, on_ready=on_ready,
-                qemu_extra=qemu_extra).run()
+                qemu_extra=qemu_extra, kernel_iommu=kernel_iommu, probe_cache=probe_cache).run()
 
 
 @dataclass(frozen=True)
 class Image:
-    """A plain guest image (``vuser.guest.image.GuestImage`` has the same three fields)."""
+    """A plain guest image (``vuser.guest.image.GuestImage`` has the same fields)."""
 
     kernel: Path
     initrd: Path | None = None
     append: str = ""
+    kernel_config: Path | None = None  # its .config, checked in kernel_iommu mode
+    kernel_release: str = ""
