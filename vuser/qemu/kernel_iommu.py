@@ -89,17 +89,7 @@ def _with_option(opts: list[tuple[str, str]], key: str, value: str) -> list[tupl
     return [*(kv for kv in opts if kv[0] != key), (key, value)]
 
 
-def unit_options() -> frozenset[str]:
-    """The options of ``drhd_base`` and ``cm`` that this vuser-iommu takes."""
-    import inspect
-
-    from vuser.devices.viommu import VIommuDevice
-
-    return frozenset(inspect.signature(VIommuDevice).parameters) & {"drhd_base", "cm"}
-
-
-def plan(devices: Sequence[str], topology: Topology,
-         unit_takes: frozenset[str] = frozenset({"drhd_base", "cm"})) -> KernelIommuPlan:
+def plan(devices: Sequence[str], topology: Topology) -> KernelIommuPlan:
     """Labels, unit options, DMAR and kernel arguments for ``devices`` as the
     firmware placed them. ``UserError`` for a label that is not the BDF."""
     unit = iommu_index(devices)
@@ -120,9 +110,8 @@ def plan(devices: Sequence[str], topology: Topology,
                                 f"label to be its guest BDF {slot.name}, label={slot.bdf:#x}")
         opts = _with_option(opts, "label", f"{slot.bdf:#x}")
         if i == unit:
-            if "drhd_base" in unit_takes:
-                opts = _with_option(opts, "drhd_base", f"{base:#x}")
-            if "cm" in unit_takes and "cm" not in dict(opts):
+            opts = _with_option(opts, "drhd_base", f"{base:#x}")
+            if "cm" not in dict(opts):
                 opts.append(("cm", "0"))
         else:
             endpoints.append([slot.root_port, (slot.device, slot.function)])

@@ -262,7 +262,7 @@ class _Run:
                         on_ready=None, qemu_extra=self.qemu_extra, until=until).run()
 
         topo = topology.probe(boot, len(self.devices), key=self._probe_key, cache=cache)
-        plan = kernel_iommu.plan(self.devices, topo, kernel_iommu.unit_options())
+        plan = kernel_iommu.plan(self.devices, topo)
         self.topology = topo
         self.devices = list(plan.devices)
         self.kernel_args += plan.kernel_args
