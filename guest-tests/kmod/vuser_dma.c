@@ -574,7 +574,7 @@ static long vdma_ioc_stale(struct vdma_dev *vd, struct vuser_dma_stale __user *u
 	struct page *page;
 	dma_addr_t iova;
 	bool nosoftirq;
-	u8 *buf, want;
+	u8 *buf;
 	size_t i;
 	long ret;
 
@@ -627,10 +627,9 @@ static long vdma_ioc_stale(struct vdma_dev *vd, struct vuser_dma_stale __user *u
 	st.fault_info = rec.fault_info;
 	st.fault_addr = le64_to_cpu(rec.fault_addr);
 	st.bytes_done = le64_to_cpu(rec.bytes_done);
-	want = (u8)~st.pattern;
 	st.landed = 0;
 	for (i = 0; i < PAGE_SIZE; i++)
-		st.landed += buf[i] == want;
+		st.landed += buf[i] == (u8)(~st.pattern >> (8 * (i % 8)));
 	ret = copy_to_user(uarg, &st, sizeof(st)) ? -EFAULT : 0;
 out_free:
 	__free_page(page);
