@@ -4,8 +4,10 @@ cannot shadow the ``qemu`` namespace package of ``qemu.qmp``)."""
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -36,3 +38,21 @@ def run_vuser(*args: str, env: dict | None = None, timeout: float = 120) -> subp
     full = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "vuser", *args], capture_output=True, text=True,
                           env=full, timeout=timeout)
+
+
+def read_until(fd: int, pattern: bytes, timeout: float, buf: bytearray) -> bool:
+    """Read ``fd`` into ``buf`` until ``pattern`` shows up (True) or ``timeout`` or EOF."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pattern in buf:
+            return True
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                return pattern in buf
+            if not data:
+                return pattern in buf
+            buf += data
+    return pattern in buf

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pty
 import re
-import select
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 
 from vuser.qemu import kvm
 
+from qemu_helpers import read_until as _read_until
 from qemu_helpers import run_vuser
 
 pytestmark = pytest.mark.timeout(300)
@@ -174,23 +174,6 @@ def test_run_unknown_test_is_one_line_error(image_ready):
     p = run_vuser("run", "--test", "no-such-test", timeout=120)
     assert p.returncode == 1
     assert p.stderr.strip().splitlines()[-1].startswith("vuser: error: no guest test no-such-test; there are: ")
-
-
-def _read_until(fd: int, pattern: bytes, timeout: float, buf: bytearray) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pattern in buf:
-            return True
-        r, _, _ = select.select([fd], [], [], 0.2)
-        if r:
-            try:
-                data = os.read(fd, 4096)
-            except OSError:
-                return pattern in buf
-            if not data:
-                return pattern in buf
-            buf += data
-    return pattern in buf
 
 
 def test_run_shell_is_an_interactive_guest_console(image_ready):
