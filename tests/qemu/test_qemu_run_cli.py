@@ -44,11 +44,15 @@ def test_run_one_guest_test_prints_summary_and_exits_with_its_status(image_ready
 
 
 def test_run_without_test_runs_the_demo(image_ready):
-    p = run_vuser("run", timeout=600)
+    from vuser.commands.run import default_tests
+
+    p = run_vuser("run", timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     boots = re.findall(r"devices: ([^;]*); tests: (.*)", p.stderr)
-    assert boots == [("sample,label=0x21, vuser-dma,label=0x22", "enumerate"),
-                     ("vuser-iommu, vuser-dma,label=0x42", "demo")]
+    # enumerate, demo, then any other programs marked demo = true in the manifest
+    assert boots[:2] == [("sample,label=0x21, vuser-dma,label=0x22", "enumerate"),
+                         ("vuser-iommu, vuser-dma,label=0x42", "demo")]
+    assert [n for _, tests in boots for n in tests.split(", ")] == list(default_tests())
     # The demo's story is on the console, as KTAP diagnostics of its cases.
     assert re.search(r"^    # vuser-dma: +\S+ 5655:0002, label 0x42", p.stdout, re.M)
     assert re.search(r"^    #   PASID 1 +0x\w+ +GPA 0x\w+ \(page B\) +SUCCESS, 4096 bytes$",
@@ -59,9 +63,10 @@ def test_run_without_test_runs_the_demo(image_ready):
                      r"fault record: reason 0x71, source-id 0x42, PASID 1$", p.stdout, re.M)
     assert re.search(r"^    ok 9 what_went_where$", p.stdout, re.M)
     summary = p.stdout[p.stdout.index("guest test results"):].splitlines()
-    assert summary == ["guest test results",
-                       "  pass       enumerate  14 cases passed",
-                       "  pass       demo       9 cases passed"]
+    assert summary[0] == "guest test results"
+    assert [ln.split()[:2] for ln in summary[1:]] == [["pass", n] for n in default_tests()]
+    assert re.match(r"  pass       enumerate +14 cases passed$", summary[1])
+    assert re.match(r"  pass       demo +9 cases passed$", summary[2])
     assert "vuser: control socket " in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("vuser: that was the demo (enumerate")
 
@@ -219,6 +224,32 @@ def test_doctor_reports_qemu_image_and_tests(image_ready, qemu_bin):
     assert any(ln.startswith("??  KVM          /dev/kvm") for ln in lines)
     assert any(ln.startswith("ok  guest image  kernel ") for ln in lines)
     assert any(ln.startswith("ok  guest tests  ") and "enumerate" in ln for ln in lines)
+    # Debian's cloud kernel has intel_iommu and its SVM support.
+    assert "ok  kernel IOMMU intel_iommu built in: `vuser run --kernel-iommu` gives it the " \
+           "vIOMMU" in lines
+
+
+def test_doctor_says_when_the_kernel_cannot_own_the_viommu(tmp_path, monkeypatch, capsys):
+    from rich.console import Console
+
+    from vuser.commands import doctor
+
+    config = tmp_path / "config-6.1.0-x"
+    config.write_text("CONFIG_INTEL_IOMMU=y\n")
+    out = Console(highlight=False, soft_wrap=True, no_color=True, width=400)
+    with out.capture() as cap:
+        doctor._kernel_iommu_line(out, {"kernel_config": config, "kernel": "6.1.0-x"})
+        config.write_text("# CONFIG_INTEL_IOMMU is not set\n")
+        doctor._kernel_iommu_line(out, {"kernel_config": config, "kernel": "6.1.0-x"})
+        doctor._kernel_iommu_line(out, {"kernel_config": None})
+    assert cap.get().splitlines() == [
+        "??  kernel IOMMU intel_iommu built in: `vuser run --kernel-iommu` gives it the vIOMMU; "
+        "kernel 6.1.0-x has no CONFIG_INTEL_IOMMU_SVM=y: SVA (shared virtual addressing) will "
+        "not work",
+        "--  kernel IOMMU a kernel-owned vIOMMU needs intel_iommu, but kernel 6.1.0-x has no "
+        f"CONFIG_INTEL_IOMMU=y ({config}); `vuser run --kernel-iommu` cannot be used",
+        "??  kernel IOMMU not checked (the kernel package is not unpacked)",
+    ]
 
 
 def test_kvm_probe_without_dev_kvm(qemu_bin, monkeypatch, tmp_path):

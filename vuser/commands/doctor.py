@@ -10,7 +10,9 @@ Report, without downloading or building anything:
   - QEMU: version, path and source (env, system, provisioned), or why none fits;
   - KVM: whether a KVM guest actually runs here (a mini-guest, then the
     Linux guest image if it is built), else TCG;
-  - the guest image and the guest tests: built for the current sources or not.
+  - the guest image and the guest tests: built for the current sources or not;
+  - whether the image's kernel can own vuser-iommu (`vuser run --kernel-iommu`:
+    CONFIG_INTEL_IOMMU, and CONFIG_INTEL_IOMMU_SVM for SVA), from its config.
 Exit status 0 when `vuser run` can boot a guest without provisioning, else 1.
 """
 
@@ -35,6 +37,27 @@ def _cached_image(st: dict | None):
 def _line(ok: bool | None, what: str, text: str) -> str:
     mark = {True: "[green]ok[/]", False: "[red]--[/]", None: "[yellow]??[/]"}[ok]
     return f"{mark}  [bold]{what:<12}[/] {text}"
+
+
+def _kernel_iommu_line(out, st: dict) -> None:
+    """The image kernel's intel_iommu, read from its config (informational)."""
+    from rich.markup import escape
+
+    from vuser.errors import UserError
+    from vuser.qemu.kernel_iommu import check_kernel_config
+
+    if not st.get("kernel_config"):
+        out.print(_line(None, "kernel IOMMU", "not checked (the kernel package is not unpacked)"))
+        return
+    try:
+        notes = check_kernel_config(st["kernel_config"], st.get("kernel") or "")
+    except UserError as e:
+        out.print(_line(False, "kernel IOMMU", escape(f"{e}; `vuser run --kernel-iommu` "
+                                                      "cannot be used")))
+        return
+    text = "intel_iommu built in: `vuser run --kernel-iommu` gives it the vIOMMU"
+    out.print(_line(True if not notes else None, "kernel IOMMU",
+                    escape("; ".join([text, *notes]))))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             out.print(_line(False, "guest image", escape((st.get("problem") or "not built")
                                                          + "; `vuser provision --image` builds it")))
             healthy = False
+        _kernel_iommu_line(out, st)
         if st["tests_built"]:
             tests = ", ".join(f"{n} ({c} cases)" for n, c in sorted(st["tests"].items())) or "none"
             out.print(_line(True, "guest tests", escape(tests)))

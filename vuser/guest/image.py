@@ -304,13 +304,15 @@ def status(cache: Path | None = None) -> dict[str, Any]:
     """What ``vuser doctor`` shows, without building or downloading anything.
 
     Keys: ``image`` (bool: an intact image for the current inputs is cached),
-    ``path``, ``kernel`` (release or None), ``kernel_package``,
+    ``path``, ``kernel`` (release or None), ``kernel_config`` (its config
+    file, when the kernel package is unpacked), ``kernel_package``,
     ``tests_built`` (bool), ``tests`` (name -> number of cases), ``problem``
     (a one-line reason when something is missing, else None).
     """
     cache = cache or paths.cache_root()
     st: dict[str, Any] = {"image": False, "path": None, "kernel": None, "kernel_package": None,
-                          "tests_built": False, "tests": {}, "problem": None}
+                          "kernel_config": None, "tests_built": False, "tests": {},
+                          "problem": None}
     try:
         recipe = load_recipe()
         progs = programs.cached_programs(paths.GUEST_TESTS, cache)
@@ -329,6 +331,8 @@ def status(cache: Path | None = None) -> dict[str, Any]:
     if kpkg:
         st["kernel_package"] = f"{kpkg.name} {kpkg.version}"
         st["kernel"] = kpkg.name.removeprefix("linux-image-")
+        config = tree.root / "boot" / f"config-{st['kernel']}"
+        st["kernel_config"] = config if config.is_file() else None
     if progs is None:
         st["problem"] = "guest tests not built yet"
         return st
