@@ -117,12 +117,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="bound the file to N bytes (default 512 MiB)")
     t = _sub(tsub, "show", "print the events of a trace file",
              "Print a trace's events: time since the start, kind, label, PASID,\n"
-             "IOVA, GPA, stage, IOTLB hit or miss, fault reason.")
+             "IOVA, GPA, stage, IOTLB hit or miss, and what it was: the fault\n"
+             "reason, the invalidation (IOTLB, PASID-IOTLB, PASID-cache, device-TLB;\n"
+             "its range), the page request or response.")
     t.add_argument("file", help="a trace file")
     t.add_argument("--limit", "-n", type=int, default=50, metavar="N",
                    help="at most N events (default 50; 0 for all)")
-    t.add_argument("--kind", choices=("translate", "fault", "invalidate"),
-                   help="only events of this kind")
+    from vuser.rpc.tracing import KINDS
+    t.add_argument("--kind", choices=KINDS, metavar="KIND",
+                   help="only events of this kind: " + ", ".join(KINDS))
     t = _sub(tsub, "summary", "summarise a trace file: hit rate, faults, per PASID, per page",
              "Counts of a trace: translations, IOTLB hits and misses, faults by\n"
              "reason, invalidations, translations per PASID and the busiest pages.")

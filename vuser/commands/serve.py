@@ -26,7 +26,10 @@ UNIX socket per device, all in this process.
 Options after the path (TYPE@PATH,key=value,...) go to the device as keyword
 strings. Once a device listens, one line "TYPE ready on PATH" is printed on
 stdout; with --control PATH, "control ready on PATH" follows once the control
-socket (see `vuser ctl`) listens. -v traces every vfio-user message, -vv adds
+socket (see `vuser ctl`) listens. --trace FILE records every translation,
+fault, invalidation (the model's IOTLB drops and vuser-iommu's descriptors),
+page request and page response from before the first message until the
+server exits, SIGTERM included. -v traces every vfio-user message, -vv adds
 raw bytes. SIGINT or SIGTERM shuts down cleanly and removes the sockets.
 
 A device that finds its setup wrong beyond repair stops the server: one
@@ -56,6 +59,10 @@ def configure(parser: Any) -> None:
     parser.add_argument("--control", metavar="PATH",
                         help="also serve the control socket (msgpack-RPC, mode 0600) at PATH, "
                              "for `vuser ctl --socket PATH`")
+    parser.add_argument("--trace", metavar="FILE", dest="trace_file",
+                        help="record a model trace into FILE from the first message until "
+                             "exit (the format of `vuser ctl trace record`; read it with "
+                             "`vuser ctl trace show|summary FILE`)")
 
 
 def parse_device(text: str, socket_path: str | None) -> DeviceSpec:
@@ -161,11 +168,13 @@ def prepare_socket_path(path: str) -> None:
 async def serve(specs: list[DeviceSpec], *, trace: int = 0,
                 types: dict[str, type] | None = None,
                 stop: asyncio.Event | None = None, platform: Any = None,
-                control: str | None = None) -> int:
+                control: str | None = None, trace_file: str | None = None) -> int:
     """Serve ``specs`` until SIGINT/SIGTERM (or ``stop`` is set).
 
     All devices join one ``Platform`` (one ioasid context): ``platform`` if
     given (the caller then closes it), else a new one closed on return.
+    ``trace_file``: a model trace recorded from before the first socket
+    listens until return (footer written however the server stops).
     """
     from vuser.devices.platform import FATAL_EXIT, Platform
     from vuser.transport.server import DeviceServer
@@ -186,6 +195,16 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     platform.on_fatal.append(lambda _msg: stop.set())
+    recorder = None
+    if trace_file is not None:
+        try:
+            recorder = _start_trace(trace_file, platform)
+        except BaseException:
+            for device in devices:
+                device.close()
+            if own_platform:
+                platform.close()
+            raise
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
@@ -203,7 +222,7 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
             servers.append(server)
             print(f"{spec.type} ready on {spec.path}", flush=True)
         if control is not None:
-            ctl_server = await _start_control(control, platform, specs)
+            ctl_server = await _start_control(control, platform, specs, recorder)
         await stop.wait()
         log.info("shutting down")
     finally:
@@ -218,6 +237,9 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
             close = getattr(device, "close", None)
             if close is not None:
                 close()
+        if recorder is not None and recorder.status()["recording"]:
+            platform.ctx.set_trace(None)
+            recorder.stop()
         if own_platform:
             platform.close()
     if platform.fatal_error is not None:
@@ -226,14 +248,34 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
     return 0
 
 
-async def _start_control(path: str, platform: Any, specs: list[DeviceSpec]) -> Any:
-    """The control socket over ``platform`` (vuser.rpc); prints "control ready on PATH"."""
+def _start_trace(path: str, platform: Any) -> Any:
+    """A ``TraceRecorder`` on ``platform``'s model (``UserError`` if FILE cannot be written)."""
+    from vuser.errors import RemoteProtocolError
+    from vuser.rpc.tracing import TraceRecorder
+
+    try:
+        rec = TraceRecorder(os.path.abspath(path),
+                            meta={"pid": os.getpid(), "stats": platform.ctx.stats(),
+                                  "from": "vuser serve --trace"})
+    except RemoteProtocolError as e:
+        raise UserError(str(e)) from None
+    platform.ctx.set_trace(rec.hook)
+    return rec
+
+
+async def _start_control(path: str, platform: Any, specs: list[DeviceSpec],
+                         recorder: Any = None) -> Any:
+    """The control socket over ``platform`` (vuser.rpc); prints "control ready on PATH".
+    A ``recorder`` already running (``--trace``) becomes the service's trace."""
     from vuser.rpc import ControlServer, Service
 
     if any(os.path.abspath(s.path) == os.path.abspath(path) for s in specs):
         raise UserError(f"--control {path} is also a device socket")
     prepare_socket_path(path)
-    server = ControlServer(Service.for_platform(platform), path)
+    service = Service.for_platform(platform)
+    if recorder is not None:
+        service.adopt_trace(recorder)
+    server = ControlServer(service, path)
     try:
         await server.start()
     except OSError as e:
@@ -246,7 +288,8 @@ async def _start_control(path: str, platform: Any, specs: list[DeviceSpec]) -> A
 def run(args: Any) -> int:
     specs = parse_specs(args.socket, args.device)
     try:
-        return asyncio.run(serve(specs, trace=args.verbose, control=args.control))
+        return asyncio.run(serve(specs, trace=args.verbose, control=args.control,
+                                 trace_file=args.trace_file))
     except KeyboardInterrupt:  # a second ^C while shutting down
         print("vuser: interrupted", file=sys.stderr)
         return 130

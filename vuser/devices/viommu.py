@@ -37,8 +37,8 @@ import logging
 from typing import Any
 
 from vuser.errors import UserError
-from vuser.iommu import Fault, FaultReason as ModelReason, IommufdError, Stage
-from vuser.iommu.uapi import FaultFlags, FaultRecord
+from vuser.iommu import Access, Fault, FaultReason as ModelReason, IommufdError, Stage
+from vuser.iommu.uapi import U64_MAX, FaultFlags, FaultRecord
 from vuser.pci.bar import Bar, BarReg, bar_offset
 from vuser.pci.config import Command, Type0Header
 from vuser.pci.caps_ext import Vsec
@@ -51,7 +51,7 @@ from .viommu_bind import Kind, PasidBinder
 from .viommu_faults import FaultRecorder, model_reason
 from .viommu_msi import MsiSender
 from .viommu_prq import PageRequestQueue
-from .viommu_qi import InvalidationQueue
+from .viommu_qi import ALL_ADDRESSES, InvalidationQueue
 from .viommu_regs import PASID_BITS, EventSource, RegisterBank, define_vtd_registers
 from .viommu_tables import ContextInfo, TableFault, TableReader
 from .vtd_layout import (
@@ -396,11 +396,21 @@ class VIommuDevice(PciDevice):
         self._attach_vm()
         self.qi.kick()
 
+    # -- trace events (docs/vuser-iommu.md, "Tracing") ---------------------------------
+    def _note(self, kind: str, label: int | None, pasid: int | None, addr: int = 0,
+              npages: int = 0, **info: Any) -> None:
+        ctx = self.platform.ctx if self.platform is not None else None
+        if ctx is None or not ctx.tracing:
+            return
+        length = U64_MAX if npages == ALL_ADDRESSES else npages << 12
+        ctx.trace_note(kind, label, pasid, addr, length, info=info)
+
     # -- Invalidator (viommu_qi) ----------------------------------------------------------
     def context_cache(self, g: int, did: int, sid: int, fm: int) -> None:
         """Context-cache invalidation: global and domain-selective re-read every
         device (scalable-mode context entries carry no DID), device-selective
         those matching SID under the function mask."""
+        self._note("inv-context-cache", sid if g == 3 else None, None, g=g, did=did, fm=fm)
         binder = self._refresh()
         if binder is None or not self.translation_enabled:
             return
@@ -416,6 +426,7 @@ class VIommuDevice(PciDevice):
 
     def pasid_cache(self, g: int, did: int, pasid: int) -> None:
         """PASID-cache invalidation: 0 domain, 1 PASID-selective (of the domain), 3 global."""
+        self._note("inv-pasid-cache", None, pasid if g == 1 else None, g=g, did=did)
         binder = self._refresh()
         if binder is None or not self.translation_enabled:
             return
@@ -448,18 +459,22 @@ class VIommuDevice(PciDevice):
 
     def iotlb(self, g: int, did: int, addr: int, npages: int) -> None:
         """IOTLB invalidation: 1 global, 2 domain, 3 page-selective in the domain."""
+        self._note("inv-iotlb", None, None, addr, npages, g=g, did=did)
         binder = self._refresh()
         if binder is not None:
             binder.flush(None, "all", addr, npages, did=None if g == 1 else did)
 
     def pasid_iotlb(self, g: int, did: int, pasid: int, addr: int, npages: int) -> None:
         """PASID-based IOTLB invalidation of (DID, PASID): 2 all addresses, 3 a range."""
+        self._note("inv-piotlb", None, pasid, addr, npages, g=g, did=did)
         binder = self._refresh()
         if binder is not None:
             binder.flush(None, pasid, addr, npages, did=did)
 
     def device_tlb(self, sid: int, pasid: int | None | str, addr: int, npages: int) -> None:
         """(PASID-based) device-TLB invalidation of the device named by ``sid``."""
+        self._note("inv-devtlb", sid, pasid if isinstance(pasid, int) else None, addr, npages,
+                   all_pasids=pasid == "all")
         binder = self._refresh()
         if binder is not None:
             binder.flush_device(sid, pasid, addr, npages)
@@ -482,8 +497,8 @@ class VIommuDevice(PciDevice):
         return True
 
     def page_response(self, rid: int, pasid: int | None, prgi: int, code: int) -> None:
-        if self.prq is not None:
-            self.prq.respond(rid, pasid, prgi, code)
+        matched = self.prq.respond(rid, pasid, prgi, code) if self.prq is not None else False
+        self._note("page-response", rid, pasid, prgi=prgi, code=code, matched=matched)
 
     # -- page requests -------------------------------------------------------------
     def _page_requests_arrived(self, _fault_id: int) -> None:
@@ -494,7 +509,11 @@ class VIommuDevice(PciDevice):
 
     def _request_seen(self, r: FaultRecord) -> None:
         """A page request claims the fault it answers (not logged, VT-d §7.1)."""
-        self._suppress(r.label, r.pasid if r.flags & FaultFlags.PASID_VALID else None, r.addr)
+        pasid = r.pasid if r.flags & FaultFlags.PASID_VALID else None
+        self._suppress(r.label, pasid, r.addr)
+        self._note("page-request", r.label, pasid, r.addr & ~0xFFF, 1, prgi=r.grpid,
+                   read=bool(r.perm & Access.READ), write=bool(r.perm & Access.WRITE),
+                   last=bool(r.flags & FaultFlags.LAST_PAGE))
 
     def _pre_enabled(self, label: int) -> bool | None:
         ci = self.binder.context(label) if self.binder is not None else None
@@ -595,6 +614,24 @@ class VIommuDevice(PciDevice):
         super().close()
 
     # -- inspection (tests, the control RPC) ---------------------------------------------
+    def pasid_view(self, label: int) -> dict[str, Any] | None:
+        """What this unit applied for ``label`` (None: not a device it manages):
+        per PASID (None: the RID) the kind, DID, FPD and, when blocked, the
+        fault reason; ``cached`` False for an entry dropped under CM=0."""
+        binder = self.binder
+        if binder is None or binder.dev_id(label) is None:
+            return None
+        ci = binder.context(label)
+        return {
+            "viommu": self.iommu.label if self.iommu is not None else None,
+            "cm": self.cm, "translation": self.translation_enabled,
+            "rid_pasid": ci.rid_pasid if isinstance(ci, ContextInfo) else None,
+            "entries": [{"pasid": p, "kind": t.kind.value, "did": t.did, "fpd": t.fpd,
+                         "reason": t.reason if t.kind is Kind.BLOCK else None,
+                         "cached": t.cached}
+                        for lb, p, t in binder.attachments() if lb == label],
+        }
+
     def describe(self) -> dict[str, Any]:
         binder = self.binder
         return {
@@ -606,6 +643,7 @@ class VIommuDevice(PciDevice):
                  "reason": t.reason} for lb, p, t in binder.attachments()],
             "faults": [r.__dict__ for r in self.faults.records()],
             "qi": {"processed": self.qi.processed, "errors": self.qi.errors},
+            "cm": self.cm, "drhd_base": self.drhd_base, "msi": self.msi.describe(),
             "prq": None if self.prq is None else {
                 "written": self.prq.written, "overflows": self.prq.overflows,
                 "responses": self.prq.responses},

@@ -73,6 +73,9 @@ class TraceEvent:
     ``stage`` is what answered: ``Stage.IOTLB`` on a hit, ``S1`` for a nested
     walk, ``S2`` for a stage-2-only lookup, the faulting stage on a fault.
     ``count`` is the number of IOTLB entries an invalidation dropped.
+    Emulated IOMMUs add their own kinds through ``trace_note`` (vuser-iommu:
+    its invalidation descriptors, page requests and responses), with what
+    they are in ``info``.
     """
 
     time: float
@@ -86,11 +89,13 @@ class TraceEvent:
     fault: int | None = None
     count: int = 0
     length: int = 0
+    info: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"time": self.time, "kind": self.kind, "label": self.label, "pasid": self.pasid,
                 "iova": self.iova, "gpa": self.gpa, "stage": int(self.stage), "hit": self.hit,
-                "fault": self.fault, "count": self.count, "length": self.length}
+                "fault": self.fault, "count": self.count, "length": self.length,
+                "info": self.info}
 
 
 TraceHook = Callable[[TraceEvent], None]
@@ -448,6 +453,17 @@ class DmaCommands:
     def set_trace(self, hook: TraceHook | None) -> None:
         """Install (or remove, with None) the trace hook; see ``TraceEvent``."""
         self._trace = hook
+
+    @property
+    def tracing(self) -> bool:
+        return self._trace is not None
+
+    def trace_note(self, kind: str, label: int | None, pasid: int | None, iova: int = 0,
+                   length: int = 0, count: int = 0, info: dict[str, Any] | None = None) -> None:
+        """Give the trace hook an event of an emulated IOMMU (see ``TraceEvent``)."""
+        if self._trace is not None:
+            self._trace(TraceEvent(self._clock(), kind, label, pasid, iova, None, 0, False,
+                                   None, count, length, info))
 
     def set_inject(self, hook: InjectHook | None) -> None:
         """Install (or remove, with None) the fault-injection hook; see ``inject``."""

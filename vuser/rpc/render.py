@@ -64,15 +64,45 @@ def devices(devs: list[dict[str, Any]]) -> str:
                   "ATS/PRI", "ATTACHED (PASID->HWPT)"], rows)
 
 
+def _feature(name: str, f: dict[str, Any] | None, cap: bool) -> str:
+    if f is None:                       # no device layer: the model's capability only
+        return f"{name} {'capable' if cap else 'no'}"
+    if not f["cap"]:
+        return f"{name} no"
+    return f"{name} capable, {'enabled' if f['enabled'] else 'not enabled'}"
+
+
+def _vtd_reason(code: int) -> str:
+    """A VT-d scalable-mode fault reason (what a vIOMMU blocked an entry for)."""
+    from vuser.devices.vtd_layout import FaultReason as VtdReason
+    try:
+        return f"{VtdReason(code).name} ({code:#x})"
+    except ValueError:
+        return f"{code:#x}"
+
+
 def pasid_table(t: dict[str, Any]) -> str:
+    feats = t.get("features") or {}
     head = (f"device {t['name']} label {hx(t['label'])} dev_id {t['dev_id']}, "
-            f"PASID width {t['pasid_width']}, ATS {'on' if t['ats'] else 'off'}, "
-            f"PRI {'on' if t['pri'] else 'off'}")
-    rows = [[pasid_str(e["pasid"]), pasid_str(e["vpasid"]), e["hwpt"], e["stage"],
-             e.get("levels"), hx(e.get("pgtbl_addr")), e.get("parent"), e.get("ioas"),
-             e.get("fault")] for e in t["entries"]]
-    out = head + "\n" + table(["PASID", "VPASID", "HWPT", "STAGE", "S1_LEVELS", "S1_ROOT_GPA",
-                               "S2_PARENT", "IOAS", "FAULT_Q"], rows, empty="(nothing attached)")
+            f"PASID width {t['pasid_width']}; "
+            + "; ".join(_feature(n, feats.get(k) if feats else None, cap)
+                        for n, k, cap in (("PASID", "pasid", t["pasid_width"] > 0),
+                                          ("ATS", "ats", t["ats"]), ("PRI", "pri", t["pri"]))))
+    vi = t.get("viommu")
+    if vi:
+        head += (f"\nvIOMMU {hx(vi['viommu'])}: translation "
+                 f"{'on' if vi['translation'] else 'off'}, CM={vi['cm']}, RID_PASID "
+                 f"{'-' if vi['rid_pasid'] is None else vi['rid_pasid']}")
+    rows = [[pasid_str(e["pasid"]), pasid_str(e["vpasid"]), e.get("kind", e.get("stage")),
+             e["hwpt"] if e["hwpt"] is not None else "-",
+             "-" if e.get("did") is None else e["did"],
+             hx(e.get("pgtbl_addr")), e.get("levels") or "-", e.get("parent") or "-",
+             e.get("ioas") or "-", e.get("fault") or "-",
+             _vtd_reason(e["reason"]) if e.get("reason") else ""]
+            for e in t["entries"]]
+    out = head + "\n" + table(["PASID", "VPASID", "KIND", "HWPT", "DID", "S1_ROOT_GPA",
+                               "S1_LEVELS", "S2_PARENT", "IOAS", "FAULT_Q", "BLOCKED_BY"],
+                              rows, empty="(nothing attached)")
     if t["pasid_map"]:
         out += "\nvPASID -> pPASID: " + ", ".join(f"{v}->{p}" for v, p in t["pasid_map"])
     return out
@@ -182,14 +212,72 @@ def faults(f: dict[str, Any]) -> str:
     return out
 
 
+_INV_NAMES = {"inv-context-cache": "context-cache", "inv-pasid-cache": "PASID-cache",
+              "inv-iotlb": "IOTLB", "inv-piotlb": "PASID-IOTLB", "inv-devtlb": "device-TLB"}
+_GRANULARITY = {
+    "inv-context-cache": {1: "global", 2: "domain", 3: "device"},
+    "inv-pasid-cache": {0: "domain", 1: "PASID", 3: "global"},
+    "inv-iotlb": {1: "global", 2: "domain", 3: "pages"},
+    "inv-piotlb": {2: "PASID", 3: "pages"},
+}
+_U64_MAX = (1 << 64) - 1
+
+
+def _range(iova: int, length: int) -> str:
+    if length in (0, _U64_MAX) or length is None:
+        return "all addresses"
+    return f"{hx(iova)}+{length >> 12} page{'s' if length >> 12 != 1 else ''}"
+
+
+def trace_detail(e: dict[str, Any]) -> str:
+    """What one trace event was, in words (the DETAIL column of ``trace show``)."""
+    kind, info = e["kind"], e.get("info") or {}
+    if kind == "fault":
+        return reason_name(e["fault"])
+    if kind == "invalidate":
+        return f"IOTLB: {e['count']} entries dropped, {_range(e['iova'], e['length'])}"
+    if kind in _INV_NAMES:
+        out = f"{_INV_NAMES[kind]} invalidation"
+        g = _GRANULARITY.get(kind, {}).get(info.get("g"))
+        if g:
+            out += f" ({g})"
+        if "did" in info:
+            out += f" did {info['did']}"
+        if kind in ("inv-iotlb", "inv-piotlb", "inv-devtlb"):
+            out += ", " + _range(e["iova"], e["length"])
+        if info.get("all_pasids"):
+            out += ", all PASIDs"
+        return out
+    if kind == "page-request":
+        rw = ("r" if info.get("read") else "") + ("w" if info.get("write") else "")
+        return (f"page request {rw or '-'} group {info.get('prgi')}"
+                + (" (last)" if info.get("last") else ""))
+    if kind == "page-response":
+        code = {0: "success", 1: "invalid", 15: "failure"}.get(info.get("code"),
+                                                                str(info.get("code")))
+        return (f"page response {code} group {info.get('prgi')}"
+                + ("" if info.get("matched", True) else " (no such request)"))
+    return ""
+
+
+def _trace_pasid(e: dict[str, Any]) -> str:
+    kind = e["kind"]
+    if e["pasid"] == -1 or (kind == "invalidate" and e["label"] is None):
+        return "all"
+    if e["pasid"] is None and kind.startswith("inv-"):
+        return "-"
+    return pasid_str(e["pasid"])
+
+
 def trace_events(events: list[dict[str, Any]], t0: float) -> str:
     rows = []
     for e in events:
-        rows.append([f"{e['time'] - t0:.6f}", e["kind"], hx(e["label"]), pasid_str(e["pasid"]),
-                     hx(e["iova"]), hx(e["gpa"]), stage_name(e["stage"]),
-                     "hit" if e["hit"] else ("-" if e["kind"] != "translate" else "miss"),
-                     reason_name(e["fault"]) if e["kind"] == "fault" else
-                     (f"{e['count']} dropped" if e["kind"] == "invalidate" else "")])
+        dma = e["kind"] in ("translate", "fault")
+        rows.append([f"{e['time'] - t0:.6f}", e["kind"], hx(e["label"]), _trace_pasid(e),
+                     hx(e["iova"]) if dma else "-", hx(e["gpa"]),
+                     stage_name(e["stage"]) if dma else "-",
+                     ("hit" if e["hit"] else "miss") if e["kind"] == "translate" else "-",
+                     trace_detail(e)])
     return table(["T(s)", "KIND", "LABEL", "PASID", "IOVA", "GPA", "STAGE", "IOTLB", "DETAIL"],
                  rows, empty="(no events)")
 
@@ -201,6 +289,10 @@ def trace_summary(s: dict[str, Any], header: dict[str, Any], footer: dict[str, A
             ["IOTLB hit rate", rate], ["faults", s["faults"]],
             ["invalidations", s["invalidations"]],
             ["invalidated IOTLB entries", s["invalidated_entries"]],
+            *[[f"{_INV_NAMES.get(k, k)} invalidation descriptors", n]
+              for k, n in sorted(s.get("invalidation_descriptors", {}).items())],
+            *([["page requests", s["page_requests"]], ["page responses", s["page_responses"]]]
+              if s.get("page_requests") or s.get("page_responses") else []),
             ["distinct pages", s["pages"]], ["duration (s)", f"{s['duration']:.6f}"]]
     if footer is None:
         rows.append(["note", "the trace was cut short (no footer)"])

@@ -232,8 +232,16 @@ class Service:
 
     @rpc("view")
     def pasid_table(self, label: int) -> dict[str, Any]:
-        """The PASID table of device ``label`` as the model sees it."""
-        return views.pasid_table(self.ctx, self.registry, label)
+        """The PASID table of device ``label`` as the model sees it, with what a
+        vIOMMU applied and the device's PASID/ATS/PRI capability and enable state."""
+        features, applied = None, None
+        for dev in self._platform_devices():
+            if self._label_of(dev) == label:
+                features = views.pci_features(dev)
+            view = getattr(dev, "pasid_view", None)
+            if applied is None and callable(view):
+                applied = view(label)
+        return views.pasid_table(self.ctx, self.registry, label, features, applied)
 
     @rpc("view")
     def ioas_list(self) -> list[dict[str, Any]]:
@@ -302,6 +310,15 @@ class Service:
         self._recorder_owner = None if keep else conn
         self.hub.set_recorder(rec.hook)
         return rec.status()
+
+    def adopt_trace(self, rec: TraceRecorder) -> None:
+        """Make a recorder started outside (``vuser serve --trace``) this service's trace:
+        ``trace status`` shows it, ``trace stop`` or ``close`` ends it."""
+        if self.recorder is not None:
+            raise RpcError(errno.EBUSY, f"a trace is recording to {self.recorder.path}")
+        self.recorder = rec
+        self._recorder_owner = None
+        self.hub.set_recorder(rec.hook)
 
     @rpc("trace")
     def trace_stop(self) -> dict[str, Any]:

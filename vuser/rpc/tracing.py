@@ -2,8 +2,11 @@
 
 A trace file is a msgpack stream: a header map, one array per event in the
 order of ``FIELDS`` (the model's ``TraceEvent``: every translation, fault and
-invalidation), and a footer map when recording stopped cleanly. A file cut
-short (the server was killed) still reads, up to its last whole event.
+IOTLB invalidation, plus vuser-iommu's invalidation descriptors, page
+requests and page responses, ``VIOMMU_KINDS``), and a footer map when
+recording stopped cleanly. A file cut short (the server was killed) still
+reads, up to its last whole event. Events are read by the header's field
+list, so files written before ``info`` was added still read (``info`` None).
 
 ``TraceRecorder`` is the model's trace hook while recording. Memory is
 bounded: events wait in a list of at most ``flush_every`` entries and are then
@@ -30,7 +33,11 @@ from vuser.iommu.pagetable.results import FaultReason, Stage
 FORMAT = "vuser-trace"
 VERSION = 1
 FIELDS = ("time", "kind", "label", "pasid", "iova", "gpa", "stage", "hit", "fault", "count",
-          "length")
+          "length", "info")
+#: Kinds vuser-iommu adds (``info`` says what; see docs/vuser-iommu.md, "Tracing").
+VIOMMU_KINDS = ("inv-context-cache", "inv-pasid-cache", "inv-iotlb", "inv-piotlb",
+                "inv-devtlb", "page-request", "page-response")
+KINDS = ("translate", "fault", "invalidate") + VIOMMU_KINDS
 DEFAULT_MAX_BYTES = 512 << 20
 FLUSH_EVERY = 4096
 
@@ -83,7 +90,7 @@ class TraceRecorder:
             self._full = True
         pack = self._packer.pack
         out = b"".join([pack((e.time, e.kind, e.label, e.pasid, e.iova, e.gpa, e.stage,
-                              e.hit, e.fault, e.count, e.length)) for e in buf])
+                              e.hit, e.fault, e.count, e.length, e.info)) for e in buf])
         if self.max_bytes is not None and self.bytes + len(out) > self.max_bytes:
             self.dropped += len(buf)
             self._full = True
@@ -166,7 +173,9 @@ def read_trace(path: str | os.PathLike[str], *, limit: int | None = None) -> Tra
         if not isinstance(obj, list) or len(obj) != len(fields):
             raise TraceFormatError(f"{path}: bad event record {obj!r:.80}")
         if limit is None or len(trace.events) < limit:
-            trace.events.append(dict(zip(fields, obj)))
+            ev = dict(zip(fields, obj))
+            ev.setdefault("info", None)
+            trace.events.append(ev)
     return trace
 
 
@@ -198,6 +207,7 @@ def summarize(events: list[dict[str, Any]], t0: float = 0.0, top: int = 10) -> d
     hits = sum(1 for e in tr if e["hit"])
     faults = [e for e in events if e["kind"] == "fault"]
     inval = [e for e in events if e["kind"] == "invalidate"]
+    descs = Counter(e["kind"] for e in events if e["kind"].startswith("inv-"))
     per_pasid = Counter((e["label"], e["pasid"]) for e in tr)
     per_page = Counter((e["label"], e["pasid"], e["iova"] >> 12) for e in tr)
     times = [e["time"] for e in events]
@@ -214,6 +224,9 @@ def summarize(events: list[dict[str, Any]], t0: float = 0.0, top: int = 10) -> d
         "stages": dict(Counter(stage_name(e["stage"]) for e in tr)),
         "invalidations": len(inval),
         "invalidated_entries": sum(e["count"] for e in inval),
+        "invalidation_descriptors": dict(descs),
+        "page_requests": kinds.get("page-request", 0),
+        "page_responses": kinds.get("page-response", 0),
         "per_pasid": [[lbl, p, n] for (lbl, p), n in per_pasid.most_common()],
         "top_pages": [[lbl, p, pg << 12, n] for (lbl, p, pg), n in per_page.most_common(top)],
         "pages": len(per_page),

@@ -6,7 +6,10 @@ views are plain dicts and lists, ready for msgpack:
 
 - ``devices``: label, name, group, context, and the attachment per PASID;
 - ``pasid_table``: one device's PASID table as the model sees it (vPASID,
-  pPASID, the HWPT, its stage-1 format and parents down to the IOAS);
+  pPASID, the HWPT, its kind, stage-1 format and parents down to the IOAS),
+  with what a vIOMMU applied (blocked entries and their fault reason, the
+  DID) and the device's PASID/ATS/PRI capabilities apart from whether the
+  guest enabled them (``pci_features``);
 - ``ioas_list``: every IOAS with its mappings, usable ranges and HWPTs;
 - ``hwpts``: every HWPT with its parent chain;
 - ``fault_queues``: every fault queue's counters.
@@ -69,24 +72,61 @@ def devices(ctx: IoasidContext, registry: IommuRegistry,
     return out
 
 
-def pasid_table(ctx: IoasidContext, registry: IommuRegistry, label: int) -> dict[str, Any]:
+def pci_features(device: Any) -> dict[str, Any]:
+    """The PASID, ATS and PRI capabilities of a ``PciDevice`` and whether each is
+    enabled in its config space (``{"ats": {"cap": True, "enabled": False}, ...}``)."""
+    from vuser.pci.caps_ext import Ats, Pasid, Pri
+
+    out: dict[str, Any] = {}
+    caps, config = getattr(device, "caps", None), getattr(device, "config", None)
+    for name, cls in (("pasid", Pasid), ("ats", Ats), ("pri", Pri)):
+        cap = caps.find(cls) if caps is not None else None
+        out[name] = {"cap": cap is not None,
+                     "enabled": bool(cap is not None and cap.enabled(config))}
+    return out
+
+
+def _kind(chain: dict[str, Any]) -> str:
+    return "first-stage" if chain["stage"] == "nested" else "pass-through"
+
+
+def pasid_table(ctx: IoasidContext, registry: IommuRegistry, label: int,
+                features: dict[str, Any] | None = None,
+                viommu: dict[str, Any] | None = None) -> dict[str, Any]:
     """The PASID table of the device ``label`` as the model sees it.
 
     One entry per attached PASID (and the RID, ``pasid`` nil), keyed by the
-    PASID the device emits; ``vpasid`` is the guest's name for it. ENOENT when
-    the label is unknown or not bound to this context.
+    PASID the device emits; ``vpasid`` is the guest's name for it; ``kind``
+    is first-stage (a nested HWPT), pass-through (the stage-2 HWPT) or, for
+    entries a vIOMMU (``viommu``, its ``pasid_view``) blocked, "blocked" with
+    its fault reason. ``features``: ``pci_features`` of the device. ENOENT
+    when the label is unknown or not bound to this context.
     """
     dev_id = ctx.device_lookup(label)
     info = ctx.device_info(dev_id)
     objs = _objects_by_id(ctx)
     p2v = {p: v for v, p in info["pasid_map"]}
+    applied = {e["pasid"]: e for e in (viommu or {}).get("entries", ())}
     entries = []
     for pasid, hwpt_id in info["attach"]:
-        e = {"pasid": pasid, "vpasid": p2v.get(pasid, pasid) if pasid is not None else None}
+        vp = p2v.get(pasid, pasid) if pasid is not None else None
+        e = {"pasid": pasid, "vpasid": vp}
         e.update(_chain(objs, hwpt_id))
+        e["kind"] = _kind(e)
+        a = applied.pop(vp, None)
+        e["did"] = a["did"] if a else None
         entries.append(e)
+    for vp, a in sorted(applied.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+        if a["kind"] != "block":
+            continue
+        entries.append({"pasid": vp, "vpasid": vp, "hwpt": None, "stage": None,
+                        "kind": "blocked" if a["cached"] else "not cached",
+                        "did": a["did"] if a["cached"] else None,
+                        "reason": a["reason"] if a["cached"] else None})
     return {"label": label, "name": info["name"], "dev_id": dev_id,
             "pasid_width": info["pasid_width"], "ats": info["ats"], "pri": info["pri"],
+            "features": features, "viommu": None if viommu is None else {
+                k: viommu[k] for k in ("viommu", "cm", "translation", "rid_pasid")},
             "entries": entries, "pasid_map": info["pasid_map"]}
 
 
