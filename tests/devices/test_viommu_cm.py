@@ -160,3 +160,19 @@ async def test_cm0_translation_off_puts_the_rid_back_on_stage2(rig0):
     await rig.drv.disable_translation()
     assert dev(rig).write(None, rig.ram.base + 0x10, b"gpa") is None
     assert rig.ram.read(rig.ram.base + 0x10, 3) == b"gpa"
+
+
+async def test_cm0_device_bound_after_te_has_nothing_cached(rig0, tmp_path):
+    """Its RID must not stay pass-through on the stage-2 parent: its DMA fetches."""
+    rig = rig0
+    await rig.drv.enable_translation()
+    late = SampleDevice(label=0x0400)
+    late.join_platform(rig.platform)
+    c = await rig.serve(late, str(tmp_path / "late.sock"))
+    await rig.ram.map_into(c)
+    rig.devices[0x0400] = late
+    assert isinstance(late.iommu.write(None, rig.ram.base, b"x"), Fault)   # no context entry
+    rig.drv.context(0x0400)
+    rig.drv.pass_through(0x0400, 0)
+    assert late.iommu.write(None, rig.ram.base + 0x20, b"late") is None
+    assert rig.ram.read(rig.ram.base + 0x20, 4) == b"late"

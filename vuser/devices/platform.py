@@ -83,6 +83,8 @@ class Vm:
         self._devices: list[PciDevice] = []
         #: ``cb(vm)`` before the VM's parent HWPT and IOAS are destroyed.
         self.on_release: list[Callable[[Vm], None]] = []
+        #: ``cb(vm, device)`` after a device bound into the VM (RID on the parent).
+        self.on_join: list[Callable[[Vm, PciDevice], None]] = []
         self.released = False
 
     def devices(self) -> list[PciDevice]:
@@ -373,6 +375,8 @@ class DeviceBinding:
         vm._devices.append(self.device)
         log.info("%s: bound (dev_id %d), RID on VM %d's stage-2 HWPT %d", self._name(),
                  dev_id, vm.vm_id, vm.s2_hwpt_id)
+        for cb in list(vm.on_join):
+            cb(vm, self.device)
 
     def _new_parent(self, vm: Vm, dev_id: int, pasid: bool) -> bool:
         """Allocate the VM's stage-2 parent through ``dev_id``.

@@ -251,6 +251,7 @@ class VIommuDevice(PciDevice):
         if not self.cm:
             ctx.add_miss_resolver(self._miss)
         vm.on_release.append(self._vm_released)
+        vm.on_join.append(self._device_joined)
         self._vm = vm
         self.qi.read = vm.gpa_read
         log.info("vIOMMU %#x: managing VM %d", self.iommu.label, vm.vm_id)
@@ -302,11 +303,19 @@ class VIommuDevice(PciDevice):
                 log.warning("vIOMMU: fault queue %d not destroyed: %s", self._fault_id, e)
         if self._vm_released in self._vm.on_release:
             self._vm.on_release.remove(self._vm_released)
+        if self._device_joined in self._vm.on_join:
+            self._vm.on_join.remove(self._device_joined)
         self._vm = self.binder = self.prq = self._fault_id = None
         self.qi.read = None
 
     def _vm_released(self, _vm: Any) -> None:
         self._release_model()
+
+    def _device_joined(self, _vm: Any, device: Any) -> None:
+        """A device bound into the VM (its RID on the stage-2 parent): with CM=0
+        and TE set, nothing of it is cached yet, so its DMA must miss."""
+        if device is not self and not self.cm and self.translation_enabled:
+            self._refresh()
 
     # -- GCMD / GSTS (§10.4.4) ----------------------------------------------------------
     def _gcmd_written(self, raw: int) -> None:
