@@ -176,3 +176,19 @@ async def test_cm0_device_bound_after_te_has_nothing_cached(rig0, tmp_path):
     rig.drv.pass_through(0x0400, 0)
     assert late.iommu.write(None, rig.ram.base + 0x20, b"late") is None
     assert rig.ram.read(rig.ram.base + 0x20, 4) == b"late"
+
+
+async def test_cm0_page_request_reads_an_uncached_context_entry(rig0):
+    """PRE comes from the context entry even when a context-cache invalidation
+    dropped it (a request queued in the model before the invalidation and
+    delivered after it): the unit reads the entry instead of refusing it."""
+    rig = rig0
+    await rig.drv.enable_translation()
+    tables(rig)                                         # context entry with PRE
+    assert dev(rig).write(1, IOVA, b"x") is None
+    assert rig.viommu._pre_enabled(LABEL) is True
+    await rig.drv.submit(context_cache())               # context entry dropped
+    assert rig.viommu.binder.context(LABEL) is None
+    assert rig.viommu._pre_enabled(LABEL) is True
+    rig.drv.context(LABEL, pre=False)
+    assert rig.viommu._pre_enabled(LABEL) is False

@@ -526,6 +526,8 @@ class VIommuDevice(PciDevice):
 
     def _pre_enabled(self, label: int) -> bool | None:
         ci = self.binder.context(label) if self.binder is not None else None
+        if ci is None and not self.cm and self._vm is not None and self.translation_enabled:
+            ci = self._reader().context(label)    # CM=0: not cached, fetched for the request
         return ci.pre if isinstance(ci, ContextInfo) else None
 
     def _pre_fault(self, r: FaultRecord) -> None:
@@ -649,7 +651,7 @@ class VIommuDevice(PciDevice):
             "translation": self.translation_enabled, "rtaddr": self.rtaddr,
             "attachments": [] if binder is None else [
                 {"label": lb, "pasid": p, "kind": t.kind.value, "did": t.did,
-                 "reason": t.reason} for lb, p, t in binder.attachments()],
+                 "reason": t.reason, "cached": t.cached} for lb, p, t in binder.attachments()],
             "faults": [r.__dict__ for r in self.faults.records()],
             "qi": {"processed": self.qi.processed, "errors": self.qi.errors},
             "cm": self.cm, "drhd_base": self.drhd_base, "msi": self.msi.describe(),
