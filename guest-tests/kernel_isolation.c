@@ -34,35 +34,6 @@ static struct vt_kmsg kmsg = { .fd = -1 };
 static struct vuser_dma_stale st;
 static long irqs_before;
 
-/* The dmar0 fault interrupt's count in /proc/interrupts (-1: not found). */
-static long dmar_fault_irqs(void)
-{
-	char buf[16384], *line;
-	long total = -1;
-
-	if (vt_read_file("/proc/interrupts", buf, sizeof(buf)) < 0)
-		return -1;
-	for (line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
-		char *name = strstr(line, "DMAR-MSI");
-		char *colon = strchr(line, ':');
-		long n = 0;
-
-		if (!name || !colon || !strstr(line, "dmar0") || strstr(line, "prq"))
-			continue;
-		for (char *p = colon + 1; p < name;) {
-			char *end;
-			long v = strtol(p, &end, 10);
-
-			if (end == p)
-				break;
-			n += v;
-			p = end;
-		}
-		total = total < 0 ? n : total + n;
-	}
-	return total;
-}
-
 static enum vt_result setup(void)
 {
 	struct vuser_dma_info info;
@@ -78,7 +49,7 @@ static enum vt_result setup(void)
 		  vdma_kmod_domain_name(info.domain));
 	VT_CHECK(info.domain == VUSER_DMA_DOMAIN_DMA || info.domain == VUSER_DMA_DOMAIN_DMA_FQ,
 		 "domain %s: not translated by the kernel's IOMMU", vdma_kmod_domain_name(info.domain));
-	irqs_before = dmar_fault_irqs();
+	irqs_before = vt_irq_count("dmar0");
 	VT_CHECK(irqs_before >= 0, "no dmar0 fault interrupt in /proc/interrupts");
 	return VT_PASS;
 }
@@ -134,7 +105,7 @@ static enum vt_result kernel_logs_fault(void)
 		 (unsigned long long)f.addr, (unsigned long long)(st.iova & ~0xfffull));
 	VT_CHECK(f.reason == FL_NOT_PRESENT, "fault reason %#x (%s), want %#x", f.reason, f.text,
 		 FL_NOT_PRESENT);
-	irqs = dmar_fault_irqs();
+	irqs = vt_irq_count("dmar0");
 	ktap_diag("dmar0 fault interrupts: %ld before, %ld after", irqs_before, irqs);
 	VT_CHECK(irqs > irqs_before, "the dmar0 fault interrupt count did not rise");
 	return VT_PASS;

@@ -580,7 +580,8 @@ static long vdma_ioc_stale(struct vdma_dev *vd, struct vuser_dma_stale __user *u
 
 	if (copy_from_user(&st, uarg, sizeof(st)))
 		return -EFAULT;
-	if (st.queue >= vd->nqueues || (st.flags & ~VUSER_DMA_STALE_NO_SOFTIRQ) ||
+	if (st.queue >= vd->nqueues ||
+	    (st.flags & ~(VUSER_DMA_STALE_NO_SOFTIRQ | VUSER_DMA_STALE_BLOCK_ON_FAULT)) ||
 	    st.delay_ms > 10000)
 		return -EINVAL;
 	q = &vd->q[st.queue];
@@ -613,6 +614,8 @@ static long vdma_ioc_stale(struct vdma_dev *vd, struct vuser_dma_stale __user *u
 	desc.dst = cpu_to_le64(iova);
 	desc.length = cpu_to_le64(PAGE_SIZE);
 	desc.pattern = cpu_to_le64(~st.pattern);
+	if (st.flags & VUSER_DMA_STALE_BLOCK_ON_FAULT)
+		desc.flags = VDMA_DESC_FLAGS_BLOCK_ON_FAULT;
 	if (nosoftirq)
 		local_bh_disable();
 	dma_unmap_page(dev, iova, PAGE_SIZE, DMA_FROM_DEVICE);
@@ -683,13 +686,15 @@ static long vdma_ioc_sva_bind(struct vdma_file *f, struct vuser_dma_sva_bind __u
 	if (f->sva)
 		return -EBUSY;
 	ret = vdma_sva_features(vd);
-	if (ret)
-		return ret;
-	sva = iommu_sva_bind_device(&vd->pdev->dev, current->mm, NULL);
-	if (IS_ERR(sva)) {
-		dev_err(&vd->pdev->dev, "iommu_sva_bind_device: %ld\n", PTR_ERR(sva));
-		return PTR_ERR(sva);
+	if (!ret) {
+		b.features = VUSER_DMA_FEAT_IOPF | VUSER_DMA_FEAT_SVA;
+		sva = iommu_sva_bind_device(&vd->pdev->dev, current->mm, NULL);
+		ret = PTR_ERR_OR_ZERO(sva);
+		if (ret)
+			dev_err(&vd->pdev->dev, "iommu_sva_bind_device: %d\n", ret);
 	}
+	if (ret)
+		return copy_to_user(uarg, &b, sizeof(b)) ? -EFAULT : ret;
 	f->sva = sva;
 	f->pasid = iommu_sva_get_pasid(sva);
 	b.pasid = f->pasid;

@@ -132,7 +132,8 @@ struct vuser_dma_pending {
  * whether the second FILL was blocked or landed is read from it. With
  * VUSER_DMA_STALE_NO_SOFTIRQ the unmap and the second FILL run with
  * softirqs off on this CPU (completion polled), so the IOMMU's flush-queue
- * timer cannot run in between.
+ * timer cannot run in between. With VUSER_DMA_STALE_BLOCK_ON_FAULT the second
+ * FILL has the block-on-fault flag: its fault becomes a page request.
  */
 struct vuser_dma_stale {
 	__u32 queue;
@@ -153,17 +154,22 @@ struct vuser_dma_stale {
 };
 
 #define VUSER_DMA_STALE_NO_SOFTIRQ (1u << 0)
+#define VUSER_DMA_STALE_BLOCK_ON_FAULT (1u << 1)
 
 /*
  * Shared virtual addressing (6.1 API): VUSER_DMA_IOC_SVA_BIND enables
  * IOMMU_DEV_FEAT_IOPF and IOMMU_DEV_FEAT_SVA and binds the calling
  * process's mm (iommu_sva_bind_device); the PASID is its
  * iommu_sva_get_pasid(). One bind per open file; closing the file unbinds.
+ * The features are copied out even when the bind fails (then with its errno).
  */
 struct vuser_dma_sva_bind {
 	__u32 pasid;          /* out */
-	__u32 reserved;
+	__u32 features;       /* out, also when the bind fails: VUSER_DMA_FEAT_* enabled */
 };
+
+#define VUSER_DMA_FEAT_IOPF (1u << 0)
+#define VUSER_DMA_FEAT_SVA (1u << 1)
 
 /*
  * VUSER_DMA_IOC_SVA_COPY: MEMCPY of len bytes from src to dst, both virtual

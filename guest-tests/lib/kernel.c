@@ -160,3 +160,58 @@ int vt_pci_iommu_group_type(const struct vt_pci *pci, char *type, size_t len)
 	type[strcspn(type, "\n")] = 0;
 	return 0;
 }
+
+int vt_pages_present(const void *p, size_t len)
+{
+	uintptr_t first = (uintptr_t)p & ~(uintptr_t)(VT_PAGE_SIZE - 1);
+	uintptr_t end = (uintptr_t)p + len;
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC), n = 0;
+
+	if (fd < 0)
+		return vt_fail(errno, "open /proc/self/pagemap: %s", strerror(errno));
+	for (uintptr_t a = first; a < end; a += VT_PAGE_SIZE) {
+		uint64_t e;
+
+		if (pread(fd, &e, sizeof(e), (off_t)(a / VT_PAGE_SIZE * sizeof(e))) != sizeof(e)) {
+			int err = errno ? errno : EIO;
+
+			close(fd);
+			return vt_fail(err, "read /proc/self/pagemap: %s", strerror(err));
+		}
+		n += (int)(e >> 63);
+	}
+	close(fd);
+	return n;
+}
+
+long vt_irq_count(const char *name)
+{
+	char buf[32768], *save = NULL;
+	long total = -1;
+
+	if (vt_read_file("/proc/interrupts", buf, sizeof(buf)) < 0)
+		return -1;
+	for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *colon = strchr(line, ':'), *end = line + strlen(line), *p;
+		size_t nl = strlen(name);
+		long n = 0;
+
+		/* the action name is the line's last word */
+		while (end > line && end[-1] == ' ')
+			end--;
+		if (!colon || (size_t)(end - line) < nl || strncmp(end - nl, name, nl) ||
+		    (end - nl > line && end[-nl - 1] != ' '))
+			continue;
+		for (p = colon + 1;;) {
+			char *next;
+			long v = strtol(p, &next, 10);
+
+			if (next == p)
+				break;
+			n += v;
+			p = next;
+		}
+		total = total < 0 ? n : total + n;
+	}
+	return total;
+}

@@ -351,14 +351,10 @@ int vdma_kmod_stale(int fd, struct vuser_dma_stale *st)
 	return kioctl(fd, VUSER_DMA_IOC_STALE, st, "STALE");
 }
 
-int vdma_kmod_sva_bind(int fd, uint32_t *pasid)
+int vdma_kmod_sva_bind(int fd, struct vuser_dma_sva_bind *b)
 {
-	struct vuser_dma_sva_bind b = { 0 };
-	int ret = kioctl(fd, VUSER_DMA_IOC_SVA_BIND, &b, "SVA_BIND");
-
-	if (!ret)
-		*pasid = b.pasid;
-	return ret;
+	memset(b, 0, sizeof(*b));
+	return kioctl(fd, VUSER_DMA_IOC_SVA_BIND, b, "SVA_BIND");
 }
 
 int vdma_kmod_sva_unbind(int fd)

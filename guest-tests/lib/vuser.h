@@ -684,7 +684,8 @@ int vdma_kmod_mask(int fd, unsigned vector, int masked);
 int vdma_kmod_pending(int fd, struct vuser_dma_pending *p);
 /* With the guest kernel's IOMMU driver owning the device (kernel-owned vIOMMU): */
 int vdma_kmod_stale(int fd, struct vuser_dma_stale *st);
-int vdma_kmod_sva_bind(int fd, uint32_t *pasid);
+/* Fills b (features, and the PASID on success) also when the bind fails. */
+int vdma_kmod_sva_bind(int fd, struct vuser_dma_sva_bind *b);
 int vdma_kmod_sva_unbind(int fd);
 int vdma_kmod_sva_copy(int fd, struct vuser_dma_sva_copy *c);
 int vdma_kmod_sva_unbind_queued(int fd, struct vuser_dma_sva_unbind_queued *u);
@@ -726,5 +727,10 @@ int vt_pci_bdf_sid(const struct vt_pci *pci, uint16_t *sid);
 /* The function's IOMMU group type (/sys/.../iommu_group/type: "DMA",
  * "DMA-FQ", "identity", ...); -ENOENT if it has no IOMMU group. */
 int vt_pci_iommu_group_type(const struct vt_pci *pci, char *type, size_t len);
+/* How many of the pages spanning [p, p+len) are present (/proc/self/pagemap). */
+int vt_pages_present(const void *p, size_t len);
+/* Interrupts counted for the action `name` (the last column of
+ * /proc/interrupts, e.g. "dmar0", "dmar0-prq") on all CPUs; -1 if none. */
+long vt_irq_count(const char *name);
 
 #endif
