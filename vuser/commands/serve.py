@@ -22,6 +22,11 @@ UNIX socket per device, all in this process.
 
   vuser serve --socket /tmp/s.sock --device sample
   vuser serve --device sample@/tmp/a.sock --device sample@/tmp/b.sock,label=2
+  vuser serve --device vuser-iommu@/tmp/i.sock,cm=0,drhd_base=0xfe400000 \\
+              --device vuser-dma@/tmp/d.sock,label=0x200 --trace /tmp/run.trace
+
+vuser-iommu's options (docs/vuser-iommu.md): label=N, cm=0|1 (caching mode,
+default 1), drhd_base=ADDR (the DMAR's register base: BAR0 must be there).
 
 Options after the path (TYPE@PATH,key=value,...) go to the device as keyword
 strings. Once a device listens, one line "TYPE ready on PATH" is printed on

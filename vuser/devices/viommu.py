@@ -4,7 +4,9 @@ docs/vuser-iommu.md is the guest's manual; architecture.md §4 the design.
 This module assembles the parts and holds what ties them to the model:
 
 - ``viommu_regs``: BAR0 (``RegisterBank``) and the three interrupt events
-  (MSI-X vector 0 fault, 1 invalidation completion, 2 page request);
+  (fault, invalidation completion, page request): MSI-X vectors 0, 1, 2 while
+  the function's MSI-X is enabled, else VT-d's own messages (``viommu_msi``:
+  a DWORD DMA write of DATA to ADDR, for a guest kernel that owns the unit);
 - ``viommu_tables``: root/context/PASID table lookups through the VM's stage 2;
 - ``viommu_bind``: guest PASID entries become attachments in the model;
 - ``viommu_qi``: the invalidation queue (``Invalidator`` is implemented here);
@@ -18,9 +20,15 @@ model as a device too (it never DMAs through it) with a 20-bit PASID width,
 so that when it is the first device of its VM the stage-2 parent is
 allocated PASID-capable.
 
-Translation state changes only when the guest says so: GCMD.TE (on: every
-device's entries are read and applied; off: RIDs back to pass-through on the
-stage-2 parent, PASIDs blocked), context-cache and PASID-cache invalidations.
+With caching mode (``cm=1``, the default) translation state changes only when
+the guest says so: GCMD.TE (on: every device's entries are read and applied;
+off: RIDs back to pass-through on the stage-2 parent, PASIDs blocked),
+context-cache and PASID-cache invalidations. With ``cm=0`` TE on starts with
+empty caches, a DMA that misses fetches its entry (the model's miss
+resolver, ``_miss``) and invalidations drop what they name.
+
+``drhd_base``: the BAR0 address the firmware programs is checked against the
+DRHD base of the guest's DMAR table; a mismatch is ``Platform.fatal``.
 
 Faults the model reports for the VM's devices are recorded (``FRCD``) while
 TE is set, with the scalable-mode reason, unless FPD is set on the path or

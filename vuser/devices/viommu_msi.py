@@ -19,7 +19,8 @@ A message is sent only
   from 0 to 1.
 
 A message that cannot be sent leaves the event pending (IP set); a
-DMA_WRITE that QEMU refuses does too, with one log line.
+DMA_WRITE that QEMU refuses does too, with one log line (again at most one
+per ``LOG_EVERY``).
 """
 
 from __future__ import annotations
@@ -92,9 +93,10 @@ class MsiSender:
             await port.dma_write_message(addr, data.to_bytes(4, "little"))
             ok = True
         except DmaError as e:
+            if self.refused % LOG_EVERY == 0:
+                log.warning("vIOMMU: event message %#x to %#x refused by the client (%s): "
+                            "left pending (%d so far)", data, addr, e, self.refused + 1)
             self.refused += 1
-            log.warning("vIOMMU: event message %#x to %#x refused by the client (%s): "
-                        "left pending", data, addr, e)
         finally:
             if ok:
                 self.sent += 1
