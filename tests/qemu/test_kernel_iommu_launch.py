@@ -88,8 +88,12 @@ def test_a_cached_probe_costs_no_boot(image, qemu_bin, tmp_path):
 def test_a_wrong_drhd_base_fails_at_once_with_the_devices_line(image, qemu_bin, tmp_path):
     """A stale probe cache: vuser-iommu sees the firmware put BAR0 elsewhere and stops."""
     key = topology.probe_key(qemu_bin, TWO, memory_mib=512, accel="tcg", smp=1, qemu_extra=())
-    real = topology.probe(lambda until, timeout: _firmware_boot(qemu_bin, until, timeout), 2,
-                          key=key, cache=tmp_path)
+    probes = []
+    real = topology.probe(lambda until, timeout: _firmware_boot(qemu_bin, until, timeout,
+                                                                probes.append),
+                          2, key=key, cache=tmp_path)
+    assert len(probes) == 1
+    _torn_down(probes[0])  # the firmware-only boot leaves nothing either
     skewed = dataclasses.replace(real.slots[0], bar0=real.slots[0].bar0 + 0x100000)
     topology._store(topology._cache_file(tmp_path, key), Topology((skewed, real.slots[1])))
     infos = []
@@ -108,13 +112,27 @@ def test_a_wrong_drhd_base_fails_at_once_with_the_devices_line(image, qemu_bin, 
     assert not topology._cache_file(tmp_path, key).exists()
 
 
-def _firmware_boot(qemu_bin, until, timeout):
+def _firmware_boot(qemu_bin, until, timeout, on_ready=None):
+    """The probe's boot (as the launcher makes it), with an ``on_ready`` hook."""
     from vuser.qemu.launcher import _Run
 
     return _Run(None, TWO, timeout=timeout, memory_mib=512, accel="tcg", smp=1,
                 extra_server_args=(), kernel_args=(), console_echo=None, console_input=None,
-                qemu=qemu_bin, server_command=None, ready_timeout=20.0, on_ready=None,
+                qemu=qemu_bin, server_command=None, ready_timeout=20.0, on_ready=on_ready,
                 qemu_extra=(), until=until).run()
+
+
+def test_a_probe_that_cannot_boot_is_one_line(image, qemu_bin, tmp_path):
+    started = []
+    with pytest.raises(UserError) as e:
+        launch(image, devices=TWO, timeout=60, qemu=qemu_bin, kernel_iommu=True,
+               probe_cache=tmp_path, on_ready=started.append,
+               qemu_extra=["-device", "no-such-device"])
+    msg = str(e.value)
+    assert msg.startswith("could not find where the firmware put the devices (a firmware-only "
+                          "boot with QMP query-pci): QEMU failed: "), msg
+    assert "no-such-device" in msg and "\n" not in msg
+    assert not started and not list(tmp_path.glob("*.json"))
 
 
 def test_a_kernel_without_intel_iommu_is_refused_before_anything_starts(image, qemu_bin,
