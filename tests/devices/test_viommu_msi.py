@@ -240,3 +240,23 @@ async def test_prq_drain_wait_descriptor_is_accepted(rig):
     assert struct.unpack("<I", rig.ram.read(status, 4))[0] == 0x77
     assert not Prs.PRO.get(await rig.drv.read32(Reg.PRS))
 
+
+
+async def test_reset_with_a_message_in_flight_does_not_wedge_the_event(rig):
+    """DEVICE_RESET cancels the write task (maybe before it ran); later events still go out."""
+    await program(rig, FE)
+    fault(rig)
+    assert rig.viommu.fault_event.in_flight
+    rig.viommu.reset()              # DEVICE_RESET in the same turn: the task never ran
+    await quiet(rig)
+    rig.messages.take()
+    assert not rig.viommu.fault_event.in_flight
+    await rig.drv.init(unmask=False)
+    await rig.drv.enable_translation()
+    rig.drv.context(LABEL)
+    await rig.drv.submit(context_cache())
+    await bme(rig, True)
+    await program(rig, FE)
+    fault(rig)
+    await rig.drv.until(lambda: rig.messages.writes, "the fault message after reset")
+    assert rig.messages.take() == [(0xFEE0_1004, 0x23)]

@@ -619,6 +619,8 @@ class VIommuDevice(PciDevice):
     def on_reset(self) -> None:
         """DEVICE_RESET: registers to defaults (done by the region), translation off."""
         self.rtaddr = 0
+        for event in self._events:
+            event.in_flight = False        # its write task was cancelled
         self.faults.reset()
         self._deferred.clear()
         self.qi.running = False
