@@ -34,10 +34,10 @@ device with its BDF, passes an ACPI DMAR for the unit and boots with
 
 Missing pieces are provisioned first: QEMU with vfio-user-pci, the guest
 image (see `vuser provision`, `vuser doctor`). The devices each program
-needs are in tests/guest/guest_tests.toml; programs with the same devices
-share a guest.
+needs are in tests/guest/guest_tests.toml; programs with the same devices,
+vIOMMU mode and kernel arguments share a guest.
 
-  vuser run                          the demo: enumerate, then demo
+  vuser run                          the demo (enumerate, demo, ...)
   vuser run --all                    every guest test program
   vuser run --test dma_nested        one program (repeatable), with its devices
   vuser run --device sample --test environment   with the devices given
@@ -65,7 +65,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", "-d", action="append", metavar="TYPE",
                         help="a device to serve, TYPE[,key=value...] (repeatable; default: "
                              "what each test needs, from tests/guest/guest_tests.toml; "
-                             "sample for --shell)")
+                             "sample for --shell, vuser-iommu and vuser-dma for "
+                             "--kernel-iommu --shell)")
     parser.add_argument("--test", "-t", action="append", metavar="NAME",
                         help="a guest test program to run (repeatable; default: the demo, "
                              "the programs marked demo = true in tests/guest/guest_tests.toml)")
