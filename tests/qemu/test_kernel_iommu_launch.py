@@ -4,7 +4,6 @@ guest kernel's own intel_iommu on vuser-iommu (guest-tests/kernel_iommu.c)."""
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pytest
 
@@ -53,10 +52,8 @@ bar0: dict[str, int] = {}
 def test_the_kernel_owns_vuser_iommu_wherever_the_firmware_puts_it(image, qemu_bin, tmp_path,
                                                                     devices):
     infos = []
-    t0 = time.monotonic()
     r = launch(image, devices=devices, timeout=300, qemu=qemu_bin, kernel_iommu=True,
                probe_cache=tmp_path, on_ready=infos.append)
-    took = time.monotonic() - t0
     assert r.ok, f"{r.error}\n{r.console[-3000:]}\n{r.server_log[-2000:]}"
     cases = _cases(r)
     assert cases and set(cases.values()) == {"pass"}, cases
@@ -68,8 +65,6 @@ def test_the_kernel_owns_vuser_iommu_wherever_the_firmware_puts_it(image, qemu_b
     # The guest saw the unit at the probed address (kernel_iommu.c checks dmar0 against it).
     assert f"BAR0 {unit.bar0:#x}" in r.console
     _torn_down(infos[0])
-    print(f"\n{'/'.join(devices)}: probe {topo.probe_s:.2f} s, guest {r.duration_s:.1f} s, "
-          f"launch {took:.1f} s")
     if len(bar0) == 2:  # both topologies ran: the address was found, not assumed
         assert bar0["vuser-iommu"] != bar0["vuser-dma"]
 
@@ -97,15 +92,13 @@ def test_a_wrong_drhd_base_fails_at_once_with_the_devices_line(image, qemu_bin, 
     skewed = dataclasses.replace(real.slots[0], bar0=real.slots[0].bar0 + 0x100000)
     topology._store(topology._cache_file(tmp_path, key), Topology((skewed, real.slots[1])))
     infos = []
-    t0 = time.monotonic()
-    r = launch(image, devices=TWO, timeout=300, qemu=qemu_bin, kernel_iommu=True,
+    r = launch(image, devices=TWO, timeout=120, qemu=qemu_bin, kernel_iommu=True,
                probe_cache=tmp_path, on_ready=infos.append)
-    took = time.monotonic() - t0
-    assert r.server_died and not r.ok
+    # It stopped because the device refused, not at the timeout of a hung guest.
+    assert r.server_died and not r.timed_out and not r.ok
     assert r.error == (f"the vuser server died (exit status 3) while the guest ran: vuser-iommu: "
                        f"firmware placed BAR0 at {real.slots[0].bar0:#x} but the DMAR's DRHD base "
                        f"is {skewed.bar0:#x}")
-    assert took < 30, f"the run took {took:.1f} s to fail"
     assert "kernel_iommu" not in r.console  # it never reached the tests
     _torn_down(infos[0])
     # The stale entry is gone: the next run probes again.
