@@ -26,6 +26,7 @@ files (downloaded again only if they are missing too).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -506,7 +507,7 @@ class _Progress:
 def fetch(suite: str, packages: Sequence[str], root: Path, *, cache: Path | None = None,
           recommends: bool = False, exclude: Sequence[str] = (), show_progress: bool = True,
           sources: Sequence[AptSource] | None = None, signed_by: Sequence[str] | None = None,
-          reextract: bool = False, closure: bool = True) -> Tree:
+          reextract: bool = False, closure: bool = True, keep: Sequence[str] = ()) -> Tree:
     """Make ``root`` hold ``packages`` of ``suite`` and their dependency closure, extracted.
 
     Idempotent: an intact tree for the same request is returned at once, with no
@@ -515,9 +516,19 @@ def fetch(suite: str, packages: Sequence[str], root: Path, *, cache: Path | None
     the content broken). ``sources`` replaces the host's apt sources,
     ``signed_by`` the keyrings that verify the suite (both for tests).
     ``closure=False`` takes only the named packages, not their dependencies
-    (kernel headers to unpack, not to install).
+    (kernel headers to unpack, not to install). ``keep`` (``fnmatch`` patterns)
+    takes only the closure's packages whose name matches one: a newer suite's
+    kernel metapackage pulls in an initramfs generator, and the kernel's own
+    packages are all a guest image needs.
     """
-    request = sorted(packages) + [f"-{x}" for x in sorted(exclude)] + ([] if closure else ["!closure"])
+    request = (sorted(packages) + [f"-{x}" for x in sorted(exclude)]
+               + ([] if closure else ["!closure"]) + [f"+{k}" for k in sorted(keep)])
+
+    def wanted(name: str) -> bool:
+        if name in exclude or not (closure or name in packages):
+            return False
+        return not keep or any(fnmatch.fnmatchcase(name, k) for k in keep)
+
     tree = Tree.load(root)
     if tree and tree.suite == suite and tree.request == request:
         problems = tree.problems() or (["content rejected by the caller"] if reextract else [])
@@ -536,7 +547,7 @@ def fetch(suite: str, packages: Sequence[str], root: Path, *, cache: Path | None
                 prog.note(f"resolving {' '.join(packages)} in Debian {suite}")
                 try:
                     pkgs = [p for p in repo.resolve(packages, recommends=recommends)
-                            if p.name not in exclude and (closure or p.name in packages)]
+                            if wanted(p.name)]
                     todo = sum(p.size for p in pkgs if not _complete(deb_dir / p.filename, p.size))
                     repo.download(pkgs, deb_dir, prog.task(f"download {len(pkgs)} packages", todo, "MB")
                                   if todo else None)

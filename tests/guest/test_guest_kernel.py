@@ -92,12 +92,36 @@ def test_trixie_layout_usr_lib_modules(tree, tmp_path):
     assert k.closure(["mid_dash"]) == ["base", "mid_dash"]
 
 
+def test_sid_split_layout(tree):
+    """sid: linux-binary's vmlinuz and linux-base's config under usr/lib/modules/<rel>,
+    linux-modules' .ko.xz beside them; unpacked together they are one tree."""
+    mods = tree / "usr/lib/modules" / REL
+    mods.parent.mkdir(parents=True)
+    (tree / "lib/modules" / REL).rename(mods)
+    (tree / "boot" / f"vmlinuz-{REL}").rename(mods / "vmlinuz")
+    (tree / "boot" / f"config-{REL}").rename(mods / "config")
+    k = KernelTree.find(tree)
+    assert (k.release, k.vmlinuz, k.config, k.modules_dir) == (REL, mods / "vmlinuz",
+                                                               mods / "config", mods)
+    assert k.config_options()["UIO"] == "m"
+    assert k.closure(["top"]) == ["base", "mid_dash", "top"]
+
+
 def test_split_and_broken_packages_fail_clearly(tmp_path):
     split = tmp_path / "split"
     (split / "usr/lib/modules" / REL).mkdir(parents=True)
     (split / "usr/lib/modules" / REL / "vmlinuz").write_bytes(b"x")
-    with pytest.raises(KernelError, match="split into linux-binary"):
+    with pytest.raises(KernelError, match=r"no usr/lib/modules/.*/config .*linux-base"):
         KernelTree.find(split)
+    (split / "usr/lib/modules" / REL / "config").write_text("")
+    with pytest.raises(KernelError, match="linux-modules package"):
+        KernelTree.find(split)
+    both = tmp_path / "both"
+    (both / "boot").mkdir(parents=True)
+    (both / "boot" / f"vmlinuz-{REL}").write_bytes(b"x")
+    (split / "usr").rename(both / "usr")
+    with pytest.raises(KernelError, match="several kernels"):
+        KernelTree.find(both)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(KernelError, match="no boot/vmlinuz"):
@@ -108,7 +132,7 @@ def test_split_and_broken_packages_fail_clearly(tmp_path):
     with pytest.raises(KernelError, match="no boot/config"):
         KernelTree.find(noconf)
     (noconf / "boot" / f"config-{REL}").write_text("")
-    with pytest.raises(KernelError, match="modules in a separate package"):
+    with pytest.raises(KernelError, match="no lib/modules/.*/kernel"):
         KernelTree.find(noconf)
 
 

@@ -27,6 +27,10 @@ def test_header_packages():
     assert kmod.header_packages(REL) == ("linux-headers-6.1.0-50-cloud-amd64",
                                          "linux-headers-6.1.0-50-common", "linux-kbuild-6.1")
     assert kmod.header_packages("6.12.48-1-amd64")[2] == "linux-kbuild-6.12"
+    # sid names its ABI after the upload and its kbuild after the ABI
+    assert kmod.header_packages("7.2.13+deb14-cloud-amd64") == (
+        "linux-headers-7.2.13+deb14-cloud-amd64", "linux-headers-7.2.13+deb14-common",
+        "linux-kbuild-7.2.13+deb14")
     with pytest.raises(kmod.KmodError, match="not Debian's"):
         kmod.header_packages("6.1.0")
 

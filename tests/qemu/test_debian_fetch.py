@@ -99,3 +99,15 @@ def test_missing_key_is_fetched_from_the_host_suite(cache, tmp_path):
     keyring = fresh / "debian" / "keyring" / "usr/share/keyrings/debian-archive-keyring.gpg"
     assert keyring.is_file()
     assert str(keyring) in (fresh / "debian/sid/apt/etc/sources.list").read_text()
+
+
+def test_keep_takes_only_matching_packages_of_the_closure(cache, tmp_path):
+    """zlib1g depends on libc6: with keep=["zlib*"] only zlib1g is downloaded and extracted."""
+    root = tmp_path / "root"
+    tree = debian.fetch("sid", ["zlib1g"], root, cache=cache, show_progress=False, keep=["zlib*"])
+    assert [p.name for p in tree.packages] == ["zlib1g"]
+    assert not list(root.rglob("libc.so.6"))
+    assert "+zlib*" in tree.request
+    again = debian.fetch("sid", ["zlib1g"], root, cache=cache, show_progress=False,
+                         keep=["zlib*"], sources=UNREACHABLE)
+    assert again.packages == tree.packages

@@ -2,6 +2,11 @@
 
 Inputs (all hashed into the image's cache key):
 - ``images/guest.toml``: suite, packages, modules, kernel command line;
+- the kernel asked for (``kernel="debian:<suite>"``, default the recipe's own
+  suite): another suite's ``linux-image`` metapackage and busybox are fetched
+  from that suite instead, keeping only the kernel's own packages (newer
+  suites split it into ``linux-binary``/``linux-modules``/``linux-base``, and
+  the metapackage also pulls in an initramfs generator, which is not needed);
 - ``images/init.sh``: the guest's ``/init``;
 - the Debian packages (name and version), fetched by ``vuser.debian``;
 - the guest test programs (``vuser.guest.programs``: sources, compiler, flags);
@@ -29,10 +34,11 @@ import shlex
 import shutil
 import tempfile
 import time
+import re
 import tomllib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +50,14 @@ from vuser.guest import elfcases, kmod, paths, programs
 from vuser.guest.kernel import KernelTree
 from vuser.guest.newc import write_gzip
 
-__all__ = ["BUILDER_VERSION", "GuestImage", "Recipe", "build_image", "status", "load_recipe"]
+__all__ = ["BUILDER_VERSION", "GuestImage", "Recipe", "build_image", "kernel_suite", "status",
+           "load_recipe"]
 
 BUILDER_VERSION = 3
 MANIFEST = "image.json"
 DEBUG_EXIT = "sbin/vuser-debug-exit"
+#: What a guest needs of another suite's kernel closure (besides busybox).
+KERNEL_PACKAGES = ("linux-image-*", "linux-binary-*", "linux-modules-*", "linux-base-*")
 
 
 @dataclass(frozen=True)
@@ -73,8 +82,28 @@ class Recipe:
     cmdline: str
     require: dict[str, list[str]]
     hugepages: int
-    digest: str  # of guest.toml and init.sh
+    digest: str  # of guest.toml and init.sh (and the kernel, when not the recipe's own)
     init: bytes
+    keep: tuple[str, ...] = ()  # vuser.debian.fetch(keep=): the packages taken from the closure
+
+    def for_kernel(self, kernel: str | None) -> Recipe:
+        """The recipe for a guest on ``kernel`` (``debian:<suite>``; None: this one's)."""
+        if kernel is None:
+            return self
+        suite = kernel_suite(kernel)
+        if suite == self.suite:
+            return self
+        digest = hashlib.sha256(f"{self.digest}\0kernel={kernel}".encode()).hexdigest()
+        return replace(self, suite=suite, digest=digest,
+                       keep=(*KERNEL_PACKAGES, self.busybox_package))
+
+
+def kernel_suite(kernel: str) -> str:
+    """``debian:sid`` -> ``sid``; ``UserError`` for anything else."""
+    m = re.fullmatch(r"debian:([a-z][a-z0-9-]*)", kernel) if isinstance(kernel, str) else None
+    if not m:
+        raise UserError(f"guest kernel {kernel!r}: expected debian:<suite> (e.g. debian:sid)")
+    return m.group(1)
 
 
 def load_recipe(images: Path = paths.IMAGES) -> Recipe:
@@ -181,21 +210,23 @@ def _select(all_tests: dict[str, list[str]], tests: Sequence[str] | None) -> dic
 
 def build_image(tests: Sequence[str] | None = None, progress: bool = True, *,
                 shell: bool = False, cache: Path | None = None,
-                images: Path = paths.IMAGES, guest_tests: Path = paths.GUEST_TESTS) -> GuestImage:
+                images: Path = paths.IMAGES, guest_tests: Path = paths.GUEST_TESTS,
+                kernel: str | None = None) -> GuestImage:
     """The guest image, built if it is not in the cache.
 
     ``tests`` selects the test programs the guest runs (default: all); they
     go on the kernel command line as ``vuser.tests=``. ``shell`` makes
-    ``/init`` give an interactive shell instead. Errors are ``UserError``.
+    ``/init`` give an interactive shell instead. ``kernel`` is
+    ``debian:<suite>`` (default: the recipe's suite). Errors are ``UserError``.
     """
     cache = cache or paths.cache_root()
     steps = _Steps(progress)
-    recipe = load_recipe(images)
+    recipe = load_recipe(images).for_kernel(kernel)
     progs = programs.build_programs(guest_tests, cache,
                                     status=steps.note if progress else None)
     selected = _select({n: list(p.cases) for n, p in progs.tests.items()}, tests)
     tree = debian.fetch(recipe.suite, [recipe.kernel_package, recipe.busybox_package],
-                        _tree_dir(recipe, cache), show_progress=progress)
+                        _tree_dir(recipe, cache), show_progress=progress, keep=recipe.keep)
     kmods = kmod.build_modules(tree, recipe.suite, root=guest_tests / "kmod", cache=cache,
                                status=steps.note if progress else None)
     key = _image_key(recipe, tree, progs, kmods.digest)
@@ -212,15 +243,17 @@ def build_image(tests: Sequence[str] | None = None, progress: bool = True, *,
     words = [recipe.cmdline, f"vuser.tests={','.join(selected)}"]
     if shell:
         words.append("vuser.shell=1")
-    config = tree.root / "boot" / f"config-{manifest['kernel_release']}"
+    config = KernelTree.find(tree.root).config
     return GuestImage(kernel=out / "vmlinuz", initrd=out / "initrd.img", append=" ".join(words),
                       tests=selected, kernel_release=manifest["kernel_release"], key=key,
                       kernel_config=config if config.is_file() else None)
 
 
 def _busybox(root: Path) -> bytes:
-    path = root / "bin" / "busybox"
-    if not path.is_file():
+    """``bin/busybox`` (bookworm) or ``usr/bin/busybox`` (merged /usr suites)."""
+    path = next((root / p for p in ("bin/busybox", "usr/bin/busybox") if (root / p).is_file()),
+                None)
+    if path is None:
         raise UserError(f"{root}: no bin/busybox (is the busybox-static package there?)")
     with path.open("rb") as f:
         elfcases.check_static_x86_64(ELFFile(f), path)

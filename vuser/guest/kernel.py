@@ -8,9 +8,11 @@ Layouts (checked by unpacking the packages with ``dpkg-deb -x``):
   dependencies come from each module's ``.modinfo`` ``depends=`` entry.
 - trixie: the same, with modules under ``usr/lib/modules`` as ``.ko.xz``;
   those are decompressed here with ``lzma``.
-- sid: the kernel is split into ``linux-binary-*`` (``usr/lib/modules/<rel>/
-  vmlinuz``), ``linux-base-*`` and ``linux-modules-*``. Not handled: that is
-  reported as such.
+- sid (7.x): the kernel is split into ``linux-binary-*`` (``usr/lib/modules/
+  <rel>/vmlinuz``), ``linux-base-*`` (``usr/lib/modules/<rel>/config``,
+  ``modules.builtin``) and ``linux-modules-*`` (``.ko.xz`` under
+  ``usr/lib/modules/<rel>/kernel``); ``linux-image-*`` only depends on them.
+  Unpacked into one folder they form the same tree, found here the same way.
 """
 
 from __future__ import annotations
@@ -77,31 +79,33 @@ class KernelTree:
 
     @classmethod
     def find(cls, root: str | Path) -> KernelTree:
-        """Locate the kernel in ``root``, a ``dpkg-deb -x`` output folder."""
+        """Locate the kernel in ``root``, a ``dpkg-deb -x`` output folder (either layout)."""
         root = Path(root)
         images = sorted(root.glob("boot/vmlinuz-*"))
-        if not images:
-            split = sorted(root.glob("usr/lib/modules/*/vmlinuz"))
-            if split:
-                raise KernelError(
-                    f"{split[0]}: this kernel comes split into linux-binary/linux-base/"
-                    "linux-modules packages (newer suites); that layout is not handled, "
-                    "use Debian 12 (bookworm)'s linux-image package")
-            raise KernelError(f"{root}: no boot/vmlinuz-* (not a linux-image package?)")
-        if len(images) > 1:
-            raise KernelError(f"{root}: several kernels: {[p.name for p in images]}")
-        release = images[0].name.removeprefix("vmlinuz-")
-        config = root / "boot" / f"config-{release}"
+        split = sorted(root.glob("usr/lib/modules/*/vmlinuz"))
+        if len(images) + len(split) > 1:
+            raise KernelError(f"{root}: several kernels: "
+                              f"{[p.name for p in images] + [p.parent.name for p in split]}")
+        if images:
+            release = images[0].name.removeprefix("vmlinuz-")
+            vmlinuz, config = images[0], root / "boot" / f"config-{release}"
+        elif split:
+            release = split[0].parent.name
+            vmlinuz, config = split[0], split[0].parent / "config"
+        else:
+            raise KernelError(f"{root}: no boot/vmlinuz-* or usr/lib/modules/*/vmlinuz "
+                              "(not a linux-image package?)")
         if not config.is_file():
-            raise KernelError(f"{root}: no boot/config-{release}")
+            raise KernelError(f"{root}: no {config.relative_to(root)} (for a split kernel: "
+                              "is its linux-base package there?)")
         for base in ("lib/modules", "usr/lib/modules"):
             modules_dir = root / base / release
             if (modules_dir / "kernel").is_dir():
                 break
         else:
-            raise KernelError(f"{root}: no lib/modules/{release}/kernel "
-                              "(modules in a separate package are not handled)")
-        return cls(release=release, vmlinuz=images[0], config=config, modules_dir=modules_dir)
+            raise KernelError(f"{root}: no lib/modules/{release}/kernel (for a split kernel: "
+                              "is its linux-modules package there?)")
+        return cls(release=release, vmlinuz=vmlinuz, config=config, modules_dir=modules_dir)
 
     def config_options(self) -> dict[str, str]:
         """``CONFIG_X=v`` lines as ``{"X": "v"}``; ``# CONFIG_X is not set`` is absent."""

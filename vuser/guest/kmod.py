@@ -17,6 +17,11 @@ tree, and the tree's manifest is updated to record the fixed file. The module
 is then built with ``make -C <arch tree> M=<build dir> modules`` and the
 host's ``gcc-<N>`` named by the tree's ``.kernelvariables``.
 
+When the host has no ``gcc-<N>`` of the kernel's (sid's 7.x kernels are
+built with a newer gcc than the host's), the suite's own toolchain is used
+instead: ``linux-headers-<release>`` with its whole dependency closure, run
+through the suite's loader (``vuser.guest.toolchain``).
+
 Before a module goes into an image its ``.modinfo`` ``vermagic=`` must equal
 the guest kernel's own (read from a module the kernel package ships, which is
 what the kernel compares against, ``kernel/module/version.c``); a mismatch
@@ -44,7 +49,7 @@ from elftools.elf.elffile import ELFFile
 
 from vuser import debian
 from vuser.errors import UserError
-from vuser.guest import paths
+from vuser.guest import paths, toolchain
 from vuser.guest.kernel import KernelTree
 
 __all__ = ["KMOD_DIR", "KmodError", "KmodSet", "build_modules", "header_packages",
@@ -95,13 +100,15 @@ def module_names(root: Path = KMOD_DIR) -> list[str]:
 
 
 def header_packages(release: str) -> tuple[str, str, str]:
-    """``6.1.0-50-cloud-amd64`` -> the arch headers, common headers and kbuild packages."""
-    m = re.fullmatch(r"((\d+)\.(\d+)\.\d+-\d+)-([a-z0-9-]+)", release)
+    """The arch headers, common headers and kbuild packages of a kernel release:
+    ``6.1.0-50-cloud-amd64`` (kbuild ``linux-kbuild-6.1``) or sid's
+    ``7.2.13+deb14-cloud-amd64`` (kbuild ``linux-kbuild-7.2.13+deb14``)."""
+    m = re.fullmatch(r"((\d+)\.(\d+)\.\d+(-\d+|\+deb\d+))-([a-z0-9-]+)", release)
     if not m:
         raise KmodError(f"kernel release {release!r} is not Debian's <abi>-<flavour> form")
     abi, major, minor = m.group(1), m.group(2), m.group(3)
-    return (f"linux-headers-{release}", f"linux-headers-{abi}-common",
-            f"linux-kbuild-{major}.{minor}")
+    kbuild = f"linux-kbuild-{abi}" if m.group(4).startswith("+") else f"linux-kbuild-{major}.{minor}"
+    return (f"linux-headers-{release}", f"linux-headers-{abi}-common", kbuild)
 
 
 def vermagic(ko: bytes, what: str = "module") -> str:
@@ -145,9 +152,10 @@ def _image_kernel_version(image_tree: debian.Tree, release: str) -> str:
     return pkg.version
 
 
-def _compiler(kernel: KernelTree) -> tuple[str, str]:
-    """(``gcc-N`` to build with, its id); ``N`` is the compiler that built the kernel
-    (``CONFIG_GCC_VERSION``), as the headers' ``.kernelvariables`` also say."""
+def _compiler(kernel: KernelTree, suite: str) -> tuple[str | None, str]:
+    """(host ``gcc-N`` to build with, its id); ``N`` is the compiler that built the
+    kernel (``CONFIG_GCC_VERSION``), as the headers' ``.kernelvariables`` also say.
+    Without that gcc on the host: (None, an id naming the suite's own toolchain)."""
     opts = kernel.config_options()
     try:
         want = f"gcc-{int(opts['GCC_VERSION']) // 10000}"
@@ -156,8 +164,7 @@ def _compiler(kernel: KernelTree) -> tuple[str, str]:
                         f"({opts.get('CC_VERSION_TEXT', 'no CONFIG_GCC_VERSION')})") from None
     gcc = shutil.which(want)
     if not gcc:
-        raise KmodError(f"{want} not found: the guest kernel was built with it, and its modules "
-                        f"must be too (apt-get install {want})")
+        return None, f"{want} of Debian {suite} (linux-headers-{kernel.release}'s closure)"
     p = subprocess.run([gcc, "-dumpfullversion"], capture_output=True, text=True)
     if p.returncode != 0:
         raise KmodError(f"{gcc} does not run: {p.stderr.strip() or p.returncode}")
@@ -169,7 +176,7 @@ def kmod_digest(image_tree: debian.Tree, root: Path = KMOD_DIR, compiler: str | 
     (default: the host's ``gcc-N`` matching the kernel's)."""
     kernel = KernelTree.find(image_tree.root)
     if compiler is None:
-        compiler = _compiler(kernel)[1]
+        compiler = _compiler(kernel, image_tree.suite)[1]
     h = hashlib.sha256()
     h.update(f"{_RECIPE}\0{kernel.release}\0{_image_kernel_version(image_tree, kernel.release)}"
              f"\0{compiler}\0".encode())
@@ -211,9 +218,12 @@ def prepare_headers(suite: str, release: str, version: str, cache: Path,
     return arch
 
 
-def _make(arch: Path, gcc: str, build: Path) -> None:
+def _make(arch: Path, gcc: str | None, build: Path, path: Path | None = None) -> None:
+    """kbuild; ``gcc`` None: the compiler the headers name, found in ``path``."""
     env = dict(os.environ, LC_ALL="C")
-    cmd = ["make", "-C", str(arch), f"M={build}", f"CC={gcc}", "modules"]
+    if path is not None:
+        env["PATH"] = f"{path}{os.pathsep}{env.get('PATH', '')}"
+    cmd = ["make", "-C", str(arch), f"M={build}", *([f"CC={gcc}"] if gcc else []), "modules"]
     if not shutil.which("make"):
         raise KmodError("make not found: guest kernel modules are built with kbuild "
                         "(apt-get install make)")
@@ -242,7 +252,7 @@ def build_modules(image_tree: debian.Tree, suite: str, *, root: Path = KMOD_DIR,
     kernel = KernelTree.find(image_tree.root)
     version = _image_kernel_version(image_tree, kernel.release)
     want = kernel_vermagic(kernel)
-    gcc, compiler_id = _compiler(kernel)
+    gcc, compiler_id = _compiler(kernel, suite)
     digest = kmod_digest(image_tree, root, compiler_id)
     out = cache / "kmod" / digest[:20]
 
@@ -261,7 +271,16 @@ def build_modules(image_tree: debian.Tree, suite: str, *, root: Path = KMOD_DIR,
             shutil.rmtree(out, ignore_errors=True)  # damaged: build again
     if status:
         status(f"building guest kernel module(s) {', '.join(names)} for {kernel.release}")
-    arch = prepare_headers(suite, kernel.release, version, cache, show_progress=status is not None)
+    if gcc:
+        arch, bin_dir = prepare_headers(suite, kernel.release, version, cache,
+                                        show_progress=status is not None), None
+    else:
+        try:
+            tc = toolchain.prepare(suite, kernel.release, version, cache,
+                                   show_progress=status is not None)
+        except UserError as e:
+            raise KmodError(f"the guest kernel's toolchain (Debian {suite}): {e}") from None
+        arch, bin_dir = tc.arch, tc.bin
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     build = tmp / "build"
@@ -269,7 +288,7 @@ def build_modules(image_tree: debian.Tree, suite: str, *, root: Path = KMOD_DIR,
         build.mkdir()
         for src in module_sources(root):
             shutil.copy2(src, build / src.name)
-        _make(arch, gcc, build)
+        _make(arch, gcc, build, bin_dir)
         for n in names:
             ko = build / f"{n}.ko"
             if not ko.is_file():
