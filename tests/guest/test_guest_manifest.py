@@ -53,6 +53,20 @@ def test_new_keys_parse_and_demo_keeps_manifest_order(tmp_path):
     assert manifest.demo_programs(specs) == ["b", "a"]
 
 
+def test_kernel_and_program_keys(tmp_path):
+    """A table may run another table's program on another kernel; it boots its own guest."""
+    path = tmp_path / "guest_tests.toml"
+    path.write_text('[k]\niommu = "kernel"\n[k_sid]\niommu = "kernel"\nprogram = "k"\n'
+                    'kernel = "debian:sid"\n[k2]\niommu = "kernel"\n')
+    specs = load_manifest(path)
+    assert (specs["k_sid"].program_name, specs["k_sid"].kernel) == ("k", "debian:sid")
+    assert (specs["k"].program_name, specs["k"].kernel) == ("k", None)
+    assert boot_groups(specs, ["k", "k_sid", "k2"]) == [
+        BootPlan((), ("k", "k2"), 600.0, "kernel", ()),
+        BootPlan((), ("k",), 300.0, "kernel", (), "debian:sid"),
+    ]
+
+
 def test_unlisted_program_is_a_clear_error():
     with pytest.raises(UserError, match=r"has no \[ghost\]: which devices does its guest need"):
         boot_groups({"a": spec("a")}, ["a", "ghost"])
@@ -70,6 +84,10 @@ def test_unlisted_program_is_a_clear_error():
     ('[a]\nappend = [""]\n', "append must be a list of kernel command line words"),
     ('[a]\nappend = ["vuser.iommu=user"]\n', "append must not set vuser"),
     ('[a]\ndemo = 1\n', "demo must be true or false"),
+    ('[a]\nkernel = "sid"\n', r"\[a\] guest kernel 'sid': expected debian:<suite>"),
+    ('[a]\nkernel = 7\n', "expected debian:<suite>"),
+    ('[a]\nprogram = "../x"\n', "program must be the name of a guest-tests program"),
+    ('[a]\nprogram = 1\n', "program must be the name of a guest-tests program"),
     ("a = 1\n", "must be a table"),
     ("[a\n", "guest_tests.toml"),
 ])

@@ -105,7 +105,7 @@ def guest(pytester, monkeypatch, cases):
         return whats[0] if len(whats) == 1 else combine(whats)
 
     monkeypatch.setattr(launcher, "launch", fake_launch)
-    monkeypatch.setattr(guest_image, "build_image", lambda tests, progress: _Image(tests))
+    monkeypatch.setattr(guest_image, "build_image", lambda tests, progress, **kw: _Image(tests))
 
     class _Image:
         def __init__(self, tests):
@@ -263,3 +263,25 @@ def test_alone_must_be_a_boolean(guest, pytester):
     res = run(pytester)
     assert res.ret != 0
     assert "alone must be true or false" in res.stdout.str()
+
+
+def test_a_table_runs_another_program_on_another_kernel(guest, pytester, monkeypatch):
+    """[enumerate_sid] runs enumerate again in its own guest, on the kernel it names;
+    its items carry the table's name."""
+    scripts, launches, declared, all_ok = guest
+    scripts.update({n: all_ok(n) for n in declared})
+    path = pytester.path / "guest_tests.toml"
+    path.write_text(path.read_text() + '\n[enumerate_sid]\nprogram = "enumerate"\n'
+                    'devices = ["sample"]\nkernel = "debian:sid"\ntimeout = 50\n')
+    kernels = []
+    fake = guest_image.build_image
+    monkeypatch.setattr(guest_image, "build_image",
+                        lambda tests, progress, **kw: kernels.append((tests, kw.get("kernel")))
+                        or fake(tests, progress))
+    res = run(pytester)
+    total = sum(len(c) + 1 for c in declared.values()) + len(declared["enumerate"]) + 1
+    res.assert_outcomes(passed=total)
+    assert (["enumerate"], "debian:sid") in kernels and (["enumerate"], None) in kernels
+    assert len(launches) == len(declared) + 1
+    collected = run(pytester, "--collect-only", "-m", "guest").stdout.str()
+    assert "guest_tests.toml::enumerate_sid::find_device" in collected

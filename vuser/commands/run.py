@@ -271,7 +271,8 @@ def run(args: argparse.Namespace) -> int:
     worst, programs, error = 0, [], None
     plans = _plan(args)
     for plan in plans:
-        image = build_image(tests=list(plan.programs) if plan.programs else None, progress=True)
+        image = build_image(tests=list(plan.programs) if plan.programs else None, progress=True,
+                            kernel=plan.kernel)
         guest_timeout = args.timeout if args.timeout is not None else plan.timeout
         print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} "
               f"({qemu.source}), {args.accel}, devices: {', '.join(plan.devices) or 'none'}"
@@ -330,8 +331,9 @@ def _plan(args: argparse.Namespace):
         what = "kernel-owned" if kernel else "userspace-owned"
         raise UserError(f"no {'' if args.all else 'demo '}program of {manifest.MANIFEST_PATH.name} "
                         f"runs with a {what} vIOMMU (iommu = \"{iommu}\"); name one with --test")
-    if args.device:
-        return [manifest.BootPlan(tuple(args.device), tuple(names), 300.0, iommu)]
+    if args.device:  # a table that runs another program (program = ...) runs that one
+        progs = dict.fromkeys(specs[n].program_name if n in specs else n for n in names)
+        return [manifest.BootPlan(tuple(args.device), tuple(progs), 300.0, iommu)]
     known = [n for n in names if n in specs]
     unlisted = [n for n in names if n not in specs]  # the image builder judges these
     plans = manifest.boot_groups(specs, known) if known else []

@@ -10,11 +10,16 @@
     iommu = "user"      # "kernel": the guest kernel owns the vuser-iommu
     append = []         # extra kernel command line words, e.g. ["iommu.strict=1"]
     demo = true         # `vuser run` runs it by default (in manifest order)
+    kernel = "debian:sid"   # the guest kernel (default: the image recipe's)
+    program = "enumerate"   # the program a table runs (default: its own name)
 
 ``devices`` are ``vuser serve --device`` specs without the socket path
 (``TYPE[,key=value...]``), each plugged in behind its own pcie-root-port.
-Programs share one guest (a *boot group*) when their devices, ``iommu`` and
-``append`` are all equal; both the pytest plugin
+``program`` lets one program run in several tables, e.g. once more on
+another kernel (``[kernel_sva_sid]`` with ``program = "kernel_sva"`` and
+``kernel = "debian:sid"``).
+Programs share one guest (a *boot group*) when their devices, ``iommu``,
+``append`` and ``kernel`` are all equal; both the pytest plugin
 (``vuser.guest.pytest_plugin``) and ``vuser run`` boot once per group.
 With ``iommu = "kernel"`` the launcher gives the guest kernel the vIOMMU
 (``vuser.qemu.launcher.launch(kernel_iommu=True)``).
@@ -35,7 +40,7 @@ __all__ = ["MANIFEST_PATH", "DEFAULT_TIMEOUT_S", "IOMMU_MODES", "ProgramSpec", "
 MANIFEST_PATH = paths.SOURCE_ROOT / "tests" / "guest" / "guest_tests.toml"
 DEFAULT_TIMEOUT_S = 300.0
 IOMMU_MODES = ("user", "kernel")
-_KEYS = {"devices", "timeout", "alone", "iommu", "append", "demo"}
+_KEYS = {"devices", "timeout", "alone", "iommu", "append", "demo", "kernel", "program"}
 
 
 @dataclass(frozen=True)
@@ -47,14 +52,23 @@ class ProgramSpec:
     iommu: str = "user"
     append: tuple[str, ...] = ()
     demo: bool = False
+    kernel: str | None = None  # "debian:<suite>"; None: the image recipe's
+    program: str = ""  # guest-tests/<program>.c; "": the table's name
 
     @property
     def kernel_iommu(self) -> bool:
         return self.iommu == "kernel"
 
+    @property
+    def program_name(self) -> str:
+        return self.program or self.name
+
     def boot_key(self) -> tuple:
         """Programs with equal keys can share a guest."""
-        return (f"alone:{self.name}",) if self.alone else (self.devices, self.iommu, self.append)
+        if self.alone:
+            return (f"alone:{self.name}",)
+        key = (self.devices, self.iommu, self.append)
+        return key if self.kernel is None else (*key, self.kernel)
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,7 @@ class BootPlan:
     timeout: float
     iommu: str = "user"
     append: tuple[str, ...] = ()
+    kernel: str | None = None
 
     @property
     def kernel_iommu(self) -> bool:
@@ -92,6 +107,8 @@ def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, ProgramSpec]:
         iommu = entry.get("iommu", "user")
         append = entry.get("append", [])
         demo = entry.get("demo", False)
+        kernel = entry.get("kernel")
+        program = entry.get("program", "")
         if not isinstance(devices, list) or not all(isinstance(d, str) and d for d in devices):
             raise UserError(f"{path}: [{name}] devices must be a list of device types")
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
@@ -108,8 +125,17 @@ def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, ProgramSpec]:
             raise UserError(f"{path}: [{name}] append must not set vuser.* (the launcher does)")
         if not isinstance(demo, bool):
             raise UserError(f"{path}: [{name}] demo must be true or false")
+        if kernel is not None:
+            from vuser.guest.image import kernel_suite
+
+            try:
+                kernel_suite(kernel)
+            except UserError as e:
+                raise UserError(f"{path}: [{name}] {e}") from None
+        if not isinstance(program, str) or (program and not program.isidentifier()):
+            raise UserError(f"{path}: [{name}] program must be the name of a guest-tests program")
         specs[name] = ProgramSpec(name, tuple(devices), float(timeout), alone, iommu,
-                                  tuple(append), demo)
+                                  tuple(append), demo, kernel, program)
     return specs
 
 
@@ -119,8 +145,9 @@ def demo_programs(specs: dict[str, ProgramSpec]) -> list[str]:
 
 
 def boot_groups(specs: dict[str, ProgramSpec], names: list[str]) -> list[BootPlan]:
-    """The guests that run ``names``: one per (devices, iommu, append)
-    (``alone`` ones by themselves), in the order the names first appear.
+    """The guests that run ``names``: one per (devices, iommu, append, kernel)
+    (``alone`` ones by themselves), in the order the names first appear; a
+    plan's ``programs`` are the programs the tables run.
     ``UserError`` for a name the manifest does not list."""
     missing = [n for n in names if n not in specs]
     if missing:
@@ -132,6 +159,7 @@ def boot_groups(specs: dict[str, ProgramSpec], names: list[str]) -> list[BootPla
     plans = []
     for members in groups.values():
         first = specs[members[0]]
-        plans.append(BootPlan(first.devices, tuple(members),
-                              sum(specs[m].timeout for m in members), first.iommu, first.append))
+        plans.append(BootPlan(first.devices, tuple(specs[m].program_name for m in members),
+                              sum(specs[m].timeout for m in members), first.iommu, first.append,
+                              first.kernel))
     return plans

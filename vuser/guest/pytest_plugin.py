@@ -9,14 +9,17 @@ A manifest (``tests/guest/guest_tests.toml``) names each guest test program
     alone = false       # true: never share a guest with other programs
     iommu = "user"      # "kernel": the guest kernel owns the vuser-iommu
     append = []         # extra kernel command line words
+    kernel = "debian:sid"   # optional: another guest kernel
+    program = "enumerate"   # optional: the program the table runs (default: its name)
 
-(``vuser.guest.manifest`` reads it.)
+(``vuser.guest.manifest`` reads it.) Items are named after the table, so one
+program can run in two tables (say, once on each kernel).
 Collection builds the programs (host gcc, cached) and reads the cases each
 declares from its ``.vuser_cases`` ELF section, so every case is an item
 before anything boots: ``guest_tests.toml::enumerate::find_device``.
 
-Programs with the same devices, ``iommu`` and ``append`` share one guest (a
-*boot group*): the
+Programs with the same devices, ``iommu``, ``append`` and ``kernel`` share one
+guest (a *boot group*): the
 first item of any of them builds the image and boots the guest once
 (``vuser.qemu.launcher.launch``) running every program of the group that has
 a selected item, one after the other (timeout: the sum of theirs). Each item
@@ -93,23 +96,24 @@ class GuestManifest(pytest.File):
                 return
             raise
         groups: dict[tuple[str, ...], BootGroup] = {}
-        for name, prog in sorted(progs.tests.items()):
-            spec = specs.get(name)
-            if spec is None:
+        listed = {spec.program_name for spec in specs.values()}
+        for name in sorted(set(progs.tests) - listed):
+            yield _ErrorItem.from_parent(
+                self, name=name,
+                message=f"guest test {name} is not in {self.path.name}: add a [{name}] "
+                        "table saying which devices its guest needs")
+        for name, spec in sorted(specs.items()):
+            prog = progs.tests.get(spec.program_name)
+            if prog is None:
                 yield _ErrorItem.from_parent(
-                    self, name=name,
-                    message=f"guest test {name} is not in {self.path.name}: add a [{name}] "
-                            "table saying which devices its guest needs")
+                    self, name=name, message=f"{self.path.name} lists [{name}] but there is no "
+                                             f"guest-tests/{spec.program_name}.c")
                 continue
             group = groups.setdefault(spec.boot_key(), BootGroup(spec.devices, spec))
             node = GuestProgramNode.from_parent(self, name=name, spec=spec, cases=prog.cases,
                                                 group=group)
             group.nodes.append(node)
             yield node
-        for name in sorted(set(specs) - set(progs.tests)):
-            yield _ErrorItem.from_parent(
-                self, name=name, message=f"{self.path.name} lists [{name}] but there is no "
-                                         f"guest-tests/{name}.c")
 
 
 class BootGroup:
@@ -119,6 +123,7 @@ class BootGroup:
         self.devices = devices
         self.kernel_iommu = spec.kernel_iommu if spec else False
         self.append = spec.append if spec else ()
+        self.kernel = spec.kernel if spec else None
         self.nodes: list[GuestProgramNode] = []
         self._runs: dict[str, _Run] | None = None
 
@@ -147,21 +152,22 @@ class BootGroup:
         from vuser.qemu.launcher import launch
 
         names = [n.name for n in members]
+        progs = list(dict.fromkeys(n.spec.program_name for n in members))
         try:
             qemu = find_qemu(show_progress=False)
         except UserError as e:
             run = _Run(skip=f"prerequisite missing: no QEMU with vfio-user-pci: {e}")
             return dict.fromkeys(names, run)
         try:
-            image = build_image(tests=names, progress=False)
+            image = build_image(tests=progs, progress=False, kernel=self.kernel)
             result = launch(image, devices=list(self.devices),
                             timeout=sum(n.spec.timeout for n in members), qemu=qemu,
                             kernel_iommu=self.kernel_iommu, kernel_args=self.append)
         except UserError as e:
             return dict.fromkeys(names, _Run(error=str(e)))
         doc = ktap.parse(result.console)
-        return {name: _Run(result=result, doc=doc, program=doc.find(name),
-                           programs=tuple(names)) for name in names}
+        return {n.name: _Run(result=result, doc=doc, program=doc.find(n.spec.program_name),
+                             programs=tuple(progs)) for n in members}
 
 
 class GuestProgramNode(pytest.Collector):
