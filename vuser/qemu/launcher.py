@@ -412,9 +412,15 @@ class _Run:
                 break
         result.duration_s = time.monotonic() - start
         if self.server is not None and not result.server_died and self.qemu.poll() is not None:
-            # QEMU may have ended *because* the server died; look once more.
-            time.sleep(0.05)
-            result.server_died = self.server.poll() is not None
+            # QEMU may have ended *because* the server died (QEMU 11 can abort on the
+            # lost socket before the server has exited): look once more, for longer
+            # when QEMU did not end through isa-debug-exit.
+            rc = self.qemu.returncode
+            try:
+                self.server.wait(0.05 if rc > 0 and rc & 1 else SERVER_DEATH_GRACE_S)
+                result.server_died = True
+            except subprocess.TimeoutExpired:
+                pass
         return result
 
     def _interpret(self, r: GuestResult) -> None:
