@@ -100,6 +100,32 @@ def test_server_death_is_reported(qemu_bin, mini, stub_server):
     _assert_torn_down(infos[0])
 
 
+def test_server_that_dies_just_after_qemu_is_still_the_reported_cause(qemu_bin, mini,
+                                                                     stub_server):
+    # QEMU 11 aborts when a vfio-user server drops its socket, sometimes before the
+    # server has exited: the server's error line must still be the one reported.
+    # The stub aborts QEMU (its peer) itself, then exits half a second later.
+    server = stub_server("""
+        import signal, struct
+        conn, _ = socks[0].accept()
+        pid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        os.kill(pid, signal.SIGABRT)
+        while conn.recv(4096):
+            pass
+        time.sleep(0.5)
+        print("stub: the device refused", flush=True)
+        os._exit(3)
+    """)
+    infos, on_ready = _capture()
+    r = launch(mini("never\r\n", 0), devices=["sample"], timeout=30, qemu=qemu_bin,
+               server_command=server, on_ready=on_ready)
+    assert r.qemu_returncode == -signal.SIGABRT
+    assert r.server_died
+    assert r.error == ("the vuser server died (exit status 3) while the guest ran: "
+                       "stub: the device refused")
+    _assert_torn_down(infos[0])
+
+
 def test_server_that_exits_before_ready_is_one_line_error(qemu_bin, mini):
     cmd = [sys.executable, "-c", "import sys; print('boom: no such device type'); sys.exit(3)"]
     with pytest.raises(UserError) as e:
