@@ -33,6 +33,7 @@ class ObjType(enum.Enum):
     FAULT = "fault"
     VIOMMU = "viommu"
     VDEVICE = "vdevice"
+    VEVENTQ = "veventq"
 
 
 class IommufdObject:
