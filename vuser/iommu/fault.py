@@ -111,6 +111,8 @@ class FaultCommands:
     _objects: ObjectTable
     _stats: Stats
     _pr_observers: tuple[PageRequestObserver, ...] = ()
+    if TYPE_CHECKING:
+        def _step(self, what: str) -> None: ...
 
     def add_page_request_observer(self, cb: PageRequestObserver) -> None:
         """Model extension: call ``cb(event)`` for page requests and responses."""
@@ -124,10 +126,16 @@ class FaultCommands:
             cb(event)
 
     def fault_queue_alloc(self, depth: int = DEFAULT_DEPTH) -> int:
-        """IOMMU_FAULT_QUEUE_ALLOC: a queue of at most ``depth`` records (1..2^19)."""
+        """IOMMU_FAULT_QUEUE_ALLOC: a queue of at most ``depth`` records (1..2^19).
+
+        Departure (docs/iommufd-fidelity.md): the kernel's fault queue has no
+        depth; the model bounds it so that overflow can be observed.
+        """
         if not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
             raise fail(errno.EINVAL, f"depth {depth!r} is not 1..{MAX_DEPTH}")
-        return self._objects.commit(FaultQueue(depth)).id
+        q = FaultQueue(depth)
+        self._step("fault_queue_alloc")
+        return self._objects.commit(q).id
 
     def fault_set_notify(self, fault_id: int, callback: Callable[[int], None] | None) -> None:
         """Call ``callback(fault_id)`` whenever records arrive (the fd's POLLIN)."""
