@@ -17,6 +17,7 @@ import errno
 from collections.abc import Callable
 from typing import Any
 
+from .access import AccessCommands, IoasAccess
 from .device import BoundDevice, DeviceCommands
 from .dma import DmaCommands, FaultObserver, TraceHook, default_clock
 from .errors import fail
@@ -34,7 +35,7 @@ DEFAULT_IOTLB_CAPACITY = 4096
 
 
 class IoasidContext(IoasCommands, HwptCommands, DeviceCommands, FaultCommands,
-                    ViommuCommands, HwInfoCommands, DmaCommands):
+                    ViommuCommands, HwInfoCommands, DmaCommands, AccessCommands):
     """One iommufd context over the devices of ``registry``.
 
     ``iotlb_capacity`` bounds the IOTLB (entries, LRU); ``clock`` stamps
@@ -42,8 +43,9 @@ class IoasidContext(IoasCommands, HwptCommands, DeviceCommands, FaultCommands,
     """
 
     #: The methods a control RPC may expose: plain arguments and results.
-    #: (``set_trace``, ``add_fault_observer`` and ``fault_set_notify`` take
-    #: callables and stay in-process.)
+    #: (``set_trace``, ``add_fault_observer``, ``fault_set_notify`` and the
+    #: ``access_*`` methods take callables or hand out memory, and stay
+    #: in-process.)
     UAPI_METHODS = (
         "destroy", "objects", "object_info",
         "ioas_alloc", "ioas_map", "ioas_map_file", "ioas_unmap", "ioas_copy",
@@ -122,7 +124,7 @@ class IoasidContext(IoasCommands, HwptCommands, DeviceCommands, FaultCommands,
             return
         for bd in sorted(self._objects.of_type(BoundDevice), key=lambda b: -b.id):
             self.device_unbind(bd.id)
-        order = (Vdevice, Veventq, HwptNested, Viommu, HwptPaging, FaultQueue, Ioas)
+        order = (IoasAccess, Vdevice, Veventq, HwptNested, Viommu, HwptPaging, FaultQueue, Ioas)
         while len(self._objects):
             progress = False
             for cls in order:

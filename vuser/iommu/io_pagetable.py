@@ -42,10 +42,13 @@ WRITEABLE = int(IoasMapFlags.WRITEABLE)
 class Area:
     """``[iova, last]`` maps ``pages.mem[offset:offset + length]`` with ``prot``."""
 
-    __slots__ = ("iova", "last", "pages", "offset", "prot")
+    __slots__ = ("iova", "last", "pages", "offset", "prot", "num_accesses", "prevent_access")
 
     def __init__(self, iova: int, last: int, pages: Pages, offset: int, prot: int) -> None:
         self.iova, self.last, self.pages, self.offset, self.prot = iova, last, pages, offset, prot
+        #: Pins held by access objects; an unmap waits for them (``num_accesses``).
+        self.num_accesses = 0
+        self.prevent_access = False
 
     @property
     def length(self) -> int:
@@ -97,6 +100,8 @@ class IoPagetable:
         self.domains = 0
         self.disable_large_pages = False
         self.access_alignments: dict[object, int] = {}
+        #: Access objects attached to this IOAS (``iopt->access_list``).
+        self.accesses: list = []
 
     # -- lookups ----------------------------------------------------------
     def find(self, addr: int) -> Area | None:

@@ -34,6 +34,7 @@ class ObjType(enum.Enum):
     VIOMMU = "viommu"
     VDEVICE = "vdevice"
     VEVENTQ = "veventq"
+    ACCESS = "access"
 
 
 class IommufdObject:
