@@ -73,7 +73,7 @@ def test_A5_access_rw(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize("nth", [1])
-def test_A6_access_create_fail_nth(rig: Rig, nth: int) -> None:
+def test_N1_access_create_fail_nth(rig: Rig, nth: int) -> None:
     before = rig.ctx.objects()
     rig.ctx.fail_nth(nth)
     expect_errno(errno.ENOMEM, rig.ctx.access_create, rig.ioas, lambda i, n: None)

@@ -25,7 +25,9 @@ Attach rules, as in iommufd ``device.c`` and its selftest
   RID's HWPT moves the whole group;
 - a RID attach reserves, in the IOAS, what lies outside the device's
   aperture plus its reserved regions (EADDRINUSE if mapped or allowed); a
-  PASID attach reserves nothing (``attach_resv`` is RID-only);
+  PASID attach reserves nothing (``attach_resv`` is RID-only). Departure: the
+  model has no domain geometry, so the aperture is the device's and is
+  reserved at attach (the kernel reserves the domain's when it joins the IOAS);
 - a nested HWPT's VT-d stage-1 data is checked at attach (EINVAL);
 - detaching what is not attached does nothing (VFIO's DETACH_IOMMUFD_PT);
 - an automatic HWPT is freed when its last device moves away.
@@ -112,6 +114,8 @@ class DeviceCommands:
         The first bind in a group makes this context its owner and blocks the
         whole group's DMA. EBUSY if the device is bound already; EPERM if its
         group belongs to another context; EINVAL for another registry's device.
+        Departure (docs/iommufd-fidelity.md): the model has no per-fd state,
+        so a second bind is EBUSY where VFIO gives EINVAL for the same fd.
         """
         dev = self.registry.by_label(device) if isinstance(device, int) else device
         if not isinstance(dev, IommuDevice) or dev.registry is not self.registry:

@@ -142,7 +142,10 @@ class FaultCommands:
         self._objects.get(fault_id, FaultQueue).on_event = callback
 
     def fault_read(self, fault_id: int, max_records: int = 0) -> list[FaultRecord]:
-        """read() on the queue: up to ``max_records`` records (0: all), oldest first."""
+        """read() on the queue: up to ``max_records`` records (0: all), oldest first.
+
+        Departure (docs/iommufd-fidelity.md): counted in records, not bytes.
+        """
         q = self._objects.get(fault_id, FaultQueue)
         if not isinstance(max_records, int) or max_records < 0:
             raise fail(errno.EINVAL, f"bad max_records {max_records!r}")
@@ -152,7 +155,9 @@ class FaultCommands:
     def fault_respond(self, fault_id: int, cookie: int, code: int) -> None:
         """write() on the queue: answer the group ``cookie`` with SUCCESS (0) or INVALID (1).
 
-        EINVAL for another code or a cookie that is not pending.
+        EINVAL for another code or a cookie that is not pending. Departure
+        (docs/iommufd-fidelity.md): a group gets its cookie when queued, so it
+        may be answered before it is read (the kernel gives it at read).
         """
         q = self._objects.get(fault_id, FaultQueue)
         if code not in (PageResponseCode.SUCCESS, PageResponseCode.INVALID):

@@ -196,7 +196,8 @@ class HwptCommands:
         data or another type without; ENOENT the device; EINVAL ``pt_id``
         missing or of another kind. Paging: EOPNOTSUPP unknown flags,
         DIRTY_TRACKING the device lacks, FAULT_ID_VALID with NEST_PARENT,
-        data, or PASID on a device whose IOMMU reports no PASID; EADDRINUSE
+        data, or PASID on a device whose IOMMU reports no PASID (departure:
+        the model has one IOMMU per device, see ``get_hw_info``); EADDRINUSE
         an area not 4 KiB aligned. Nested: EOPNOTSUPP flags other than
         FAULT_ID_VALID/PASID, no data, a type other than VTD_S1; EINVAL a
         parent that is not a NEST_PARENT; EINVAL data shorter than the

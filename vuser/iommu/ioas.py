@@ -281,6 +281,10 @@ class IoasCommands:
 
         A fresh IOAS has the whole 64-bit range; attached devices narrow it
         with what lies outside their aperture and their reserved regions.
+        The alignment is 1 with no domain, 4 KiB with one (or with HUGE_PAGES
+        off, or a pinning access). ENOENT the IOAS. Departure
+        (docs/iommufd-fidelity.md): the whole list is returned, so there is
+        no EMSGSIZE for a short user buffer.
         """
         ioas = self._ioas(ioas_id)
         return IovaRanges([IovaRange(s, e) for s, e in ioas.iopt.iova_ranges()],
