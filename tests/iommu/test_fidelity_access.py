@@ -13,13 +13,14 @@ from vuser.iommu.uapi import IoasMapFlags
 R = int(IoasMapFlags.READABLE)
 
 
-def test_A1_pin_needs_an_unmap_callback_and_whole_pages(rig: Rig) -> None:
+def test_A1_pin_needs_an_unmap_callback_and_a_mapped_range(rig: Rig) -> None:
     rig.map(2 * P, iova=0)
     rw_only = rig.ctx.access_create(rig.ioas)
     expect_errno(errno.EINVAL, rig.ctx.access_pin_pages, rw_only, 0, P)
     acc = rig.ctx.access_create(rig.ioas, lambda i, n: None)
     expect_errno(errno.EINVAL, rig.ctx.access_pin_pages, acc, 0, 0)
     expect_errno(errno.ENOENT, rig.ctx.access_pin_pages, acc, 0, 4 * P)
+    expect_errno(errno.EOVERFLOW, rig.ctx.access_pin_pages, acc, P, (1 << 64) - 1)
     [mem] = rig.ctx.access_pin_pages(acc, 0, 2 * P)
     assert len(mem) == 2 * P
 

@@ -128,17 +128,14 @@ class AccessCommands:
         """``iommufd_access_pin_pages``: pin ``[iova, iova + length)``; returns the
         host memory of each area piece, in order.
 
-        EINVAL no unmap callback, length 0, a range that is not page aligned,
-        or an area being unmapped; EOVERFLOW wrap; EPERM an area without the
-        permission; ENOENT a hole. Pins nest; ``access_unpin_pages`` with the
+        EINVAL no unmap callback, length 0, or an area being unmapped;
+        EOVERFLOW wrap; EPERM an area without the permission; ENOENT a hole. Pins nest; ``access_unpin_pages`` with the
         same range undoes one.
         """
         acc = self._objects.get(access_id, IoasAccess)
         if acc.unmap is None:
             raise fail(errno.EINVAL, "an access without an unmap callback cannot pin")
         pieces = _contig(acc, iova, length, write)
-        if iova % PAGE_SIZE or length % PAGE_SIZE:
-            raise fail(errno.EINVAL, "pinned ranges are whole pages")
         self._step("access_pin_pages")
         for area, _f, _l in pieces:
             area.num_accesses += 1
