@@ -4,8 +4,9 @@ Its methods are the iommufd commands, named in snake_case, taking and
 returning integer object ids and plain values; they raise ``IommufdError``
 with the kernel's errno. The control RPC exposes exactly these methods. The
 commands live with their objects (``ioas``, ``hwpt``, ``device``, ``fault``,
-``viommu``, ``hw_info``, and the DMA path in ``dma``); this module holds the
-context state, DESTROY and close.
+``viommu``, ``hw_info``, ``access``, and the DMA path in ``dma``); this module
+holds the context state, DESTROY, close and the ``fail_nth`` test hook. How
+each command's rules compare with the kernel's: docs/iommufd-fidelity.md.
 
 The model is synchronous and single-threaded: callers (the asyncio server,
 the RPC) call it from one thread.
