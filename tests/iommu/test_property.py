@@ -39,7 +39,7 @@ class RefIoas:
             return at
         # iopt_alloc_iova: length rounded up to a power of two, at most 2 MiB.
         align = min(1 << (npages - 1).bit_length(), 512)
-        start = 0
+        start = align  # never IOVA 0: the search starts at 4 KiB
         while self.overlapping(start, start + npages - 1):
             start += align
         return start

@@ -174,8 +174,9 @@ class IoPagetable:
 
         The alignment is ``length`` rounded up to a power of two, at most
         2 MiB (the model takes every user address as 2 MiB aligned, the
-        kernel's ``!addr`` case); EINVAL when that is below the IOAS
-        alignment, ENOSPC when no hole fits.
+        kernel's ``!addr`` case), searched in ``[4K, U64_MAX - 4K]`` (never
+        IOVA 0); EINVAL when that is below the IOAS alignment, ENOSPC when
+        no hole fits.
         """
         if length == 0 or length >= U64_MAX // 2:
             raise fail(errno.EOVERFLOW, f"length {length:#x} cannot be placed")
@@ -184,7 +185,12 @@ class IoPagetable:
             raise fail(errno.EINVAL, f"{length:#x} bytes cannot be {self.alignment:#x}-aligned")
         used = _merge(sorted([(a.iova, a.last) for a in self._areas]
                              + [r for rs in self.reserved.values() for r in rs]))
-        windows = sorted(self.allowed) if self.allowed else [(0, U64_MAX)]
+        # Never IOVA 0 nor the last page (the kernel searches [PAGE_SIZE,
+        # ULONG_MAX - PAGE_SIZE]).
+        lo_lim, hi_lim = PAGE_SIZE, U64_MAX - PAGE_SIZE
+        windows = [(max(s, lo_lim), min(e, hi_lim))
+                   for s, e in (sorted(self.allowed) if self.allowed else [(lo_lim, hi_lim)])
+                   if s <= hi_lim and e >= lo_lim]
         for ws, wl in windows:
             cur = -(-ws // align) * align
             k = bisect_left(used, (ws, 0))
