@@ -19,3 +19,10 @@ def nested() -> NestedRig:
     r = NestedRig()
     yield r
     r.ctx.close()
+
+
+@pytest.fixture
+def nested_fault() -> NestedRig:
+    r = NestedRig(fault=True)
+    yield r
+    r.ctx.close()

@@ -11,9 +11,11 @@ import os
 import tempfile
 from typing import Any
 
+import pytest
+
 from rpc_helpers import DATA_GPA, DATA_IOVA, PASID, P, Harness
-from vuser.iommu.uapi import HwptAllocFlags, HwptDataType
-from vuser.rpc import Client, ControlServer
+from vuser.iommu.uapi import HwptAllocFlags, HwptDataType, VeventqType, ViommuType
+from vuser.rpc import Client, ControlServer, RpcCallError
 
 
 class Recorder:
@@ -59,7 +61,10 @@ async def test_every_method_round_trips(harness: Harness, server: ControlServer,
     copied = await call("ioas_copy", dst, ioas, 0x10000, P, dst_iova=0x20000)
     assert copied == 0x20000
     ranges = await call("ioas_iova_ranges", dst)
-    assert ranges == {"ranges": [[0, (1 << 64) - 1]], "alignment": P}
+    assert ranges == {"ranges": [[0, (1 << 64) - 1]], "alignment": 1}  # no domain yet
+    assert await call("ioas_option", 1, 1, dst) == 1  # HUGE_PAGES GET
+    assert await call("ioas_option", 1, 0, dst, 0) == 0  # SET 0: 4 KiB alignment
+    assert (await call("ioas_iova_ranges", dst))["alignment"] == P
     assert await call("ioas_allow_iovas", dst, [[0x20000, 0x2ffff]]) is None
     assert await call("ioas_unmap", ioas, auto, 2 * P) == 2 * P
 
@@ -74,16 +79,23 @@ async def test_every_method_round_trips(harness: Harness, server: ControlServer,
                                                       | HwptAllocFlags.PASID))
     assert await call("device_attach", dev2, paging) == paging
     assert (await call("device_info", dev2))["attach"] == [[None, paging]]
-    viommu = await call("viommu_alloc", dev2, paging)
+    viommu = await call("viommu_alloc", dev2, paging, int(ViommuType.VUSER_VTD))
     vdev = await call("vdevice_alloc", viommu, dev2, 0x99)
+    veq = await call("veventq_alloc", viommu, int(VeventqType.VUSER_VTD), 4)
+    assert await call("veventq_read", veq, 64) == b""
     assert await call("vdevice_lookup", viommu, 0x99) == dev2
     nested = await call("hwpt_alloc", dev2, viommu, int(HwptAllocFlags.PASID),
                         int(HwptDataType.VTD_S1),
                         {"flags": 0, "pgtbl_addr": 0x1000, "addr_width": 57})
     assert await call("device_attach", dev2, nested, 3) == nested
-    auto_hwpt = await call("device_replace", dev2, ioas, 3)
-    assert auto_hwpt not in (nested, paging)
+    s2p = await call("hwpt_alloc", dev2, ioas, int(HwptAllocFlags.PASID))
+    assert await call("device_replace", dev2, s2p, 3) == s2p
     assert await call("device_replace", dev2, nested, 3) == nested
+    before = ctx.objects()
+    assert await call("fail_nth", 1) is None  # the next allocation fails
+    with pytest.raises(RpcCallError) as ei:
+        await call("ioas_alloc")
+    assert ei.value.errno == 12 and ctx.objects() == before
     assert await call("device_pasid_map", dev2, 5, 3) is None
     assert await call("device_ppasid", dev2, 5) == 3
     assert await call("hwpt_invalidate", nested, [{"addr": 0, "npages": 1, "flags": 0}]) == 1
@@ -93,6 +105,7 @@ async def test_every_method_round_trips(harness: Harness, server: ControlServer,
     bitmap = await call("hwpt_get_dirty_bitmap", paging, 0x10000, 8 * P, P)
     assert isinstance(bitmap, bytes) and bitmap[0] & 1
     await call("device_detach", dev2, 3)
+    await call("destroy", veq)
     await call("destroy", vdev)
 
     # -- the DMA path on the harness device ------------------------------------------------

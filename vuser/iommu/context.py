@@ -4,8 +4,9 @@ Its methods are the iommufd commands, named in snake_case, taking and
 returning integer object ids and plain values; they raise ``IommufdError``
 with the kernel's errno. The control RPC exposes exactly these methods. The
 commands live with their objects (``ioas``, ``hwpt``, ``device``, ``fault``,
-``viommu``, ``hw_info``, and the DMA path in ``dma``); this module holds the
-context state, DESTROY and close.
+``viommu``, ``hw_info``, ``access``, and the DMA path in ``dma``); this module
+holds the context state, DESTROY, close and the ``fail_nth`` test hook. How
+each command's rules compare with the kernel's: docs/iommufd-fidelity.md.
 
 The model is synchronous and single-threaded: callers (the asyncio server,
 the RPC) call it from one thread.
@@ -17,6 +18,7 @@ import errno
 from collections.abc import Callable
 from typing import Any
 
+from .access import AccessCommands, IoasAccess
 from .device import BoundDevice, DeviceCommands
 from .dma import DmaCommands, FaultObserver, TraceHook, default_clock
 from .errors import fail
@@ -28,13 +30,13 @@ from .iotlb import Iotlb
 from .objects import IommufdObject, ObjectTable
 from .registry import IommuRegistry
 from .uapi import Stats
-from .viommu import Vdevice, Viommu, ViommuCommands
+from .viommu import Vdevice, Veventq, Viommu, ViommuCommands
 
 DEFAULT_IOTLB_CAPACITY = 4096
 
 
 class IoasidContext(IoasCommands, HwptCommands, DeviceCommands, FaultCommands,
-                    ViommuCommands, HwInfoCommands, DmaCommands):
+                    ViommuCommands, HwInfoCommands, DmaCommands, AccessCommands):
     """One iommufd context over the devices of ``registry``.
 
     ``iotlb_capacity`` bounds the IOTLB (entries, LRU); ``clock`` stamps
@@ -42,15 +44,17 @@ class IoasidContext(IoasCommands, HwptCommands, DeviceCommands, FaultCommands,
     """
 
     #: The methods a control RPC may expose: plain arguments and results.
-    #: (``set_trace``, ``add_fault_observer`` and ``fault_set_notify`` take
-    #: callables and stay in-process.)
+    #: (``set_trace``, ``add_fault_observer``, ``fault_set_notify`` and the
+    #: ``access_*`` methods take callables or hand out memory, and stay
+    #: in-process.)
     UAPI_METHODS = (
         "destroy", "objects", "object_info",
         "ioas_alloc", "ioas_map", "ioas_map_file", "ioas_unmap", "ioas_copy",
         "ioas_iova_ranges", "ioas_allow_iovas", "ioas_areas",
         "hwpt_alloc", "hwpt_invalidate", "hwpt_set_dirty_tracking", "hwpt_get_dirty_bitmap",
         "get_hw_info", "fault_queue_alloc", "fault_read", "fault_respond", "fault_queue_status",
-        "viommu_alloc", "vdevice_alloc", "vdevice_lookup",
+        "ioas_option", "viommu_alloc", "vdevice_alloc", "vdevice_lookup",
+        "veventq_alloc", "veventq_read", "fail_nth",
         "device_bind", "device_attach", "device_replace", "device_detach", "device_unbind",
         "device_lookup", "device_pasid_map", "device_ppasid", "device_info",
         "translate", "read", "write", "ats_translate", "page_request",
@@ -66,7 +70,29 @@ class IoasidContext(IoasCommands, HwptCommands, DeviceCommands, FaultCommands,
         self._trace: TraceHook | None = None
         self._fault_observers: list[FaultObserver] = []
         self._clock = clock
+        self._fail_left = 0
+        self._rlimit_mode = 0
         self.closed = False
+
+    # -- fail_nth ----------------------------------------------------------------
+    def fail_nth(self, n: int) -> None:
+        """Test hook (iommufd selftest's ``fail_nth``): fail the ``n``-th internal
+        allocation or step from now with ENOMEM; 0 turns it off.
+
+        Every command that allocates calls ``_step`` at each allocation (an
+        object, an area, an attach handle) before it changes anything, so
+        an injected failure leaves the context's observable state as it was
+        before the call (tests/iommu/test_fidelity_fail_nth.py sweeps it).
+        """
+        if not isinstance(n, int) or n < 0:
+            raise fail(errno.EINVAL, f"bad fail_nth {n!r}")
+        self._fail_left = n
+
+    def _step(self, what: str) -> None:
+        if self._fail_left:
+            self._fail_left -= 1
+            if not self._fail_left:
+                raise fail(errno.ENOMEM, f"fail_nth: {what}")
 
     # -- DESTROY -------------------------------------------------------------
     def destroy(self, obj_id: int) -> None:
@@ -76,7 +102,7 @@ class IoasidContext(IoasCommands, HwptCommands, DeviceCommands, FaultCommands,
         with HWPTs, hence with attached devices; a HWPT that is attached or
         has nested children; a vIOMMU with vDEVICEs or HWPTs; a fault queue
         named by a HWPT). Devices are released by ``device_unbind`` (EBUSY
-        here).
+        here): departure, because VFIO owns the device object.
         """
         obj = self._objects.get(obj_id)
         if isinstance(obj, BoundDevice):
@@ -99,7 +125,7 @@ class IoasidContext(IoasCommands, HwptCommands, DeviceCommands, FaultCommands,
             return
         for bd in sorted(self._objects.of_type(BoundDevice), key=lambda b: -b.id):
             self.device_unbind(bd.id)
-        order = (Vdevice, HwptNested, Viommu, HwptPaging, FaultQueue, Ioas)
+        order = (IoasAccess, Vdevice, Veventq, HwptNested, Viommu, HwptPaging, FaultQueue, Ioas)
         while len(self._objects):
             progress = False
             for cls in order:

@@ -6,20 +6,30 @@ context; ``device_attach`` / ``device_replace`` / ``device_detach``
 its PASIDs, to an IOAS (through an automatic paging HWPT) or to a HWPT;
 ``device_unbind`` releases it. The group rules are in ``registry``.
 
-Attach rules, as in iommufd and its selftest (``iommufd_device_pasid``):
+Attach rules, as in iommufd ``device.c`` and its selftest
+(``iommufd_device_pasid``), checked in the kernel's order:
 
-- attaching what is already attached is a no-op; attaching something else
-  gives EBUSY: use ``device_replace``, which needs an attachment (EINVAL)
-  and on any failure leaves the old one in place;
-- a PASID needs a device whose PASID width covers it and a PASID-compatible
-  HWPT (allocated with the PASID flag, or automatic for a PASID-capable
-  device); a RID HWPT that is not PASID-compatible excludes PASID attaches,
-  and the other way round (EINVAL);
+- the ``pt_id`` comes first (ENOENT; EINVAL for an object that is not an
+  IOAS or HWPT);
+- attaching a RID or PASID that is attached already gives EBUSY, also to the
+  same HWPT: use ``device_replace``, which needs an attachment (EINVAL),
+  does nothing for the same HWPT, and on any failure leaves the old one in
+  place;
+- a PASID needs a PASID-compatible HWPT (allocated with the PASID flag), and
+  the RID's HWPT must be PASID-compatible too; a RID HWPT that is not
+  PASID-compatible is refused while PASIDs are attached (EINVAL).
+  Automatic HWPTs are allocated with no flags (``iommufd_device_auto_get_domain``),
+  so they are never PASID-compatible: a PASID cannot attach to an IOAS;
+- then the PASID must be inside the device's PASID width (EINVAL);
 - the RIDs of one group share one HWPT (EINVAL otherwise); replacing the
   RID's HWPT moves the whole group;
-- the first attach of a device to an IOAS reserves, in it, what lies outside
-  the device's aperture plus its reserved regions (EADDRINUSE if mapped or
-  allowed);
+- a RID attach reserves, in the IOAS, what lies outside the device's
+  aperture plus its reserved regions (EADDRINUSE if mapped or allowed); a
+  PASID attach reserves nothing (``attach_resv`` is RID-only). Departure: the
+  model has no domain geometry, so the aperture is the device's and is
+  reserved at attach (the kernel reserves the domain's when it joins the IOAS);
+- a nested HWPT's VT-d stage-1 data is checked at attach (EINVAL);
+- detaching what is not attached does nothing (VFIO's DETACH_IOMMUFD_PT);
 - an automatic HWPT is freed when its last device moves away.
 
 Each device has a vPASID -> pPASID table (identity unless set). ``translate``
@@ -33,7 +43,7 @@ import errno
 from typing import TYPE_CHECKING, Any
 
 from .errors import IommufdError, fail
-from .hwpt import Hwpt, HwptNested, HwptPaging, paging_of
+from .hwpt import Hwpt, HwptNested, HwptPaging, check_vtd_s1, paging_of
 from .ioas import Ioas
 from .objects import IommufdObject, ObjectTable, ObjType
 from .registry import IommuDevice, IommuRegistry
@@ -92,6 +102,7 @@ class DeviceCommands:
                        npages: int = U64_MAX) -> int: ...
         def _auto_respond(self, bd: BoundDevice, pasid: Any) -> None: ...
         def _destroy_obj(self, obj: IommufdObject) -> None: ...
+        def _step(self, what: str) -> None: ...
 
     def _device(self, dev_id: int) -> BoundDevice:
         return self._objects.get(dev_id, BoundDevice)
@@ -103,6 +114,8 @@ class DeviceCommands:
         The first bind in a group makes this context its owner and blocks the
         whole group's DMA. EBUSY if the device is bound already; EPERM if its
         group belongs to another context; EINVAL for another registry's device.
+        Departure (docs/iommufd-fidelity.md): the model has no per-fd state,
+        so a second bind is EBUSY where VFIO gives EINVAL for the same fd.
         """
         dev = self.registry.by_label(device) if isinstance(device, int) else device
         if not isinstance(dev, IommuDevice) or dev.registry is not self.registry:
@@ -137,6 +150,7 @@ class DeviceCommands:
 
     # -- attach / replace / detach ---------------------------------------------
     def _check_pasid(self, bd: BoundDevice, pasid: int | None) -> None:
+        """``iommu_attach_device_pasid``: the PASID must fit the device (EINVAL)."""
         if pasid is None:
             return
         if not bd.dev.pasid_width:
@@ -144,9 +158,23 @@ class DeviceCommands:
         if not isinstance(pasid, int) or not 0 < pasid < 1 << bd.dev.pasid_width:
             raise fail(errno.EINVAL, f"PASID {pasid!r} outside 1..2^{bd.dev.pasid_width}-1")
 
+    @staticmethod
+    def _pasid_arg(pasid: int | None) -> None:
+        if pasid is not None and (not isinstance(pasid, int) or pasid < 0):
+            raise fail(errno.EINVAL, f"bad PASID {pasid!r}")
+
     def _check_compat(self, bd: BoundDevice, pasid: int | None, hwpt: Hwpt,
                       replacing: bool = False) -> None:
-        """iommufd's PASID-compatibility, group, dirty and reserved-range rules."""
+        """``iommufd_hw_pagetable_attach`` / ``iommufd_device_do_replace``:
+        group, reserved-range, PASID-compatibility, PASID-range, dirty and
+        VT-d stage-1 rules, in that order."""
+        if pasid is None:
+            g = bd.dev.group
+            if not replacing and g.rid_hwpt is not None and g.rid_hwpt is not hwpt:
+                raise fail(errno.EINVAL, "the group's RIDs are attached elsewhere")
+            s2 = paging_of(hwpt)
+            if not bd._resv.get(s2.ioas):
+                s2.ioas.iopt.check_reserve(bd.reserved_ranges())
         if pasid is not None:
             if not hwpt.pasid_compat:
                 raise fail(errno.EINVAL, f"HWPT {hwpt.id} is not PASID-compatible")
@@ -157,21 +185,20 @@ class DeviceCommands:
             if not hwpt.pasid_compat and any(p is not None for p in bd.attach):
                 raise fail(errno.EINVAL, f"HWPT {hwpt.id} is not PASID-compatible and "
                                          "PASIDs are attached")
-            g = bd.dev.group
-            if not replacing and g.rid_hwpt is not None and g.rid_hwpt is not hwpt:
-                raise fail(errno.EINVAL, "the group's RIDs are attached elsewhere")
+        self._check_pasid(bd, pasid)
         s2 = paging_of(hwpt)
         if s2.enforce_dirty and not bd.dev.dirty_tracking:
             raise fail(errno.EINVAL, f"{bd.dev.name} cannot track dirty pages")
-        if not bd._resv.get(s2.ioas):
-            s2.ioas.iopt.check_reserve(bd.reserved_ranges())
+        if isinstance(hwpt, HwptNested):
+            check_vtd_s1(hwpt)
 
     def _link(self, bd: BoundDevice, pasid: int | None, hwpt: Hwpt) -> None:
         """Record an attachment (all checks done)."""
-        ioas = paging_of(hwpt).ioas
-        if not bd._resv.get(ioas):
-            ioas.iopt.add_reserved(bd, bd.reserved_ranges())
-        bd._resv[ioas] = bd._resv.get(ioas, 0) + 1
+        if pasid is None:
+            ioas = paging_of(hwpt).ioas
+            if not bd._resv.get(ioas):
+                ioas.iopt.add_reserved(bd, bd.reserved_ranges())
+            bd._resv[ioas] = bd._resv.get(ioas, 0) + 1
         bd.attach[pasid] = hwpt
         hwpt.users += 1
         hwpt.attached.add((bd, pasid))
@@ -185,11 +212,12 @@ class DeviceCommands:
         hwpt = bd.attach.pop(pasid)
         hwpt.users -= 1
         hwpt.attached.discard((bd, pasid))
-        ioas = paging_of(hwpt).ioas
-        bd._resv[ioas] -= 1
-        if not bd._resv[ioas]:
-            del bd._resv[ioas]
-            ioas.iopt.remove_reserved(bd)
+        if pasid is None:
+            ioas = paging_of(hwpt).ioas
+            bd._resv[ioas] -= 1
+            if not bd._resv[ioas]:
+                del bd._resv[ioas]
+                ioas.iopt.remove_reserved(bd)
         if pasid is None:
             g = bd.dev.group
             g.rid_devices.discard(bd)
@@ -229,36 +257,43 @@ class DeviceCommands:
                     continue
                 raise
             return hwpt, False
-        hwpt = HwptPaging(pt, pasid_compat=bool(bd.dev.pasid_width))
+        hwpt = HwptPaging(pt)  # flags 0: not PASID-compatible
         hwpt.auto = True
+        hwpt.check_domain_add()
+        self._step("auto domain")
         try_attach(hwpt)
         return hwpt, True
 
     def _commit_auto(self, hwpt: HwptPaging) -> None:
         self._objects.commit(hwpt)
-        hwpt.ioas.users += 1
-        hwpt.ioas.hwpts.append(hwpt)
+        hwpt.link()
 
     def device_attach(self, dev_id: int, pt_id: int, pasid: int | None = None) -> int:
         """Attach the RID (``pasid=None``) or a PASID to an IOAS or HWPT.
 
         Returns the HWPT id actually attached (the automatic one for an
-        IOAS). Errors: EBUSY if attached elsewhere (use ``device_replace``);
-        EINVAL for a PASID the device cannot carry or an incompatible HWPT;
-        EADDRINUSE when the device's aperture would narrow mapped or allowed
-        IOVAs; ENOENT for ids.
+        IOAS). Errors in the kernel's order (``iommufd_device_change_pt``,
+        ``iommufd_hw_pagetable_attach``): ENOENT ids; EINVAL a ``pt_id``
+        that is not an IOAS/HWPT; EBUSY if attached already, to this HWPT or
+        another (use ``device_replace``); EINVAL another HWPT on the group's
+        RIDs; EADDRINUSE when the device's aperture would narrow mapped or
+        allowed IOVAs (RID only); EINVAL a HWPT that is not PASID-compatible
+        for a PASID (an IOAS always, its automatic HWPT has no PASID flag),
+        or with PASIDs attached for the RID; EINVAL a PASID the device cannot
+        carry; EINVAL bad VT-d stage-1 data.
         """
         bd = self._device(dev_id)
-        self._check_pasid(bd, pasid)
+        self._pasid_arg(pasid)
         cur = bd.attach.get(pasid)
-        if cur is not None:
-            pt = self._objects.get(pt_id)
-            if pt is cur or (isinstance(pt, Ioas) and cur.auto and paging_of(cur).ioas is pt):
-                return cur.id
-            raise fail(errno.EBUSY, f"{'RID' if pasid is None else f'PASID {pasid}'} is "
-                                    f"attached to HWPT {cur.id}; replace it")
-        hwpt, new = self._resolve_pt(bd, pasid, pt_id,
-                                     lambda h: self._check_compat(bd, pasid, h))
+
+        def check(h: Hwpt) -> None:
+            if cur is not None:
+                raise fail(errno.EBUSY, f"{'RID' if pasid is None else f'PASID {pasid}'} is "
+                                        f"attached to HWPT {cur.id}; replace it")
+            self._check_compat(bd, pasid, h)
+            self._step("attach handle")
+
+        hwpt, new = self._resolve_pt(bd, pasid, pt_id, check)
         if new:
             self._commit_auto(hwpt)  # type: ignore[arg-type]
         self._link(bd, pasid, hwpt)
@@ -267,24 +302,32 @@ class DeviceCommands:
     def device_replace(self, dev_id: int, pt_id: int, pasid: int | None = None) -> int:
         """Replace what the RID or a PASID is attached to, atomically.
 
-        EINVAL when nothing is attached. Every check runs before any change,
-        so on failure the old HWPT stays. Replacing the RID moves every
-        attached RID of the group. The old automatic HWPT is freed when
-        unused. Returns the new HWPT id.
+        Errors in the kernel's order (``iommufd_device_do_replace``): ENOENT
+        ids; EINVAL a ``pt_id`` that is not an IOAS/HWPT; EINVAL nothing
+        attached; replacing with the same HWPT succeeds and changes
+        nothing; then the attach checks (reserved ranges, PASID
+        compatibility, PASID range, stage-1 data). Every check runs before
+        any change, so on failure the old HWPT stays. Replacing the RID
+        moves every attached RID of the group. The old automatic HWPT is
+        freed when unused. Returns the new HWPT id.
         """
         bd = self._device(dev_id)
-        self._check_pasid(bd, pasid)
+        self._pasid_arg(pasid)
         cur = bd.attach.get(pasid)
-        if cur is None:
-            raise fail(errno.EINVAL, "nothing attached to replace")
         targets = [bd] if pasid is not None else sorted(bd.dev.group.rid_devices,
                                                         key=lambda b: b.id)
 
         def check(h: Hwpt) -> None:
+            if cur is None:
+                raise fail(errno.EINVAL, "nothing attached to replace")
+            if h is cur:
+                return
             for t in targets:
                 self._check_compat(t, pasid, h, replacing=True)
+            self._step("replace handle")
 
         hwpt, new = self._resolve_pt(bd, pasid, pt_id, check)
+        assert cur is not None
         if hwpt is cur:
             return cur.id
         if new:
@@ -299,13 +342,15 @@ class DeviceCommands:
     def device_detach(self, dev_id: int, pasid: int | None = None) -> None:
         """VFIO_DEVICE_DETACH_IOMMUFD_PT: the RID or PASID goes back to blocking.
 
-        EINVAL when nothing is attached. Pending page requests of that PASID
-        are answered INVALID; the old automatic HWPT is freed when unused.
+        ENOENT for the device. Detaching what is not attached does nothing,
+        as VFIO does (``vfio_iommufd_physical_detach_ioas`` and the PASID
+        variant return early). Pending page requests of that PASID are
+        answered INVALID; the old automatic HWPT is freed when unused.
         """
         bd = self._device(dev_id)
-        self._check_pasid(bd, pasid)
+        self._pasid_arg(pasid)
         if pasid not in bd.attach:
-            raise fail(errno.EINVAL, "nothing attached")
+            return
         self._detach(bd, pasid)
 
     def _detach(self, bd: BoundDevice, pasid: int | None) -> None:

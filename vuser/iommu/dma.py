@@ -254,6 +254,10 @@ class DmaCommands:
         """Fill in the device fields of a fault, count it, tell the observers."""
         f = f.with_(pasid=bd.vpasid(pasid), label=bd.dev.label, dev_id=bd.id)
         self._stats.faults += 1
+        hwpt = bd.attach.get(pasid)
+        if f.stage == Stage.S1 and hwpt.__class__ is HwptNested \
+                and hwpt.viommu is not None:  # type: ignore[union-attr]
+            self._vevent_fault(bd, hwpt, f)  # type: ignore[attr-defined]
         for cb in list(self._fault_observers):
             cb(f)
         if self._trace is not None:

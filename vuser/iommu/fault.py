@@ -111,6 +111,8 @@ class FaultCommands:
     _objects: ObjectTable
     _stats: Stats
     _pr_observers: tuple[PageRequestObserver, ...] = ()
+    if TYPE_CHECKING:
+        def _step(self, what: str) -> None: ...
 
     def add_page_request_observer(self, cb: PageRequestObserver) -> None:
         """Model extension: call ``cb(event)`` for page requests and responses."""
@@ -124,17 +126,26 @@ class FaultCommands:
             cb(event)
 
     def fault_queue_alloc(self, depth: int = DEFAULT_DEPTH) -> int:
-        """IOMMU_FAULT_QUEUE_ALLOC: a queue of at most ``depth`` records (1..2^19)."""
+        """IOMMU_FAULT_QUEUE_ALLOC: a queue of at most ``depth`` records (1..2^19).
+
+        Departure (docs/iommufd-fidelity.md): the kernel's fault queue has no
+        depth; the model bounds it so that overflow can be observed.
+        """
         if not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
             raise fail(errno.EINVAL, f"depth {depth!r} is not 1..{MAX_DEPTH}")
-        return self._objects.commit(FaultQueue(depth)).id
+        q = FaultQueue(depth)
+        self._step("fault_queue_alloc")
+        return self._objects.commit(q).id
 
     def fault_set_notify(self, fault_id: int, callback: Callable[[int], None] | None) -> None:
         """Call ``callback(fault_id)`` whenever records arrive (the fd's POLLIN)."""
         self._objects.get(fault_id, FaultQueue).on_event = callback
 
     def fault_read(self, fault_id: int, max_records: int = 0) -> list[FaultRecord]:
-        """read() on the queue: up to ``max_records`` records (0: all), oldest first."""
+        """read() on the queue: up to ``max_records`` records (0: all), oldest first.
+
+        Departure (docs/iommufd-fidelity.md): counted in records, not bytes.
+        """
         q = self._objects.get(fault_id, FaultQueue)
         if not isinstance(max_records, int) or max_records < 0:
             raise fail(errno.EINVAL, f"bad max_records {max_records!r}")
@@ -144,7 +155,9 @@ class FaultCommands:
     def fault_respond(self, fault_id: int, cookie: int, code: int) -> None:
         """write() on the queue: answer the group ``cookie`` with SUCCESS (0) or INVALID (1).
 
-        EINVAL for another code or a cookie that is not pending.
+        EINVAL for another code or a cookie that is not pending. Departure
+        (docs/iommufd-fidelity.md): a group gets its cookie when queued, so it
+        may be answered before it is read (the kernel gives it at read).
         """
         q = self._objects.get(fault_id, FaultQueue)
         if code not in (PageResponseCode.SUCCESS, PageResponseCode.INVALID):

@@ -1,16 +1,27 @@
 """IOMMU_GET_HW_INFO: what the model's (VT-d) IOMMU reports for a device.
 
 The VT-d data is ``{flags, cap_reg, ecap_reg}`` (struct iommu_hw_info_vtd).
-The model advertises scalable mode with first- and second-stage translation,
-nesting, 4/5-level first stage with 1 GiB pages, and PASID/PRS/DT according to
-the device (iommu-notes.md §3 "Capability bits").
+CAP/ECAP advertise exactly what ``hwpt_alloc`` and attach accept: scalable
+mode, first- and second-stage translation, nesting, a 4- or 5-level first
+stage (FS5LP) with 1 GiB pages, SRE (SRS), the extended access flag (EAFS),
+second-stage A/D (SSADS) only for a device that can track dirty pages, and
+PASID/PRS/DT according to the device. Departure: the model reports one IOMMU
+per device, so ECAP's PASID, PSS, PRS, DT and SSADS follow that device
+(docs/iommufd-fidelity.md).
+
+``out_capabilities`` follow ``iommufd_get_hw_info``: DIRTY_TRACKING, the PCI
+PASID EXEC/PRIV bits only when the device's PASID capability enables them
+(vuser-dma's does not), and ATS_NOT_SUPPORTED without ATS.
 """
 
 from __future__ import annotations
 
+import errno
+
 from vuser.wire import BitLayout, Bits
 
 from .device import BoundDevice
+from .errors import fail
 from .objects import ObjectTable
 from .uapi import HwCapabilities, HwInfo, HwInfoType
 
@@ -78,13 +89,15 @@ _SAGAW_48_57 = 0b01100
 _MGAW_BITS = 57
 
 
-def vtd_cap_ecap(pasid_width: int, ats: bool, pri: bool) -> tuple[int, int]:
+def vtd_cap_ecap(pasid_width: int, ats: bool, pri: bool,
+                 dirty_tracking: bool = True) -> tuple[int, int]:
     """The CAP and ECAP values the model reports for a device."""
-    cap = VtdCap.pack(ND=2, SAGAW=_SAGAW_48_57, MGAW=_MGAW_BITS - 1, SLLPS=0b11, PSI=1, FS1GP=1)
+    cap = VtdCap.pack(ND=2, SAGAW=_SAGAW_48_57, MGAW=_MGAW_BITS - 1, SLLPS=0b11, PSI=1, FS1GP=1,
+                      FS5LP=1)
     ecap = VtdEcap.pack(
         QI=1, DT=int(ats), PT=1, SC=1, NEST=1, PRS=int(pri and pasid_width > 0), SRS=1,
-        PSS=max(pasid_width - 1, 0), PASID=int(pasid_width > 0), PDS=1, SMTS=1,
-        SSTS=1, FSTS=1)
+        EAFS=1, PSS=max(pasid_width - 1, 0), PASID=int(pasid_width > 0), PDS=1, SMTS=1,
+        SSADS=int(dirty_tracking), SSTS=1, FSTS=1)
     return cap, ecap
 
 
@@ -93,16 +106,27 @@ class HwInfoCommands:
 
     _objects: ObjectTable
 
-    def get_hw_info(self, dev_id: int) -> HwInfo:
-        """IOMMU_GET_HW_INFO: VT-d data, capabilities and max PASID width."""
+    def get_hw_info(self, dev_id: int, in_data_type: int | None = None) -> HwInfo:
+        """IOMMU_GET_HW_INFO: VT-d data, capabilities and max PASID width.
+
+        ``in_data_type`` (IOMMU_HW_INFO_FLAG_INPUT_TYPE) asks for one data
+        type: DEFAULT (0) or INTEL_VTD (1) give the VT-d data, any other is
+        EOPNOTSUPP (``intel_iommu_hw_info``); the device is looked up first
+        (ENOENT).
+        """
         bd = self._objects.get(dev_id, BoundDevice)
+        if in_data_type is not None and in_data_type not in (HwInfoType.NONE,
+                                                             HwInfoType.INTEL_VTD):
+            raise fail(errno.EOPNOTSUPP, f"hw_info type {in_data_type!r} is not VT-d")
         dev = bd.dev
-        cap, ecap = vtd_cap_ecap(dev.pasid_width, dev.ats, dev.pri)
+        cap, ecap = vtd_cap_ecap(dev.pasid_width, dev.ats, dev.pri, dev.dirty_tracking)
         caps = HwCapabilities(0)
         if dev.dirty_tracking:
             caps |= HwCapabilities.DIRTY_TRACKING
-        if dev.pasid_width:
-            caps |= HwCapabilities.PCI_PASID_EXEC | HwCapabilities.PCI_PASID_PRIV
+        if dev.pasid_width and dev.pasid_exec:
+            caps |= HwCapabilities.PCI_PASID_EXEC
+        if dev.pasid_width and dev.pasid_priv:
+            caps |= HwCapabilities.PCI_PASID_PRIV
         if not dev.ats:
             caps |= HwCapabilities.NO_ATS
         return HwInfo(int(HwInfoType.INTEL_VTD), {"flags": 0, "cap_reg": cap, "ecap_reg": ecap},

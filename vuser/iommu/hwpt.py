@@ -24,7 +24,8 @@ from .pagetable.formats import FIRST_STAGE_LEVELS
 from .pagetable.results import Access, Fault, FaultReason, Stage
 from .uapi import (
     U64_MAX, VTD_INV_FLAGS_LEAF, DirtyBitmapFlags, HwptAllocFlags, HwptDataType,
-    HwptInvalidateDataType, IommuHwptVtdS1, IommuHwptVtdS1Invalidate, VtdS1Flags, struct_from,
+    HwptInvalidateDataType, IommuHwptVtdS1, IommuHwptVtdS1Invalidate, VtdS1Flags,
+    copy_struct_from_user,
 )
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 _ALLOC_FLAGS = int(HwptAllocFlags.NEST_PARENT | HwptAllocFlags.DIRTY_TRACKING
                    | HwptAllocFlags.FAULT_ID_VALID | HwptAllocFlags.PASID)
 _NESTED_FLAGS = int(HwptAllocFlags.FAULT_ID_VALID | HwptAllocFlags.PASID)
-_VTD_S1_FLAGS = int(VtdS1Flags.SRE | VtdS1Flags.EAFE | VtdS1Flags.WPE)
 #: Kernel bound on HWPT_INVALIDATE entry_num.
 MAX_INVALIDATE_ENTRIES = 1 << 19
 _R, _W = int(Access.READ), int(Access.WRITE)
@@ -106,6 +106,22 @@ class HwptPaging(Hwpt):
         super().release(ctx)
         self.ioas.users -= 1
         self.ioas.hwpts.remove(self)
+        iopt = self.ioas.iopt
+        iopt.domains -= 1
+        iopt.alignment = iopt.wanted_alignment()  # lowering never fails
+
+    def check_domain_add(self) -> None:
+        """``iopt_table_add_domain``: EADDRINUSE if an area is not 4 KiB aligned."""
+        iopt = self.ioas.iopt
+        iopt.check_alignment(iopt.wanted_alignment(domains=iopt.domains + 1))
+
+    def link(self) -> None:
+        """Join the IOAS (after ``check_domain_add`` and the commit)."""
+        self.ioas.users += 1
+        self.ioas.hwpts.append(self)
+        iopt = self.ioas.iopt
+        iopt.domains += 1
+        iopt.set_alignment(iopt.wanted_alignment())
 
     def describe(self) -> dict[str, object]:
         d = super().describe()
@@ -124,9 +140,11 @@ class HwptNested(Hwpt):
         super().__init__(pasid_compat=pasid_compat, fault=fault)
         self.parent = parent
         self.viommu = viommu
-        self.pgtbl_addr = s1.pgtbl_addr
+        #: ``pasid_set_flptr`` keeps bits 63:12 only.
+        self.pgtbl_addr = s1.pgtbl_addr & ~0xFFF
         self.addr_width = s1.addr_width
-        self.levels = FIRST_STAGE_LEVELS[s1.addr_width]
+        #: None for an address width the hardware lacks: attach fails (EINVAL).
+        self.levels = FIRST_STAGE_LEVELS.get(s1.addr_width)
         self.s1_flags = s1.flags
         self.sre = bool(s1.flags & VtdS1Flags.SRE)
         self.eafe = bool(s1.flags & VtdS1Flags.EAFE)
@@ -156,6 +174,9 @@ class HwptCommands:
     _objects: ObjectTable
     if TYPE_CHECKING:
         def _hwpt_flush(self, hwpt: Hwpt, addr: int, npages: int) -> int: ...
+        def _step(self, what: str) -> None: ...
+        def _viommu_invalidate(self, viommu: Viommu, entries: list[Any],
+                               data_type: int) -> int: ...
 
     def hwpt_alloc(self, dev_id: int, pt_id: int, flags: int = 0,
                    data_type: int = HwptDataType.NONE, data: Any = None,
@@ -163,82 +184,118 @@ class HwptCommands:
         """IOMMU_HWPT_ALLOC for device ``dev_id``; returns the HWPT id.
 
         ``pt_id`` an IOAS: a paging HWPT (flags NEST_PARENT 1, DIRTY_TRACKING
-        2, PASID 8; no data). ``pt_id`` a NEST_PARENT paging HWPT or a vIOMMU:
-        a nested HWPT, ``data_type`` VTD_S1 (1) with ``data`` the 24-byte
-        ``iommu_hwpt_vtd_s1`` or a dict ``{flags, pgtbl_addr, addr_width}``.
-        FAULT_ID_VALID (4) with ``fault_id`` makes it IOPF-capable.
+        2, FAULT_ID_VALID 4, PASID 8; no data). ``pt_id`` a NEST_PARENT
+        paging HWPT or a vIOMMU: a nested HWPT, ``data_type`` VTD_S1 (1) with
+        ``data`` the ``iommu_hwpt_vtd_s1`` bytes or a dict ``{flags,
+        pgtbl_addr, addr_width}``; flags FAULT_ID_VALID and PASID only.
+        With FAULT_ID_VALID, ``fault_id`` names the fault queue; without it,
+        ``fault_id`` is ignored.
 
-        Errors: EOPNOTSUPP unknown flags, data on a paging HWPT, unknown data
-        type or VTD_S1 flags, DIRTY_TRACKING or PASID the device lacks;
-        EINVAL no data for a nested HWPT, a parent without NEST_PARENT, a
-        nested parent, bad addr_width or unaligned pgtbl_addr; ENOENT ids.
+        Checks in the kernel's order (``iommufd_hwpt_alloc`` and
+        ``intel_iommu_domain_alloc_nested``): EINVAL ``data_type`` NONE with
+        data or another type without; ENOENT the device; EINVAL ``pt_id``
+        missing or of another kind. Paging: EOPNOTSUPP unknown flags,
+        DIRTY_TRACKING the device lacks, FAULT_ID_VALID with NEST_PARENT,
+        data, or PASID on a device whose IOMMU reports no PASID (departure:
+        the model has one IOMMU per device, see ``get_hw_info``); EADDRINUSE
+        an area not 4 KiB aligned. Nested: EOPNOTSUPP flags other than
+        FAULT_ID_VALID/PASID, no data, a type other than VTD_S1; EINVAL a
+        parent that is not a NEST_PARENT; EINVAL data shorter than the
+        struct, E2BIG a longer one with a non-zero tail. Last, ENOENT a
+        missing fault queue. The VT-d stage-1 fields are checked at attach
+        (``intel_pasid_setup_nested``: EINVAL for an ``addr_width`` other
+        than 48/57), unknown VTD_S1 flag bits are ignored, and the low 12
+        bits of ``pgtbl_addr`` are dropped, as in the kernel.
         """
         from .device import BoundDevice
         from .fault import FaultQueue
         from .ioas import Ioas
         from .viommu import Viommu
 
+        has_data = data is not None and not (isinstance(data, (bytes, bytearray, memoryview))
+                                             and len(data) == 0)
+        if (data_type == HwptDataType.NONE) == has_data:
+            raise fail(errno.EINVAL, "data_type and data must be given together")
         bd = self._objects.get(dev_id, BoundDevice)
-        if not isinstance(flags, int) or flags & ~_ALLOC_FLAGS:
-            raise fail(errno.EOPNOTSUPP, f"unknown HWPT flags {flags!r}")
-        fault = None
-        if flags & HwptAllocFlags.FAULT_ID_VALID:
-            fault = self._objects.get(fault_id, FaultQueue)  # type: ignore[arg-type]
-        elif fault_id:
-            raise fail(errno.EINVAL, "fault_id without FAULT_ID_VALID")
-        pt = self._objects.get(pt_id)
-        if flags & HwptAllocFlags.PASID and not bd.dev.pasid_width:
-            raise fail(errno.EOPNOTSUPP, f"{bd.dev.name} has no PASID support")
+        pt = self._objects.find(pt_id) if isinstance(pt_id, int) else None
+        if pt is None:
+            raise fail(errno.EINVAL, f"no object {pt_id!r} to allocate on")
+        if not isinstance(flags, int):
+            raise fail(errno.EOPNOTSUPP, f"bad HWPT flags {flags!r}")
         if isinstance(pt, Ioas):
-            if data_type != HwptDataType.NONE or data is not None:
-                raise fail(errno.EOPNOTSUPP, "a paging HWPT takes no data")
+            if flags & ~_ALLOC_FLAGS:
+                raise fail(errno.EOPNOTSUPP, f"unknown HWPT flags {flags:#x}")
             if flags & HwptAllocFlags.DIRTY_TRACKING and not bd.dev.dirty_tracking:
                 raise fail(errno.EOPNOTSUPP, f"{bd.dev.name} cannot track dirty pages")
+            if flags & HwptAllocFlags.FAULT_ID_VALID and flags & HwptAllocFlags.NEST_PARENT:
+                raise fail(errno.EOPNOTSUPP, "a NEST_PARENT cannot take a fault queue")
+            if has_data:
+                raise fail(errno.EOPNOTSUPP, "a VT-d paging HWPT takes no data")
+            if flags & HwptAllocFlags.PASID and not bd.dev.pasid_width:
+                raise fail(errno.EOPNOTSUPP, f"the IOMMU of {bd.dev.name} has no PASID support")
             hwpt: Hwpt = HwptPaging(
                 pt, nest_parent=bool(flags & HwptAllocFlags.NEST_PARENT),
                 enforce_dirty=bool(flags & HwptAllocFlags.DIRTY_TRACKING),
-                pasid_compat=bool(flags & HwptAllocFlags.PASID), fault=fault)
-            self._objects.commit(hwpt)
-            pt.users += 1
-            pt.hwpts.append(hwpt)  # type: ignore[arg-type]
+                pasid_compat=bool(flags & HwptAllocFlags.PASID))
+            hwpt.check_domain_add()  # type: ignore[attr-defined]
         elif isinstance(pt, (HwptPaging, Viommu)):
-            parent = pt if isinstance(pt, HwptPaging) else pt.parent
-            viommu = pt if isinstance(pt, Viommu) else None
-            if not parent.nest_parent:
-                raise fail(errno.EINVAL, f"HWPT {parent.id} is not a NEST_PARENT")
             if flags & ~_NESTED_FLAGS:
                 raise fail(errno.EOPNOTSUPP, "nested HWPTs take only FAULT_ID_VALID and PASID")
+            if not has_data:
+                raise fail(errno.EOPNOTSUPP, "a nested HWPT needs data")
+            parent = pt if isinstance(pt, HwptPaging) else pt.parent
+            viommu = pt if isinstance(pt, Viommu) else None
+            if viommu is None and not parent.nest_parent:
+                raise fail(errno.EINVAL, f"HWPT {parent.id} is not a NEST_PARENT")
             s1 = _parse_vtd_s1(data_type, data)
             hwpt = HwptNested(parent, s1, viommu=viommu,
-                              pasid_compat=bool(flags & HwptAllocFlags.PASID), fault=fault)
-            self._objects.commit(hwpt)
-            parent.users += 1
-            if viommu is not None:
-                viommu.users += 1
-        elif isinstance(pt, HwptNested):
-            raise fail(errno.EINVAL, "a nested HWPT cannot be a parent")
+                              pasid_compat=bool(flags & HwptAllocFlags.PASID), fault=None)
         else:
             raise fail(errno.EINVAL, f"object {pt_id} is a {pt.TYPE.value}, not an IOAS/HWPT")
+        self._step("hwpt_alloc: domain")
+        fault = None
+        if flags & HwptAllocFlags.FAULT_ID_VALID:
+            fault = self._objects.get(fault_id, FaultQueue)  # type: ignore[arg-type]
+        hwpt.fault = fault
+        self._objects.commit(hwpt)
+        if isinstance(hwpt, HwptPaging):
+            hwpt.link()
+        else:
+            hwpt.parent.users += 1  # type: ignore[attr-defined]
+            if hwpt.viommu is not None:  # type: ignore[attr-defined]
+                hwpt.viommu.users += 1  # type: ignore[attr-defined]
         if fault is not None:
             fault.users += 1
         return hwpt.id
 
     def hwpt_invalidate(self, hwpt_id: int, entries: list[Any],
                         data_type: int = HwptInvalidateDataType.VTD_S1) -> int:
-        """IOMMU_HWPT_INVALIDATE on a nested HWPT; returns the entries processed.
+        """IOMMU_HWPT_INVALIDATE on a nested HWPT or a vIOMMU; returns the entries done.
 
-        Each entry is a VTD_S1 ``{addr, npages, flags}`` (dict or 24 bytes):
-        ``addr`` 4 KiB aligned, ``flags`` LEAF (1) or 0; ``addr=0,
-        npages=U64_MAX`` is all pages. The IOTLB entries of the HWPT in range
-        go, and the device TLBs of every device attached to it are told. An
-        empty list processes nothing (a probe). Processing stops at the first
-        bad entry: EOPNOTSUPP for flags or reserved bits, EINVAL for
-        alignment, ``npages`` 0 or a bad entry; the error's ``processed``
-        says how many were done.
+        On a nested HWPT each entry is a VTD_S1 ``{addr, npages, flags}``
+        (dict, or bytes of at least 24): ``addr`` 4 KiB aligned, ``flags``
+        LEAF (1) or 0; ``addr=0, npages=U64_MAX`` is all pages; ``npages``
+        0 is accepted and flushes nothing. The IOTLB entries of the HWPT in
+        range go, and the device TLBs of every device attached to it are
+        told. On a vIOMMU see ``Viommu`` (vuser data type). An empty list
+        processes nothing (a probe).
+
+        Checks in the kernel's order (``iommufd_hwpt_invalidate``,
+        ``intel_nested_cache_invalidate_user``): ENOENT the id; EINVAL an
+        object that is neither; EINVAL another data type; per entry, EINVAL
+        shorter than the struct, E2BIG longer with a non-zero tail,
+        EOPNOTSUPP unknown flags or reserved bits, EINVAL an unaligned
+        ``addr`` or ``npages=U64_MAX`` with ``addr``. Processing stops at
+        the first bad entry; the error's ``processed`` says how many were
+        done. Departure: the model caps the list at 2^19 entries (EINVAL).
         """
-        hwpt = self._objects.get(hwpt_id, HwptNested, HwptPaging)
-        if isinstance(hwpt, HwptPaging):
-            raise fail(errno.EINVAL, "HWPT_INVALIDATE needs a nested HWPT")
+        from .viommu import Viommu
+
+        obj = self._objects.get(hwpt_id)
+        if isinstance(obj, Viommu):
+            return self._viommu_invalidate(obj, entries, data_type)
+        if not isinstance(obj, HwptNested):
+            raise fail(errno.EINVAL, f"object {hwpt_id} is not a nested HWPT or a vIOMMU")
         if data_type != HwptInvalidateDataType.VTD_S1:
             raise fail(errno.EINVAL, f"invalidation data type {data_type!r} is not VTD_S1")
         if not isinstance(entries, (list, tuple)) or len(entries) > MAX_INVALIDATE_ENTRIES:
@@ -246,28 +303,30 @@ class HwptCommands:
         done = 0
         for raw in entries:
             try:
-                inv = struct_from(IommuHwptVtdS1Invalidate, raw)
-            except (ValueError, TypeError) as e:
-                raise IommufdError(errno.EINVAL, f"entry {done}: {e}", processed=done) from None
+                inv = copy_struct_from_user(IommuHwptVtdS1Invalidate, raw)
+            except IommufdError as e:
+                raise IommufdError(e.errno, f"entry {done}: {e}", processed=done) from None
             if inv.flags & ~VTD_INV_FLAGS_LEAF or inv.reserved:
                 raise IommufdError(errno.EOPNOTSUPP, f"entry {done}: flags {inv.flags:#x}",
                                    processed=done)
-            if inv.addr & 0xFFF or (inv.npages == U64_MAX and inv.addr) or inv.npages == 0:
+            if inv.addr & 0xFFF or (inv.npages == U64_MAX and inv.addr):
                 raise IommufdError(errno.EINVAL, f"entry {done}: bad range", processed=done)
-            self._hwpt_flush(hwpt, inv.addr, inv.npages)
+            if inv.npages:
+                self._hwpt_flush(obj, inv.addr, inv.npages)
             done += 1
         return done
 
     def hwpt_set_dirty_tracking(self, hwpt_id: int, enable: bool) -> None:
         """IOMMU_HWPT_SET_DIRTY_TRACKING on a paging HWPT.
 
-        EOPNOTSUPP unless it was allocated with DIRTY_TRACKING. Enabling
-        clears the dirty record first.
+        ENOENT unless a paging HWPT; EOPNOTSUPP unless it was allocated with
+        DIRTY_TRACKING. Every enable clears the dirty record first, also when
+        tracking is on already (``iopt_set_dirty_tracking``).
         """
         hwpt = self._objects.get(hwpt_id, HwptPaging)
         if not hwpt.enforce_dirty:
             raise fail(errno.EOPNOTSUPP, f"HWPT {hwpt_id} was not allocated with DIRTY_TRACKING")
-        if enable and not hwpt.dirty_tracking:
+        if enable:  # iopt_set_dirty_tracking clears on every enable
             hwpt.dirty.clear()
         hwpt.dirty_tracking = bool(enable)
 
@@ -277,17 +336,27 @@ class HwptCommands:
 
         Returns the bitmap as little-endian u64 words (bit ``i`` = page ``i``).
         Reading clears the dirty record of the range unless NO_CLEAR (1).
-        EOPNOTSUPP unknown flags; EINVAL a page size that is not a power of
-        two, or a range not aligned to it; EOVERFLOW a wrapping range.
+        Checks in the kernel's order (``iommufd_hwpt_get_dirty_bitmap``,
+        ``iommufd_check_iova_range``): EOPNOTSUPP unknown flags; ENOENT the
+        HWPT; EOVERFLOW a wrapping range; EINVAL a range not aligned to the
+        IOAS alignment; EINVAL page size 0 or a range not aligned to it;
+        EOPNOTSUPP a HWPT without DIRTY_TRACKING. Departure: the model also
+        refuses a page size that is not a power of two and a length of 0
+        (EINVAL); the kernel's behaviour there is not specified.
         """
-        hwpt = self._objects.get(hwpt_id, HwptPaging)
         if not isinstance(flags, int) or flags & ~int(DirtyBitmapFlags.NO_CLEAR):
             raise fail(errno.EOPNOTSUPP, f"unknown dirty-bitmap flags {flags!r}")
+        hwpt = self._objects.get(hwpt_id, HwptPaging)
+        last = check_range(iova, length)
+        align = hwpt.ioas.iopt.alignment
+        if iova % align or length % align:
+            raise fail(errno.EINVAL, f"range not aligned to the IOAS alignment {align:#x}")
         if not isinstance(page_size, int) or page_size <= 0 or page_size & (page_size - 1):
             raise fail(errno.EINVAL, f"page size {page_size!r} is not a power of two")
-        last = check_range(iova, length)
         if iova % page_size or length % page_size:
             raise fail(errno.EINVAL, "range not aligned to the page size")
+        if not hwpt.enforce_dirty:
+            raise fail(errno.EOPNOTSUPP, f"HWPT {hwpt_id} was not allocated with DIRTY_TRACKING")
         nbits = length // page_size
         bits = 0
         hit: list[int] = []
@@ -305,18 +374,13 @@ class HwptCommands:
 
 
 def _parse_vtd_s1(data_type: int, data: Any) -> IommuHwptVtdS1:
-    if data_type == HwptDataType.NONE or data is None:
-        raise fail(errno.EINVAL, "a nested HWPT needs data")
+    """``intel_iommu_domain_alloc_nested``: the type, then the struct's length."""
     if data_type != HwptDataType.VTD_S1:
         raise fail(errno.EOPNOTSUPP, f"HWPT data type {data_type!r} is not supported")
-    try:
-        s1 = struct_from(IommuHwptVtdS1, data)
-    except (ValueError, TypeError) as e:
-        raise fail(errno.EINVAL, f"bad VTD_S1 data: {e}") from None
-    if s1.flags & ~_VTD_S1_FLAGS:
-        raise fail(errno.EOPNOTSUPP, f"unknown VTD_S1 flags {s1.flags:#x}")
-    if s1.addr_width not in FIRST_STAGE_LEVELS:
-        raise fail(errno.EINVAL, f"addr_width {s1.addr_width} is not 48 or 57")
-    if s1.pgtbl_addr & 0xFFF:
-        raise fail(errno.EINVAL, f"pgtbl_addr {s1.pgtbl_addr:#x} is not 4K aligned")
-    return s1
+    return copy_struct_from_user(IommuHwptVtdS1, data)  # type: ignore[return-value]
+
+
+def check_vtd_s1(hwpt: HwptNested) -> None:
+    """``intel_pasid_setup_nested``: what the VT-d hardware must support (EINVAL)."""
+    if hwpt.levels is None:
+        raise fail(errno.EINVAL, f"stage-1 addr_width {hwpt.addr_width} is not 48 or 57")

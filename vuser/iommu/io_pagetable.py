@@ -13,8 +13,13 @@ Besides areas the table holds:
   is in the way.
 - *allowed* ranges (IOMMU_IOAS_ALLOW_IOVAS): automatic IOVAs stay inside
   them, and reservations may not narrow them.
+- the IOVA *alignment* (``iopt_calculate_iova_alignment``): 1 byte while no
+  paging domain, access or HUGE_PAGES=0 asks for more, else ``PAGE_SIZE``.
+  Raising it fails with EADDRINUSE while an area is not aligned to it.
 
-Everything here validates completely before it changes anything.
+Everything here validates completely before it changes anything, except
+``remove_covering``, which (as ``iopt_unmap_iova_range``) removes areas in
+IOVA order until one sticks out.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ import errno
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 
-from .errors import fail
+from .errors import IommufdError, fail
 from .pages import Pages
 from .uapi import PAGE_SIZE, U64_MAX, IoasMapFlags
+
+#: The largest automatic-IOVA alignment (``HPAGE_SIZE`` on x86-64).
+HPAGE_SIZE = 2 << 20
 
 READABLE = int(IoasMapFlags.READABLE)
 WRITEABLE = int(IoasMapFlags.WRITEABLE)
@@ -34,10 +42,13 @@ WRITEABLE = int(IoasMapFlags.WRITEABLE)
 class Area:
     """``[iova, last]`` maps ``pages.mem[offset:offset + length]`` with ``prot``."""
 
-    __slots__ = ("iova", "last", "pages", "offset", "prot")
+    __slots__ = ("iova", "last", "pages", "offset", "prot", "num_accesses", "prevent_access")
 
     def __init__(self, iova: int, last: int, pages: Pages, offset: int, prot: int) -> None:
         self.iova, self.last, self.pages, self.offset, self.prot = iova, last, pages, offset, prot
+        #: Pins held by access objects; an unmap waits for them (``num_accesses``).
+        self.num_accesses = 0
+        self.prevent_access = False
 
     @property
     def length(self) -> int:
@@ -84,7 +95,13 @@ class IoPagetable:
         self._areas: list[Area] = []
         self.allowed: list[tuple[int, int]] = []
         self.reserved: dict[object, list[tuple[int, int]]] = {}
-        self.alignment = PAGE_SIZE
+        #: Current IOVA alignment, and what asks for more than 1 byte.
+        self.alignment = 1
+        self.domains = 0
+        self.disable_large_pages = False
+        self.access_alignments: dict[object, int] = {}
+        #: Access objects attached to this IOAS (``iopt->access_list``).
+        self.accesses: list = []
 
     # -- lookups ----------------------------------------------------------
     def find(self, addr: int) -> Area | None:
@@ -117,6 +134,29 @@ class IoPagetable:
     def _reserved_hit(self, iova: int, last: int) -> bool:
         return any(_overlaps(s, e, iova, last) for rs in self.reserved.values() for s, e in rs)
 
+    # -- alignment ----------------------------------------------------------
+    def wanted_alignment(self, *, domains: int | None = None,
+                         disable_large_pages: bool | None = None,
+                         accesses: dict[object, int] | None = None) -> int:
+        """``iopt_calculate_iova_alignment`` for the given (or current) users."""
+        d = self.domains if domains is None else domains
+        dl = self.disable_large_pages if disable_large_pages is None else disable_large_pages
+        acc = self.access_alignments if accesses is None else accesses
+        return max([PAGE_SIZE if (d or dl) else 1, *acc.values()])
+
+    def check_alignment(self, new: int) -> None:
+        """``iopt_check_iova_alignment``: EADDRINUSE if an area is not ``new``-aligned."""
+        if new <= self.alignment:
+            return
+        for a in self._areas:
+            if a.iova % new or a.length % new:
+                raise fail(errno.EADDRINUSE, f"area [{a.iova:#x}, {a.last:#x}] is not "
+                                             f"{new:#x}-aligned")
+
+    def set_alignment(self, new: int) -> None:
+        self.check_alignment(new)
+        self.alignment = new
+
     # -- checks -----------------------------------------------------------
     def check_fixed(self, iova: int, length: int) -> int:
         """iommufd ``iopt_check_iova``: EINVAL, EOVERFLOW, EINVAL, EEXIST."""
@@ -130,12 +170,27 @@ class IoPagetable:
         return last
 
     def alloc_iova(self, length: int) -> int:
-        """Lowest free IOVA for ``length`` bytes, aligned to its lowest set bit."""
-        check_range(0, length)
-        align = max(self.alignment, length & -length)
+        """``iopt_alloc_iova``: lowest free IOVA for ``length`` bytes.
+
+        The alignment is ``length`` rounded up to a power of two, at most
+        2 MiB (the model takes every user address as 2 MiB aligned, the
+        kernel's ``!addr`` case), searched in ``[4K, U64_MAX - 4K]`` (never
+        IOVA 0); EINVAL when that is below the IOAS alignment, ENOSPC when
+        no hole fits.
+        """
+        if length == 0 or length >= U64_MAX // 2:
+            raise fail(errno.EOVERFLOW, f"length {length:#x} cannot be placed")
+        align = min(1 << (length - 1).bit_length(), HPAGE_SIZE)
+        if align < self.alignment:
+            raise fail(errno.EINVAL, f"{length:#x} bytes cannot be {self.alignment:#x}-aligned")
         used = _merge(sorted([(a.iova, a.last) for a in self._areas]
                              + [r for rs in self.reserved.values() for r in rs]))
-        windows = sorted(self.allowed) if self.allowed else [(0, U64_MAX)]
+        # Never IOVA 0 nor the last page (the kernel searches [PAGE_SIZE,
+        # ULONG_MAX - PAGE_SIZE]).
+        lo_lim, hi_lim = PAGE_SIZE, U64_MAX - PAGE_SIZE
+        windows = [(max(s, lo_lim), min(e, hi_lim))
+                   for s, e in (sorted(self.allowed) if self.allowed else [(lo_lim, hi_lim)])
+                   if s <= hi_lim and e >= lo_lim]
         for ws, wl in windows:
             cur = -(-ws // align) * align
             k = bisect_left(used, (ws, 0))
@@ -177,21 +232,28 @@ class IoPagetable:
         self._areas.insert(i, area)
         area.pages.pin()
 
-    def remove_covering(self, iova: int, last: int) -> list[Area]:
-        """Remove the areas inside ``[iova, last]``; ENOENT if none or one sticks out.
+    def remove_covering(self, iova: int, last: int) -> tuple[list[Area], IommufdError | None]:
+        """``iopt_unmap_iova_range``: remove the areas inside ``[iova, last]``.
 
-        The removed areas' pages stay pinned: the caller flushes what caches
-        them, then calls ``unpin`` (as the kernel unmaps domains, then unpins).
+        Areas go in IOVA order; the first one that sticks out of the range
+        stops the walk with ENOENT, and the areas before it stay removed (as
+        in the kernel). Nothing removed at all is ENOENT too. Returns the
+        removed areas and the error (None on success). The removed pages
+        stay pinned: the caller flushes what caches them, then unpins them.
         """
         i, j = self._span(iova, last)
-        if i == j:
-            raise fail(errno.ENOENT, f"nothing mapped in [{iova:#x}, {last:#x}]")
-        if self._areas[i].iova < iova or self._areas[j - 1].last > last:
-            raise fail(errno.ENOENT, "unmap would split an area")
-        removed = self._areas[i:j]
-        del self._areas[i:j]
-        del self._starts[i:j]
-        return removed
+        k = i
+        while k < j and self._areas[k].iova >= iova and self._areas[k].last <= last:
+            k += 1
+        removed = self._areas[i:k]
+        del self._areas[i:k]
+        del self._starts[i:k]
+        err = None
+        if k < j:
+            err = fail(errno.ENOENT, "unmap would split an area")
+        elif not removed:
+            err = fail(errno.ENOENT, f"nothing mapped in [{iova:#x}, {last:#x}]")
+        return removed, err
 
     def remove_all(self) -> list[Area]:
         """Remove every area (pages still pinned, as for ``remove_covering``)."""

@@ -14,11 +14,11 @@ import mmap
 import os
 from typing import TYPE_CHECKING, Any
 
-from .errors import fail
+from .errors import IommufdError, fail
 from .io_pagetable import READABLE, WRITEABLE, Area, IoPagetable, check_range
 from .objects import IommufdObject, ObjectTable, ObjType
 from .pages import Pages
-from .uapi import PAGE_SIZE, U64_MAX, IoasMapFlags, IovaRange, IovaRanges
+from .uapi import U64_MAX, IoasMapFlags, IovaRange, IovaRanges, OptionId, OptionOp
 
 if TYPE_CHECKING:
     from .hwpt import HwptPaging
@@ -48,59 +48,90 @@ class Ioas(IommufdObject):
         return d
 
 
-def _map_flags(flags: int, iova: int | None) -> tuple[int, bool]:
-    """Validate IOAS_MAP/COPY flags; returns (prot, fixed)."""
+def _map_flags(flags: int) -> tuple[int, bool]:
+    """IOAS_MAP/MAP_FILE/COPY flags: EOPNOTSUPP unknown bits; returns (prot, fixed)."""
     if not isinstance(flags, int) or flags & ~_MAP_FLAGS:
         raise fail(errno.EOPNOTSUPP, f"unknown map flags {flags!r}")
-    prot = flags & (READABLE | WRITEABLE)
+    return flags & (READABLE | WRITEABLE), bool(flags & FIXED_IOVA)
+
+
+def _check_u64(*values: int | None) -> None:
+    """``cmd->iova >= ULONG_MAX || cmd->length >= ULONG_MAX``: EOVERFLOW."""
+    for v in values:
+        if v is None:
+            continue
+        if not isinstance(v, int) or v < 0:
+            raise fail(errno.EINVAL, f"{v!r} is not a u64")
+        if v >= U64_MAX:
+            raise fail(errno.EOVERFLOW, f"{v:#x} >= U64_MAX")
+
+
+def _check_prot(prot: int) -> None:
     if not prot:
         raise fail(errno.EINVAL, "neither READABLE nor WRITEABLE")
-    fixed = iova is not None
-    if flags & FIXED_IOVA and not fixed:
+
+
+def _check_fixed_flag(fixed: bool, iova: int | None) -> None:
+    if fixed and iova is None:
         raise fail(errno.EINVAL, "FIXED_IOVA without an iova")
-    return prot, fixed
 
 
 def _place(iopt: IoPagetable, length: int, iova: int | None) -> int:
+    """``iopt_alloc_area_pages``: length alignment (EINVAL), then the IOVA."""
+    if length == 0 or length % iopt.alignment:
+        raise fail(errno.EINVAL, f"length {length:#x} is not {iopt.alignment:#x}-aligned")
     if iova is not None:
         iopt.check_fixed(iova, length)
         return iova
-    if length % PAGE_SIZE:
-        raise fail(errno.EINVAL, f"length {length:#x} is not page aligned")
     return iopt.alloc_iova(length)
 
 
 class IoasCommands:
-    """IOAS_* commands of ``IoasidContext``."""
+    """IOAS_* commands (and IOMMU_OPTION) of ``IoasidContext``."""
 
     _objects: ObjectTable
+    _rlimit_mode: int = 0
     if TYPE_CHECKING:
         def _s2_unmapped(self, ioas: Ioas, first: int, last: int) -> None: ...
+        def _step(self, what: str) -> None: ...
 
     def _ioas(self, ioas_id: int) -> Ioas:
         return self._objects.get(ioas_id, Ioas)
 
     def ioas_alloc(self) -> int:
         """IOMMU_IOAS_ALLOC: a new, empty IOAS; returns its id."""
-        return self._objects.commit(Ioas()).id
+        ioas = Ioas()
+        self._step("ioas_alloc")
+        return self._objects.commit(ioas).id
 
     def ioas_map(self, ioas_id: int, buffer: Any, length: int, iova: int | None = None,
                  flags: int = DEFAULT_PROT) -> int:
         """IOMMU_IOAS_MAP: map ``buffer[0:length]`` (the ``user_va``) at ``iova``.
 
-        ``iova=None`` allocates one, aligned to the lowest set bit of
-        ``length`` (inside the allowed ranges if any); otherwise the mapping is
-        fixed (FIXED_IOVA). ``flags`` are READABLE (4) / WRITEABLE (2).
-        Returns the IOVA. Errors: EOPNOTSUPP unknown flags; EINVAL no
-        permission, misaligned, reserved overlap; EOVERFLOW wrap; EEXIST
-        overlap; ENOSPC no room; EFAULT not a buffer, too short, or read-only
-        with WRITEABLE. The pages stay pinned (referenced) while mapped.
+        ``iova=None`` allocates one (``iopt_alloc_iova``: ``length`` rounded
+        up to a power of two, at most 2 MiB, inside the allowed ranges if
+        any); otherwise the mapping is fixed (FIXED_IOVA is implied). Flags
+        are READABLE (4) / WRITEABLE (2). Returns the IOVA.
+
+        Checks in the kernel's order (``iommufd_ioas_map``): EOPNOTSUPP
+        unknown flags; EOVERFLOW ``iova`` or ``length`` >= U64_MAX; EINVAL no
+        permission; ENOENT the IOAS; EINVAL ``length`` 0 or not a multiple of
+        the IOAS alignment (1 byte with no domain, 4 KiB with one); then
+        ``iopt_check_iova`` (EINVAL misaligned, EOVERFLOW wrap, EINVAL
+        reserved, EEXIST overlap) or ENOSPC; EFAULT not a buffer, too short,
+        or read-only with WRITEABLE.
+
+        Departure (docs/iommufd-fidelity.md): the model pins, that is
+        references, the buffer at map time, so a bad buffer is EFAULT here
+        even with no domain attached (the kernel may fault later); and it
+        takes the buffer's start as page (and 2 MiB) aligned.
         """
+        prot, fixed = _map_flags(flags)
+        _check_u64(iova, length)
+        _check_prot(prot)
+        _check_fixed_flag(fixed, iova)
         ioas = self._ioas(ioas_id)
-        prot, _fixed = _map_flags(flags, iova)
-        check_range(0 if iova is None else iova, length)
-        if length % PAGE_SIZE:
-            raise fail(errno.EINVAL, f"length {length:#x} is not page aligned")
+        at = _place(ioas.iopt, length, iova)
         try:
             pages = Pages.from_buffer(buffer)
         except TypeError as e:
@@ -109,8 +140,9 @@ class IoasCommands:
             raise fail(errno.EFAULT, f"buffer has {len(pages)} bytes, not {length}")
         if prot & WRITEABLE and not pages.writable:
             raise fail(errno.EFAULT, "read-only buffer mapped WRITEABLE")
-        at = _place(ioas.iopt, length, iova)
-        ioas.iopt.insert(Area(at, at + length - 1, pages, 0, prot))
+        area = Area(at, at + length - 1, pages, 0, prot)
+        self._step("ioas_map: area")
+        ioas.iopt.insert(area)
         return at
 
     def ioas_map_file(self, ioas_id: int, fd: int, start: int, length: int,
@@ -119,77 +151,129 @@ class IoasCommands:
 
         The model mmaps the range MAP_SHARED (read-only unless WRITEABLE); the
         caller keeps ownership of ``fd`` (the mmap holds its own reference).
-        This is how QEMU's DMA_MAP memfd regions feed the GPA IOAS. Errors as
-        for ``ioas_map``, plus EINVAL for a range outside the file or an
-        unaligned ``start``, EBADF for a bad fd, and the mmap errno otherwise.
+        This is how QEMU's DMA_MAP memfd regions feed the GPA IOAS. Checks as
+        for ``ioas_map`` up to the IOAS lookup, then EBADF for a bad fd,
+        EINVAL for a range outside the file, then the placement checks, then
+        the mmap errno.
+
+        Departure: ``start`` must be page aligned (an mmap offset); the
+        kernel keeps a sub-page start offset.
         """
+        prot, fixed = _map_flags(flags)
+        _check_u64(iova, length)
+        _check_prot(prot)
+        _check_fixed_flag(fixed, iova)
         ioas = self._ioas(ioas_id)
-        prot, _fixed = _map_flags(flags, iova)
-        check_range(0 if iova is None else iova, length)
-        if not isinstance(start, int) or start < 0 or start % mmap.ALLOCATIONGRANULARITY:
-            raise fail(errno.EINVAL, f"file offset {start!r} is not page aligned")
-        if length % PAGE_SIZE:
-            raise fail(errno.EINVAL, f"length {length:#x} is not page aligned")
         try:
             st = os.fstat(fd)
         except (OSError, TypeError, ValueError, OverflowError):
             raise fail(errno.EBADF, f"bad fd {fd!r}") from None
+        if not isinstance(start, int) or start < 0 or start % mmap.ALLOCATIONGRANULARITY:
+            raise fail(errno.EINVAL, f"file offset {start!r} is not page aligned")
         if start + length > st.st_size:
             raise fail(errno.EINVAL, f"[{start:#x}, +{length:#x}) is beyond the file "
                                      f"({st.st_size:#x} bytes)")
         at = _place(ioas.iopt, length, iova)  # before mmap: nothing to undo on failure
+        self._step("ioas_map_file: pages")
         mprot = mmap.PROT_READ | (mmap.PROT_WRITE if prot & WRITEABLE else 0)
         try:
             mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mprot, offset=start)
         except OSError as e:
             raise fail(e.errno or errno.EFAULT, f"mmap failed: {e}") from None
         pages = Pages(memoryview(mm), owner=mm, file_id=(st.st_dev, st.st_ino))
-        ioas.iopt.insert(Area(at, at + length - 1, pages, 0, prot))
+        area = Area(at, at + length - 1, pages, 0, prot)
+        try:
+            self._step("ioas_map_file: area")
+        except IommufdError:
+            pages.pin()
+            pages.unpin()  # releases the mmap
+            raise
+        ioas.iopt.insert(area)
         return at
 
     def ioas_unmap(self, ioas_id: int, iova: int, length: int) -> int:
         """IOMMU_IOAS_UNMAP: remove the areas inside ``[iova, iova + length)``.
 
-        Returns the bytes unmapped. The range must cover whole areas: nothing
-        mapped, or an area that would be split, gives ENOENT and unmaps
-        nothing. ``iova=0, length=U64_MAX`` unmaps everything (0 if empty).
-        Every cache that depends on these mappings is flushed.
+        Returns the bytes unmapped. ``iova=0, length=U64_MAX`` unmaps
+        everything (0 if empty). Otherwise, in the kernel's order: ENOENT
+        the IOAS; EOVERFLOW ``iova``/``length`` >= U64_MAX; EINVAL length 0;
+        EOVERFLOW wrap; then areas go in IOVA order, and the first area that
+        sticks out of the range stops the unmap with ENOENT, the areas
+        before it staying unmapped (``iopt_unmap_iova_range``); nothing
+        mapped is ENOENT. Every cache that depends on the removed mappings
+        is flushed, also on that ENOENT. Areas pinned by an access object are
+        first reported to the accesses' unmap callbacks (see ``access``);
+        EDEADLOCK if one does not let go.
         """
         ioas = self._ioas(ioas_id)
-        if iova == 0 and length == U64_MAX:
+        err = None
+        whole = iova == 0 and length == U64_MAX
+        if not whole:
+            _check_u64(iova, length)
+            check_range(iova, length)
+        self._wait_for_accesses(ioas, 0 if whole else iova,
+                                U64_MAX if whole else iova + length - 1)
+        if whole:
             removed = ioas.iopt.remove_all()
             if removed:
                 self._s2_unmapped(ioas, 0, U64_MAX)
         else:
-            last = check_range(iova, length)
-            removed = ioas.iopt.remove_covering(iova, last)
-            self._s2_unmapped(ioas, iova, last)
+            last = iova + length - 1
+            removed, err = ioas.iopt.remove_covering(iova, last)
+            if removed:
+                self._s2_unmapped(ioas, iova, last)
         ioas.iopt.unpin(removed)  # after the flush: no cache still points at them
+        if err is not None:
+            raise err
         return sum(a.length for a in removed)
+
+    @staticmethod
+    def _wait_for_accesses(ioas: Ioas, first: int, last: int) -> None:
+        """Pinned areas in the range: tell the accesses, up to 100 rounds, then
+        EDEADLOCK (departure: the model then unmaps nothing; the kernel keeps
+        the areas it unmapped before the pinned one)."""
+        from .access import MAX_UNMAP_TRIES, notify_unmap
+
+        for _ in range(MAX_UNMAP_TRIES):
+            pinned = [a for a in ioas.iopt.overlapping(first, last) if a.num_accesses]
+            if not pinned:
+                return
+            notify_unmap(ioas, pinned[:1])
+        if any(a.num_accesses for a in ioas.iopt.overlapping(first, last)):
+            raise fail(errno.EDEADLOCK, "an access does not unpin")
 
     def ioas_copy(self, dst_ioas_id: int, src_ioas_id: int, src_iova: int, length: int,
                   dst_iova: int | None = None, flags: int = DEFAULT_PROT) -> int:
         """IOMMU_IOAS_COPY: map the pages behind ``src`` range again in ``dst``.
 
         The pages are shared, not copied (writes through one are visible
-        through the other). The source range must be fully and contiguously
-        mapped (ENOENT otherwise); WRITEABLE needs writable pages (EPERM).
-        Returns the destination IOVA.
+        through the other). Checks in the kernel's order
+        (``iommufd_ioas_copy``): EOPNOTSUPP flags; EOVERFLOW values >=
+        U64_MAX; EINVAL no permission; ENOENT the source IOAS; EINVAL length
+        0, EOVERFLOW wrap, ENOENT source not fully and contiguously mapped
+        (``iopt_get_pages``); ENOENT the destination IOAS; the placement
+        checks of ``ioas_map`` in the destination; EPERM WRITEABLE over
+        read-only pages (``iopt_insert_area``). Returns the destination IOVA.
         """
-        dst = self._ioas(dst_ioas_id)
+        prot, fixed = _map_flags(flags)
+        _check_u64(length, src_iova, dst_iova)
+        _check_prot(prot)
+        _check_fixed_flag(fixed, dst_iova)
         src = self._ioas(src_ioas_id)
-        prot, _fixed = _map_flags(flags, dst_iova)
         src_last = check_range(src_iova, length)
-        if src_iova % PAGE_SIZE or length % PAGE_SIZE:
-            raise fail(errno.EINVAL, "source range is not page aligned")
         pieces = src.iopt.check_covered(src_iova, src_last)
+        dst = self._ioas(dst_ioas_id)
+        at = _place(dst.iopt, length, dst_iova)
         if prot & WRITEABLE and not all(a.pages.writable for a, _f, _l in pieces):
             raise fail(errno.EPERM, "source pages are read-only")
-        at = _place(dst.iopt, length, dst_iova)
+        new = []
         for area, first, last in pieces:
             new_iova = at + (first - src_iova)
-            dst.iopt.insert(Area(new_iova, new_iova + (last - first), area.pages,
-                                 area.offset + (first - area.iova), prot))
+            self._step("ioas_copy: area")
+            new.append(Area(new_iova, new_iova + (last - first), area.pages,
+                            area.offset + (first - area.iova), prot))
+        for a in new:
+            dst.iopt.insert(a)
         return at
 
     def ioas_iova_ranges(self, ioas_id: int) -> IovaRanges:
@@ -197,18 +281,71 @@ class IoasCommands:
 
         A fresh IOAS has the whole 64-bit range; attached devices narrow it
         with what lies outside their aperture and their reserved regions.
+        The alignment is 1 with no domain, 4 KiB with one (or with HUGE_PAGES
+        off, or a pinning access). ENOENT the IOAS. Departure
+        (docs/iommufd-fidelity.md): the whole list is returned, so there is
+        no EMSGSIZE for a short user buffer.
         """
         ioas = self._ioas(ioas_id)
         return IovaRanges([IovaRange(s, e) for s, e in ioas.iopt.iova_ranges()],
                           ioas.iopt.alignment)
+
+    def ioas_option(self, option_id: int, op: int, object_id: int = 0, val64: int = 0) -> int:
+        """IOMMU_OPTION: RLIMIT_MODE (0, context-wide) and HUGE_PAGES (1, per IOAS).
+
+        ``op`` GET (1) returns the value, SET (0) sets ``val64`` and returns
+        it. EOPNOTSUPP unknown option or op, RLIMIT_MODE with an object id;
+        RLIMIT_MODE SET: EBUSY once objects exist, EINVAL a value not 0/1;
+        HUGE_PAGES: ENOENT the IOAS, EINVAL a value not 0/1, EINVAL turning
+        huge pages off while a domain holds mappings, EADDRINUSE when an
+        area is not page aligned (the alignment becomes 4 KiB).
+
+        Departure: the model has no process capabilities, so RLIMIT_MODE
+        SET needs no CAP_SYS_RESOURCE, and it accounts nothing; HUGE_PAGES
+        only changes the alignment (the model's stage 2 has no page sizes).
+        """
+        if option_id == OptionId.RLIMIT_MODE:
+            if object_id:
+                raise fail(errno.EOPNOTSUPP, "RLIMIT_MODE is context-wide")
+            if op == OptionOp.GET:
+                return self._rlimit_mode
+            if op != OptionOp.SET:
+                raise fail(errno.EOPNOTSUPP, f"unknown option op {op!r}")
+            if len(self._objects):
+                raise fail(errno.EBUSY, "RLIMIT_MODE is set before any object exists")
+            if val64 not in (0, 1):
+                raise fail(errno.EINVAL, f"RLIMIT_MODE {val64!r} is not 0 or 1")
+            self._rlimit_mode = int(val64)
+            return self._rlimit_mode
+        if option_id != OptionId.HUGE_PAGES:
+            raise fail(errno.EOPNOTSUPP, f"unknown option {option_id!r}")
+        iopt = self._ioas(object_id).iopt
+        if op == OptionOp.GET:
+            return int(not iopt.disable_large_pages)
+        if op != OptionOp.SET:
+            raise fail(errno.EOPNOTSUPP, f"unknown option op {op!r}")
+        if val64 == 1:
+            iopt.disable_large_pages = False
+            iopt.alignment = iopt.wanted_alignment()
+            return 1
+        if val64 != 0:
+            raise fail(errno.EINVAL, f"HUGE_PAGES {val64!r} is not 0 or 1")
+        if not iopt.disable_large_pages:
+            if iopt.domains and len(iopt):
+                raise fail(errno.EINVAL, "domains already hold mappings")
+            iopt.set_alignment(iopt.wanted_alignment(disable_large_pages=True))
+            iopt.disable_large_pages = True
+        return 0
 
     def ioas_allow_iovas(self, ioas_id: int, ranges: list[tuple[int, int]] | list[list[int]]
                          ) -> None:
         """IOMMU_IOAS_ALLOW_IOVAS: replace the allowed list (inclusive ranges).
 
         Automatic IOVAs then stay inside it, and attaching a device that would
-        narrow it fails. EINVAL for a malformed or self-overlapping list,
-        EADDRINUSE when a range overlaps a reserved one. An empty list clears.
+        narrow it fails. ENOENT the IOAS; EINVAL for a malformed range, one
+        with ``start >= last`` (a one-byte range included, as in
+        ``iommufd_ioas_load_iovas``) or overlapping ranges; EADDRINUSE when a
+        range overlaps a reserved one. An empty list clears.
         """
         ioas = self._ioas(ioas_id)
         clean: list[tuple[int, int]] = []
@@ -218,7 +355,7 @@ class IoasCommands:
                     int(r["start"]), int(r["last"]))
             except (TypeError, KeyError, IndexError, ValueError):
                 raise fail(errno.EINVAL, f"bad range {r!r}") from None
-            if not 0 <= s <= e <= U64_MAX:
+            if not 0 <= s < e <= U64_MAX:  # iommufd_ioas_load_iovas: start >= last
                 raise fail(errno.EINVAL, f"bad range {r!r}")
             clean.append((s, e))
         clean.sort()

@@ -33,6 +33,8 @@ class ObjType(enum.Enum):
     FAULT = "fault"
     VIOMMU = "viommu"
     VDEVICE = "vdevice"
+    VEVENTQ = "veventq"
+    ACCESS = "access"
 
 
 class IommufdObject:

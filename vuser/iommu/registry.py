@@ -72,9 +72,12 @@ class IommuDevice:
     def __init__(self, registry: IommuRegistry, name: str, label: int, group: IommuGroup, *,
                  pasid_width: int = 0, aperture: tuple[int, int] = (0, U64_MAX),
                  reserved: list[tuple[int, int]] | None = None, dirty_tracking: bool = True,
-                 ats: bool = False, pri: bool = False) -> None:
+                 ats: bool = False, pri: bool = False, pasid_exec: bool = False,
+                 pasid_priv: bool = False) -> None:
         self.registry, self.name, self.label, self.group = registry, name, label, group
         self.pasid_width = pasid_width
+        #: PCI PASID capability: Execute / Privileged Mode enabled.
+        self.pasid_exec, self.pasid_priv = pasid_exec, pasid_priv
         self.aperture = aperture
         self.reserved = list(reserved or [])
         self.dirty_tracking, self.ats, self.pri = dirty_tracking, ats, pri
@@ -166,7 +169,8 @@ class IommuRegistry:
     def register(self, name: str, *, label: int | None = None, group: IommuGroup | None = None,
                  pasid_width: int = 0, aperture: tuple[int, int] = (0, U64_MAX),
                  reserved: list[tuple[int, int]] | None = None, dirty_tracking: bool = True,
-                 ats: bool = False, pri: bool = False) -> IommuDevice:
+                 ats: bool = False, pri: bool = False, pasid_exec: bool = False,
+                 pasid_priv: bool = False) -> IommuDevice:
         """Register a device; a new singleton group unless ``group`` is given.
 
         ``label`` (u32) is allocated when None; EEXIST if taken. EINVAL for a
@@ -194,7 +198,8 @@ class IommuRegistry:
             raise fail(errno.EBUSY, f"group {group.gid} is owned by a context")
         g = group if group is not None else self.new_group()
         dev = IommuDevice(self, name, label, g, pasid_width=pasid_width, aperture=aperture,
-                          reserved=reserved, dirty_tracking=dirty_tracking, ats=ats, pri=pri)
+                          reserved=reserved, dirty_tracking=dirty_tracking, ats=ats, pri=pri,
+                          pasid_exec=pasid_exec, pasid_priv=pasid_priv)
         g.devices.append(dev)
         self._devices[label] = dev
         return dev

@@ -13,7 +13,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vuser.wire import Pad, Struct, u32, u64
+from vuser.wire import Pad, Struct, u8, u16, u32, u64
 
 U64_MAX = (1 << 64) - 1
 PAGE_SIZE = 4096
@@ -23,12 +23,31 @@ NO_PASID = None
 ALL_PASIDS = -1
 
 
+#: The model's own type numbers (vIOMMU, vEVENTQ, invalidation data): far
+#: from upstream's small values; see docs/iommufd-fidelity.md, "vuser types".
+VUSER_TYPE = 0x76550001
+
+
 class IoasMapFlags(enum.IntFlag):
     """IOMMU_IOAS_MAP_* (also used by IOAS_COPY)."""
 
     FIXED_IOVA = 1
     WRITEABLE = 2
     READABLE = 4
+
+
+class OptionId(enum.IntEnum):
+    """enum iommufd_option."""
+
+    RLIMIT_MODE = 0
+    HUGE_PAGES = 1
+
+
+class OptionOp(enum.IntEnum):
+    """enum iommufd_option_ops."""
+
+    SET = 0
+    GET = 1
 
 
 class HwptAllocFlags(enum.IntFlag):
@@ -62,6 +81,7 @@ class HwptInvalidateDataType(enum.IntEnum):
 
     VTD_S1 = 0
     ARM_SMMUV3 = 1
+    VUSER_VTD = VUSER_TYPE
 
 
 #: IOMMU_VTD_INV_FLAGS_LEAF
@@ -120,11 +140,63 @@ class PageResponseCode(enum.IntEnum):
 
 
 class ViommuType(enum.IntEnum):
-    """IOMMU_VIOMMU_TYPE_*; DEFAULT is the core-managed (driverless) vIOMMU."""
+    """IOMMU_VIOMMU_TYPE_*; DEFAULT (0) is never allocatable; VUSER_VTD is vuser's."""
 
     DEFAULT = 0
     ARM_SMMUV3 = 1
     TEGRA241_CMDQV = 2
+    VUSER_VTD = VUSER_TYPE
+
+
+class VeventqType(enum.IntEnum):
+    """IOMMU_VEVENTQ_TYPE_*; VUSER_VTD is vuser's (stage-1 faults of vDEVICEs)."""
+
+    DEFAULT = 0
+    ARM_SMMUV3 = 1
+    TEGRA241_CMDQV = 2
+    VUSER_VTD = VUSER_TYPE
+
+
+class VeventqFlags(enum.IntFlag):
+    """IOMMU_VEVENTQ_FLAG_*."""
+
+    LOST_EVENTS = 1
+
+
+class VeventHeader(Struct, size=8):
+    """struct iommufd_vevent_header."""
+
+    flags: u32
+    sequence: u32
+
+
+class IommuVeventVuserVtd(Struct, size=24):
+    """vuser's VUSER_VTD vEVENT payload: a stage-1 fault of a vDEVICE.
+
+    ``virt_id`` the vRID, ``pasid`` the vPASID (valid if ``flags`` bit 0),
+    ``reason`` the VT-d fault reason, ``perm`` the access (R1 W2 X4 P8).
+    """
+
+    virt_id: u64
+    addr: u64
+    pasid: u32
+    reason: u8
+    perm: u8
+    flags: u16
+
+
+class IommuViommuVuserVtdInvalidate(Struct, size=32):
+    """vuser's VUSER_VTD invalidation entry for HWPT_INVALIDATE on a vIOMMU.
+
+    ``flags``: LEAF 1, PASID_VALID 2 (``pasid`` is a vPASID).
+    """
+
+    virt_id: u64
+    addr: u64
+    npages: u64
+    pasid: u32
+    flags: u16
+    reserved: u16
 
 
 class IommuHwptVtdS1(Struct, size=24):
@@ -164,6 +236,30 @@ def struct_from(cls: type[Struct], value: Any) -> Struct:
         obj.pack()  # range-checks every field
         return obj
     raise TypeError(f"{cls.__name__} data must be bytes or a dict, not {type(value).__name__}")
+
+
+def copy_struct_from_user(cls: type[Struct], value: Any) -> Struct:
+    """``copy_struct_from_user`` for driver data: bytes or a dict of fields.
+
+    Bytes shorter than the struct: EINVAL (``iommu_copy_struct_from_user``
+    asks for the whole struct); longer: the tail must be zero, else E2BIG.
+    A dict: unknown fields EINVAL, out-of-range values EINVAL.
+    """
+    import errno
+
+    from .errors import fail
+
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        if len(raw) < cls.SIZE:
+            raise fail(errno.EINVAL, f"{cls.__name__} is {cls.SIZE} bytes, got {len(raw)}")
+        if any(raw[cls.SIZE:]):
+            raise fail(errno.E2BIG, f"non-zero bytes after the {cls.SIZE}-byte {cls.__name__}")
+        return cls.unpack(raw[:cls.SIZE])
+    try:
+        return struct_from(cls, value)
+    except (ValueError, TypeError) as e:
+        raise fail(errno.EINVAL, f"bad {cls.__name__}: {e}") from None
 
 
 @dataclass(frozen=True)
