@@ -105,14 +105,45 @@ def test_probe_cache_hit_costs_no_boot_and_forget_drops_it(tmp_path):
     topology.forget(tmp_path, "k" * 64)  # already gone: fine
 
 
-def test_damaged_cache_entry_is_probed_again(tmp_path):
-    (tmp_path / f"{'d' * 24}.json").write_text("{not json")
+@pytest.mark.parametrize("text", [
+    "{not json",
+    '{"slots": [{"root_port": [1, 0], "bus": 1, "device": 0, "function": 0}]}',
+    '{"slots": [{"root_port": [1, 0], "bus": "1", "device": 0, "function": 0, "bar0": 4096}]}',
+    '{"slots": [{"root_port": [1, 0], "bus": 1, "device": 40, "function": 0, "bar0": 4096}]}',
+    '{"slots": [{"root_port": [1], "bus": 1, "device": 0, "function": 0, "bar0": 4096}]}',
+    '{"slots": [{"root_port": [1, 0], "bus": 1, "device": 0, "function": 0, "bar0": 0}]}',
+])
+def test_damaged_cache_entry_is_probed_again(tmp_path, text):
+    (tmp_path / f"{'d' * 24}.json").write_text(text)
+    boots = []
 
     def boot(until, timeout):
+        boots.append(1)
         return SimpleNamespace(error="QEMU failed: x")
 
     with pytest.raises(UserError, match="QEMU failed: x"):
         topology.probe(boot, 1, key="d" * 64, cache=tmp_path)
+    assert boots == [1]
+
+
+def test_a_cache_that_cannot_be_written_only_costs_the_next_probe(tmp_path, monkeypatch):
+    early = copy.deepcopy(ANSWER)
+    early[0]["devices"][1]["pci_bridge"]["devices"][0]["regions"][0]["address"] = -1
+    answers = iter([early, ANSWER])
+    monkeypatch.setattr(topology, "POLL_S", 0.0)
+
+    def boot(until, timeout):
+        from vuser.qemu import qmp
+
+        monkeypatch.setattr(qmp, "call", lambda *a, **kw: [next(answers)])
+        while not until(tmp_path / "qmp.sock"):
+            pass
+        return SimpleNamespace(error="stopped")
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    topo = topology.probe(boot, 2, key="e" * 64, cache=blocked / "probes")
+    assert not topo.cached and [s.bar0 for s in topo.slots] == [0xFE400000, 0xFE200000]
 
 
 TOPO = Topology((Slot((1, 0), 1, 0, 0, 0xFE400000), Slot((2, 0), 2, 0, 0, 0xFE200000)))

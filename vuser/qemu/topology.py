@@ -136,24 +136,37 @@ def _cache_file(cache: Path, key: str) -> Path:
     return cache / f"{key[:24]}.json"
 
 
+def _valid(slot: Slot) -> bool:
+    values = (*slot.root_port, slot.bus, slot.device, slot.function, slot.bar0)
+    return (len(slot.root_port) == 2 and all(type(v) is int for v in values)
+            and 0 <= slot.root_port[0] < 32 and 0 <= slot.root_port[1] < 8
+            and 0 <= slot.bus < 256 and 0 <= slot.device < 32 and 0 <= slot.function < 8
+            and 0 < slot.bar0 < 1 << 64)
+
+
 def _load(path: Path, count: int) -> Topology | None:
+    """A cached answer, or None when there is none or it is damaged."""
     try:
         raw = json.loads(path.read_text())
         slots = tuple(Slot(tuple(s["root_port"]), s["bus"], s["device"], s["function"], s["bar0"])
                       for s in raw["slots"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if len(slots) != count:
+    if len(slots) != count or not all(_valid(s) for s in slots):
         return None
     return Topology(slots, cached=True)
 
 
 def _store(path: Path, topo: Topology) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Cache an answer; a cache that cannot be written only costs the next probe."""
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"slots": [asdict(s) for s in topo.slots],
-                               "probe_s": round(topo.probe_s, 3)}) + "\n")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"slots": [asdict(s) for s in topo.slots],
+                                   "probe_s": round(topo.probe_s, 3)}) + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        log.warning("cannot cache the firmware probe in %s: %s", path.parent, e.strerror)
 
 
 def forget(cache: Path, key: str) -> None:
