@@ -120,9 +120,8 @@ def strip_options(device: str) -> str:
 def probe_key(qemu: Any, devices: Sequence[str], *, memory_mib: int, accel: str, smp: int,
               qemu_extra: Sequence[str]) -> str:
     """The cache key of a probe: everything that shapes the firmware's assignment."""
-    binary = Path(qemu.argv[-1] if not getattr(qemu, "path", None) else qemu.path)
     try:
-        st = binary.stat()
+        st = Path(qemu.path).stat()  # a rebuilt binary of the same version probes again
         stamp = [st.st_size, st.st_mtime_ns]
     except OSError:
         stamp = None
