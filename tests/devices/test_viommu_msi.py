@@ -17,6 +17,7 @@ from vuser.devices.sample import SampleDevice
 from vuser.devices.viommu import VECTOR_FAULT
 from vuser.devices.vtd_layout import PRQ_ENTRY_SIZE, Ics, InvType, Prs, Reg, WaitDesc
 from vuser.iommu import Access, Fault
+from vuser.rpc import Service
 
 from viommu_guest import P, Rig, _desc, _type, context_cache, pasid_cache, wait
 
@@ -75,6 +76,12 @@ async def test_fault_event_is_a_dword_write_of_fedata_to_feaddr(rig):
     assert not await rig.drv.event_pending(Reg.FECTL)
     assert [r.pasid for r in await rig.drv.faults()] == [7]
     assert rig.viommu.msi.sent == 1
+    service = Service.for_platform(rig.platform)       # `vuser ctl stats` shows it
+    try:
+        counters = service.call(None, "counters", [])["devices"]
+        assert counters[f"{rig.viommu.iommu.label:#x}"]["msi_sent"] == 1
+    finally:
+        service.close()
 
 
 async def test_masked_event_stays_pending_and_unmasking_sends_it_once(rig):

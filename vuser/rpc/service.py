@@ -420,7 +420,7 @@ class Service:
                         counters[k] = v
             for q in d.get("queues", ()):
                 counters[f"queue{q['queue']}_completed"] = q["completed"]
-            for k in ("qi", "prq"):
+            for k in ("qi", "prq", "msi"):
                 if isinstance(d.get(k), dict):
                     counters.update({f"{k}_{kk}": vv for kk, vv in d[k].items()})
             if counters:
