@@ -95,7 +95,8 @@ def test_plan_default_is_the_demo_and_all_is_every_program():
     assert [n for p in default for n in p.programs] == list(default_tests())
     assert default[1].devices == specs["demo"].devices
     every = _plan(_args("--all"))
-    assert sorted(n for p in every for n in p.programs) == sorted(specs)
+    assert sorted(n for p in every for n in p.programs) == sorted(s.program_name
+                                                                  for s in specs.values())
     # one guest per (devices, iommu mode, kernel arguments)
     assert len(every) == len({specs[n].boot_key() for n in specs})
     assert [p.programs for p in _plan(_args("--test", "dma_nested"))] == [("dma_nested",)]
@@ -103,7 +104,7 @@ def test_plan_default_is_the_demo_and_all_is_every_program():
     assert [(p.devices, p.programs) for p in _plan(_args("--device", "sample"))] == [
         (("sample",), default_tests("user"))]
     assert [sorted(p.programs) for p in _plan(_args("--device", "sample", "--all"))] == [
-        sorted(n for n in specs if not specs[n].kernel_iommu)]
+        sorted({s.program_name for s in specs.values() if not s.kernel_iommu})]
 
 
 def test_plan_kernel_iommu_keeps_to_kernel_owned_programs():
@@ -112,7 +113,7 @@ def test_plan_kernel_iommu_keeps_to_kernel_owned_programs():
     from vuser.guest.manifest import load_manifest
 
     specs = load_manifest()
-    kernel = sorted(n for n in specs if specs[n].kernel_iommu)
+    kernel = sorted(s.program_name for s in specs.values() if s.kernel_iommu)
     assert "kernel_iommu" in kernel
     plans = _plan(_args("--kernel-iommu", "--all"))
     assert sorted(n for p in plans for n in p.programs) == kernel
