@@ -64,8 +64,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
          "and what its RID and each PASID are attached to (HWPT, stage, IOAS).")
     p = _sub(sub, "pasids", "show one device's PASID table as the model sees it",
              "The PASID table of the device LABEL: for the RID and each attached\n"
-             "PASID, the guest's vPASID, the HWPT, whether it is nested (stage-1\n"
-             "tables at a GPA, over a stage-2 parent) or stage-2 only, and the IOAS.")
+             "PASID, the guest's vPASID, the HWPT and its kind (first-stage: a nested\n"
+             "HWPT with its root GPA and levels over a stage-2 parent; pass-through:\n"
+             "stage 2 only), the DID and IOAS; entries a vIOMMU blocked, with the\n"
+             "fault reason; and whether the device's PASID, ATS and PRI are only\n"
+             "capabilities or enabled by the guest.")
     p.add_argument("label", type=_int, help="the device label (see `vuser ctl devices`)")
     _sub(sub, "ioas", "list IOASes with their mappings and usable IOVA ranges",
          "Every IOAS of the context: its areas (IOVA, size, permissions, backing\n"
