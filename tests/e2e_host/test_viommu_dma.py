@@ -28,7 +28,7 @@ from vuser.transport.server import DeviceServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "devices"))
 from viommu_guest import (  # noqa: E402
-    VtdDriver, page_response, pasid_cache, pdevtlb, piotlb, wait,
+    MessageRecorder, VtdDriver, page_response, pasid_cache, pdevtlb, piotlb, wait,
 )
 
 LABEL, BYSTANDER = 0x0100, 0x0208
@@ -40,15 +40,19 @@ RID_COMPLETION = DescFlags.COMPLETION | DescFlags.COMPLETION_RID
 async def viommu(rig, ram, request):
     """A vuser-iommu on the rig's platform, connected like QEMU, queues set up
     (device options from an indirect parameter, if any)."""
-    dev = VIommuDevice(**getattr(request, "param", {}))
+    options = dict(getattr(request, "param", {}))
+    msix = options.pop("msix", True)
+    dev = VIommuDevice(**options)
     dev.join_platform(rig.platform)
     path = str(rig.tmp_path / "viommu.sock")
     server = DeviceServer(dev, path, name="vuser-iommu")
     await server.start()
     client = await Client.connect(path)
     await client.dma_map(ram.gpa, ram.size, fd=ram.fd, offset=ram.offset)
+    messages = MessageRecorder(client)
     efds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(3)]
-    await client.set_irq_eventfds(2, efds)
+    if msix:
+        await client.set_irq_eventfds(2, efds)
     drv = VtdDriver(client, ram)
     await drv.init()
 
@@ -58,7 +62,8 @@ async def viommu(rig, ram, request):
         except BlockingIOError:
             return 0
 
-    yield SimpleNamespace(dev=dev, drv=drv, irq_count=irq_count)
+    yield SimpleNamespace(dev=dev, drv=drv, irq_count=irq_count, client=client,
+                          messages=messages)
     await client.close()
     await server.close()
     dev.close()
@@ -252,6 +257,48 @@ async def test_pri_round_trip_through_the_prq(pri, viommu, ram):
     assert drv.record(comp).status == CompletionStatus.SUCCESS
     assert ram.read(page + 16, 8) == b"paged in"
     assert await vt.faults() == []              # the fault was claimed by the request
+
+
+@pytest.mark.parametrize("viommu", [{"cm": "0", "msix": False}], indirect=True)
+async def test_kernel_style_page_request_message_then_response(rig, ram, viommu):
+    """As the guest kernel owns the unit: CM=0 (no invalidation after writing the
+    entry), MSI-X off, Bus Master Enable set, PECTL programmed. The fault becomes a
+    page request in the PRQ, then the page request message (PEDATA to PEADDR) goes
+    out; the "handler" pages the buffer in and answers; the descriptor completes."""
+    dev, drv = await add_vdma(rig, ram, LABEL, viommu, pri=True)
+    vt = viommu.drv
+    await viommu.client.region_write(7, 4, (0x0006).to_bytes(2, "little"))   # MEM + BME
+    await vt.write32(Reg.PEDATA, 0x41)
+    await vt.write32(Reg.PEADDR, 0xFEE0_0000)
+    await vt.write32(Reg.PEUADDR, 0)
+    await vt.write32(Reg.PECTL, 0)
+    await vt.enable_translation()
+    pt = ram.page_tables()
+    src, comp = ram.alloc(PAGE), ram.alloc(PAGE)
+    pt.map(SRC, src, PAGE)
+    pt.map(COMP, comp, PAGE)
+    ram.write(src, b"paged in")
+    vt.first_stage(LABEL, 1, pt)                                   # no invalidation: CM=0
+    queued_at_message: list[int] = []
+    serve = viommu.messages._serve_dma
+
+    def record(req):
+        queued_at_message.append(viommu.dev.prq.written)
+        serve(req)
+    viommu.client._serve_dma = record
+    await drv.submit(0, desc(Opcode.MEMCPY, src=SRC, dst=DST + 16, length=8, pasid=1,
+                             completion=COMP, flags=BLOCK))
+    await eventually(lambda: viommu.messages.writes, "the page request message")
+    assert viommu.messages.take() == [(0xFEE0_0000, 0x41)] and queued_at_message == [1]
+    (req,) = await vt.page_requests()
+    assert (req.rid, req.pasid, req.addr, req.write) == (LABEL, 1, DST, True)
+    page = ram.alloc(PAGE)
+    pt.map(DST, page, PAGE)
+    await vt.submit(page_response(req.rid, req.pasid, req.prgi, 0))
+    await asyncio.wait_for(dev.idle(), 10)
+    assert drv.record(comp).status == CompletionStatus.SUCCESS
+    assert ram.read(page + 16, 8) == b"paged in"
+    assert await vt.faults() == []
 
 
 async def test_pri_invalid_response_fails_the_descriptor(pri, viommu, ram):
