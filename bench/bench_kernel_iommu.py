@@ -4,9 +4,9 @@
   SeaBIOS assigning BARs, QMP ``query-pci`` until every BAR0 is mapped),
   fresh each time (best and median of ``--n``), then the same from the
   probe cache;
-- ``guests``: each kernel-owned program of ``tests/guest/guest_tests.toml`` in
-  a guest of its own (``launch(kernel_iommu=True)``, cached probe): the guest
-  run from server start to isa-debug-exit.
+- ``guests``: each kernel-owned table of ``tests/guest/guest_tests.toml`` in
+  a guest of its own (``launch(kernel_iommu=True)``, cached probe, the table's
+  kernel): the guest run from server start to isa-debug-exit.
 
 Run: ``.venv/bin/python bench/bench_kernel_iommu.py [--n N] [--no-guests]``.
 """
@@ -68,12 +68,12 @@ def main() -> int:
     for name, spec in specs.items():
         if not spec.kernel_iommu:
             continue
-        image = build_image(tests=[name], progress=False)
+        image = build_image(tests=[spec.program_name], progress=False, kernel=spec.kernel)
         r = launch(image, devices=list(spec.devices), timeout=spec.timeout, qemu=qemu,
                    kernel_iommu=True, kernel_args=spec.append)
         state = "ok" if r.ok else f"FAILED: {r.error or f'exit status {r.exit_status}'}"
         extra = f" ({' '.join(spec.append)})" if spec.append else ""
-        print(f"guest {name}{extra}: {r.duration_s:.1f} s, {state}")
+        print(f"guest {name}{extra}, kernel {image.kernel_release}: {r.duration_s:.1f} s, {state}")
     return 0
 
 
