@@ -156,8 +156,10 @@ static enum vt_result after_unmap(void)
 	struct vuser_dma_stale st = { 0 };
 	struct vt_dmar_fault f;
 	char msg[512], given[32], how[64];
+	unsigned waited;
 
 	vt_require("dma_api_copy");
+	VT_CALL(vt_dmar_log_ready(&waited), "the fault log's ratelimit");
 	st.pattern = 0x2121212121212121ull;
 	st.delay_ms = 50;
 	st.timeout_ms = 20000;

@@ -56,7 +56,13 @@ static enum vt_result setup(void)
 
 static enum vt_result mapped_fill_lands(void)
 {
+	unsigned waited;
+
 	vt_require("setup");
+	VT_CALL(vt_dmar_log_ready(&waited), "the fault log's ratelimit");
+	if (waited)
+		ktap_diag("waited %u ms for the kernel's fault log ratelimit (faults of earlier "
+			  "programs)", waited);
 	memset(&st, 0, sizeof(st));
 	st.pattern = PATTERN;
 	st.delay_ms = 50;        /* longer than the flush queue's 10 ms timer */

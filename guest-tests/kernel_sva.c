@@ -1,12 +1,16 @@
 /* kernel_sva: shared virtual addressing with I/O page faults, through the
- * guest kernel's own intel_iommu (6.1 API).
+ * guest kernel's own intel_iommu. It runs twice: on Debian 12's 6.1 kernel
+ * ([kernel_sva]) and on Debian sid's 7.x kernel ([kernel_sva_sid] in
+ * tests/guest/guest_tests.toml), which allows SVA on x86. On 7.x (6.16+) there
+ * are no device features: the bind is iommu_sva_bind_device(dev, mm) and the
+ * IOMMU driver enables IOPF when the SVA domain attaches.
  *
  * Kernel-owned guest (iommu = "kernel"). The process opens /dev/vuser_dma0
  * and binds its mm (VUSER_DMA_IOC_SVA_BIND: IOMMU_DEV_FEAT_IOPF, then
  * IOMMU_DEV_FEAT_SVA, iommu_sva_bind_device(dev, current->mm, NULL),
  * iommu_sva_get_pasid()). The kernel points that PASID's first-stage table at
  * the process's own page table (5 levels when the CPU runs with LA57). The
- * device then copies between malloc'ed buffers at their virtual addresses,
+ * device then copies between mmap'ed buffers at their virtual addresses,
  * tagged with the PASID, with block-on-fault. PRI was enabled on the device
  * by the IOMMU driver when it attached the device (6.1
  * iommu_enable_pci_caps; vuser_dma only reports it).
@@ -19,7 +23,8 @@
  *                           the kernel's prq_event_thread, which refuses a
  *                           request without PASID ("Page request without
  *                           PASID") and answers INVALID with a page group
- *                           response; the descriptor ends PAGE_FAULT;
+ *                           response (6.13+: the IOPF core answers it, with
+ *                           no log line); the descriptor ends PAGE_FAULT;
  *   unbound_pasid_blocked   a PASID the kernel never bound: PAGE_FAULT, nothing
  *                           written, the kernel's DMAR fault line names that
  *                           PASID and the device (no SVA needed);
@@ -30,9 +35,9 @@
  *                           6.1 kernels since 6.1.164 refuse every bind on
  *                           x86 (iommu_sva_bind_device returns -EOPNOTSUPP
  *                           under CONFIG_X86: the fix for CVE-2025-71089),
- *                           so this case and those that need a bound mm are
- *                           TODO with that reason: open work that needs a
- *                           guest kernel which allows SVA;
+ *                           so there this case and those that need a bound
+ *                           mm are TODO with that reason; on sid's 7.x they
+ *                           run;
  *   copy_faults_pages_in    the destination was never touched (its pages are
  *                           not present, checked in /proc/self/pagemap): the
  *                           first write faults, the page request goes through
@@ -48,10 +53,12 @@
  *   rebind                  bound again, the mm keeps its PASID, a copy works.
  */
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/utsname.h>
 
 #include "lib/vuser.h"
 
-#define LEN (256u << 10)         /* above malloc's mmap threshold: fresh pages */
+#define LEN (256u << 10)         /* 64 pages, mmapped fresh for each copy test */
 #define NEVER_BOUND 0x777u
 
 static int fd = -1;
@@ -92,6 +99,21 @@ static enum vt_result setup(void)
 	return VT_PASS;
 }
 
+/*
+ * Up to 6.12 intel_iommu's prq_event_thread answered a page request without
+ * PASID itself (INVALID, with "Page request without PASID" and "Invalid page
+ * request" in the log); 6.13's prq.c dropped that check.
+ */
+static int prq_handler_rejects_no_pasid(void)
+{
+	struct utsname u;
+	unsigned major = 0, minor = 0;
+
+	if (uname(&u) || sscanf(u.release, "%u.%u", &major, &minor) != 2)
+		return 1;
+	return major < 6 || (major == 6 && minor < 13);
+}
+
 static enum vt_result page_request_answered(void)
 {
 	struct vuser_dma_stale st = { 0 };
@@ -113,6 +135,15 @@ static enum vt_result page_request_answered(void)
 		 "status %s, %llu bytes landed", vdma_status_name(st.status),
 		 (unsigned long long)st.landed);
 	VT_CHECK(prq_after > prq_before, "the page request interrupt did not reach the kernel");
+	if (!prq_handler_rejects_no_pasid()) {
+		/*
+		 * The kernel's IOPF code takes no-PASID requests: with no fault
+		 * handler on the DMA domain it answers INVALID without a log line.
+		 * The descriptor's PAGE_FAULT (not a timeout) is that answer.
+		 */
+		ktap_diag("no-PASID request answered by the IOPF core (no log line on this kernel)");
+		return VT_PASS;
+	}
 	VT_CALL(vt_kmsg_find(&kmsg, "Page request without PASID", msg, sizeof(msg), 5000),
 		"the kernel's page request handler");
 	ktap_diag("kernel log: %s", msg);
@@ -179,9 +210,10 @@ static enum vt_result copy_faults_pages_in(void)
 	int present;
 
 	require_bind();
-	src = malloc(LEN);
-	dst = malloc(LEN);
-	VT_CHECK(src && dst, "malloc");
+	/* mmap, not malloc: malloc's chunk header would make dst's first page present */
+	src = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	dst = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	VT_CHECK(src != MAP_FAILED && dst != MAP_FAILED, "mmap: %s", strerror(errno));
 	for (size_t i = 0; i < LEN; i++)
 		src[i] = (uint8_t)(i * 31 + 7);
 	present = vt_pages_present(dst, LEN);
@@ -231,12 +263,19 @@ static enum vt_result unbound_pasid_blocked(void)
 	struct vt_dmar_fault f;
 	uint8_t *d = calloc(1, 8192);
 	char msg[512];
+	unsigned waited;
+	long irqs;
 
 	vt_require("setup");
 	VT_CHECK(d, "calloc");
+	VT_CALL(vt_dmar_log_ready(&waited), "the fault log's ratelimit");
+	if (waited)
+		ktap_diag("waited %u ms for the kernel's fault log ratelimit", waited);
+	irqs = vt_irq_count("dmar0");
 	VT_CALL(sva_copy(NEVER_BOUND, d + 4096, d, 4096, 0, &c), "SVA_COPY");
-	ktap_diag("MEMCPY tagged PASID %#x (never bound): %s, fault_addr %#llx",
-		  NEVER_BOUND, vdma_status_name(c.status), (unsigned long long)c.fault_addr);
+	ktap_diag("MEMCPY tagged PASID %#x (never bound): %s, fault_addr %#llx; dmar0 fault "
+		  "interrupts %ld -> %ld", NEVER_BOUND, vdma_status_name(c.status),
+		  (unsigned long long)c.fault_addr, irqs, vt_irq_count("dmar0"));
 	VT_CHECK(c.status == VDMA_COMPLETION_STATUS_PAGE_FAULT, "status %s",
 		 vdma_status_name(c.status));
 	VT_CHECK(vt_first_not(d, 8192, 0) < 0, "bytes written through an unbound PASID");
@@ -259,7 +298,7 @@ static enum vt_result unbind_while_queued(void)
 {
 	struct vuser_dma_sva_unbind_queued u = { 0 };
 	const unsigned n = 4, len = 8192;
-	uint8_t *d = malloc(n * len);
+	uint8_t *d = calloc(1, n * len);  /* malloc may hand back a used chunk */
 	int present;
 
 	require_bind();

@@ -56,6 +56,7 @@
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
+#include <linux/version.h>
 #include <linux/wait.h>
 
 #include "vdma_layout.h"
@@ -619,8 +620,14 @@ static long vdma_ioc_stale(struct vdma_dev *vd, struct vuser_dma_stale __user *u
 	if (nosoftirq)
 		local_bh_disable();
 	dma_unmap_page(dev, iova, PAGE_SIZE, DMA_FROM_DEVICE);
-	if (st.delay_ms)
+	/*
+	 * Sleep, not spin: a spinning task can keep softirqs deferred to
+	 * ksoftirqd, and with them the flush queue's timer.
+	 */
+	if (st.delay_ms && nosoftirq)
 		mdelay(st.delay_ms);
+	else if (st.delay_ms)
+		msleep(st.delay_ms);
 	ret = vdma_run(q, &desc, st.timeout_ms, nosoftirq, &rec);
 	if (nosoftirq)
 		local_bh_enable();
@@ -645,6 +652,20 @@ out_free:
  * IOPF first, then SVA (include/linux/iommu.h); 6.1's intel driver accepts
  * them only when it has enabled PASID, ATS and PRI on the device.
  */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 16, 0)
+/*
+ * 6.16 removed the device features: the IOMMU driver enables IOPF itself
+ * when the SVA domain attaches, so a successful bind means both are on.
+ */
+static int vdma_sva_features(struct vdma_dev *vd)
+{
+	return 0;
+}
+
+static void vdma_sva_features_off(struct vdma_dev *vd)
+{
+}
+#else
 static int vdma_sva_features(struct vdma_dev *vd)
 {
 	struct device *dev = &vd->pdev->dev;
@@ -675,6 +696,7 @@ static void vdma_sva_features_off(struct vdma_dev *vd)
 	iommu_dev_disable_feature(&vd->pdev->dev, IOMMU_DEV_FEAT_IOPF);
 	vd->sva_features = false;
 }
+#endif
 
 static long vdma_ioc_sva_bind(struct vdma_file *f, struct vuser_dma_sva_bind __user *uarg)
 {
@@ -687,11 +709,21 @@ static long vdma_ioc_sva_bind(struct vdma_file *f, struct vuser_dma_sva_bind __u
 		return -EBUSY;
 	ret = vdma_sva_features(vd);
 	if (!ret) {
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 16, 0)
 		b.features = VUSER_DMA_FEAT_IOPF | VUSER_DMA_FEAT_SVA;
+#endif
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 2, 0)
+		sva = iommu_sva_bind_device(&vd->pdev->dev, current->mm);
+#else
 		sva = iommu_sva_bind_device(&vd->pdev->dev, current->mm, NULL);
+#endif
 		ret = PTR_ERR_OR_ZERO(sva);
 		if (ret)
 			dev_err(&vd->pdev->dev, "iommu_sva_bind_device: %d\n", ret);
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 16, 0)
+		else  /* the bind enabled IOPF (see vdma_sva_features) */
+			b.features = VUSER_DMA_FEAT_IOPF | VUSER_DMA_FEAT_SVA;
+#endif
 	}
 	if (ret)
 		return copy_to_user(uarg, &b, sizeof(b)) ? -EFAULT : ret;

@@ -722,6 +722,10 @@ struct vt_dmar_fault {
 };
 /* Parse one kernel log message; -EINVAL if it is not such a line. */
 int vt_dmar_fault_parse(const char *msg, struct vt_dmar_fault *f);
+/* Wait, if needed, until the intel_iommu fault handler's log ratelimit (10
+ * per 5 s, three per fault) will print the next fault; *waited_ms says how
+ * long. For programs that share a guest with others that fault. */
+int vt_dmar_log_ready(unsigned *waited_ms);
 /* A PCI function's BDF as the 16-bit source-id (bus << 8 | dev << 3 | fn). */
 int vt_pci_bdf_sid(const struct vt_pci *pci, uint16_t *sid);
 /* The function's IOMMU group type (/sys/.../iommu_group/type: "DMA",
