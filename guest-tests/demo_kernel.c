@@ -16,7 +16,7 @@
  *   after_unmap      the same IOVA after dma_unmap_single (and the flush):
  *                    blocked, and the kernel's own DMAR fault handler says so;
  *   sva_bind         a process binds its own address space (SVA, 6.1 API);
- *   sva_copy         the device copies between two malloc'ed buffers at
+ *   sva_copy         the device copies between two fresh buffers at
  *                    their virtual addresses, tagged with the process's
  *                    PASID: the first-stage table is the process's page
  *                    table, the untouched destination faults and the kernel
@@ -27,6 +27,7 @@
  *   what_went_where  the requests side by side.
  */
 #include <stdlib.h>
+#include <sys/mman.h>
 
 #include "lib/vuser.h"
 
@@ -204,7 +205,7 @@ static enum vt_result sva_copy(void)
 {
 	const size_t len = 256u << 10;
 	struct vuser_dma_sva_copy c = { 0 };
-	uint8_t *src = malloc(len), *dst = malloc(len);
+	uint8_t *src, *dst;
 	char given[32], landed[48], how[64];
 	long prq;
 	int before;
@@ -212,7 +213,10 @@ static enum vt_result sva_copy(void)
 	if (vt_result_of("sva_bind") == VT_TODO)
 		VT_TODO_BECAUSE("needs the SVA bind this kernel refuses (see sva_bind)");
 	vt_require("sva_bind");
-	VT_CHECK(src && dst, "malloc");
+	/* fresh anonymous memory: no page of dst has been touched yet */
+	src = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	dst = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	VT_CHECK(src != MAP_FAILED && dst != MAP_FAILED, "mmap: %s", strerror(errno));
 	fill_text(src, len, TEXT_SVA);
 	before = vt_pages_present(dst, len);
 	prq = vt_irq_count("dmar0-prq");
