@@ -2,7 +2,8 @@
 guest kernel's own intel_iommu drove vuser-iommu.
 
 Each test boots guest programs of ``guest-tests/`` (``kernel_dma_api``,
-``kernel_lazy``, ``kernel_strict``) with ``launch(kernel_iommu=True)``, the
+``kernel_lazy``, ``kernel_strict``, and ``kernel_sva`` on Debian sid's kernel,
+the one that allows SVA) with ``launch(kernel_iommu=True)``, the
 server recording a trace (``vuser serve --trace FILE``) and a control socket
 that is polled during the run (the RPC behind ``vuser ctl pasids LABEL``),
 then checks the model's side of what the guest reported:
@@ -13,7 +14,11 @@ then checks the model's side of what the guest reported:
   guest printed for it;
 - strict and lazy invalidation differ in the VT-d invalidation descriptors
   the kernel queued: page-selective PASID-IOTLB (and device-TLB)
-  invalidations per unmap when strict, a few whole-PASID flushes when lazy.
+  invalidations per unmap when strict, a few whole-PASID flushes when lazy;
+- SVA: the process's PASID was attached to a first-stage HWPT whose root is
+  the process's page table, and the copy into untouched pages went through
+  page requests that the guest kernel answered with successful page group
+  responses.
 
 Marked ``guest``; skipped only when no QEMU with vfio-user-pci is found.
 """
@@ -101,12 +106,12 @@ def _poller(control: Path, label: int, run: KernelRun, stop: threading.Event):
 
 
 def boot(qemu, tmp_path: Path, tests: list[str], append: tuple[str, ...] = (),
-         poll: bool = False) -> KernelRun:
+         poll: bool = False, kernel: str | None = None) -> KernelRun:
     from vuser.guest.image import build_image
     from vuser.qemu.launcher import launch
     from vuser.rpc.tracing import read_trace
 
-    image = build_image(tests=tests, progress=False)
+    image = build_image(tests=tests, progress=False, kernel=kernel)
     tmp_path.mkdir(parents=True, exist_ok=True)
     trace = tmp_path / f"{tests[0]}.trace"
     control = tmp_path / "ctl.sock"
@@ -218,3 +223,41 @@ def test_strict_invalidates_every_unmap_lazy_batches_them(qemu, tmp_path):
     # And the guest saw the consequence: the stale window in lazy mode only.
     assert any("lazy mode accepts" in line for line in lazy.diag("lazy:")), lazy.console
     assert any("PAGE_FAULT, 0 of 4096" in line for line in strict.diag("IOVA ")), strict.console
+
+
+# -- SVA: the process's page table, page requests answered by the guest kernel -----------------
+
+SVA_COPY_PAGES = 64  # kernel_sva.c: LEN / 4096, the untouched destination
+
+
+def test_sva_copy_uses_the_process_page_table_and_kernel_answered_page_requests(qemu, tmp_path):
+    run = boot(qemu, tmp_path, ["kernel_sva"], poll=True, kernel="debian:sid")
+    bound = [re.search(r"mm bound: PASID (0x[0-9a-f]+)", line) for line in run.diag("pid ")]
+    assert bound and bound[0], run.console
+    pasid = int(bound[0][1], 16)
+
+    # While the mm was bound, the model had that PASID attached to a nested
+    # first-stage HWPT: the kernel pointed the PASID entry at the process's
+    # page table (5 levels when the guest runs with LA57).
+    entries = [e for t in run.pasid_tables for e in t["entries"] if e["vpasid"] == pasid]
+    assert entries, f"PASID {pasid:#x} never seen attached: {run.poll_errors[-3:]}"
+    e = entries[-1]
+    assert e["stage"] == "nested" and e["kind"] == "first-stage" and e["pgtbl_addr"], e
+    rid = [x for t in run.pasid_tables for x in t["entries"]
+           if x["pasid"] is None and x["stage"] == "nested"]
+    assert rid and all(x["pgtbl_addr"] != e["pgtbl_addr"] for x in rid), (
+        "the SVA PASID shares the DMA domain's table")
+
+    # The first copy wrote 64 untouched pages: a page request each, tagged
+    # with the PASID, and the guest kernel's page group response (Success).
+    reqs = [x for x in run.events if x["kind"] == "page-request" and x["label"] == DMA_LABEL
+            and x["pasid"] == pasid]
+    resps = [x for x in run.events if x["kind"] == "page-response" and x["pasid"] == pasid
+             and x["info"]["code"] == 0 and x["info"]["matched"]]
+    print(f"PASID {pasid:#x}: {e}; {len(reqs)} page requests, {len(resps)} success responses")
+    assert len(reqs) >= SVA_COPY_PAGES, len(reqs)
+    assert len(resps) >= SVA_COPY_PAGES, len(resps)
+    assert {x["info"]["prgi"] for x in resps} >= {x["info"]["prgi"] for x in reqs[:SVA_COPY_PAGES]}
+    # And the copies themselves were translated with that PASID.
+    assert any(x["kind"] == "translate" and x["label"] == DMA_LABEL and x["pasid"] == pasid
+               for x in run.events)
