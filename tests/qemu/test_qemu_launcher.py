@@ -76,8 +76,13 @@ def test_qemu_failure_tears_down_the_server_and_its_children(qemu_bin, mini, stu
     r = launch(mini("never\r\n", 0), devices=["sample"], timeout=30, qemu=qemu_bin,
                server_command=server, on_ready=on_ready)
     assert r.exit_status is None
-    assert r.error.startswith("QEMU failed: ")
-    assert "vfio-user" in r.error or "vuser0" in r.error
+    if r.qemu_returncode == -signal.SIGABRT:
+        # QEMU 11 sometimes aborts on the dropped connection instead (an assertion in
+        # its error path); the launcher says so with QEMU's own line.
+        assert r.error.startswith("QEMU was killed by signal 6: qemu-system-x86_64: "), r.error
+    else:
+        assert r.error.startswith("QEMU failed: ")
+        assert "vfio-user" in r.error or "vuser0" in r.error
     assert not r.server_died
     assert "ready" in r.server_log
     _assert_torn_down(infos[0])

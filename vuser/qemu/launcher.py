@@ -440,7 +440,9 @@ class _Run:
         elif rc is None:
             r.error = "QEMU did not run"
         elif rc < 0:
-            r.error = f"QEMU was killed by signal {-rc}"
+            # QEMU 11 can abort on a vfio-user socket closed mid-request (an assertion).
+            why = _qemu_errors(r.qemu_log)
+            r.error = f"QEMU was killed by signal {-rc}" + (f": {why[-1]}" if why else "")
         elif rc == 1 and _qemu_errors(r.qemu_log) and not r.console:
             # Exit status 1 is also a guest writing 0; but a guest that ran has
             # printed on the console, and QEMU's start-up errors come before that.
