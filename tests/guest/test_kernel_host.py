@@ -15,6 +15,9 @@ then checks the model's side of what the guest reported:
 - strict and lazy invalidation differ in the VT-d invalidation descriptors
   the kernel queued: page-selective PASID-IOTLB (and device-TLB)
   invalidations per unmap when strict, a few whole-PASID flushes when lazy;
+- the fault the guest kernel's handler logged (reason 0x71) is the one fault
+  the model recorded for the device: the same IOVA page, no PASID, a
+  first-stage entry not present;
 - SVA: the process's PASID was attached to a first-stage HWPT whose root is
   the process's page table, and the copy into untouched pages went through
   page requests that the guest kernel answered with successful page group
@@ -261,3 +264,24 @@ def test_sva_copy_uses_the_process_page_table_and_kernel_answered_page_requests(
     # And the copies themselves were translated with that PASID.
     assert any(x["kind"] == "translate" and x["label"] == DMA_LABEL and x["pasid"] == pasid
                for x in run.events)
+
+
+# -- the fault the guest kernel logged is the one the model recorded -----------------------------
+
+def test_the_fault_the_kernel_logged_is_the_models(qemu, tmp_path):
+    from vuser.iommu.pagetable.results import FaultReason, Stage
+
+    run = boot(qemu, tmp_path, ["kernel_isolation"])
+    logged = [re.search(r"\[DMA Write NO_PASID\] Request device \[(?:0000:)?02:00\.0\] "
+                        r"fault addr (0x[0-9a-f]+) \[fault reason 0x71\]", line)
+              for line in run.diag("kernel log: ")]
+    assert logged and logged[0], run.diag("kernel log: ")
+    addr = int(logged[0][1], 16)
+    faults = [e for e in run.events if e["kind"] == "fault" and e["label"] == DMA_LABEL]
+    print(f"kernel: fault at {addr:#x}; model: {faults}")
+    # One model fault: that IOVA's page, no PASID, a first-stage entry not
+    # present, which vuser-iommu reported as SM reason 0x71.
+    assert len(faults) == 1, faults
+    f = faults[0]
+    assert f["iova"] >> 12 == addr >> 12 and f["pasid"] is None, f
+    assert f["stage"] == Stage.S1 and f["fault"] == FaultReason.PAGING_ENTRY_INV, f
