@@ -79,6 +79,17 @@ static int bind_errno;
 		vt_require("bind");                                                     \
 	} while (0)
 
+/* 5 when the kernel runs with LA57: only then does a hint above 2^47 stick. */
+static int paging_levels(void)
+{
+	void *p = mmap((void *)(1ull << 52), 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int five = p != MAP_FAILED && (uintptr_t)p >= (1ull << 47);
+
+	if (p != MAP_FAILED)
+		munmap(p, 4096);
+	return five ? 5 : 4;
+}
+
 static enum vt_result setup(void)
 {
 	VT_CALL(vt_kmsg_open(&kmsg), "the kernel log");
@@ -96,6 +107,7 @@ static enum vt_result setup(void)
 		 info.ats_enabled, info.pri_enabled);
 	VT_CHECK(vt_irq_count("dmar0-prq") >= 0, "no dmar0-prq interrupt: the driver set up no "
 		 "page request queue");
+	ktap_diag("process page tables: %d levels", paging_levels());
 	return VT_PASS;
 }
 

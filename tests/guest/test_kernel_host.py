@@ -246,6 +246,10 @@ def test_sva_copy_uses_the_process_page_table_and_kernel_answered_page_requests(
     assert entries, f"PASID {pasid:#x} never seen attached: {run.poll_errors[-3:]}"
     e = entries[-1]
     assert e["stage"] == "nested" and e["kind"] == "first-stage" and e["pgtbl_addr"], e
+    levels = [re.search(r"process page tables: (\d) levels", line)
+              for line in run.diag("process page tables")]
+    assert levels and levels[0], run.console
+    assert e["levels"] == int(levels[0][1]), (e["levels"], levels[0][0])
     rid = [x for t in run.pasid_tables for x in t["entries"]
            if x["pasid"] is None and x["stage"] == "nested"]
     assert rid and all(x["pgtbl_addr"] != e["pgtbl_addr"] for x in rid), (
