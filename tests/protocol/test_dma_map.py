@@ -11,6 +11,7 @@ from vuser.protocol.caps import Capabilities
 from vuser.protocol.consts import VFIO_DMA_UNMAP_FLAG_ALL, Command
 from vuser.protocol.events import Reply
 from vuser.protocol.messages import VfioUserDmaMap, VfioUserDmaUnmap
+from vuser.transport.seals import sealed_memfd
 
 MiB = 1 << 20
 
@@ -24,8 +25,7 @@ def pair():
 
 @pytest.fixture
 def memfd():
-    fd = os.memfd_create("guest-ram")
-    os.ftruncate(fd, 4 * MiB)
+    fd = sealed_memfd("guest-ram", 4 * MiB)
     yield fd
     os.close(fd)
 

@@ -159,3 +159,24 @@ def test_version_with_no_reply_is_rejected_silently():
     raw = message(Command.VERSION, Version(0, 0, QEMU_CAPS).encode(), flags=0x10)
     assert pair.raw(raw) == []
     assert pair.server.state is ConnState.AWAIT_VERSION
+
+
+@pytest.mark.parametrize("depth", [33, 10_000, 200_000])
+def test_deeply_nested_json_is_einval_not_recursion_error(depth):
+    # Issue 14, defect 2: json.loads raised RecursionError out of the read path.
+    pair = Pair(negotiate=False)
+    text = b"[" * depth + b"]" * depth
+    raw = message(Command.VERSION, VfioUserVersion().pack() + text + b"\0")
+    assert pair.raw_error(raw) == errno.EINVAL
+    pair.raw(version_message(QEMU_CAPS))
+    pair.still_serves()
+
+
+def test_nesting_up_to_json_c_depth_is_accepted():
+    nested = 1
+    for _ in range(30):          # 30 arrays + the two objects around them: depth 32
+        nested = [nested]
+    caps = {"capabilities": {"x-vendor": nested}}
+    pair = Pair(negotiate=False)
+    [(hdr, _)] = pair.raw(version_message(caps))
+    assert hdr.flags == 1 and pair.server.state is ConnState.READY

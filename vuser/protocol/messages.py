@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -207,6 +208,25 @@ def _bad(why: str) -> RemoteProtocolError:
     return RemoteProtocolError(errno.EINVAL, why)
 
 
+#: Deepest JSON nesting accepted in VERSION: json-c's default tokener depth,
+#: which is what libvfio-user parses with (QEMU's caps nest 3 deep).
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def _json_depth(text: bytes) -> int:
+    """How deep the arrays and objects of ``text`` nest (strings skipped)."""
+    depth = deepest = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub(b"", text)):
+        depth += 1 if m.group() in (b"[", b"{") else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_JSON_DEPTH:
+                break
+    return deepest
+
+
 @dataclass(frozen=True)
 class Version:
     """VERSION request or reply: version and the JSON capabilities object.
@@ -233,9 +253,11 @@ class Version:
             return cls(head.major, head.minor, None)
         if text[-1] != 0 or 0 in text[:-1]:
             raise _bad("version data is not one NUL-terminated string")
+        if _json_depth(text[:-1]) > MAX_JSON_DEPTH:
+            raise _bad(f"version JSON nests deeper than {MAX_JSON_DEPTH}")
         try:
             caps = json.loads(text[:-1].decode())
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise _bad("version data is not JSON") from None
         if not isinstance(caps, dict):
             raise _bad("version data is not a JSON object")
