@@ -156,3 +156,17 @@ def test_irq_info(pair):
 def test_bad_irq_info_requests(pair, body):
     assert pair.error(Command.DEVICE_GET_IRQ_INFO, body) == errno.EINVAL
     pair.still_serves()
+
+
+def test_region_info_request_padded_to_argsz_like_libvfio_user(pair):
+    # libvfio-user's client sends the second request with a payload of argsz
+    # (64) bytes: accepted, answered per spec (the chain and the fd).
+    needed = 32 + 8 + 8 + 16
+    payload = VfioRegionInfo(argsz=needed, index=2).pack() + bytes(needed - 32)
+    [(hdr, body)] = pair.raw(message(Command.DEVICE_GET_REGION_INFO, payload))
+    assert hdr.flags == 1 and not hdr.error and hdr.size == 16 + needed
+    reply = RegionInfoReply.decode(body)
+    assert reply.sparse_areas == ((4096, 8192),) and reply.info.argsz == needed
+    [fd] = pair.reply_fds
+    os.close(fd)
+    pair.still_serves()

@@ -486,6 +486,17 @@ def _fixed(cls: type[Struct], optional: bool = False) -> Codec:
     return Codec(cls, dec, lambda body: body.pack(), optional)
 
 
+def _at_least(cls: type[Struct]) -> Codec:
+    """A request struct led by ``argsz``: a longer payload is accepted and its
+    tail ignored (a client may send the argsz it was told, as libvfio-user's
+    does for GET_REGION_INFO; linux/vfio.h structs grow at the end)."""
+    def dec(payload: bytes) -> Struct:
+        if len(payload) < cls.SIZE:
+            raise _bad(f"{cls.__name__} payload is {len(payload)} bytes, under {cls.SIZE}")
+        return cls.unpack(payload[:cls.SIZE])
+    return Codec(cls, dec, lambda body: body.pack())
+
+
 def _tail(cls: Any, head: type[Struct]) -> Codec:
     def dec(payload: bytes) -> Any:
         if len(payload) < head.SIZE:
@@ -498,17 +509,17 @@ Q, R = Kind.REQUEST, Kind.REPLY
 MESSAGES: dict[tuple[Command, Kind], Codec] = {
     (Command.VERSION, Q): _tail(Version, VfioUserVersion),
     (Command.VERSION, R): _tail(Version, VfioUserVersion),
-    (Command.DMA_MAP, Q): _fixed(VfioUserDmaMap),
+    (Command.DMA_MAP, Q): _at_least(VfioUserDmaMap),
     (Command.DMA_MAP, R): _header_only(),
-    (Command.DMA_UNMAP, Q): _fixed(VfioUserDmaUnmap),
+    (Command.DMA_UNMAP, Q): _at_least(VfioUserDmaUnmap),
     (Command.DMA_UNMAP, R): _fixed(VfioUserDmaUnmap, optional=True),
-    (Command.DEVICE_GET_INFO, Q): _fixed(VfioDeviceInfo),
+    (Command.DEVICE_GET_INFO, Q): _at_least(VfioDeviceInfo),
     (Command.DEVICE_GET_INFO, R): _fixed(VfioDeviceInfo),
-    (Command.DEVICE_GET_REGION_INFO, Q): _fixed(VfioRegionInfo),
+    (Command.DEVICE_GET_REGION_INFO, Q): _at_least(VfioRegionInfo),
     (Command.DEVICE_GET_REGION_INFO, R): _tail(RegionInfoReply, VfioRegionInfo),
-    (Command.DEVICE_GET_REGION_IO_FDS, Q): _fixed(VfioUserRegionIoFds),
+    (Command.DEVICE_GET_REGION_IO_FDS, Q): _at_least(VfioUserRegionIoFds),
     (Command.DEVICE_GET_REGION_IO_FDS, R): _tail(RegionIoFdsReply, VfioUserRegionIoFds),
-    (Command.DEVICE_GET_IRQ_INFO, Q): _fixed(VfioIrqInfo),
+    (Command.DEVICE_GET_IRQ_INFO, Q): _at_least(VfioIrqInfo),
     (Command.DEVICE_GET_IRQ_INFO, R): _fixed(VfioIrqInfo),
     (Command.DEVICE_SET_IRQS, Q): _tail(SetIrqs, VfioIrqSet),
     (Command.DEVICE_SET_IRQS, R): _header_only(),

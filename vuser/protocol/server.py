@@ -182,7 +182,7 @@ class ServerCore:
 
     def _dma_map(self, req: Request, fds: list[int]) -> tuple[Any, tuple]:
         m: VfioUserDmaMap = req.body
-        if m.argsz != VfioUserDmaMap.SIZE:
+        if m.argsz < VfioUserDmaMap.SIZE:
             raise _invalid(f"DMA_MAP argsz {m.argsz}")
         if m.flags & ~_DMA_MAP_FLAGS or not m.flags:
             raise _invalid(f"DMA_MAP flags {m.flags:#x}")
