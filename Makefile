@@ -33,7 +33,8 @@ test: setup provision
 
 # Opt-in: the bounded fuzz of tests/fuzz, with many more examples per target.
 fuzz: setup
-	VUSER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/fuzz -q $(PYTEST_ARGS)
+	VUSER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/fuzz \
+		tests/e2e_host/test_hostile_properties.py -q $(PYTEST_ARGS)
 
 run: setup provision
 	$(BIN)/vuser run
