@@ -170,3 +170,15 @@ def test_region_info_request_padded_to_argsz_like_libvfio_user(pair):
     [fd] = pair.reply_fds
     os.close(fd)
     pair.still_serves()
+
+
+def test_a_client_that_takes_no_fds_gets_region_info_without_one():
+    # max_msg_fds 0 says the client receives no fds: the mmap-able region is
+    # described as plain (no MMAP, no sparse areas) and no fd is sent.
+    from vuser.protocol.caps import Capabilities
+    pair = Pair(client_caps=Capabilities(max_msg_fds=0))
+    reply = pair.ok(Command.DEVICE_GET_REGION_INFO, VfioRegionInfo(argsz=200, index=2))
+    assert reply.fds == () and reply.body.sparse_areas is None
+    assert not reply.body.info.flags & (VFIO_REGION_INFO_FLAG_MMAP | VFIO_REGION_INFO_FLAG_CAPS)
+    assert reply.body.info.size == 16384
+    pair.close()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from vuser.errors import LocalProtocolError, RemoteProtocolError
@@ -223,6 +224,10 @@ class ServerCore:
         if q.flags:
             raise _invalid(f"GET_REGION_INFO flags {q.flags:#x}")
         info = self._region(q.index)
+        if info.fd is not None and self.peer_caps is not None and \
+                self.peer_caps.max_msg_fds == 0:
+            info = replace(info, fd=None, sparse_areas=(),  # the client takes no fds
+                           flags=info.flags & ~VFIO_REGION_INFO_FLAG_MMAP)
         flags = info.flags
         if info.fd is not None:
             flags |= VFIO_REGION_INFO_FLAG_MMAP
