@@ -184,3 +184,29 @@ async def test_vanishing_subscribers_leave_nothing_behind(server: ControlServer,
     finally:
         tracemalloc.stop()
     await assert_serving(server, client)
+
+
+async def test_subscribers_that_stop_reading_share_one_notification_budget(
+        server: ControlServer, client: Client, harness: Harness, monkeypatch) -> None:
+    # Issue 14, defect 7: what all non-reading subscribers together make the
+    # server buffer is bounded by TOTAL_HIGH_WATER, not HIGH_WATER each.
+    from vuser.rpc import server as rpc_server
+    monkeypatch.setattr(rpc_server, "TOTAL_HIGH_WATER", 2 << 20)
+    monkeypatch.setattr(rpc_server, "SHARE_FLOOR", 64 << 10)
+    writers = []
+    for _ in range(8):
+        reader, writer = await raw_connect(server.path)
+        writer.write(request(1, "subscribe", [["fault"]]))
+        assert (await read_msg(reader))[:3] == [1, 1, None]
+        writer.transport.pause_reading()           # and never read again
+        writers.append(writer)
+    blob = "x" * 4000
+    for _ in range(3000):                           # 12 MB of notifications each
+        harness.service.hub.publish("fault", {"blob": blob})
+    conns = [c for c in list(server._conns) if c.transport is not None]
+    buffered = [c.transport.get_write_buffer_size() for c in conns]
+    assert sum(buffered) <= (2 << 20) + len(conns) * 8192
+    assert sum(c.lost_notifications for c in conns) > 0
+    for writer in writers:
+        writer.transport.abort()
+    await assert_serving(server, client)
