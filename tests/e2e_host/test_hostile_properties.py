@@ -27,6 +27,7 @@ from test_viommu_dma import LABEL, RID_COMPLETION, vdma, viommu  # noqa: F401 (f
 from vdma_harness import PAGE, attach_s1, desc
 
 from vuser.devices.dma_layout import CompletionStatus, Opcode, QueueReg
+from vuser.iommu.pagetable.builder import PageTableBuilder
 from vuser.devices.vtd_layout import (
     Fsts, InvType, PasidEntry, PasidQw0, PasidQw2, Pgtt, Reg, WaitDesc,
 )
@@ -70,6 +71,24 @@ def dma_descs(draw, pasids, pages):
     return out
 
 
+class Windows:
+    """Page-table windows of guest RAM allocated once and reused by every
+    example (a long campaign would exhaust the RAM otherwise)."""
+
+    def __init__(self, ram, n: int, pages: int = 16) -> None:
+        self.ram, self.pages = ram, pages
+        self.starts = []
+        for _ in range(n):
+            ram.page_tables(pages=pages)          # allocates and registers a window
+            self.starts.append(ram.table_windows[-1][0])
+
+    def builder(self, i: int) -> PageTableBuilder:
+        start = self.starts[i]
+        self.ram.write(start, bytes(self.pages * PAGE))
+        return PageTableBuilder(self.ram.view, base=self.ram.gpa, alloc_start=start,
+                                alloc_end=start + self.pages * PAGE, fmt="first", levels=4)
+
+
 def allowed_pages(pool: int, leaves) -> list[tuple[int, int]]:
     return [(pool + g * PAGE, PAGE) for _p, g, w in leaves if w]
 
@@ -101,7 +120,7 @@ async def one(rig, ram):
     await drv.setup()
     await drv.enable_pasid()
     pool = ram.alloc(POOL_PAGES * PAGE)
-    return dev, drv, pool, {"next": 1}
+    return dev, drv, pool, {"next": 1, "windows": Windows(ram, 3)}
 
 
 @SETTINGS
@@ -112,19 +131,25 @@ async def test_random_page_tables_and_descriptors_stay_inside_the_translation(
     dev, drv, pool, state = one
     rng = random.Random(seed)
     ram.write(pool, canary(POOL_PAGES * PAGE, rng))
-    leaves_of = {}
-    for leaves in maps:                      # fresh PASIDs: nothing stale from before
+    leaves_of, hwpts = {}, {}
+    for i, leaves in enumerate(maps):        # fresh PASIDs: nothing stale from before
         pasid = state["next"]
         state["next"] += 1
-        pt = ram.page_tables(pages=16)
+        pt = state["windows"].builder(i)
         for page, g, w in leaves:
             pt.map(IOVA + page * PAGE, pool + g * PAGE, PAGE, write=w)
-        attach_s1(rig.platform, dev, pt.root, pasid)
+        hwpts[pasid] = attach_s1(rig.platform, dev, pt.root, pasid)
         leaves_of[pasid] = leaves
-    unattached = state["next"] + 1000
+    unattached = 0xF_0000 + state["next"]   # never attached
     pages = sorted({p for leaves in maps for p, _g, _w in leaves})
     descs = data.draw(dma_descs(sorted(leaves_of) + [unattached], pages))
-    await run_per_pasid(drv, ram, pool, leaves_of, descs)
+    try:
+        await run_per_pasid(drv, ram, pool, leaves_of, descs)
+    finally:                                 # the windows are reused: let go of them
+        ctx = rig.platform.ctx
+        for pasid, hwpt in hwpts.items():
+            ctx.device_detach(dev.iommu.dev_id, pasid=pasid)
+            ctx.destroy(hwpt)
 
 
 # --- random PASID tables and invalidation descriptors, through the vIOMMU -----------
@@ -175,13 +200,14 @@ async def test_random_pasid_entries_and_invalidations_stay_inside_the_translatio
     vt = viommu.drv
     rng = random.Random(seed)
     if not hasattr(vt, "_pool"):
-        vt._pool, vt._next = ram.alloc(POOL_PAGES * PAGE), 1
+        vt._pool, vt._windows = ram.alloc(POOL_PAGES * PAGE), Windows(ram, 1)
+        vt._witness = ram.alloc(2 * PAGE)
     pool = vt._pool
     ram.write(pool, canary(POOL_PAGES * PAGE, rng))
-    base = vt._next
-    vt._next += 8
+    # PASIDs base..base+7 (within the 128-entry PASID directory), cleared after use
+    base = 1 + 8 * rng.randrange(1000)
     # PASID base: a proper first-stage table with random leaves.
-    pt = ram.page_tables(pages=16)
+    pt = vt._windows.builder(0)
     for page, g, w in good:
         pt.map(IOVA + page * PAGE, pool + g * PAGE, PAGE, write=w)
     vt.first_stage(LABEL, base, pt, did=base)
@@ -206,9 +232,14 @@ async def test_random_pasid_entries_and_invalidations_stay_inside_the_translatio
     # A bogus entry that shares the good table may write what the good table allows.
     shared = {base + 1 + i: good for i, r in enumerate(roots[:len(garbage)])
               if r >= POOL_PAGES}
-    await run_per_pasid(drv, ram, pool, {base: good, **shared}, descs)
+    try:
+        await run_per_pasid(drv, ram, pool, {base: good, **shared}, descs)
+    finally:                                 # the window is reused: unbind its PASIDs
+        for p in range(base, base + len(garbage) + 1):
+            vt.clear_pasid(LABEL, p)
+        await vt.submit(pasid_cache(None))
     # and the server still serves a proper DMA afterwards
-    src, dst = ram.alloc(PAGE), ram.alloc(PAGE)
-    ram.write(src, b"witness!")
+    src, dst = vt._witness, vt._witness + PAGE
+    ram.write(src, os.urandom(8))
     rec = await drv.memcpy(0, src, dst, 8)
-    assert rec.status == CompletionStatus.SUCCESS and ram.read(dst, 8) == b"witness!"
+    assert rec.status == CompletionStatus.SUCCESS and ram.read(dst, 8) == ram.read(src, 8)
