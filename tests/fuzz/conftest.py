@@ -3,17 +3,15 @@
 ``VUSER_FUZZ_EXAMPLES`` sets hypothesis' ``max_examples`` per fuzzed target
 (default 25 per vfio-user command and per control-RPC target, which keeps the
 whole directory to a few seconds). Every example ends with three checks
-(``FuzzWatch.check``): a fresh client gets a valid answer, nothing of ERROR
-level reached the log nor the event loop's exception handler, and the
-process has exactly the fds it had before.
+(``check_after`` in each test module): a fresh client gets a valid answer,
+nothing of ERROR level reached the log (``FuzzWatch``) nor the event loop's
+exception handler, and the process has exactly the fds it had before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -21,30 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-EXAMPLES = int(os.environ.get("VUSER_FUZZ_EXAMPLES", "25"))
-#: Examples run per target, printed at the end of the session (``make fuzz``).
-COUNTS: collections.Counter[str] = collections.Counter()
-
-
-def open_fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-class FuzzWatch(logging.Handler):
-    """Records ERROR-level log records and event-loop exceptions."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[str] = []
-        loop.set_exception_handler(lambda _l, ctx: self.records.append(
-            f"loop: {ctx.get('message')} {ctx.get('exception')!r}"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(f"{record.name}: {record.getMessage()}")
-
-    def take(self) -> list[str]:
-        out, self.records = self.records, []
-        return out
+from fuzz_kit import COUNTS, EXAMPLES, FuzzWatch  # noqa: E402
 
 
 @pytest.fixture(scope="module")

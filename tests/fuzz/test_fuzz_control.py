@@ -5,7 +5,7 @@ open server-side paths, ``ioas_map_file`` and ``trace_start``, get only
 paths under a temporary directory), msgpack objects of any shape, and raw
 bytes, each sent whole, cut short, or followed by a disconnect. After every
 example: a fresh client's ``server_info`` is answered, nothing reached the
-log at ERROR level, and the fd count is back to its baseline.
+log at ERROR level, and the fd count is back to its baseline (``run_example``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from conftest import COUNTS, EXAMPLES, open_fd_count
+from fuzz_kit import COUNTS, EXAMPLES, open_fd_count
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

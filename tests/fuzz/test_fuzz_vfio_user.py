@@ -16,7 +16,7 @@ import socket
 import struct
 
 import pytest
-from conftest import COUNTS, EXAMPLES, open_fd_count
+from fuzz_kit import COUNTS, EXAMPLES, open_fd_count
 from hypothesis import HealthCheck, given, settings
 from vfio_strategies import make_fd, session
 
