@@ -104,17 +104,17 @@ class Channel:
 
     # --- timeouts ----------------------------------------------------------------
 
-    def _deadline(self) -> tuple[float, str] | None:
-        """The earliest (time, why) at which the peer is dropped, if any."""
+    def _deadline(self) -> tuple[float, str, float] | None:
+        """The earliest (time, why, limit) at which the peer is dropped, if any."""
         t, found = self.timeouts, []
         if t.handshake is not None and self.conn.state is not ConnState.READY:
-            found.append((self._started + t.handshake, "no VERSION"))
+            found.append((self._started + t.handshake, "no VERSION", t.handshake))
         if t.message is not None and self._msg_since is not None:
-            found.append((self._msg_since + t.message, "a message left incomplete"))
+            found.append((self._msg_since + t.message, "a message left incomplete", t.message))
         if t.message is not None and self._out_since is not None:
-            found.append((self._out_since + t.message, "replies left unread"))
+            found.append((self._out_since + t.message, "replies left unread", t.message))
         if t.idle is not None and self._msg_since is None and self._out_since is None:
-            found.append((self._last_message + t.idle, "idle"))
+            found.append((self._last_message + t.idle, "idle", t.idle))
         return min(found) if found else None
 
     def _arm(self) -> None:
@@ -136,14 +136,11 @@ class Channel:
         deadline = self._deadline()
         if self.closed or deadline is None:
             return
-        if deadline[0] > self._loop.time():
+        when, why, limit = deadline
+        if when > self._loop.time():
             self._arm()
             return
-        limit = deadline[0] - {"no VERSION": self._started,
-                               "a message left incomplete": self._msg_since,
-                               "replies left unread": self._out_since,
-                               "idle": self._last_message}[deadline[1]]  # type: ignore[operator]
-        log.warning("%s: dropping the client: %s for %.1f s", self.name, deadline[1], limit)
+        log.warning("%s: dropping the client: %s for %.1f s", self.name, why, limit)
         self._finish(ConnectionClosed(partial=self.conn.mid_message,
                                       pending=self.conn.awaiting_replies))
 
