@@ -9,7 +9,6 @@ process answers, and afterwards a new client gets a clean device.
 import asyncio
 import logging
 import os
-import socket
 import stat
 
 import pytest
