@@ -4,12 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+#: hypothesis examples per fuzz target for `make fuzz` (the default run uses 25)
+FUZZ_EXAMPLES ?= 2000
 
-.PHONY: setup provision test run clean help
+.PHONY: setup provision test fuzz run clean help
 
 help:
 	@echo "make run    provision what is missing and run the demo"
 	@echo "make test   provision what is missing and run the whole test suite"
+	@echo "make fuzz   long fuzz campaign: FUZZ_EXAMPLES (default $(FUZZ_EXAMPLES)) per vfio-user command and control-RPC target"
 	@echo "make setup  create $(VENV) with vuser (editable), its test dependencies and the plot extra"
 	@echo "make provision  QEMU with vfio-user-pci and the guest image, into the cache (idempotent)"
 
@@ -27,6 +30,11 @@ provision: setup
 
 test: setup provision
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Opt-in: the bounded fuzz of tests/fuzz, with many more examples per target.
+fuzz: setup
+	VUSER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/fuzz \
+		tests/e2e_host/test_hostile_properties.py -q $(PYTEST_ARGS)
 
 run: setup provision
 	$(BIN)/vuser run

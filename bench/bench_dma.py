@@ -42,6 +42,7 @@ from vuser.iommu.uapi import HwptAllocFlags, HwptDataType
 from vuser.pci.caps import walk_extended
 from vuser.transport.client import Client
 from vuser.transport.server import DeviceServer
+from vuser.transport.seals import sealed_memfd
 
 MiB = 1 << 20
 PAGE = 4096
@@ -57,8 +58,7 @@ class Bench:
         self.platform = Platform()
         self.dev = VuserDma(platform=self.platform, queues=1, devtlb=8192)
         self.server = DeviceServer(self.dev, path, name="bench")
-        self.fd = os.memfd_create("bench-ram")
-        os.ftruncate(self.fd, RAM)
+        self.fd = sealed_memfd("bench-ram", RAM)   # as QEMU's memory-backend-memfd
         self.mm = mmap.mmap(self.fd, RAM)
         self.ram = memoryview(self.mm)
         self.client: Client | None = None

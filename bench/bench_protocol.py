@@ -32,6 +32,7 @@ from vuser.protocol.state import Role
 from vuser.transport.client import Client
 from vuser.transport.dma import DmaSpace
 from vuser.transport.server import DeviceServer
+from vuser.transport.seals import sealed_memfd
 
 
 class Registers:
@@ -126,8 +127,7 @@ async def bench_socket(n: int) -> tuple[float, float]:
 
 
 async def bench_dma(rounds: int) -> tuple[float, float]:
-    fd = os.memfd_create("bench")
-    os.ftruncate(fd, 2 << 20)
+    fd = sealed_memfd("bench", 2 << 20)   # sealed, as QEMU's: DMA through the mmap
     space = DmaSpace()
     space.map(0, 2 << 20, 3, os.dup(fd), 0)
     data = bytes(1 << 20)

@@ -31,6 +31,7 @@ from vuser.protocol.backend import VFIO_PCI_CONFIG_REGION_INDEX
 from vuser.rpc import Client as RpcClient
 from vuser.rpc import ControlServer, Service
 from vuser.transport.client import Client
+from vuser.transport.seals import sealed_memfd
 from vuser.transport.server import DeviceServer
 
 PAGE = 4096
@@ -44,8 +45,7 @@ class GuestRam:
 
     def __init__(self, size: int, gpa: int) -> None:
         self.size, self.gpa = size, gpa
-        self.fd = os.memfd_create("vuser-experiment-ram")
-        os.ftruncate(self.fd, size)
+        self.fd = sealed_memfd("vuser-experiment-ram", size)
         self.mm = mmap.mmap(self.fd, size)
         self.view = memoryview(self.mm)
         self._next = gpa

@@ -17,6 +17,7 @@ from vuser.iommu import Fault, IommufdError, Stage
 from vuser.protocol.backend import DmaError
 from vuser.transport.client import Client, VfioUserError
 from vuser.transport.server import DeviceServer
+from vuser.transport.seals import sealed_memfd
 
 MiB = 1 << 20
 GPA = 0x1_0000_0000
@@ -32,8 +33,7 @@ def platform():
 
 @pytest.fixture
 def memfd():
-    fd = os.memfd_create("guest-ram")
-    os.ftruncate(fd, 8 * MiB)
+    fd = sealed_memfd("guest-ram", 8 * MiB)
     yield fd
     os.close(fd)
 
@@ -183,8 +183,7 @@ async def test_unaligned_fd_map_is_einval(samples, memfd, platform):
 
 async def test_another_vms_memory_is_refused(samples, platform, memfd):
     (d1, p1), (d2, p2), _ = samples
-    other = os.memfd_create("other-vm")
-    os.ftruncate(other, MiB)
+    other = sealed_memfd("other-vm", MiB)
     try:
         async with await Client.connect(p1) as c1, await Client.connect(p2) as c2:
             await c1.dma_map(GPA, MiB, fd=memfd)

@@ -19,6 +19,7 @@ from vuser.pci.caps import walk_extended, walk_standard
 from vuser.pci.caps_ext import PasidCap
 from vuser.pci.caps_std import DevCap2
 from vuser.pci.irq import IrqIndex
+from vuser.transport.seals import sealed_memfd
 
 MiB = 1 << 20
 
@@ -40,8 +41,7 @@ def dev(platform):
 @pytest.fixture
 def bound(dev):
     """``dev`` with a connection that mapped guest RAM (so it is bound)."""
-    fd = os.memfd_create("ram")
-    os.ftruncate(fd, MiB)
+    fd = sealed_memfd("ram", MiB)
     sink = dev.dma_sink()
     sink.map(0x1000_0000, MiB, 3, fd, 0)
     os.close(fd)

@@ -30,6 +30,7 @@ from vuser.devices.vtd_layout import (
 )
 from vuser.iommu.pagetable import PageTableBuilder
 from vuser.transport.client import Client
+from vuser.transport.seals import sealed_memfd
 
 P = 4096
 MiB = 1 << 20
@@ -41,8 +42,7 @@ class GuestRam:
 
     def __init__(self, size: int = 16 * MiB, base: int = 0x4000_0000) -> None:
         self.size, self.base = size, base
-        self.fd = os.memfd_create("guest-ram", os.MFD_CLOEXEC)
-        os.ftruncate(self.fd, size)
+        self.fd = sealed_memfd("guest-ram", size)
         self.mm = mmap.mmap(self.fd, size)
         self.view = memoryview(self.mm)
         self._next = base

@@ -29,6 +29,7 @@ from vuser.pci.config import Command
 from vuser.protocol.backend import VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX
 from vuser.transport.client import Client
 from vuser.transport.server import DeviceServer
+from vuser.transport.seals import sealed_memfd
 
 MiB = 1 << 20
 PAGE = 4096
@@ -74,8 +75,7 @@ class GuestRam:
     def __init__(self, size: int = 16 * MiB, gpa: int = 0x4000_0000, offset: int = 4 * MiB,
                  name: str = "guest-ram") -> None:
         self.size, self.gpa, self.offset = size, gpa, offset
-        self.fd = os.memfd_create(name)
-        os.ftruncate(self.fd, offset + size)
+        self.fd = sealed_memfd(name, offset + size)
         self.mm = mmap.mmap(self.fd, offset + size)
         #: The RAM as the guest sees it: byte 0 is GPA ``gpa``.
         self.view = memoryview(self.mm)[offset:offset + size]

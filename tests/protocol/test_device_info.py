@@ -156,3 +156,29 @@ def test_irq_info(pair):
 def test_bad_irq_info_requests(pair, body):
     assert pair.error(Command.DEVICE_GET_IRQ_INFO, body) == errno.EINVAL
     pair.still_serves()
+
+
+def test_region_info_request_padded_to_argsz_like_libvfio_user(pair):
+    # libvfio-user's client sends the second request with a payload of argsz
+    # (64) bytes: accepted, answered per spec (the chain and the fd).
+    needed = 32 + 8 + 8 + 16
+    payload = VfioRegionInfo(argsz=needed, index=2).pack() + bytes(needed - 32)
+    [(hdr, body)] = pair.raw(message(Command.DEVICE_GET_REGION_INFO, payload))
+    assert hdr.flags == 1 and not hdr.error and hdr.size == 16 + needed
+    reply = RegionInfoReply.decode(body)
+    assert reply.sparse_areas == ((4096, 8192),) and reply.info.argsz == needed
+    [fd] = pair.reply_fds
+    os.close(fd)
+    pair.still_serves()
+
+
+def test_a_client_that_takes_no_fds_gets_region_info_without_one():
+    # max_msg_fds 0 says the client receives no fds: the mmap-able region is
+    # described as plain (no MMAP, no sparse areas) and no fd is sent.
+    from vuser.protocol.caps import Capabilities
+    pair = Pair(client_caps=Capabilities(max_msg_fds=0))
+    reply = pair.ok(Command.DEVICE_GET_REGION_INFO, VfioRegionInfo(argsz=200, index=2))
+    assert reply.fds == () and reply.body.sparse_areas is None
+    assert not reply.body.info.flags & (VFIO_REGION_INFO_FLAG_MMAP | VFIO_REGION_INFO_FLAG_CAPS)
+    assert reply.body.info.size == 16384
+    pair.close()

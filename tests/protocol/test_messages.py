@@ -145,11 +145,10 @@ BAD_PAYLOADS = [
     (Command.VERSION, Kind.REQUEST, b"\0\0\0\0[1, 2]\0"),            # not an object
     (Command.VERSION, Kind.REQUEST, b"\0\0\0\0\xff\xfe\0"),          # not UTF-8
     (Command.DMA_MAP, Kind.REQUEST, bytes(31)),
-    (Command.DMA_MAP, Kind.REQUEST, bytes(33)),
     (Command.DMA_MAP, Kind.REPLY, b"\0"),
     (Command.DMA_UNMAP, Kind.REQUEST, bytes(23)),
     (Command.DEVICE_GET_INFO, Kind.REQUEST, bytes(12)),
-    (Command.DEVICE_GET_REGION_INFO, Kind.REQUEST, bytes(40)),
+    (Command.DEVICE_GET_REGION_INFO, Kind.REQUEST, bytes(31)),
     (Command.DEVICE_GET_IRQ_INFO, Kind.REQUEST, bytes(8)),
     (Command.DEVICE_SET_IRQS, Kind.REQUEST, bytes(19)),
     (Command.REGION_READ, Kind.REQUEST, bytes(15)),

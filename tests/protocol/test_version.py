@@ -83,10 +83,11 @@ def test_client_pair_negotiates_and_records_server_caps():
 
 @pytest.mark.parametrize("caps,why", [
     ({"capabilities": {"max_msg_fds": "8"}}, "string"),
-    ({"capabilities": {"max_msg_fds": 17}}, "above QEMU's ceiling of 16"),
+    ({"capabilities": {"max_msg_fds": 1025}}, "above libvfio-user's ceiling of 1024"),
+    ({"capabilities": {"max_msg_fds": -1}}, "negative"),
     ({"capabilities": {"max_msg_fds": True}}, "bool is not a number"),
     ({"capabilities": {"max_data_xfer_size": 0}}, "zero"),
-    ({"capabilities": {"max_data_xfer_size": (64 << 20) + 1}}, "above 64 MiB"),
+    ({"capabilities": {"max_data_xfer_size": 1 << 64}}, "above 2^64 - 1"),
     ({"capabilities": {"pgsizes": 8192}}, "no 4 KiB pages"),
     ({"capabilities": {"pgsizes": 4097}}, "not a multiple of 4 KiB"),
     ({"capabilities": {"write_multiple": 1}}, "not a bool"),
@@ -159,3 +160,42 @@ def test_version_with_no_reply_is_rejected_silently():
     raw = message(Command.VERSION, Version(0, 0, QEMU_CAPS).encode(), flags=0x10)
     assert pair.raw(raw) == []
     assert pair.server.state is ConnState.AWAIT_VERSION
+
+
+@pytest.mark.parametrize("depth", [33, 10_000, 200_000])
+def test_deeply_nested_json_is_einval_not_recursion_error(depth):
+    # Issue 14, defect 2: json.loads raised RecursionError out of the read path.
+    pair = Pair(negotiate=False)
+    text = b"[" * depth + b"]" * depth
+    raw = message(Command.VERSION, VfioUserVersion().pack() + text + b"\0")
+    assert pair.raw_error(raw) == errno.EINVAL
+    pair.raw(version_message(QEMU_CAPS))
+    pair.still_serves()
+
+
+def test_nesting_up_to_json_c_depth_is_accepted():
+    nested = 1
+    for _ in range(30):          # 30 arrays + the two objects around them: depth 32
+        nested = [nested]
+    caps = {"capabilities": {"x-vendor": nested}}
+    pair = Pair(negotiate=False)
+    [(hdr, _)] = pair.raw(version_message(caps))
+    assert hdr.flags == 1 and pair.server.state is ConnState.READY
+
+
+def test_libvfio_user_client_version_is_accepted():
+    # libvfio-user's client proposes max_msg_fds 32: what it can receive.
+    caps = {"capabilities": {"max_msg_fds": 32, "max_data_xfer_size": 1 << 20,
+                             "migration": {"pgsize": 4096}}}
+    pair = Pair(negotiate=False)
+    [(hdr, payload)] = pair.raw(version_message(caps))
+    assert hdr.flags == 1 and not hdr.error
+    assert pair.server.state is ConnState.READY
+    assert pair.server.peer_caps.max_msg_fds == 32
+    assert json.loads(payload[4:-1])["capabilities"]["max_msg_fds"] == 16  # what we take
+
+
+def test_a_huge_max_data_xfer_size_is_accepted_and_ours_bounds_what_we_send():
+    pair = Pair(negotiate=False)
+    [(hdr, _)] = pair.raw(version_message({"capabilities": {"max_data_xfer_size": 1 << 40}}))
+    assert hdr.flags == 1 and not hdr.error

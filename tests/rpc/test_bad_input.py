@@ -63,6 +63,19 @@ async def test_truncated_frame_then_close(server: ControlServer, client: Client,
     await assert_serving(server, client)
 
 
+async def test_unhashable_map_key(server: ControlServer, client: Client) -> None:
+    # An array as a map key is valid msgpack that Python cannot hold in a dict:
+    # the documented error response (id nil), then the close (issue 14, defect 3).
+    reader, writer = await raw_connect(server.path)
+    writer.write(b"\x94\x00\x01\xa1m\x81\x91\x01\x02")   # [0, 1, "m", {[1]: 2}]
+    msg = await read_msg(reader)
+    assert msg[:2] == [1, None] and msg[2]["errno"] == "EPROTO"
+    assert "map key" in msg[2]["message"]
+    assert await at_eof(reader)
+    writer.close()
+    await assert_serving(server, client)
+
+
 async def test_200_mib_length_prefix(server: ControlServer, client: Client) -> None:
     reader, writer = await raw_connect(server.path)
     writer.write(b"\x94\x00\x01\xa4ping\x91\xc6" + struct.pack(">I", 200 << 20) + b"abc")
@@ -134,3 +147,66 @@ async def test_client_that_never_reads(server: ControlServer, client: Client,
         harness.dma_read(0x1234_0000_0000)  # notifications to the stuck client
     await assert_serving(server, client)
     writer.transport.abort()
+
+
+async def test_vanishing_subscribers_leave_nothing_behind(server: ControlServer, client: Client,
+                                                          harness: Harness) -> None:
+    # Issue 14, defect 7: subscribers that vanish while notifications pile up
+    # for them. Every connection, subscription and queued byte goes with them
+    # (the RSS seen in the attack run was the allocator keeping the peak of
+    # those queues, not a leak: see the issue-14 report).
+    import gc
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            writers = []
+            for _ in range(10):
+                reader, writer = await raw_connect(server.path)
+                writer.write(request(1, "subscribe", [["fault", "invalidate"]]))
+                assert (await read_msg(reader))[:3] == [1, 1, None]
+                writers.append(writer)
+            for _ in range(300):
+                harness.service.hub.publish("fault", {"blob": "x" * 4000})
+            for writer in writers:
+                writer.transport.abort()          # gone without unsubscribing
+            for _ in range(50):
+                await asyncio.sleep(0.01)
+                if server.clients == 1:
+                    break
+            assert server.clients == 1            # only ``client`` is left
+            assert harness.service.hub.topics_of(writers[0]) == []
+            assert not any(harness.service.hub._subs.values())
+            del writers, reader, writer           # our side's buffers, not the server's
+        gc.collect()
+        assert tracemalloc.get_traced_memory()[0] - base < 1 << 20
+    finally:
+        tracemalloc.stop()
+    await assert_serving(server, client)
+
+
+async def test_subscribers_that_stop_reading_share_one_notification_budget(
+        server: ControlServer, client: Client, harness: Harness, monkeypatch) -> None:
+    # Issue 14, defect 7: what all non-reading subscribers together make the
+    # server buffer is bounded by TOTAL_HIGH_WATER, not HIGH_WATER each.
+    from vuser.rpc import server as rpc_server
+    monkeypatch.setattr(rpc_server, "TOTAL_HIGH_WATER", 2 << 20)
+    monkeypatch.setattr(rpc_server, "SHARE_FLOOR", 64 << 10)
+    writers = []
+    for _ in range(8):
+        reader, writer = await raw_connect(server.path)
+        writer.write(request(1, "subscribe", [["fault"]]))
+        assert (await read_msg(reader))[:3] == [1, 1, None]
+        writer.transport.pause_reading()           # and never read again
+        writers.append(writer)
+    blob = "x" * 4000
+    for _ in range(3000):                           # 12 MB of notifications each
+        harness.service.hub.publish("fault", {"blob": blob})
+    conns = [c for c in list(server._conns) if c.transport is not None]
+    buffered = [c.transport.get_write_buffer_size() for c in conns]
+    assert sum(buffered) <= (2 << 20) + len(conns) * 8192
+    assert sum(c.lost_notifications for c in conns) > 0
+    for writer in writers:
+        writer.transport.abort()
+    await assert_serving(server, client)

@@ -1,6 +1,7 @@
 """DmaSpace: the DMA_MAP table behind device DMA, and its one translate step."""
 
 import errno
+import fcntl
 import os
 
 import pytest
@@ -8,6 +9,8 @@ import pytest
 from vuser.errors import RemoteProtocolError
 from vuser.protocol.backend import DmaError
 from vuser.transport.dma import DmaSpace
+from vuser.transport.seals import sealed_memfd, shrink_sealed
+from fdhelp import fd_is_open
 
 MiB = 1 << 20
 R, W, RW = 1, 2, 3
@@ -30,8 +33,7 @@ class RecordingMessages:
 
 @pytest.fixture
 def memfd():
-    fd = os.memfd_create("guest")
-    os.ftruncate(fd, 4 * MiB)
+    fd = sealed_memfd("guest", 4 * MiB)
     yield fd
     os.close(fd)
 
@@ -140,7 +142,8 @@ def test_mmaps_are_released_with_the_last_mapping(memfd):
     assert set(os.listdir("/proc/self/fd")) == before_fds
 
 
-async def test_a_file_that_grew_is_mapped_again(memfd):
+async def test_a_file_that_grew_is_mapped_again():
+    memfd = sealed_memfd("growable", 4 * MiB, add=fcntl.F_SEAL_SHRINK)
     space = DmaSpace()
     mapped(space, 0, 0x1000, RW, memfd)
     os.ftruncate(memfd, 8 * MiB)
@@ -148,12 +151,103 @@ async def test_a_file_that_grew_is_mapped_again(memfd):
     await space.dma_write(0x800000, b"grown")
     assert os.pread(memfd, 5, 7 * MiB) == b"grown"
     space.close()
+    os.close(memfd)
 
 
-async def test_non_regular_fd_at_an_unaligned_offset():
+async def test_non_regular_fd_at_an_unaligned_offset_goes_through_file_io():
+    # Not a sealed file: pread/pwrite at the file offset (/dev/zero reads zeros).
     fd = os.open("/dev/zero", os.O_RDWR)
     space = DmaSpace()
     space.map(0x5000, 0x2000, RW, fd, 0x1234)
-    await space.dma_write(0x5000, b"shared zero page")
-    assert await space.dma_read(0x5000, 16) == b"shared zero page"
+    await space.dma_write(0x5000, b"discarded")
+    assert await space.dma_read(0x5000, 16) == bytes(16)
     space.close()
+
+
+def test_an_fd_that_is_no_memory_is_refused():
+    r, w = os.pipe()
+    space = DmaSpace()
+    with pytest.raises(RemoteProtocolError) as e:
+        space.map(0, 0x1000, R, r, 0)
+    assert e.value.errno == errno.EINVAL
+    assert not fd_is_open(r)
+    os.close(w)
+    space.close()
+
+
+# --- issue 14 defect 1: a client that shrinks its DMA file -------------------
+
+async def test_shrunk_unsealed_file_fails_efault_instead_of_sigbus():
+    # An unsealed memfd is reached with pread/pwrite: after the client shrinks
+    # it, DMA past the new end is EFAULT (an mmap would have raised SIGBUS and
+    # killed the process, taking every device with it).
+    fd = os.memfd_create("shrinkable")
+    os.ftruncate(fd, 4 * MiB)
+    assert not shrink_sealed(fd)
+    space = DmaSpace()
+    mapped(space, 0x10000000, 4 * MiB, RW, fd)
+    await space.dma_write(0x10000000 + 3 * MiB, b"before")
+    assert os.pread(fd, 6, 3 * MiB) == b"before"
+    os.ftruncate(fd, MiB)
+    for op in (space.dma_read(0x10000000 + 3 * MiB, 6),
+               space.dma_write(0x10000000 + 3 * MiB, b"after")):
+        with pytest.raises(DmaError) as e:
+            await op
+        assert e.value.errno == errno.EFAULT
+    assert os.fstat(fd).st_size == MiB  # the write did not grow the file back
+    await space.dma_write(0x10000000, b"still")  # what is left still works
+    assert await space.dma_read(0x10000000, 5) == b"still"
+    space.close()
+    os.close(fd)
+
+
+async def test_sealed_file_is_mmapped_and_cannot_shrink(memfd):
+    assert shrink_sealed(memfd)
+    space = DmaSpace()
+    mapped(space, 0, MiB, RW, memfd)
+    [m] = space.mappings
+    assert m.file.mm is not None and m.file.fd is None
+    with pytest.raises(OSError):
+        os.ftruncate(memfd, 4096)
+    space.close()
+
+
+def test_read_only_unsealed_fd_cannot_back_a_writable_map(tmp_path):
+    path = tmp_path / "ro"
+    path.write_bytes(bytes(8192))
+    space = DmaSpace()
+    with pytest.raises(RemoteProtocolError) as e:
+        space.map(0, 4096, RW, os.open(path, os.O_RDONLY), 0)
+    assert e.value.errno == errno.EACCES
+    space.map(0, 4096, R, os.open(path, os.O_RDONLY), 0)
+    space.close()
+
+
+class _Sink:
+    def __init__(self):
+        self.calls = []
+
+    def map(self, *a):
+        self.calls.append(a)
+
+    def unmap(self, *a):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_sink_gets_only_shrink_sealed_fds(memfd):
+    # The IOMMU model hands out views of its mmap: an unsealed fd is refused.
+    sink = _Sink()
+    space = DmaSpace(sink=sink)
+    fd = os.memfd_create("unsealed")
+    os.ftruncate(fd, MiB)
+    with pytest.raises(RemoteProtocolError) as e:
+        space.map(0, MiB, RW, os.dup(fd), 0)
+    assert e.value.errno == errno.EINVAL and "F_SEAL_SHRINK" in e.value.msg
+    assert sink.calls == [] and space.mappings == ()
+    space.map(0, MiB, RW, os.dup(memfd), 0)
+    assert len(sink.calls) == 1
+    space.close()
+    os.close(fd)

@@ -10,6 +10,7 @@ import pytest
 from vuser.protocol.backend import VFIO_REGION_INFO_FLAG_MMAP
 from vuser.transport.client import Client
 from vuser.transport.server import DeviceServer
+from vuser.transport.seals import sealed_memfd
 
 sample = pytest.importorskip(
     "vuser.devices.sample", reason="needs the sample device (vuser/devices/sample.py)")
@@ -61,8 +62,7 @@ async def program_dma(c: Client, addr: int, length: int, seed: int, vector: int)
 
 async def test_sample_dma_into_memfd_and_msix(sample_served):
     device, path = sample_served
-    memfd = os.memfd_create("guest-ram")
-    os.ftruncate(memfd, 4 * MiB)
+    memfd = sealed_memfd("guest-ram", 4 * MiB)
     efds = [os.eventfd(0) for _ in range(4)]
     async with await Client.connect(path) as c:
         config = await c.region_read(7, 0, 4)

@@ -18,6 +18,7 @@ from vuser.protocol.caps import Capabilities
 from vuser.protocol.consts import Command
 from vuser.protocol.messages import Version, VfioDeviceInfo, VfioUserDmaMap
 from vuser.transport.client import Client, VfioUserError
+from vuser.transport.seals import sealed_memfd
 
 MiB = 1 << 20
 TIMEOUT = 10
@@ -52,8 +53,7 @@ async def dmas_done(client: Client, count: int) -> int:
 
 async def test_memfd_dma_and_msix_eventfd(served):
     server, backend, path = served
-    memfd = os.memfd_create("guest-ram")
-    os.ftruncate(memfd, 2 * MiB)
+    memfd = sealed_memfd("guest-ram", 2 * MiB)
     efds = [os.eventfd(0) for _ in range(4)]
     async with await Client.connect(path) as c:
         assert (await c.device_info()).num_regions == 9
@@ -155,8 +155,7 @@ async def test_posted_writes_stay_ordered(served):
 async def test_disconnect_drops_dma_and_eventfds_and_keeps_device_state(served):
     server, backend, path = served
     before = open_fds()
-    memfd = os.memfd_create("ram")
-    os.ftruncate(memfd, MiB)
+    memfd = sealed_memfd("ram", MiB)
     efd = os.eventfd(0)
     c = await Client.connect(path)
     await c.dma_map(0, MiB, fd=memfd)
@@ -245,8 +244,7 @@ async def test_pending_device_dma_ends_when_the_client_goes(served):
 async def test_200_connect_disconnect_cycles_leak_no_fds(served):
     server, backend, path = served
     before = open_fds()
-    memfd = os.memfd_create("ram")
-    os.ftruncate(memfd, MiB)
+    memfd = sealed_memfd("ram", MiB)
     for i in range(200):
         efd = os.eventfd(0)
         c = await Client.connect(path)
@@ -300,8 +298,7 @@ async def test_fds_stay_with_their_message_when_messages_arrive_together(served)
     server, backend, path = served
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
-    memfd = os.memfd_create("ram")
-    os.ftruncate(memfd, 2 * 4096)
+    memfd = sealed_memfd("ram", 2 * 4096)
     sock.sendall(message(Command.VERSION, Version().encode(), msg_id=1))
     sock.sendall(message(Command.DMA_MAP, VfioUserDmaMap(
         argsz=32, flags=3, addr=0x10000, size=4096).pack(), msg_id=2))

@@ -19,6 +19,11 @@ rule (issue 5).
 The space keeps a duplicate of each file's fd while a segment uses it: for
 re-mapping pieces and for host-side access (``read``/``write``, which the
 vIOMMU uses for its tables, as a VMM reads guest memory directly).
+
+Only files sealed against shrinking (``F_SEAL_SHRINK``) are taken: the IOAS
+area is an mmap of the file, and a client that shrank an unsealed file would
+make the next device access raise SIGBUS in the server process
+(``docs/vfio-user-acceptance.md``, "DMA_MAP").
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 from vuser.errors import RemoteProtocolError
 from vuser.iommu import IoasidContext
 from vuser.protocol.backend import DmaError
+from vuser.transport.seals import shrink_sealed
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +132,13 @@ class GpaSpace:
 
     def add(self, first: int, last: int, ident: tuple[int, int], fd: int, offset: int,
             prot: int) -> None:
-        """One connection maps ``[first, last]``; ``fd`` stays the caller's."""
+        """One connection maps ``[first, last]``; ``fd`` stays the caller's.
+
+        EINVAL for an fd not sealed against shrinking (module doc).
+        """
+        if not shrink_sealed(fd):
+            raise RemoteProtocolError(errno.EINVAL, f"DMA map {first:#x}..{last:#x}: the fd is "
+                                      "not sealed against shrinking (F_SEAL_SHRINK)")
         self.check_add(first, last, ident, offset, prot)
         file = self._files.get(ident)
         if file is None:
@@ -186,7 +198,10 @@ class GpaSpace:
         """Guest RAM bytes ``[gpa, gpa + n)``; ``DmaError(EFAULT)`` on a hole."""
         parts = []
         for s, pos, k in self._pieces(gpa, n, False):
-            parts.append(os.pread(self._files[s.ident].fd, k, s.file_offset(pos)))
+            part = os.pread(self._files[s.ident].fd, k, s.file_offset(pos))
+            if len(part) != k:  # cannot happen with F_SEAL_SHRINK; never hand back less
+                raise DmaError(errno.EFAULT, gpa, n, f"guest RAM file ends at {pos:#x}")
+            parts.append(part)
         return b"".join(parts)
 
     def write(self, gpa: int, data: bytes) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from vuser import ratelimit
 from vuser.errors import UserError
 from vuser.iommu import IommufdError
 from vuser.pci.bar import Bar
@@ -153,12 +154,13 @@ class SampleDevice(PciDevice):
         error = False
         try:
             if length > self.MAX_DMA_LEN:
-                log.info("sample: DMA_LEN %#x above %#x", length, self.MAX_DMA_LEN)
+                ratelimit.log(log, logging.INFO, "sample: DMA_LEN %#x above %#x", length,
+                              self.MAX_DMA_LEN)
                 error = True
             elif length:
                 await self.dma.dma_write(addr, pattern(seed, length))
         except DmaError as e:
-            log.info("sample: DMA to %#x+%#x failed: %s", addr, length, e)
+            ratelimit.log(log, logging.INFO, "sample: DMA to %#x+%#x failed: %s", addr, length, e)
             error = True
         except Exception:
             log.exception("sample: DMA to %#x+%#x crashed", addr, length)

@@ -44,6 +44,7 @@ import asyncio
 import logging
 from typing import Any
 
+from vuser import ratelimit
 from vuser.errors import UserError
 from vuser.iommu import Access, Fault, FaultReason as ModelReason, IommufdError, Stage
 from vuser.iommu.uapi import U64_MAX, FaultFlags, FaultRecord
@@ -505,7 +506,8 @@ class VIommuDevice(PciDevice):
             try:
                 self._vm.gpa_write(addr, data.to_bytes(4, "little"))
             except (DmaError, ValueError, OverflowError) as e:
-                log.info("vIOMMU: wait status write to %#x failed: %s", addr, e)
+                ratelimit.log(log, logging.INFO, "vIOMMU: wait status write to %#x failed: %s",
+                              addr, e)
                 return False
         if interrupt:
             old = self.regs.set_bits(Reg.ICS, Ics.IWC.mask)

@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
+from vuser import ratelimit
 from vuser.iommu import IoasidContext, IommufdError
 from vuser.iommu.uapi import ALL_PASIDS, U64_MAX, HwptAllocFlags, HwptDataType, VtdS1Flags
 
@@ -189,8 +190,9 @@ class PasidBinder:
                 continue  # the device cannot emit it (the model refuses it)
             changed += self._apply_if(d, p, self._target(results[p]), did)
         if self._refused:
-            log.warning("vIOMMU: label %#x: %d PASIDs beyond %d attachments blocked",
-                        label, self._refused, MAX_BOUND)
+            ratelimit.log(log, logging.WARNING,
+                          "vIOMMU: label %#x: %d PASIDs beyond %d attachments blocked",
+                          label, self._refused, MAX_BOUND)
             self._refused = 0
         return changed
 
@@ -285,7 +287,8 @@ class PasidBinder:
                 self._attach(d.dev_id, pasid, hwpt)
         except IommufdError as e:
             self.model_errors += 1
-            log.warning("vIOMMU: label %#x PASID %s: %s: blocked", d.label, pasid, e)
+            ratelimit.log(log, logging.WARNING, "vIOMMU: label %#x PASID %s: %s: blocked",
+                          d.label, pasid, e)
             if new.s1 in self._hwpts and not self._users[self._hwpts[new.s1]]:
                 self._destroy(new.s1)  # allocated for this attach, never used
             new = Target(Kind.BLOCK, new.did, new.fpd, FaultReason.PASID_INVALID)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from vuser import ratelimit
 from vuser.iommu import Access, Fault, FaultReason as ModelReason, Stage
 
 from .viommu_regs import EventSource, RegisterBank
@@ -99,7 +100,7 @@ class FaultRecorder:
         if FrcdHi.F.get(self.regs.get(off + 8)):
             self.regs.set(Reg.FSTS, fsts | Fsts.PFO.mask)
             self.dropped += 1
-            log.info("vIOMMU: fault recording registers full: PFO")
+            ratelimit.log(log, logging.INFO, "vIOMMU: fault recording registers full: PFO")
             return False
         hi = FrcdHi.pack(SID=sid & 0xFFFF, FR=reason & 0xFF, F=1,
                          T1=0 if access & Access.WRITE else 1,

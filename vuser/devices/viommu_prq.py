@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vuser import ratelimit
 from vuser.iommu import Access, IoasidContext, IommufdError
 from vuser.iommu.uapi import FaultFlags, FaultRecord, PageResponseCode
 from vuser.protocol.backend import DmaError
@@ -122,7 +123,8 @@ class PageRequestQueue:
             try:
                 write(base + tail * PRQ_ENTRY_SIZE, desc.pack())
             except (DmaError, ValueError, OverflowError) as e:
-                log.info("vIOMMU: page request queue at %#x not writable: %s", base, e)
+                ratelimit.log(log, logging.INFO, "vIOMMU: page request queue at %#x not writable: %s",
+                              base, e)
                 return self._overflow(prs)
             tail = (tail + 1) % entries
             self.regs.set(Reg.PQT, Pqh.PQH.put(0, tail))
@@ -139,7 +141,7 @@ class PageRequestQueue:
         self.regs.set(Reg.PRS, prs | Prs.PRO.mask)
         if not prs & (Prs.PPR.mask | Prs.PRO.mask):
             self.event.raise_event()
-        log.info("vIOMMU: page request queue overflow: PRO")
+        ratelimit.log(log, logging.INFO, "vIOMMU: page request queue overflow: PRO")
         return False
 
     def _answer(self, cookie: int, code: int) -> None:

@@ -29,6 +29,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+from vuser import ratelimit
 from vuser.protocol.backend import DmaError
 from vuser.wire import BitLayout
 
@@ -186,15 +187,16 @@ class InvalidationQueue:
         try:
             data = self.read(addr, IQ_ENTRY_SIZE)
         except (DmaError, ValueError, OverflowError) as e:
-            log.info("vIOMMU: invalidation descriptor fetch at %#x failed: %s", addr, e)
+            ratelimit.log(log, logging.INFO, "vIOMMU: invalidation descriptor fetch at %#x failed: %s",
+                          addr, e)
             return None
         return data if len(data) == IQ_ENTRY_SIZE else None
 
     def _error(self, iqei: int) -> bool:
         self.errors += 1
         self.regs.set(Reg.IQERCD, Iqercd.pack(IQEI=int(iqei)))
-        log.info("vIOMMU: invalidation queue error %s at IQH %#x", Iqei(iqei).name,
-                 self._offset(Reg.IQH))
+        ratelimit.log(log, logging.INFO, "vIOMMU: invalidation queue error %s at IQH %#x",
+                      Iqei(iqei).name, self._offset(Reg.IQH))
         self.faults.set_status(Fsts.IQE.mask)
         return False
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vuser import ratelimit
 from vuser.errors import UserError
 from vuser.iommu import Fault, IommufdError
 from vuser.pci.bar import Bar
@@ -329,7 +330,8 @@ class VuserDma(PciDevice):
 
     def _halt(self, q: _Queue, error: QueueError) -> None:
         q.halted, q.error = True, error
-        log.info("vuser-dma %#x: queue %d halted: %s", self.label, q.index, error.name)
+        ratelimit.log(log, logging.INFO, "vuser-dma %#x: queue %d halted: %s", self.label,
+                      q.index, error.name)
         self._notify_progress()
         self.raise_irq(self.nqueues)   # the error vector
 

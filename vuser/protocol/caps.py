@@ -6,6 +6,12 @@ omit the JSON entirely (size 20: defaults). The reply's capabilities must be a
 subset of those proposed, so ``write_multiple`` is offered only back to a
 client that proposed it. Unknown keys are ignored (QEMU only warns), and so is
 ``twin_socket``: we never enable it (QEMU 11 has none), so replies carry no fd.
+
+A peer's numbers say what *it* can take, so they are accepted as far as they
+make sense (docs/vfio-user-acceptance.md, "VERSION"): ``max_msg_fds`` up to
+libvfio-user's 1024 (libvfio-user's own client proposes 32), and any
+``max_data_xfer_size`` from 1; what we send is bounded by the smaller of
+theirs and ours.
 """
 
 from __future__ import annotations
@@ -16,10 +22,15 @@ from typing import Any
 
 from vuser.errors import RemoteProtocolError
 from vuser.protocol.consts import (
-    MAX_DATA_XFER_SIZE, MAX_DATA_XFER_SIZE_LIMIT, MAX_DMA_MAPS, MAX_MSG_FDS, PGSIZE_4K,
+    MAX_DATA_XFER_SIZE, MAX_DMA_MAPS, MAX_MSG_FDS, PGSIZE_4K,
     SPEC_DEF_MAX_FDS, VFIO_USER_MAJOR, VFIO_USER_MINOR,
 )
 from vuser.protocol.messages import Version, VfioUserVersion
+
+#: The most fds a peer may say it receives per message (libvfio-user's
+#: VFIO_USER_CLIENT_MAX_MSG_FDS_LIMIT); QEMU, as a client, proposes 16.
+PEER_MAX_MSG_FDS_LIMIT = 1024
+U64_MAX = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -64,9 +75,8 @@ class Capabilities:
         if not isinstance(write_multiple, bool):
             raise RemoteProtocolError(errno.EINVAL, f"bad write_multiple: {write_multiple!r}")
         return cls(
-            max_msg_fds=number("max_msg_fds", SPEC_DEF_MAX_FDS, 0, MAX_MSG_FDS),
-            max_data_xfer_size=number("max_data_xfer_size", MAX_DATA_XFER_SIZE, 1,
-                                      MAX_DATA_XFER_SIZE_LIMIT),
+            max_msg_fds=number("max_msg_fds", SPEC_DEF_MAX_FDS, 0, PEER_MAX_MSG_FDS_LIMIT),
+            max_data_xfer_size=number("max_data_xfer_size", MAX_DATA_XFER_SIZE, 1, U64_MAX),
             max_dma_maps=number("max_dma_maps", MAX_DMA_MAPS, 1, 1 << 32),
             pgsizes=pgsizes,
             write_multiple=write_multiple,

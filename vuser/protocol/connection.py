@@ -135,6 +135,11 @@ class Connection:
             self._fd_marks.append((self._base + len(self._buf), list(fds)))
         self._buf += data
 
+    @property
+    def mid_message(self) -> bool:
+        """True while part of a message (or of one being skipped) is buffered."""
+        return bool(self._buf or self._discard)
+
     def bytes_needed(self) -> int:
         """How many bytes complete the message being received (at least 1).
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -207,6 +208,25 @@ def _bad(why: str) -> RemoteProtocolError:
     return RemoteProtocolError(errno.EINVAL, why)
 
 
+#: Deepest JSON nesting accepted in VERSION: json-c's default tokener depth,
+#: which is what libvfio-user parses with (QEMU's caps nest 3 deep).
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def _json_depth(text: bytes) -> int:
+    """How deep the arrays and objects of ``text`` nest (strings skipped)."""
+    depth = deepest = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub(b"", text)):
+        depth += 1 if m.group() in (b"[", b"{") else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_JSON_DEPTH:
+                break
+    return deepest
+
+
 @dataclass(frozen=True)
 class Version:
     """VERSION request or reply: version and the JSON capabilities object.
@@ -233,9 +253,11 @@ class Version:
             return cls(head.major, head.minor, None)
         if text[-1] != 0 or 0 in text[:-1]:
             raise _bad("version data is not one NUL-terminated string")
+        if _json_depth(text[:-1]) > MAX_JSON_DEPTH:
+            raise _bad(f"version JSON nests deeper than {MAX_JSON_DEPTH}")
         try:
             caps = json.loads(text[:-1].decode())
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise _bad("version data is not JSON") from None
         if not isinstance(caps, dict):
             raise _bad("version data is not a JSON object")
@@ -464,6 +486,17 @@ def _fixed(cls: type[Struct], optional: bool = False) -> Codec:
     return Codec(cls, dec, lambda body: body.pack(), optional)
 
 
+def _at_least(cls: type[Struct]) -> Codec:
+    """A request struct led by ``argsz``: a longer payload is accepted and its
+    tail ignored (a client may send the argsz it was told, as libvfio-user's
+    does for GET_REGION_INFO; linux/vfio.h structs grow at the end)."""
+    def dec(payload: bytes) -> Struct:
+        if len(payload) < cls.SIZE:
+            raise _bad(f"{cls.__name__} payload is {len(payload)} bytes, under {cls.SIZE}")
+        return cls.unpack(payload[:cls.SIZE])
+    return Codec(cls, dec, lambda body: body.pack())
+
+
 def _tail(cls: Any, head: type[Struct]) -> Codec:
     def dec(payload: bytes) -> Any:
         if len(payload) < head.SIZE:
@@ -476,17 +509,17 @@ Q, R = Kind.REQUEST, Kind.REPLY
 MESSAGES: dict[tuple[Command, Kind], Codec] = {
     (Command.VERSION, Q): _tail(Version, VfioUserVersion),
     (Command.VERSION, R): _tail(Version, VfioUserVersion),
-    (Command.DMA_MAP, Q): _fixed(VfioUserDmaMap),
+    (Command.DMA_MAP, Q): _at_least(VfioUserDmaMap),
     (Command.DMA_MAP, R): _header_only(),
-    (Command.DMA_UNMAP, Q): _fixed(VfioUserDmaUnmap),
+    (Command.DMA_UNMAP, Q): _at_least(VfioUserDmaUnmap),
     (Command.DMA_UNMAP, R): _fixed(VfioUserDmaUnmap, optional=True),
-    (Command.DEVICE_GET_INFO, Q): _fixed(VfioDeviceInfo),
+    (Command.DEVICE_GET_INFO, Q): _at_least(VfioDeviceInfo),
     (Command.DEVICE_GET_INFO, R): _fixed(VfioDeviceInfo),
-    (Command.DEVICE_GET_REGION_INFO, Q): _fixed(VfioRegionInfo),
+    (Command.DEVICE_GET_REGION_INFO, Q): _at_least(VfioRegionInfo),
     (Command.DEVICE_GET_REGION_INFO, R): _tail(RegionInfoReply, VfioRegionInfo),
-    (Command.DEVICE_GET_REGION_IO_FDS, Q): _fixed(VfioUserRegionIoFds),
+    (Command.DEVICE_GET_REGION_IO_FDS, Q): _at_least(VfioUserRegionIoFds),
     (Command.DEVICE_GET_REGION_IO_FDS, R): _tail(RegionIoFdsReply, VfioUserRegionIoFds),
-    (Command.DEVICE_GET_IRQ_INFO, Q): _fixed(VfioIrqInfo),
+    (Command.DEVICE_GET_IRQ_INFO, Q): _at_least(VfioIrqInfo),
     (Command.DEVICE_GET_IRQ_INFO, R): _fixed(VfioIrqInfo),
     (Command.DEVICE_SET_IRQS, Q): _tail(SetIrqs, VfioIrqSet),
     (Command.DEVICE_SET_IRQS, R): _header_only(),

@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from vuser.errors import LocalProtocolError, RemoteProtocolError
@@ -182,7 +183,7 @@ class ServerCore:
 
     def _dma_map(self, req: Request, fds: list[int]) -> tuple[Any, tuple]:
         m: VfioUserDmaMap = req.body
-        if m.argsz != VfioUserDmaMap.SIZE:
+        if m.argsz < VfioUserDmaMap.SIZE:
             raise _invalid(f"DMA_MAP argsz {m.argsz}")
         if m.flags & ~_DMA_MAP_FLAGS or not m.flags:
             raise _invalid(f"DMA_MAP flags {m.flags:#x}")
@@ -223,6 +224,10 @@ class ServerCore:
         if q.flags:
             raise _invalid(f"GET_REGION_INFO flags {q.flags:#x}")
         info = self._region(q.index)
+        if info.fd is not None and self.peer_caps is not None and \
+                self.peer_caps.max_msg_fds == 0:
+            info = replace(info, fd=None, sparse_areas=(),  # the client takes no fds
+                           flags=info.flags & ~VFIO_REGION_INFO_FLAG_MMAP)
         flags = info.flags
         if info.fd is not None:
             flags |= VFIO_REGION_INFO_FLAG_MMAP

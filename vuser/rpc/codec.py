@@ -274,6 +274,8 @@ class Decoder:
             self.broken = StreamError(errno.EMSGSIZE, "message larger than the buffer limit")
         except (ValueError, msgpack.FormatError, msgpack.StackError) as e:
             self.broken = StreamError(errno.EPROTO, f"undecodable msgpack: {e}")
+        except TypeError as e:  # a map key Python cannot hash (an array or a map)
+            self.broken = StreamError(errno.EPROTO, f"unusable msgpack map key: {e}")
         raise self.broken
 
     @property

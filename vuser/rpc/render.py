@@ -142,6 +142,10 @@ def counters(c: dict[str, Any]) -> str:
     out = table(["COUNTER", "VALUE"], rows)
     for label, d in sorted(c.get("devices", {}).items(), key=lambda kv: str(kv[0])):
         out += f"\n\ndevice {label}:\n" + table(["COUNTER", "VALUE"], sorted(d.items()))
+    if c.get("log"):
+        out += "\n\nguest-caused log lines (rate-limited):\n" + table(
+            ["LINE", "EMITTED", "SUPPRESSED"],
+            [[k, v["emitted"], v["suppressed"]] for k, v in sorted(c["log"].items())])
     return out
 
 

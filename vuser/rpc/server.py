@@ -14,8 +14,9 @@ Bad input never reaches the model and never stops the server:
   limits) gets one error response with id nil, then the connection closes;
 - a client that stops reading is not buffered for without bound: past
   ``HIGH_WATER`` bytes of unsent output the server stops reading its
-  requests, and drops (and counts) its notifications; the next notification
-  that fits says how many were lost (``lost``);
+  requests, and past its share of ``TOTAL_HIGH_WATER`` it drops (and counts)
+  its notifications; the next notification that fits says how many were
+  lost (``lost``);
 - a client that disconnects mid-request loses its subscriptions and its
   trace (unless started with ``keep``); nothing else changes.
 """
@@ -39,6 +40,12 @@ log = logging.getLogger(__name__)
 
 #: Unsent bytes to one client beyond which its notifications are dropped.
 HIGH_WATER = 8 << 20
+#: Unsent notification bytes for all clients together: each client's share is
+#: this divided by the number of clients (at most HIGH_WATER, at least
+#: SHARE_FLOOR), so many subscribers that stop reading cannot make the server
+#: buffer many times HIGH_WATER (issue 14: 40 such subscribers peaked at 320 MiB).
+TOTAL_HIGH_WATER = 32 << 20
+SHARE_FLOOR = 256 << 10
 
 
 class _Connection(asyncio.Protocol):
@@ -119,7 +126,8 @@ class _Connection(asyncio.Protocol):
         t = self.transport
         if self.closed or t is None or t.is_closing():
             return
-        if t.get_write_buffer_size() >= HIGH_WATER:
+        share = max(SHARE_FLOOR, TOTAL_HIGH_WATER // max(1, len(self.server._conns)))
+        if t.get_write_buffer_size() >= min(HIGH_WATER, share):
             self.lost_notifications += 1
             return
         if self.lost_notifications:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import vuser
+from vuser import ratelimit
 from vuser.errors import RemoteProtocolError
 from vuser.iommu import IoasidContext, IommufdError, IommuRegistry
 from vuser.iommu.io_pagetable import check_range
@@ -255,8 +256,10 @@ class Service:
 
     @rpc("view")
     def counters(self) -> dict[str, Any]:
-        """The model's counters (IOTLB included) and each device's device-TLB counters."""
-        return {"model": self.ctx.stats(), "devices": self._device_counters()}
+        """The model's counters (IOTLB included), each device's device-TLB counters,
+        and the guest-caused log lines emitted and suppressed (``vuser.ratelimit``)."""
+        return {"model": self.ctx.stats(), "devices": self._device_counters(),
+                "log": ratelimit.stats()}
 
     @rpc("view")
     def faults(self, limit: int = 50) -> dict[str, Any]:

@@ -10,6 +10,17 @@ Every complete message is handed to ``on_event`` from the reader callback, in
 order, before the next one is parsed: a server answers synchronous requests
 without ever awaiting, so requests are processed strictly in order and a
 reply can never wait on anything the client has yet to send.
+
+``Timeouts`` bound how long a peer may hold the channel without progress
+(issue 14: a client sending one byte a second, or announcing 4 GiB and
+stalling, held a device socket forever): VERSION must arrive within
+``handshake`` seconds of the start; a message, once its first byte is in,
+must be complete within ``message`` seconds, and queued output must drain
+within as long; with ``idle`` set, a negotiated peer that sends nothing for
+that long is dropped too (off by default: QEMU is silent while the guest
+leaves the device alone). A dropped peer gets one warning line in the log.
+Every channel runs in the reader callbacks of one event loop and none of them
+waits for its peer, so a slow peer never delays another channel.
 """
 
 from __future__ import annotations
@@ -21,10 +32,12 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from vuser.protocol.connection import Connection, close_fds
 from vuser.protocol.consts import SCM_MAX_FD
 from vuser.protocol.events import NEED_DATA, ConnectionClosed, ErrorReply, Event, Reply, Request
+from vuser.protocol.state import ConnState
 from vuser.transport.trace import describe
 
 log = logging.getLogger(__name__)
@@ -35,6 +48,19 @@ _CMSG_SPACE = socket.CMSG_SPACE(SCM_MAX_FD * array.array("i").itemsize)
 #: Stop reading while this much output is queued (a peer that does not read
 #: its replies must not make us buffer without bound).
 OUT_HIGH_WATER = 8 << 20
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds a peer may go without progress (None: no limit); module doc."""
+
+    handshake: float | None = 10.0
+    message: float | None = 10.0
+    idle: float | None = None
+
+
+#: A channel with no limits (our own client side).
+NO_TIMEOUTS = Timeouts(None, None, None)
 
 
 def fds_from_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
@@ -55,19 +81,68 @@ class Channel:
 
     def __init__(self, sock: socket.socket, conn: Connection,
                  on_event: Callable[[Event], None], *, name: str = "vfio-user",
-                 trace: int = 0) -> None:
+                 trace: int = 0, timeouts: Timeouts = NO_TIMEOUTS) -> None:
         sock.setblocking(False)
         self.sock, self.conn, self.on_event = sock, conn, on_event
         self.name, self.trace = name, trace
+        self.timeouts = timeouts
         self.closed = False
         self._loop = asyncio.get_running_loop()
         self._out: deque[tuple[memoryview, list[int]]] = deque()
         self._out_bytes = 0
         self._reading = False
         self._fd = sock.fileno()
+        now = self._loop.time()
+        self._started = self._last_message = now
+        self._msg_since: float | None = None   # first byte of the message in progress
+        self._out_since: float | None = None   # output queued and not yet drained
+        self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self._resume_reading()
+        self._arm()
+
+    # --- timeouts ----------------------------------------------------------------
+
+    def _deadline(self) -> tuple[float, str, float] | None:
+        """The earliest (time, why, limit) at which the peer is dropped, if any."""
+        t, found = self.timeouts, []
+        if t.handshake is not None and self.conn.state is not ConnState.READY:
+            found.append((self._started + t.handshake, "no VERSION", t.handshake))
+        if t.message is not None and self._msg_since is not None:
+            found.append((self._msg_since + t.message, "a message left incomplete", t.message))
+        if t.message is not None and self._out_since is not None:
+            found.append((self._out_since + t.message, "replies left unread", t.message))
+        if t.idle is not None and self._msg_since is None and self._out_since is None:
+            found.append((self._last_message + t.idle, "idle", t.idle))
+        return min(found) if found else None
+
+    def _arm(self) -> None:
+        """(Re)start the timer for the earliest deadline; a later one is
+        re-checked when the current timer fires."""
+        if self.closed:
+            return
+        deadline = self._deadline()
+        if deadline is None:
+            return
+        if self._timer is not None:
+            if self._timer.when() <= deadline[0]:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline[0], self._expired)
+
+    def _expired(self) -> None:
+        self._timer = None
+        deadline = self._deadline()
+        if self.closed or deadline is None:
+            return
+        when, why, limit = deadline
+        if when > self._loop.time():
+            self._arm()
+            return
+        log.warning("%s: dropping the client: %s for %.1f s", self.name, why, limit)
+        self._finish(ConnectionClosed(partial=self.conn.mid_message,
+                                      pending=self.conn.awaiting_replies))
 
     # --- output ------------------------------------------------------------------
 
@@ -89,6 +164,8 @@ class Channel:
                 return
             view, fds = view[sent:], (fds if sent == 0 else [])
             self._loop.add_writer(self._fd, self._writable)
+            self._out_since = self._loop.time()
+            self._arm()
         self._out.append((view, fds))
         self._out_bytes += len(view)
         if self._out_bytes > OUT_HIGH_WATER:
@@ -122,11 +199,13 @@ class Channel:
                 return
             self._out.popleft()
         self._loop.remove_writer(self._fd)
+        self._out_since = None
         self._resume_reading()
 
     def _drop_output(self) -> None:
         self._out.clear()
         self._out_bytes = 0
+        self._out_since = None
         if not self.closed:
             self._loop.remove_writer(self._fd)
 
@@ -166,15 +245,28 @@ class Channel:
             trace_log.debug("%s ← %d bytes %s fds=%s", self.name, len(data), data[:64].hex(), fds)
         self.conn.receive_data(data, fds)
         while not self.closed:
-            event = self.conn.next_event()
+            try:
+                event = self.conn.next_event()
+            except Exception:  # a bug of ours: never leave the peer hanging
+                log.exception("%s: cannot parse the input; closing the connection", self.name)
+                self._finish(ConnectionClosed(partial=True, pending=self.conn.awaiting_replies))
+                return
             if event is NEED_DATA:
                 break
+            self._last_message = self._loop.time()
             if self.trace:
                 trace_log.debug("%s ← %s", self.name, describe(event))
             if isinstance(event, ConnectionClosed):
                 self._finish(event)
                 break
             self.on_event(event)
+        if not self.closed:
+            mid = self.conn.mid_message
+            if not mid:
+                self._msg_since = None
+            elif self._msg_since is None:
+                self._msg_since = self._loop.time()
+            self._arm()
 
     def _finish(self, event: ConnectionClosed) -> None:
         self.close()
@@ -186,6 +278,9 @@ class Channel:
             return
         self._pause_reading()
         self._drop_output()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.closed = True
         self.conn.abort()
         self.sock.close()

@@ -8,11 +8,17 @@
   realize), ENOENT when an unmap covers nothing mapped (a mapping that
   straddles an edge of the unmapped range is split, as QEMU needs), ENOSPC
   past ``max_dma_maps``.
-- A mapping with an fd is reached through an ``mmap(MAP_SHARED)`` of its file.
-  Mappings of one regular file (a memfd: guest RAM) share one mmap of the
-  whole file, keyed by (st_dev, st_ino) — QEMU sends an fd per section, and
-  one per IOTLB entry under a vIOMMU, far more than RLIMIT_NOFILE. The received
-  fd is closed at once; the mmap holds the file until its last mapping goes.
+- A mapping with an fd whose file is sealed against shrinking (``seals.py``:
+  QEMU's memfd guest RAM) is reached through an ``mmap(MAP_SHARED)`` of it.
+  Mappings of one such file share one mmap of the whole file, keyed by
+  (st_dev, st_ino) — QEMU sends an fd per section, and one per IOTLB entry
+  under a vIOMMU, far more than RLIMIT_NOFILE. The received fd is closed at
+  once; the mmap holds the file until its last mapping goes.
+- A mapping with any other fd (an unsealed memfd, a tmpfs or hugetlbfs file,
+  a device) is reached with ``pread``/``pwrite`` on one duplicate of the fd
+  per file: a client that shrinks the file makes DMA past the new end fail
+  EFAULT instead of killing the process with SIGBUS. The cost is a system
+  call and a copy per access (the mmap path copies once, too).
 - A mapping without an fd (anonymous guest RAM, ROM) is reached by DMA_READ /
   DMA_WRITE messages to the client, through a ``MessageDma``.
 
@@ -26,15 +32,15 @@ unmap covers, ``close``) and feeds the VM's GPA IOAS (``ioas_map_file``).
 Device DMA then reaches that memory only through the ioasid model; this
 space's own port serves the fd-less mappings and refuses the others (EFAULT).
 
-Limitation: a client that shrinks a mapped file after DMA_MAP makes a later
-DMA to the lost pages raise SIGBUS; the map-time check (range within the
-file) cannot prevent that. QEMU never shrinks guest RAM.
+With a sink, only shrink-sealed fds are accepted (EINVAL otherwise): the
+IOMMU model hands out views of the mmap itself, and has no file path.
 """
 
 from __future__ import annotations
 
 import bisect
 import errno
+import fcntl
 import logging
 import mmap
 import os
@@ -48,6 +54,7 @@ from vuser.protocol.connection import close_fds
 from vuser.protocol.consts import (
     MAX_DMA_MAPS, VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE,
 )
+from vuser.transport.seals import shrink_sealed
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +87,49 @@ class DmaSink(Protocol):
 
 
 class _File:
-    """One mmap of a client file, shared by the mappings into it."""
+    """One client file, shared by the mappings into it: an mmap of it (sealed
+    files), or a duplicate of its fd for pread/pwrite (``fd``, any other)."""
 
-    def __init__(self, mm: mmap.mmap, base: int, key: tuple[int, ...] | None) -> None:
+    def __init__(self, mm: mmap.mmap | None, base: int, key: tuple[int, ...] | None,
+                 fd: int | None = None) -> None:
         self.mm, self.base, self.key, self.refs = mm, base, key, 0
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.mm is not None:
+            self.mm.close()
+        if self.fd is not None:
+            close_fds((self.fd,))
+            self.fd = None
+
+    def read(self, at: int, n: int, addr: int) -> bytes:
+        if self.mm is not None:
+            return self.mm[at:at + n]
+        assert self.fd is not None
+        try:
+            data = os.pread(self.fd, n, at)
+        except OSError as e:
+            raise DmaError(errno.EFAULT, addr, n, f"DMA read of the client's file: {e}") from None
+        if len(data) != n:
+            raise DmaError(errno.EFAULT, addr, n, "the client's file ends before the mapping")
+        return data
+
+    def write(self, at: int, data: memoryview, addr: int) -> None:
+        if self.mm is not None:
+            self.mm[at:at + len(data)] = data
+            return
+        assert self.fd is not None
+        n = len(data)
+        try:
+            st = os.fstat(self.fd)
+            if stat.S_ISREG(st.st_mode) and at + n > st.st_size:
+                # pwrite would grow a file the client shrank: refuse instead.
+                raise DmaError(errno.EFAULT, addr, n, "the client's file ends before the mapping")
+            done = os.pwrite(self.fd, data, at)
+        except OSError as e:
+            raise DmaError(errno.EFAULT, addr, n, f"DMA write to the client's file: {e}") from None
+        if done != n:
+            raise DmaError(errno.EFAULT, addr, n, f"short DMA write ({done} of {n} bytes)")
 
 
 @dataclass(frozen=True)
@@ -162,6 +208,10 @@ class DmaSpace:
         sunk = fd is not None and self.sink is not None
         if sunk:
             assert self.sink is not None and fd is not None
+            if not shrink_sealed(fd):
+                raise RemoteProtocolError(
+                    errno.EINVAL, f"DMA map {addr:#x}+{size:#x}: the fd is not sealed against "
+                    "shrinking (F_SEAL_SHRINK); use memory-backend-memfd with seal=on")
             self.sink.map(addr, size, flags, fd, offset)
         elif fd is not None:
             file = self._open(fd, offset, size, bool(flags & VFIO_USER_F_DMA_REGION_WRITE))
@@ -174,20 +224,23 @@ class DmaSpace:
     def _open(self, fd: int, offset: int, size: int, writable: bool) -> _File:
         st = _fstat(fd)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        regular = stat.S_ISREG(st.st_mode)
+        if regular and offset + size > st.st_size:
+            raise RemoteProtocolError(errno.EINVAL, f"DMA map {offset:#x}+{size:#x} "
+                                      f"beyond the file's {st.st_size:#x} bytes")
+        sealed = regular and shrink_sealed(fd)
+        key = (st.st_dev, st.st_ino, writable, sealed)
+        file = self._files.get(key)
         try:
-            if stat.S_ISREG(st.st_mode):
-                if offset + size > st.st_size:
-                    raise RemoteProtocolError(errno.EINVAL, f"DMA map {offset:#x}+{size:#x} "
-                                              f"beyond the file's {st.st_size:#x} bytes")
-                key = (st.st_dev, st.st_ino, writable)
-                file = self._files.get(key)
-                if file is None or len(file.mm) < offset + size:
-                    mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, prot)
-                    file = self._files[key] = _File(mm, 0, key)
+            if not sealed:  # pread/pwrite: cannot fault (module doc)
+                _check_file_io(fd, offset, writable)
+                if file is None:
+                    file = self._files[key] = _File(None, 0, key, os.dup(fd))
                 return file
-            base = offset - offset % mmap.ALLOCATIONGRANULARITY
-            mm = mmap.mmap(fd, offset - base + size, mmap.MAP_SHARED, prot, offset=base)
-            return _File(mm, base, None)
+            if file is None or file.mm is None or len(file.mm) < offset + size:
+                mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, prot)
+                file = self._files[key] = _File(mm, 0, key)
+            return file
         except OSError as e:
             raise RemoteProtocolError(e.errno or errno.EINVAL, f"mmap of the DMA fd: {e}") from None
         except (ValueError, OverflowError) as e:
@@ -259,7 +312,7 @@ class DmaSpace:
         if m.file is not None and m.file.refs == 0:
             if m.file.key is not None and self._files.get(m.file.key) is m.file:
                 del self._files[m.file.key]
-            m.file.mm.close()
+            m.file.close()
 
     # --- translation: the one narrow function --------------------------------
 
@@ -302,7 +355,7 @@ class DmaSpace:
             m = seg.mapping
             if m.file is not None:
                 at = m.offset - m.file.base + (seg.addr - m.addr)
-                out += m.file.mm[at:at + seg.length]
+                out += m.file.read(at, seg.length, addr)
             else:
                 out += await self._messages(addr, n).dma_read_message(seg.addr, seg.length)
             pos += seg.length
@@ -317,7 +370,7 @@ class DmaSpace:
             m = seg.mapping
             if m.file is not None:
                 at = m.offset - m.file.base + (seg.addr - m.addr)
-                m.file.mm[at:at + seg.length] = view[pos:pos + seg.length]
+                m.file.write(at, view[pos:pos + seg.length], addr)
             else:
                 await self._messages(addr, n).dma_write_message(
                     seg.addr, bytes(view[pos:pos + seg.length]))
@@ -338,6 +391,18 @@ def _piece(m: DmaMapping, start: int, last: int) -> DmaMapping:
 def file_refs(file: _File | None, delta: int) -> None:
     if file is not None:
         file.refs += delta
+
+
+def _check_file_io(fd: int, offset: int, writable: bool) -> None:
+    """The checks mmap would make, for an fd reached by pread/pwrite."""
+    mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    if mode == os.O_WRONLY or (writable and mode == os.O_RDONLY):
+        raise RemoteProtocolError(errno.EACCES, "the DMA fd is not open for "
+                                  f"{'reading and writing' if writable else 'reading'}")
+    try:
+        os.pread(fd, 0, offset)
+    except OSError as e:  # ESPIPE: a pipe, socket or eventfd is no memory
+        raise RemoteProtocolError(errno.EINVAL, f"the DMA fd cannot be read: {e}") from None
 
 
 def _fstat(fd: int) -> os.stat_result:

@@ -10,7 +10,13 @@ vfio-user-notes.md §5).
 
 Device DMA to mappings without an fd goes out as DMA_READ/DMA_WRITE requests
 with our own message ids, chunked to the peer's ``max_data_xfer_size``; the
-reader keeps serving requests while a device task awaits the reply.
+reader keeps serving requests while a device task awaits the reply, for at
+most the ``message`` timeout (then that DMA fails ETIMEDOUT).
+
+The socket is created mode 0600 whatever the umask: whoever can connect can
+map memory into the device and program its DMA (README, "Trust model").
+A client that holds the socket without progress is dropped after the
+channel's ``Timeouts`` (``transport/channel.py``), so the next one can connect.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from vuser.protocol.events import BadMessage, ConnectionClosed, ErrorReply, Even
 from vuser.protocol.messages import DmaData, VfioUserDmaRw
 from vuser.protocol.server import ServerCore
 from vuser.protocol.state import ConnState, Role
-from vuser.transport.channel import Channel
+from vuser.transport.channel import Channel, Timeouts
 from vuser.transport.dma import DmaSpace
 
 log = logging.getLogger(__name__)
@@ -43,9 +49,11 @@ class DeviceServer:
     """One device (``backend``) served on the UNIX socket ``path``."""
 
     def __init__(self, backend: ServerBackend, path: str, *, name: str = "device",
-                 caps: Capabilities | None = None, trace: int = 0) -> None:
+                 caps: Capabilities | None = None, trace: int = 0,
+                 timeouts: Timeouts | None = None) -> None:
         self.backend, self.path, self.name = backend, path, name
         self.caps = caps or Capabilities()
+        self.timeouts = timeouts or Timeouts()
         self.trace = trace
         self.session: _Session | None = None
         self.sessions_served = 0
@@ -55,9 +63,10 @@ class DeviceServer:
         self._idle = asyncio.Event()
 
     async def start(self) -> None:
-        """Bind and listen (``OSError`` if ``path`` is taken)."""
+        """Bind mode 0600 and listen (``OSError`` if ``path`` is taken)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            os.fchmod(sock.fileno(), 0o600)  # bind() creates the file with this mode & ~umask
             sock.bind(self.path)
             sock.listen(8)
             sock.setblocking(False)
@@ -129,7 +138,7 @@ class _Session:
         self.core = ServerCore(server.backend, self.dma, server.caps)
         self.channel = Channel(sock, self.conn, self._on_event,
                                name=f"{server.name}#{server.sessions_served}",
-                               trace=server.trace)
+                               trace=server.trace, timeouts=server.timeouts)
         self._waiters: dict[int, asyncio.Future[Event]] = {}
         self._ended = False
 
@@ -191,7 +200,13 @@ class _Session:
         self.channel.send(req)  # the reply comes in a later reader callback
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._waiters[req.msg_id] = fut
-        event = await fut
+        try:
+            event = await asyncio.wait_for(fut, self.server.timeouts.message)
+        except asyncio.TimeoutError:
+            self._waiters.pop(req.msg_id, None)
+            raise DmaError(errno.ETIMEDOUT, addr, n,
+                           f"no reply to {command.name} in {self.server.timeouts.message} s"
+                           ) from None
         if isinstance(event, ErrorReply):
             raise DmaError(event.errno or errno.EIO, addr, n,
                            f"client answered {command.name} with errno {event.errno}")
