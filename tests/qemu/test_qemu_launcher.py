@@ -208,7 +208,7 @@ def test_real_server_death_while_the_guest_runs(qemu_bin, mini):
     t.join(5)
     assert killed.is_set(), f"the guest never ran: {r.error}; console {r.console!r}; server {r.server_log}"
     assert r.server_died and not r.timed_out
-    assert r.error.startswith("the vuser server died (exit status -9) while the guest ran")
+    assert r.error.startswith("the vuser server died (killed by SIGKILL) while the guest ran")
     assert r.duration_s < 30
     _assert_torn_down(infos[0])
 
@@ -227,4 +227,24 @@ def test_long_tmpdir_still_gives_short_socket_paths(qemu_bin, mini, stub_server,
                on_ready=on_ready)
     assert all(len(str(s)) < 108 for s in infos[0].sockets)
     assert r.error is not None  # the stub never answers QEMU
+    _assert_torn_down(infos[0])
+
+
+def test_a_start_removes_what_a_killed_run_left(qemu_bin, mini, tmp_path, monkeypatch):
+    import subprocess
+    import tempfile
+
+    from vuser.qemu import rundir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f"{rundir.PREFIX}stale"
+    stale.mkdir()
+    (stale / rundir.OWNER).write_text(f"{gone.pid} 1")
+    infos, on_ready = _capture()
+    r = launch(mini("hello\r\n", 0), devices=[], timeout=30, qemu=qemu_bin, on_ready=on_ready)
+    assert r.exit_status == 0
+    assert not stale.exists()
+    assert r.notes == [f"removed what a killed run left: {stale}"]
     _assert_torn_down(infos[0])

@@ -308,6 +308,45 @@ def test_run_timeout_shows_the_last_console_lines(image_ready):
     assert "vuser: last console lines:" in err
 
 
+@pytest.fixture
+def short_tmp():
+    """A temp directory short enough to hold the run directory (sun_path is short)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="vuser-k-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_sigkill_to_run_takes_qemu_and_the_server_with_it(image_ready, short_tmp):
+    from qemu_helpers import alive
+
+    from vuser.qemu import rundir
+
+    tmp_path = short_tmp
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    p = subprocess.Popen([sys.executable, "-m", "vuser", "run", "--device", "sample",
+                          "--test", "environment", "--timeout", "120"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = p.stdout.readline()  # the guest's console: QEMU runs
+    assert first, p.stderr.read()
+    children = [int(x) for x in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()]
+    assert len(children) == 2  # the server and QEMU
+    p.kill()
+    assert p.wait(10) == -9
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(c) for c in children):
+        time.sleep(0.1)
+    assert [c for c in children if alive(c)] == [], "QEMU or the server outlived vuser run"
+    left = list(tmp_path.glob("vuser-run-*"))
+    assert len(left) == 1 and (left[0] / rundir.OWNER).read_text().split()[0] == str(p.pid)
+    # The next start removes the directory (and a control socket the server could not).
+    removed = rundir.sweep([tmp_path])
+    assert left[0] in removed and not left[0].exists()
+    assert list(tmp_path.glob("vuser-*")) == []
+
+
 def test_sigterm_to_run_leaves_nothing_running(image_ready, tmp_path):
     from qemu_helpers import alive
 

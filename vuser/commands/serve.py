@@ -290,7 +290,25 @@ async def _start_control(path: str, platform: Any, specs: list[DeviceSpec],
     return server
 
 
+def die_with_parent() -> None:
+    """Started by the launcher (``VUSER_PARENT_PID`` set): get SIGTERM when it
+    dies (prctl(2) PR_SET_PDEATHSIG), so a launcher killed with SIGKILL orphans
+    no server; exit at once if it is already gone."""
+    parent = os.environ.pop("VUSER_PARENT_PID", None)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise UserError(f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
+    if str(os.getppid()) != parent:  # it died before the prctl
+        raise UserError(f"the launcher (pid {parent}) is gone")
+
+
 def run(args: Any) -> int:
+    die_with_parent()
     specs = parse_specs(args.socket, args.device)
     try:
         return asyncio.run(serve(specs, trace=args.verbose, control=args.control,

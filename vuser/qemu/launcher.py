@@ -6,7 +6,10 @@ process group, waits until every device socket exists, then starts QEMU (see
 It returns when the guest writes ``isa-debug-exit``, powers off, hangs past the
 timeout, or its server dies; in every case QEMU (QMP ``quit``, then SIGTERM,
 then SIGKILL) and the server's process group are stopped, and the private
-working directory with the sockets is removed.
+working directory with the sockets is removed. Both children also die with the
+launcher itself (QEMU's ``-run-with exit-with-parent=on``; the server's
+``PR_SET_PDEATHSIG``): a launcher killed with SIGKILL leaves only its working
+directory, which the next launch removes (``vuser.qemu.rundir``).
 
 With ``kernel_iommu=True`` the guest kernel owns the vuser-iommu: before the
 server starts, the launcher finds where the firmware puts each device (a
@@ -31,7 +34,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,7 +42,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vuser.errors import UserError
-from vuser.qemu import cmdline, qmp
+from vuser.qemu import cmdline, qmp, rundir
 from vuser.qemu.find import QemuBinary, find_qemu
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,9 @@ CONSOLE_ESCAPE = 0x1D  # Ctrl-]: ends an interactive console session
 LOG_CAP = 16 << 20  # bytes of console/log kept (the tail) per stream
 SERVER_DEATH_GRACE_S = 2.0  # let QEMU report the lost server before we stop it
 STOP_WAIT_S = 3.0
-MAX_WORKDIR_LEN = 80  # leaves room for "/<n>-<type>.sock" within a UNIX socket path
+#: The server's environment names the launcher's pid: the server then dies with it
+#: (``vuser serve`` sets PR_SET_PDEATHSIG, see ``vuser.commands.serve``).
+PARENT_ENV = "VUSER_PARENT_PID"
 
 
 @dataclass
@@ -280,10 +284,11 @@ class _Run:
             self._prepare_kernel_iommu(qemu_bin)
         start = time.monotonic()
         try:
-            self.workdir = Path(tempfile.mkdtemp(prefix="vuser-run-"))
-            if len(str(self.workdir)) > MAX_WORKDIR_LEN:  # sun_path holds 107 bytes
-                os.rmdir(self.workdir)
-                self.workdir = Path(tempfile.mkdtemp(prefix="vuser-run-", dir="/tmp"))
+            stale = rundir.sweep()
+            if stale:
+                self.notes.append("removed what a killed run left: "
+                                  + ", ".join(str(p) for p in stale))
+            self.workdir = rundir.create()
             sockets = tuple(self.workdir / f"{i}-{dev.split(',', 1)[0]}.sock"
                             for i, dev in enumerate(self.devices))
             qmp_path = self.workdir / "qmp.sock"
@@ -300,7 +305,9 @@ class _Run:
                 append=cmdline.kernel_cmdline(getattr(self.image, "append", ""), self.kernel_args),
                 sockets=sockets, qmp=qmp_path, memory_mib=self.memory_mib, accel=self.accel,
                 smp=self.smp, extra=extra)
-            self._start_qemu([*qemu_bin.argv, *cmdline.qemu_args(cfg)])
+            # QEMU ends with its parent (PR_SET_PDEATHSIG): a killed launcher orphans nothing.
+            self._start_qemu([*qemu_bin.argv, *cmdline.qemu_args(cfg),
+                              "-run-with", "exit-with-parent=on"])
             if self.on_ready:
                 self.on_ready(LaunchInfo(self.workdir, sockets, qmp_path,
                                          self.server.pid if self.server else None, self.qemu.pid,
@@ -330,7 +337,8 @@ class _Run:
         log.debug("server: %s", " ".join(argv))
         try:
             self.server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                           stderr=subprocess.STDOUT, start_new_session=True)
+                                           stderr=subprocess.STDOUT, start_new_session=True,
+                                           env={**os.environ, PARENT_ENV: str(os.getpid())})
         except OSError as e:
             raise UserError(f"cannot start the vuser server ({argv[0]}): {e.strerror}") from None
         self.server_out = _Stream(self.server.stdout, "server")
@@ -431,7 +439,7 @@ class _Run:
             r.error = f"guest timed out after {self.timeout:g} s{state}"
         elif r.server_died:
             rc_s = self.server.returncode if self.server else None
-            r.error = (f"the vuser server died (exit status {rc_s}) while the guest ran: "
+            r.error = (f"the vuser server died ({_exit_how(rc_s)}) while the guest ran: "
                        f"{_last_line(r.server_log, 'no output')}")
         elif self.detached.is_set():
             r.error = "console session ended by the user (Ctrl-])"
@@ -489,6 +497,16 @@ class _Run:
                         pass
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _exit_how(rc: int | None) -> str:
+    """'killed by SIGKILL' for a negative return code, else 'exit status N'."""
+    if rc is not None and rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
 
 
 def _is_socket(path: Path) -> bool:
