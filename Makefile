@@ -6,13 +6,16 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 #: hypothesis examples per fuzz target for `make fuzz` (the default run uses 25)
 FUZZ_EXAMPLES ?= 2000
+#: minutes of guest DMA for `make soak`
+MINUTES ?= 2
 
-.PHONY: setup provision test fuzz run clean help
+.PHONY: setup provision test fuzz soak run clean help
 
 help:
 	@echo "make run    provision what is missing and run the demo"
 	@echo "make test   provision what is missing and run the whole test suite"
 	@echo "make fuzz   long fuzz campaign: FUZZ_EXAMPLES (default $(FUZZ_EXAMPLES)) per vfio-user command and control-RPC target"
+	@echo "make soak   MINUTES (default $(MINUTES)) of guest DMA with invalidations and PRI faults; the server's RSS and fds must stay bounded"
 	@echo "make setup  create $(VENV) with vuser (editable), its test dependencies and the plot extra"
 	@echo "make provision  QEMU with vfio-user-pci and the guest image, into the cache (idempotent)"
 
@@ -35,6 +38,11 @@ test: setup provision
 fuzz: setup
 	VUSER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/fuzz \
 		tests/e2e_host/test_hostile_properties.py -q $(PYTEST_ARGS)
+
+# Opt-in: tests/soak/soak_run.py, named so that `make test` does not collect it.
+soak: setup provision
+	VUSER_SOAK_MINUTES=$(MINUTES) $(BIN)/python -m pytest tests/soak/soak_run.py -q -s \
+		-p no:cacheprovider $(PYTEST_ARGS)
 
 run: setup provision
 	$(BIN)/vuser run
