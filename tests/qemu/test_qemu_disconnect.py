@@ -69,6 +69,16 @@ class Server:
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
+    def fd_targets(self) -> list[str]:
+        fd_dir = Path(f"/proc/{self.proc.pid}/fd")
+        out = []
+        for fd in fd_dir.iterdir():
+            try:
+                out.append(os.readlink(fd))
+            except OSError:
+                pass
+        return sorted(out)
+
     def mappings(self) -> int:
         """Bytes mapped in the model's IOASes (QEMU's DMA_MAP of guest RAM)."""
         return sum(i["mapped"] for i in self.call("ioas_list"))
@@ -175,3 +185,32 @@ def test_qemu_killed_during_a_dma_burst(soak_image, workdir):
     assert server.proc.returncode == 0, "".join(server.lines)
     assert not any(s.exists() for s in server.sockets + [server.control])
     assert not [ln for ln in server.lines if "Traceback" in ln or " ERROR " in ln], server.lines
+
+
+def test_server_restarted_while_qemu_runs(soak_image, workdir):
+    """QEMU's vfio-user-pci does not reconnect: a server started again on the
+    same sockets gets no client and no mappings; QEMU keeps running or fails,
+    and the guest's DMA does not go on. (The launcher's one line about it is
+    tested in test_qemu_launcher.)"""
+    first = Server(workdir)
+    qemu = Qemu(soak_image, first.sockets, workdir)
+    second = None
+    try:
+        assert qemu.wait_for("soak: ", 180), qemu.text()[-2000:]
+        assert first.mappings() > 0
+        first.proc.kill()
+        first.proc.wait(10)
+        second = Server(workdir)  # removes the stale sockets, listens again
+        baseline = second.fds()
+        time.sleep(5)
+        assert second.mappings() == 0, "QEMU reconnected and mapped guest RAM again"
+        assert eventually(lambda: second.fds() == baseline, 5), (  # the control call's fd closes
+            f"a client connected to the restarted server: {second.fd_targets()}")
+        assert "copies verified" not in qemu.text()
+        for sock in second.sockets:  # the restarted server serves new clients
+            assert asyncio.run(_clean_device(sock)) == VUSER_VENDOR_ID
+    finally:
+        qemu.kill()
+        if second is not None:
+            second.stop()
+    assert second.proc.returncode == 0, "".join(second.lines)

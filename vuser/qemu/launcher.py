@@ -439,7 +439,9 @@ class _Run:
             r.error = f"guest timed out after {self.timeout:g} s{state}"
         elif r.server_died:
             rc_s = self.server.returncode if self.server else None
-            r.error = (f"the vuser server died ({_exit_how(rc_s)}) while the guest ran: "
+            # QEMU's vfio-user-pci never reconnects: a restarted server cannot take over.
+            r.error = (f"the vuser server died ({_exit_how(rc_s)}) while the guest ran "
+                       f"(QEMU does not reconnect to a restarted server): "
                        f"{_last_line(r.server_log, 'no output')}")
         elif self.detached.is_set():
             r.error = "console session ended by the user (Ctrl-])"
