@@ -250,3 +250,18 @@ def test_a_start_removes_what_a_killed_run_left(qemu_bin, mini, tmp_path, monkey
     assert not stale.exists()
     assert r.notes == [f"removed what a killed run left: {stale}"]
     _assert_torn_down(infos[0])
+
+
+def test_a_server_whose_launcher_is_gone_does_not_start(tmp_path):
+    import subprocess
+
+    from vuser.qemu.launcher import PARENT_ENV, SERVER_COMMAND
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    p = subprocess.run([*SERVER_COMMAND, "--device", f"sample@{tmp_path}/s.sock"],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, PARENT_ENV: str(gone.pid)})
+    assert p.returncode != 0
+    assert f"the launcher (pid {gone.pid}) is gone" in p.stderr
+    assert not (tmp_path / "s.sock").exists()
