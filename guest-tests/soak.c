@@ -1,6 +1,6 @@
 /* soak: nested DMA in a loop, with random invalidations and PRI faults.
  *
- * Opt-in (`make soak`, tests/soak/): not listed in tests/guest/guest_tests.toml.
+ * Opt-in (`make soak`, tests/soak/soak_run.py): `opt_in = true` in its manifest table.
  * Runs for `vuser.soak_s=N` seconds (kernel command line, default 20).
  *
  * Each round copies a random span of a freshly patterned source page into a

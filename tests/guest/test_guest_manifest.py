@@ -77,6 +77,7 @@ def test_unlisted_program_is_a_clear_error():
     ("[a]\ntimeout = 0\n", "timeout must be a positive number"),
     ("[a]\ntimeout = true\n", "timeout must be a positive number"),
     ('[a]\nalone = "yes"\n', "alone must be true or false"),
+    ("[a]\nopt_in = 1\n", "opt_in must be true or false"),
     ("[a]\nboots = 2\n", "unknown keys \\['boots'\\]"),
     ('[a]\niommu = "guest"\n', 'iommu must be "user" or "kernel", not \'guest\''),
     ('[a]\nappend = "iommu.strict=1"\n', "append must be a list of kernel command line words"),

@@ -285,3 +285,11 @@ def test_a_table_runs_another_program_on_another_kernel(guest, pytester, monkeyp
     assert len(launches) == len(declared) + 1
     collected = run(pytester, "--collect-only", "-m", "guest").stdout.str()
     assert "guest_tests.toml::enumerate_sid::find_device" in collected
+
+
+def test_an_opt_in_program_is_listed_but_not_collected(guest, pytester):
+    (pytester.path / "guest_tests.toml").write_text(
+        '[environment]\n[enumerate]\nopt_in = true\n')
+    out = run(pytester, "--collect-only").stdout.str()
+    assert "guest_tests.toml::environment" in out
+    assert "enumerate" not in out  # neither an item nor an error

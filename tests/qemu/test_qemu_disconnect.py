@@ -178,7 +178,7 @@ def test_qemu_killed_during_a_dma_burst(soak_image, workdir):
         # every device keeps serving: a new client gets a clean, working device
         for sock in server.sockets:
             assert asyncio.run(_clean_device(sock)) == VUSER_VENDOR_ID
-        assert server.fds() == baseline
+        assert eventually(lambda: server.fds() == baseline), server.fd_targets()  # they closed
     finally:
         qemu.kill()
         server.stop()

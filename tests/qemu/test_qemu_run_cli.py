@@ -99,16 +99,20 @@ def test_plan_default_is_the_demo_and_all_is_every_program():
                                                         for n in default_tests()]
     assert default[1].devices == specs["demo"].devices
     every = _plan(_args("--all"))
+    listed = {n: s for n, s in specs.items() if not s.opt_in}  # --all leaves out the soak
+    assert specs["soak"].opt_in and "soak" not in listed
     assert sorted(n for p in every for n in p.programs) == sorted(s.program_name
-                                                                  for s in specs.values())
+                                                                  for s in listed.values())
     # one guest per (devices, iommu mode, kernel arguments)
-    assert len(every) == len({specs[n].boot_key() for n in specs})
+    assert len(every) == len({listed[n].boot_key() for n in listed})
+    assert [(p.devices, p.programs) for p in _plan(_args("--test", "soak"))] == [
+        (specs["soak"].devices, ("soak",))]  # named, it runs
     assert [p.programs for p in _plan(_args("--test", "dma_nested"))] == [("dma_nested",)]
     # --device: one guest with those devices, the demo's programs or all of them, of its mode.
     assert [(p.devices, p.programs) for p in _plan(_args("--device", "sample"))] == [
         (("sample",), default_tests("user"))]
     assert [sorted(p.programs) for p in _plan(_args("--device", "sample", "--all"))] == [
-        sorted({s.program_name for s in specs.values() if not s.kernel_iommu})]
+        sorted({s.program_name for s in listed.values() if not s.kernel_iommu})]
 
 
 def test_plan_kernel_iommu_keeps_to_kernel_owned_programs():

@@ -324,7 +324,7 @@ def _plan(args: argparse.Namespace):
     # With --device every program runs in the one mode asked for.
     only = iommu if kernel or args.device else None
     if args.all:
-        names = [n for n in specs if only in (None, specs[n].iommu)]
+        names = [n for n in specs if only in (None, specs[n].iommu) and not specs[n].opt_in]
     else:
         names = list(args.test or default_tests(only))
     if not names:

@@ -12,6 +12,8 @@
     demo = true         # `vuser run` runs it by default (in manifest order)
     kernel = "debian:sid"   # the guest kernel (default: the image recipe's)
     program = "enumerate"   # the program a table runs (default: its own name)
+    opt_in = false      # true: only when asked for (`make soak`); not collected by pytest,
+                        # not in `vuser run --all`
 
 ``devices`` are ``vuser serve --device`` specs without the socket path
 (``TYPE[,key=value...]``), each plugged in behind its own pcie-root-port.
@@ -40,7 +42,7 @@ __all__ = ["MANIFEST_PATH", "DEFAULT_TIMEOUT_S", "IOMMU_MODES", "ProgramSpec", "
 MANIFEST_PATH = paths.SOURCE_ROOT / "tests" / "guest" / "guest_tests.toml"
 DEFAULT_TIMEOUT_S = 300.0
 IOMMU_MODES = ("user", "kernel")
-_KEYS = {"devices", "timeout", "alone", "iommu", "append", "demo", "kernel", "program"}
+_KEYS = {"devices", "timeout", "alone", "iommu", "append", "demo", "kernel", "program", "opt_in"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ProgramSpec:
     demo: bool = False
     kernel: str | None = None  # "debian:<suite>"; None: the image recipe's
     program: str = ""  # guest-tests/<program>.c; "": the table's name
+    opt_in: bool = False  # run only when named (not by pytest, not by --all)
 
     @property
     def kernel_iommu(self) -> bool:
@@ -109,6 +112,7 @@ def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, ProgramSpec]:
         demo = entry.get("demo", False)
         kernel = entry.get("kernel")
         program = entry.get("program", "")
+        opt_in = entry.get("opt_in", False)
         if not isinstance(devices, list) or not all(isinstance(d, str) and d for d in devices):
             raise UserError(f"{path}: [{name}] devices must be a list of device types")
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
@@ -125,6 +129,8 @@ def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, ProgramSpec]:
             raise UserError(f"{path}: [{name}] append must not set vuser.* (the launcher does)")
         if not isinstance(demo, bool):
             raise UserError(f"{path}: [{name}] demo must be true or false")
+        if not isinstance(opt_in, bool):
+            raise UserError(f"{path}: [{name}] opt_in must be true or false")
         if kernel is not None:
             from vuser.guest.image import kernel_suite
 
@@ -135,7 +141,7 @@ def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, ProgramSpec]:
         if not isinstance(program, str) or (program and not program.isidentifier()):
             raise UserError(f"{path}: [{name}] program must be the name of a guest-tests program")
         specs[name] = ProgramSpec(name, tuple(devices), float(timeout), alone, iommu,
-                                  tuple(append), demo, kernel, program)
+                                  tuple(append), demo, kernel, program, opt_in)
     return specs
 
 
