@@ -310,10 +310,7 @@ class DeviceBinding:
             raise RemoteProtocolError(errno.EINVAL, f"the DMA fd is VM {owner.vm_id}'s memory, "
                                       f"this connection is in VM {self.vm.vm_id}")
         vm = self.vm or owner
-        if vm is not None:
-            vm.gpa.check_add(first, last, ident, offset, prot)
-        else:
-            GpaSpace.check_aligned(first, last, offset)
+        GpaSpace.check_aligned(first, last, offset)
         new_vm = vm is None
         joined = False
         try:
@@ -322,7 +319,7 @@ class DeviceBinding:
             if self.vm is None:
                 self._join(vm)
                 joined = True
-            vm.gpa.add(first, last, ident, fd, offset, prot)
+            vm.gpa.add(self, first, last, ident, fd, offset, prot)
             self.platform._file_vm.setdefault(ident, vm)
         except BaseException:
             if joined:
@@ -337,7 +334,7 @@ class DeviceBinding:
             log.error("%s: unmap of %#x+%#x without a VM", self._name(), addr, size)
             return
         try:
-            self.vm.gpa.remove(addr, addr + size - 1)
+            self.vm.gpa.remove(self, addr, addr + size - 1)
         except RemoteProtocolError:
             log.exception("%s: VM %d: unmap of %#x+%#x failed", self._name(), self.vm.vm_id,
                           addr, size)
@@ -348,6 +345,7 @@ class DeviceBinding:
             return
         self.closed = True
         if self.vm is not None:
+            self.vm.gpa.forget(self)
             self._leave()
         if self.platform._bindings.get(self.device.iommu.label) is self:
             del self.platform._bindings[self.device.iommu.label]

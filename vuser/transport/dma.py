@@ -54,7 +54,7 @@ from vuser.protocol.connection import close_fds
 from vuser.protocol.consts import (
     MAX_DMA_MAPS, VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE,
 )
-from vuser.transport.seals import shrink_sealed
+from vuser.memory.seals import shrink_sealed
 
 log = logging.getLogger(__name__)
 
