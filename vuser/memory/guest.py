@@ -32,9 +32,10 @@ Ownership (the contract):
   st_ino)``): that duplicate is owned here, kept while any claim uses the
   file (a stale claim may become the view again and need a new area), and
   closed when the last such claim goes, or by ``clear``.
-- The mmaps are owned by the IOAS: ``map_file`` makes one per area, and the
-  area's unmap (through ``unmap`` or the IOAS's destruction) releases it.
-  Nothing here keeps a view of guest RAM.
+- The mmaps are owned by the IOAS: ``map_file`` makes one per area (with its
+  own duplicate of the fd, as Python's mmap keeps one), and the area's unmap
+  (through ``unmap`` or the IOAS's destruction) releases both. Nothing here
+  keeps a view of guest RAM.
 - Host-side access (``read``/``write``: the vIOMMU's tables, its fault and
   page-request queues, completion writes) goes through ``IoasPort.rw``, an
   access on the same IOAS: the one path, the same areas devices reach.
