@@ -139,3 +139,17 @@ def test_host_access_goes_through_one_access_object_on_the_ioas(ram):
     gpa.clear()
     assert not [o for o in ctx.objects() if o["type"] == "access"]
     ctx.destroy(ioas)                                 # nothing holds the IOAS any more
+
+
+def test_forget_drops_what_a_gone_connection_still_claims(ram):
+    ctx, ioas, gpa, x, y = ram
+    os.pwrite(x, b"x", 0)
+    os.pwrite(y, b"y", 0)
+    gpa.add(B, 0, 2 * MiB - 1, ident(x), x, 0, RW)
+    gpa.add(A, 0, MiB - 1, ident(y), y, 0, RW)
+    gpa.add(A, 2 * MiB, 3 * MiB - 1, ident(y), y, MiB, RW)
+    gpa.forget(A)
+    assert [(s.first, s.last, s.ident) for s in gpa.segments()] == [
+        (0, MiB - 1, ident(x)), (MiB, 2 * MiB - 1, ident(x))]
+    assert gpa.read(0, 1) == b"x" and gpa.files() == [ident(x)]
+    assert areas(ctx, ioas) == [(0, MiB - 1), (MiB, 2 * MiB - 1)]

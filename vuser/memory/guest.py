@@ -194,7 +194,12 @@ class GuestMemory:
 
     def remove(self, owner: Hashable, first: int, last: int) -> None:
         """``owner`` unmaps ``[first, last]``: its claims there go (split at the
-        edges), and the view falls back to the newest claim left on each byte."""
+        edges), and the view falls back to the newest claim left on each byte.
+
+        If the IOAS refuses an area of the new view (an mmap limit), the old
+        areas stay, the error is raised, and the view is brought in line at
+        the range's next change (or ``clear``); the claims are gone either way.
+        """
         claims = self._claims.get(owner)
         if claims is None:
             return
@@ -217,7 +222,10 @@ class GuestMemory:
         claims = self._claims.get(owner)
         while claims:
             c0, c1, _ = claims.at(0)
-            self.remove(owner, c0, c1)
+            try:
+                self.remove(owner, c0, c1)   # the claim goes even if this raises
+            except RemoteProtocolError:
+                log.exception("guest RAM %#x..%#x: the IOAS refused the new view", c0, c1)
             claims = self._claims.get(owner)
 
     def clear(self) -> None:
@@ -285,8 +293,9 @@ class GuestMemory:
                 want.append(GpaSegment(a, b - 1, c.ident, a + c.delta, c.prot, refs))
         i, j = self._view.span(lo, hi)
         have = [v for _, _, v in (self._view.at(k) for k in range(i, j))]
+        wanted = {(w.first, w.last): w for w in want}
         keep = {(s.first, s.last) for s in have
-                if any(s.same_backing(w) for w in want)}
+                if (w := wanted.get((s.first, s.last))) is not None and s.same_backing(w)}
         drop = [s for s in have if (s.first, s.last) not in keep]
         new = [w for w in want if (w.first, w.last) not in keep]
         for s in drop:
