@@ -23,12 +23,15 @@
   DMA_WRITE messages to the client, through a ``MessageDma``.
 
 ``translate(addr, n, write)`` is the one function that turns a bus address
-range into pieces of those mappings.
+range into pieces of those mappings. The table is a
+``vuser.memory.intervals.IntervalMap``; the straddling-unmap rule above is
+this module's own.
 
 With a ``DmaSink`` (issue 5: the device's ``DeviceBinding``), mappings with an
 fd are not mmapped here: after this table has validated them, the sink gets
 exactly the pieces that change (``map``, ``unmap`` of the part of a mapping an
-unmap covers, ``close``) and feeds the VM's GPA IOAS (``ioas_map_file``).
+unmap covers, ``close``) and feeds the VM's guest RAM (``vuser.memory.guest``,
+which mirrors it into the VM's GPA IOAS).
 Device DMA then reaches that memory only through the ioasid model; this
 space's own port serves the fd-less mappings and refuses the others (EFAULT).
 
@@ -88,9 +91,9 @@ class _File:
     """One client file, shared by the mappings into it: an mmap of it (sealed
     files), or a duplicate of its fd for pread/pwrite (``fd``, any other)."""
 
-    def __init__(self, mm: mmap.mmap | None, base: int, key: tuple[int, ...] | None,
+    def __init__(self, mm: mmap.mmap | None, key: tuple[int, ...] | None,
                  fd: int | None = None) -> None:
-        self.mm, self.base, self.key, self.refs = mm, base, key, 0
+        self.mm, self.key, self.refs = mm, key, 0
         self.fd = fd
 
     def close(self) -> None:
@@ -231,11 +234,11 @@ class DmaSpace:
             if not sealed:  # pread/pwrite: cannot fault (module doc)
                 _check_file_io(fd, offset, writable)
                 if file is None:
-                    file = self._files[key] = _File(None, 0, key, os.dup(fd))
+                    file = self._files[key] = _File(None, key, os.dup(fd))
                 return file
             if file is None or file.mm is None or len(file.mm) < offset + size:
                 mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, prot)
-                file = self._files[key] = _File(mm, 0, key)
+                file = self._files[key] = _File(mm, key)
             return file
         except OSError as e:
             raise RemoteProtocolError(e.errno or errno.EINVAL, f"mmap of the DMA fd: {e}") from None
@@ -342,7 +345,7 @@ class DmaSpace:
             seg = self._segment(addr + pos, n - pos, False, addr, n)
             m = seg.mapping
             if m.file is not None:
-                at = m.offset - m.file.base + (seg.addr - m.addr)
+                at = m.offset + (seg.addr - m.addr)
                 out += m.file.read(at, seg.length, addr)
             else:
                 out += await self._messages(addr, n).dma_read_message(seg.addr, seg.length)
@@ -357,7 +360,7 @@ class DmaSpace:
             seg = self._segment(addr + pos, n - pos, True, addr, n)
             m = seg.mapping
             if m.file is not None:
-                at = m.offset - m.file.base + (seg.addr - m.addr)
+                at = m.offset + (seg.addr - m.addr)
                 m.file.write(at, view[pos:pos + seg.length], addr)
             else:
                 await self._messages(addr, n).dma_write_message(
