@@ -7,8 +7,8 @@ behind their DMA_MAPs (``fstat``: ``(st_dev, st_ino)``).
 - ``Platform`` (one per server process) owns the ``IommuRegistry`` and the
   ``IoasidContext``, the named IOMMU groups (``group=G``), the registered
   ``PciDevice``s by label, and the VMs.
-- ``Vm``: a GPA IOAS (``ioas_id``) holding the union of its connections'
-  fd-backed DMA_MAPs (``GpaSpace``), and a NEST_PARENT paging HWPT over it
+- ``Vm``: a GPA IOAS (``ioas_id``) holding its connections' fd-backed
+  DMA_MAPs, the newest map of a range winning (``GpaSpace``), and a NEST_PARENT paging HWPT over it
   (``s2_hwpt_id``): every device's default domain, so untagged DMA is
   pass-through GPA DMA until the vIOMMU says otherwise.
 - ``DeviceBinding``: one connection's DMA_MAP/DMA_UNMAP sink (the transport's
