@@ -8,9 +8,10 @@ behind their DMA_MAPs (``fstat``: ``(st_dev, st_ino)``).
   ``IoasidContext``, the named IOMMU groups (``group=G``), the registered
   ``PciDevice``s by label, and the VMs.
 - ``Vm``: a GPA IOAS (``ioas_id``) holding its connections' fd-backed
-  DMA_MAPs, the newest map of a range winning (``GpaSpace``), and a NEST_PARENT paging HWPT over it
-  (``s2_hwpt_id``): every device's default domain, so untagged DMA is
-  pass-through GPA DMA until the vIOMMU says otherwise.
+  DMA_MAPs, the newest map of a range winning (``GpaSpace``), and a
+  NEST_PARENT paging HWPT over it (``s2_hwpt_id``): every device's default
+  domain, so untagged DMA is pass-through GPA DMA until the vIOMMU says
+  otherwise.
 - ``DeviceBinding``: one connection's DMA_MAP/DMA_UNMAP sink (the transport's
   ``DmaSpace`` calls it for maps that carry an fd). The first such map
   selects the VM by the file's identity, or creates it; the device is then
