@@ -42,7 +42,7 @@ from vuser.iommu.uapi import HwptAllocFlags, HwptDataType
 from vuser.pci.caps import walk_extended
 from vuser.transport.client import Client
 from vuser.transport.server import DeviceServer
-from vuser.transport.seals import sealed_memfd
+from vuser.memory.seals import sealed_memfd
 
 MiB = 1 << 20
 PAGE = 4096

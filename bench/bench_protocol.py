@@ -32,7 +32,7 @@ from vuser.protocol.state import Role
 from vuser.transport.client import Client
 from vuser.transport.dma import DmaSpace
 from vuser.transport.server import DeviceServer
-from vuser.transport.seals import sealed_memfd
+from vuser.memory.seals import sealed_memfd
 
 
 class Registers:

@@ -31,7 +31,7 @@ from vuser.protocol.backend import VFIO_PCI_CONFIG_REGION_INDEX
 from vuser.rpc import Client as RpcClient
 from vuser.rpc import ControlServer, Service
 from vuser.transport.client import Client
-from vuser.transport.seals import sealed_memfd
+from vuser.memory.seals import sealed_memfd
 from vuser.transport.server import DeviceServer
 
 PAGE = 4096

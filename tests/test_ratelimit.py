@@ -55,7 +55,7 @@ async def test_a_guest_flooding_dma_errors_is_limited_and_counted(tmp_path, capl
     sample = pytest.importorskip("vuser.devices.sample", reason="needs the sample device")
     from vuser.rpc import Service, render
     from vuser.transport.client import Client
-    from vuser.transport.seals import sealed_memfd
+    from vuser.memory.seals import sealed_memfd
     from vuser.transport.server import DeviceServer
 
     monkeypatch.setattr(ratelimit, "_LIMITER", RateLimiter())

@@ -19,7 +19,7 @@ from vuser.pci.caps import walk_extended, walk_standard
 from vuser.pci.caps_ext import PasidCap
 from vuser.pci.caps_std import DevCap2
 from vuser.pci.irq import IrqIndex
-from vuser.transport.seals import sealed_memfd
+from vuser.memory.seals import sealed_memfd
 
 MiB = 1 << 20
 

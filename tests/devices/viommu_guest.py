@@ -30,7 +30,7 @@ from vuser.devices.vtd_layout import (
 )
 from vuser.iommu.pagetable import PageTableBuilder
 from vuser.transport.client import Client
-from vuser.transport.seals import sealed_memfd
+from vuser.memory.seals import sealed_memfd
 
 P = 4096
 MiB = 1 << 20

@@ -29,7 +29,7 @@ from vuser.pci.config import Command
 from vuser.protocol.backend import VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX
 from vuser.transport.client import Client
 from vuser.transport.server import DeviceServer
-from vuser.transport.seals import sealed_memfd
+from vuser.memory.seals import sealed_memfd
 
 MiB = 1 << 20
 PAGE = 4096

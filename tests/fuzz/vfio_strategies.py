@@ -22,7 +22,7 @@ from vuser.protocol.messages import (
     VfioUserDmaMap, VfioUserDmaRw, VfioUserDmaUnmap, VfioUserMigData, VfioUserRegionAccess,
     VfioUserRegionIoFds, VfioUserVersion, VfioUserWriteMultiEntry, VfioUserWriteMultiHead,
 )
-from vuser.transport.seals import sealed_memfd
+from vuser.memory.seals import sealed_memfd
 from vuser.wire import Bytes, Struct
 
 MiB = 1 << 20

@@ -11,7 +11,7 @@ from vuser.protocol.caps import Capabilities
 from vuser.protocol.consts import VFIO_DMA_UNMAP_FLAG_ALL, Command
 from vuser.protocol.events import Reply
 from vuser.protocol.messages import VfioUserDmaMap, VfioUserDmaUnmap
-from vuser.transport.seals import sealed_memfd
+from vuser.memory.seals import sealed_memfd
 
 MiB = 1 << 20
 

@@ -9,7 +9,7 @@ import pytest
 from vuser.errors import RemoteProtocolError
 from vuser.protocol.backend import DmaError
 from vuser.transport.dma import DmaSpace
-from vuser.transport.seals import sealed_memfd, shrink_sealed
+from vuser.memory.seals import sealed_memfd, shrink_sealed
 from fdhelp import fd_is_open
 
 MiB = 1 << 20

@@ -10,7 +10,7 @@ import pytest
 from vuser.protocol.backend import VFIO_REGION_INFO_FLAG_MMAP
 from vuser.transport.client import Client
 from vuser.transport.server import DeviceServer
-from vuser.transport.seals import sealed_memfd
+from vuser.memory.seals import sealed_memfd
 
 sample = pytest.importorskip(
     "vuser.devices.sample", reason="needs the sample device (vuser/devices/sample.py)")

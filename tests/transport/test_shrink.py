@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from vuser.transport.client import Client, VfioUserError
-from vuser.transport.seals import sealed_memfd
+from vuser.memory.seals import sealed_memfd
 
 MiB = 1 << 20
 TIMEOUT = 20

@@ -18,7 +18,7 @@ from vuser.protocol.caps import Capabilities
 from vuser.protocol.consts import Command
 from vuser.protocol.messages import Version, VfioDeviceInfo, VfioUserDmaMap
 from vuser.transport.client import Client, VfioUserError
-from vuser.transport.seals import sealed_memfd
+from vuser.memory.seals import sealed_memfd
 
 MiB = 1 << 20
 TIMEOUT = 10

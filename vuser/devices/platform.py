@@ -7,10 +7,11 @@ behind their DMA_MAPs (``fstat``: ``(st_dev, st_ino)``).
 - ``Platform`` (one per server process) owns the ``IommuRegistry`` and the
   ``IoasidContext``, the named IOMMU groups (``group=G``), the registered
   ``PciDevice``s by label, and the VMs.
-- ``Vm``: a GPA IOAS (``ioas_id``) holding the union of its connections'
-  fd-backed DMA_MAPs (``GpaSpace``), and a NEST_PARENT paging HWPT over it
-  (``s2_hwpt_id``): every device's default domain, so untagged DMA is
-  pass-through GPA DMA until the vIOMMU says otherwise.
+- ``Vm``: a GPA IOAS (``ioas_id``) holding its connections' fd-backed
+  DMA_MAPs, the newest map of a range winning (``GpaSpace``), and a
+  NEST_PARENT paging HWPT over it (``s2_hwpt_id``): every device's default
+  domain, so untagged DMA is pass-through GPA DMA until the vIOMMU says
+  otherwise.
 - ``DeviceBinding``: one connection's DMA_MAP/DMA_UNMAP sink (the transport's
   ``DmaSpace`` calls it for maps that carry an fd). The first such map
   selects the VM by the file's identity, or creates it; the device is then
@@ -310,10 +311,7 @@ class DeviceBinding:
             raise RemoteProtocolError(errno.EINVAL, f"the DMA fd is VM {owner.vm_id}'s memory, "
                                       f"this connection is in VM {self.vm.vm_id}")
         vm = self.vm or owner
-        if vm is not None:
-            vm.gpa.check_add(first, last, ident, offset, prot)
-        else:
-            GpaSpace.check_aligned(first, last, offset)
+        GpaSpace.check_aligned(first, last, offset)
         new_vm = vm is None
         joined = False
         try:
@@ -322,7 +320,7 @@ class DeviceBinding:
             if self.vm is None:
                 self._join(vm)
                 joined = True
-            vm.gpa.add(first, last, ident, fd, offset, prot)
+            vm.gpa.add(self, first, last, ident, fd, offset, prot)
             self.platform._file_vm.setdefault(ident, vm)
         except BaseException:
             if joined:
@@ -337,7 +335,7 @@ class DeviceBinding:
             log.error("%s: unmap of %#x+%#x without a VM", self._name(), addr, size)
             return
         try:
-            self.vm.gpa.remove(addr, addr + size - 1)
+            self.vm.gpa.remove(self, addr, addr + size - 1)
         except RemoteProtocolError:
             log.exception("%s: VM %d: unmap of %#x+%#x failed", self._name(), self.vm.vm_id,
                           addr, size)
@@ -348,6 +346,7 @@ class DeviceBinding:
             return
         self.closed = True
         if self.vm is not None:
+            self.vm.gpa.forget(self)
             self._leave()
         if self.platform._bindings.get(self.device.iommu.label) is self:
             del self.platform._bindings[self.device.iommu.label]

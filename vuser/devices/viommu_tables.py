@@ -1,8 +1,9 @@
 """Reading the guest's scalable-mode tables: root, context, PASID directory and table.
 
 VT-d §3.4.3 and §9.2-§9.6. The tables live in guest memory and are read
-through ``read(gpa, n)`` (the VM's stage 2: ``Vm.gpa_read``, which raises
-``DmaError`` on a hole). Nothing here raises on guest-caused problems: a
+through ``read(gpa, n)``: ``Vm.gpa_read``, an access on the VM's GPA IOAS
+(``vuser.memory.guest``), so they are read from the same areas device DMA
+reaches; it raises ``DmaError`` on a hole. Nothing here raises on guest-caused problems: a
 lookup returns the parsed entry or a ``TableFault`` with the scalable-mode
 fault reason it would produce (SRT.x, SCT.x, SPD.x, SPT.x), and whether fault
 processing is disabled (FPD) along the path.

@@ -2,8 +2,7 @@
 
 Ranges are inclusive ``(iova, last)`` and computed with an overflow check, as
 in the kernel. Areas never overlap and are never split: an unmap must cover
-whole areas. Areas are kept sorted by start, and lookups bisect the starts, so
-``find`` is O(log n) in the number of areas.
+whole areas. ``find`` is O(log n) in the number of areas.
 
 Besides areas the table holds:
 
@@ -20,13 +19,18 @@ Besides areas the table holds:
 Everything here validates completely before it changes anything, except
 ``remove_covering``, which (as ``iopt_unmap_iova_range``) removes areas in
 IOVA order until one sticks out.
+
+The areas are a ``vuser.memory.intervals.IntervalMap``, the server's one
+range table; the no-split rule is this module's own, on top of it.
 """
 
 from __future__ import annotations
 
 import errno
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
+
+from vuser.memory.intervals import IntervalMap, merge_spans, overlaps
 
 from .errors import IommufdError, fail
 from .pages import Pages
@@ -71,28 +75,13 @@ def check_range(iova: int, length: int) -> int:
     return last
 
 
-def _overlaps(a: int, b: int, c: int, d: int) -> bool:
-    return a <= d and c <= b
-
-
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Union of sorted inclusive spans, as sorted disjoint spans."""
-    out: list[tuple[int, int]] = []
-    for s, e in spans:
-        if out and s <= out[-1][1] + 1:
-            if e > out[-1][1]:
-                out[-1] = (out[-1][0], e)
-        else:
-            out.append((s, e))
-    return out
-
-
 class IoPagetable:
     """Areas, allowed and reserved ranges of one IOAS."""
 
     def __init__(self) -> None:
-        self._starts: list[int] = []
-        self._areas: list[Area] = []
+        self._map: IntervalMap[Area] = IntervalMap()
+        #: The area containing an address, in O(log n) (``IntervalMap.find``).
+        self.find = self._map.find
         self.allowed: list[tuple[int, int]] = []
         self.reserved: dict[object, list[tuple[int, int]]] = {}
         #: Current IOVA alignment, and what asks for more than 1 byte.
@@ -104,35 +93,17 @@ class IoPagetable:
         self.accesses: list = []
 
     # -- lookups ----------------------------------------------------------
-    def find(self, addr: int) -> Area | None:
-        """The area containing ``addr``, in O(log n)."""
-        i = bisect_right(self._starts, addr) - 1
-        if i >= 0:
-            a = self._areas[i]
-            if a.last >= addr:
-                return a
-        return None
-
-    def _span(self, iova: int, last: int) -> tuple[int, int]:
-        """Indices ``[i, j)`` of the areas overlapping ``[iova, last]``."""
-        i = bisect_right(self._starts, iova) - 1
-        if i < 0 or self._areas[i].last < iova:
-            i += 1
-        j = bisect_right(self._starts, last)
-        return i, max(i, j)
-
     def overlapping(self, iova: int, last: int) -> list[Area]:
-        i, j = self._span(iova, last)
-        return self._areas[i:j]
+        return self._map.overlapping(iova, last)
 
     def areas(self) -> Iterator[Area]:
-        return iter(list(self._areas))
+        return iter(self._map)
 
     def __len__(self) -> int:
-        return len(self._areas)
+        return len(self._map)
 
     def _reserved_hit(self, iova: int, last: int) -> bool:
-        return any(_overlaps(s, e, iova, last) for rs in self.reserved.values() for s, e in rs)
+        return any(overlaps(s, e, iova, last) for rs in self.reserved.values() for s, e in rs)
 
     # -- alignment ----------------------------------------------------------
     def wanted_alignment(self, *, domains: int | None = None,
@@ -148,7 +119,7 @@ class IoPagetable:
         """``iopt_check_iova_alignment``: EADDRINUSE if an area is not ``new``-aligned."""
         if new <= self.alignment:
             return
-        for a in self._areas:
+        for a in self._map.values():
             if a.iova % new or a.length % new:
                 raise fail(errno.EADDRINUSE, f"area [{a.iova:#x}, {a.last:#x}] is not "
                                              f"{new:#x}-aligned")
@@ -183,7 +154,7 @@ class IoPagetable:
         align = min(1 << (length - 1).bit_length(), HPAGE_SIZE)
         if align < self.alignment:
             raise fail(errno.EINVAL, f"{length:#x} bytes cannot be {self.alignment:#x}-aligned")
-        used = _merge(sorted([(a.iova, a.last) for a in self._areas]
+        used = merge_spans(sorted([(a.iova, a.last) for a in self._map.values()]
                              + [r for rs in self.reserved.values() for r in rs]))
         # Never IOVA 0 nor the last page (the kernel searches [PAGE_SIZE,
         # ULONG_MAX - PAGE_SIZE]).
@@ -222,14 +193,12 @@ class IoPagetable:
         for s, e in ranges:
             if self.overlapping(s, e):
                 raise fail(errno.EADDRINUSE, f"[{s:#x}, {e:#x}] is mapped")
-            if any(_overlaps(a, b, s, e) for a, b in self.allowed):
+            if any(overlaps(a, b, s, e) for a, b in self.allowed):
                 raise fail(errno.EADDRINUSE, f"[{s:#x}, {e:#x}] is in an allowed range")
 
     # -- changes (callers validated first) --------------------------------
     def insert(self, area: Area) -> None:
-        i = bisect_left(self._starts, area.iova)
-        self._starts.insert(i, area.iova)
-        self._areas.insert(i, area)
+        self._map.insert(area.iova, area.last, area)
         area.pages.pin()
 
     def remove_covering(self, iova: int, last: int) -> tuple[list[Area], IommufdError | None]:
@@ -241,13 +210,11 @@ class IoPagetable:
         removed areas and the error (None on success). The removed pages
         stay pinned: the caller flushes what caches them, then unpins them.
         """
-        i, j = self._span(iova, last)
+        i, j = self._map.span(iova, last)
         k = i
-        while k < j and self._areas[k].iova >= iova and self._areas[k].last <= last:
+        while k < j and self._map.at(k)[0] >= iova and self._map.at(k)[1] <= last:
             k += 1
-        removed = self._areas[i:k]
-        del self._areas[i:k]
-        del self._starts[i:k]
+        removed = self._map.delete_span(i, k)
         err = None
         if k < j:
             err = fail(errno.ENOENT, "unmap would split an area")
@@ -257,8 +224,7 @@ class IoPagetable:
 
     def remove_all(self) -> list[Area]:
         """Remove every area (pages still pinned, as for ``remove_covering``)."""
-        removed, self._areas, self._starts = self._areas, [], []
-        return removed
+        return self._map.clear()
 
     @staticmethod
     def unpin(areas: list[Area]) -> None:

@@ -13,10 +13,10 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vuser.memory import PAGE_SIZE
 from vuser.wire import Pad, Struct, u8, u16, u32, u64
 
 U64_MAX = (1 << 64) - 1
-PAGE_SIZE = 4096
 #: IOMMU_NO_PASID is 0 in the kernel; the model spells "no PASID" as None.
 NO_PASID = None
 #: ``iotlb_invalidate(pasid=ALL_PASIDS)``: every PASID and the RID.

@@ -18,7 +18,6 @@ is waiting. Fds handed to the client stay the caller's; fds it receives
 from __future__ import annotations
 
 import asyncio
-import bisect
 import errno
 import mmap
 import os
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vuser.errors import RemoteProtocolError
+from vuser.memory.intervals import IntervalMap
 from vuser.protocol.backend import (
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
 )
@@ -88,7 +88,7 @@ class Client:
         self.conn = Connection(Role.CLIENT, caps)
         self.channel = Channel(sock, self.conn, self._on_event, name=name, trace=trace)
         self._waiters: dict[int, asyncio.Future[Event]] = {}
-        self._local: list[_Local] = []     # sorted by addr
+        self._local: IntervalMap[_Local] = IntervalMap()
         self.closed_event = asyncio.Event()
         self.dma_requests_served = 0
 
@@ -271,12 +271,17 @@ class Client:
             flags=flags, offset=offset if fd is not None else 0, addr=addr, size=size),
             () if fd is None else (fd,))
         if buffer is not None:
-            i = bisect.bisect_left([m.addr for m in self._local], addr)
-            self._local.insert(i, _Local(addr, view[:size], flags))
+            self._drop_local(addr, size)  # an identical re-map replaces the buffer
+            self._local.insert(addr, addr + size - 1, _Local(addr, view[:size], flags))
 
     async def dma_unmap(self, addr: int, size: int) -> None:
         await self.request(Command.DMA_UNMAP, VfioUserDmaUnmap(addr=addr, size=size))
-        self._local = [m for m in self._local if (m.addr, len(m.buf)) != (addr, size)]
+        self._drop_local(addr, size)
+
+    def _drop_local(self, addr: int, size: int) -> None:
+        entry = self._local.find_entry(addr)
+        if entry is not None and entry[:2] == (addr, addr + size - 1):
+            self._local.delete_at(addr)
 
     async def dma_unmap_all(self) -> None:
         await self.request(Command.DMA_UNMAP, VfioUserDmaUnmap(flags=VFIO_DMA_UNMAP_FLAG_ALL))
@@ -330,10 +335,10 @@ class Client:
             self.channel.send(Reply(req.msg_id, req.command, DmaData.make(rw.addr, bytes(view))))
 
     def _local_view(self, addr: int, n: int, write: bool) -> memoryview:
-        i = bisect.bisect_right([m.addr for m in self._local], addr) - 1
-        if i < 0 or addr + n > self._local[i].addr + len(self._local[i].buf):
+        entry = self._local.find_entry(addr)
+        if entry is None or addr + n - 1 > entry[1]:
             raise OSError(errno.EFAULT, "not in a local DMA buffer")
-        m = self._local[i]
+        m = entry[2]
         need = VFIO_USER_F_DMA_REGION_WRITE if write else VFIO_USER_F_DMA_REGION_READ
         if not m.flags & need:
             raise OSError(errno.EPERM, "DMA against the map's flags")

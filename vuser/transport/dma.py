@@ -23,12 +23,15 @@
   DMA_WRITE messages to the client, through a ``MessageDma``.
 
 ``translate(addr, n, write)`` is the one function that turns a bus address
-range into pieces of those mappings.
+range into pieces of those mappings. The table is a
+``vuser.memory.intervals.IntervalMap``; the straddling-unmap rule above is
+this module's own.
 
 With a ``DmaSink`` (issue 5: the device's ``DeviceBinding``), mappings with an
 fd are not mmapped here: after this table has validated them, the sink gets
 exactly the pieces that change (``map``, ``unmap`` of the part of a mapping an
-unmap covers, ``close``) and feeds the VM's GPA IOAS (``ioas_map_file``).
+unmap covers, ``close``) and feeds the VM's guest RAM (``vuser.memory.guest``,
+which mirrors it into the VM's GPA IOAS).
 Device DMA then reaches that memory only through the ioasid model; this
 space's own port serves the fd-less mappings and refuses the others (EFAULT).
 
@@ -38,7 +41,6 @@ IOMMU model hands out views of the mmap itself, and has no file path.
 
 from __future__ import annotations
 
-import bisect
 import errno
 import fcntl
 import logging
@@ -49,17 +51,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vuser.errors import RemoteProtocolError
+from vuser.memory import PAGE_SIZE
+from vuser.memory.intervals import U64_END, IntervalMap
+from vuser.memory.seals import shrink_sealed
 from vuser.protocol.backend import DmaError
 from vuser.protocol.connection import close_fds
 from vuser.protocol.consts import (
     MAX_DMA_MAPS, VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE,
 )
-from vuser.transport.seals import shrink_sealed
 
 log = logging.getLogger(__name__)
-
-#: Split granule of fd-backed mappings handed to a ``DmaSink`` (the IOAS page).
-PAGE_SIZE = 4096
 
 __all__ = ["DmaSpace", "DmaMapping", "DmaSink", "Segment", "MessageDma"]
 
@@ -90,9 +91,9 @@ class _File:
     """One client file, shared by the mappings into it: an mmap of it (sealed
     files), or a duplicate of its fd for pread/pwrite (``fd``, any other)."""
 
-    def __init__(self, mm: mmap.mmap | None, base: int, key: tuple[int, ...] | None,
+    def __init__(self, mm: mmap.mmap | None, key: tuple[int, ...] | None,
                  fd: int | None = None) -> None:
-        self.mm, self.base, self.key, self.refs = mm, base, key, 0
+        self.mm, self.key, self.refs = mm, key, 0
         self.fd = fd
 
     def close(self) -> None:
@@ -166,14 +167,13 @@ class DmaSpace:
         self.message_dma = message_dma
         self.sink = sink
         self.max_maps = max_maps
-        self._maps: list[DmaMapping] = []   # sorted by addr, never overlapping
-        self._addrs: list[int] = []
+        self._maps: IntervalMap[DmaMapping] = IntervalMap()
         self._files: dict[tuple[int, ...], _File] = {}
         self.closed = False
 
     @property
     def mappings(self) -> tuple[DmaMapping, ...]:
-        return tuple(self._maps)
+        return tuple(self._maps.values())
 
     # --- the table (DMA_MAP / DMA_UNMAP) -------------------------------------
 
@@ -188,15 +188,14 @@ class DmaSpace:
     def _map(self, addr: int, size: int, flags: int, fd: int | None, offset: int) -> None:
         if self.closed:
             raise RemoteProtocolError(errno.ENOTCONN, "DMA space closed")
-        if size == 0 or addr + size > 1 << 64:
-            raise RemoteProtocolError(errno.EINVAL, f"bad DMA range {addr:#x}+{size:#x}")
+        _check_range(addr, size)
         ident = None
         if fd is not None:
             st = _fstat(fd)
             ident = (st.st_dev, st.st_ino)
-        i = bisect.bisect_right(self._addrs, addr + size - 1)
-        if i and self._maps[i - 1].last >= addr:
-            old = self._maps[i - 1]
+        overlap = self._maps.overlapping(addr, addr + size - 1)
+        if overlap:
+            old = overlap[-1]
             if (old.addr, old.size, old.flags, old.ident) == (addr, size, flags, ident) and \
                     (fd is None or old.offset == offset):
                 return  # the same mapping again: accepted, as libvfio-user does
@@ -216,8 +215,8 @@ class DmaSpace:
         elif fd is not None:
             file = self._open(fd, offset, size, bool(flags & VFIO_USER_F_DMA_REGION_WRITE))
         file_refs(file, +1)
-        self._maps.insert(i, DmaMapping(addr, size, flags, offset, file, ident, sunk))
-        self._addrs.insert(i, addr)
+        self._maps.insert(addr, addr + size - 1,
+                          DmaMapping(addr, size, flags, offset, file, ident, sunk))
         log.debug("dma map %#x+%#x flags %d %s", addr, size, flags,
                   "fd" if file else "message")
 
@@ -235,11 +234,11 @@ class DmaSpace:
             if not sealed:  # pread/pwrite: cannot fault (module doc)
                 _check_file_io(fd, offset, writable)
                 if file is None:
-                    file = self._files[key] = _File(None, 0, key, os.dup(fd))
+                    file = self._files[key] = _File(None, key, os.dup(fd))
                 return file
             if file is None or file.mm is None or len(file.mm) < offset + size:
                 mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, prot)
-                file = self._files[key] = _File(mm, 0, key)
+                file = self._files[key] = _File(mm, key)
             return file
         except OSError as e:
             raise RemoteProtocolError(e.errno or errno.EINVAL, f"mmap of the DMA fd: {e}") from None
@@ -255,17 +254,13 @@ class DmaSpace:
         split and keeps its part outside. This departs from iommufd's
         no-split rule on purpose (issue 5: "follow QEMU's ranges").
         """
-        if size == 0 or addr + size > 1 << 64:
-            raise RemoteProtocolError(errno.EINVAL, f"bad DMA range {addr:#x}+{size:#x}")
+        _check_range(addr, size)
         last = addr + size - 1
-        lo = bisect.bisect_right(self._addrs, addr) - 1
-        if lo < 0 or self._maps[lo].last < addr:
-            lo += 1
-        hi = bisect.bisect_right(self._addrs, last)
+        lo, hi = self._maps.span(addr, last)
         if lo >= hi:
             raise RemoteProtocolError(errno.ENOENT, f"no DMA mapping in {addr:#x}+{size:#x}")
         keep = []
-        first, final = self._maps[lo], self._maps[hi - 1]
+        first, final = self._maps.at(lo)[2], self._maps.at(hi - 1)[2]
         if (first.sunk and first.addr < addr and addr % PAGE_SIZE) or \
                 (final.sunk and final.last > last and (last + 1) % PAGE_SIZE):
             raise RemoteProtocolError(errno.EINVAL, f"DMA unmap {addr:#x}+{size:#x} would split "
@@ -276,21 +271,19 @@ class DmaSpace:
             keep.append(_piece(final, last + 1, final.last))
         for m in keep:
             file_refs(m.file, +1)
-        for i in range(hi - 1, lo - 1, -1):
-            m = self._maps[i]
+        gone = self._maps.delete_span(lo, hi)
+        for m in reversed(gone):
             if m.sunk:  # the sink loses only the covered part
                 first, final_ = max(m.addr, addr), min(m.last, last)
                 self._sink_unmap(first, final_ - first + 1)
-            self._drop(i, sink=False)
+            self._release(m, sink=False)
         for m in keep:
-            i = bisect.bisect_left(self._addrs, m.addr)
-            self._maps.insert(i, m)
-            self._addrs.insert(i, m.addr)
+            self._maps.insert(m.addr, m.last, m)
         log.debug("dma unmap %#x+%#x (%d mappings touched)", addr, size, hi - lo)
 
     def unmap_all(self) -> None:
         while self._maps:
-            self._drop(len(self._maps) - 1)
+            self._release(self._maps.delete_at(self._maps.at(len(self._maps) - 1)[0]))
 
     def close(self) -> None:
         """The client is gone: drop every mapping; later DMA fails ENOTCONN."""
@@ -303,9 +296,8 @@ class DmaSpace:
         assert self.sink is not None
         self.sink.unmap(addr, size)
 
-    def _drop(self, i: int, sink: bool = True) -> None:
-        m = self._maps.pop(i)
-        del self._addrs[i]
+    def _release(self, m: DmaMapping, sink: bool = True) -> None:
+        """``m`` left the table: the sink loses it (unless done), its file a user."""
         if m.sunk and sink:
             self._sink_unmap(m.addr, m.size)
         file_refs(m.file, -1)
@@ -332,10 +324,9 @@ class DmaSpace:
     def _segment(self, addr: int, n: int, write: bool, whole: int, whole_n: int) -> Segment:
         if self.closed:
             raise DmaError(errno.ENOTCONN, whole, whole_n, "the client is gone")
-        i = bisect.bisect_right(self._addrs, addr) - 1
-        if i < 0 or self._maps[i].last < addr or addr + n > 1 << 64:
+        m = self._maps.find(addr)
+        if m is None or addr + n > U64_END:
             raise DmaError(errno.EFAULT, whole, whole_n, f"DMA to unmapped {addr:#x}")
-        m = self._maps[i]
         if m.sunk:
             raise DmaError(errno.EFAULT, whole, whole_n,
                            f"{addr:#x} is fd-backed: reached through the IOMMU model only")
@@ -354,7 +345,7 @@ class DmaSpace:
             seg = self._segment(addr + pos, n - pos, False, addr, n)
             m = seg.mapping
             if m.file is not None:
-                at = m.offset - m.file.base + (seg.addr - m.addr)
+                at = m.offset + (seg.addr - m.addr)
                 out += m.file.read(at, seg.length, addr)
             else:
                 out += await self._messages(addr, n).dma_read_message(seg.addr, seg.length)
@@ -369,7 +360,7 @@ class DmaSpace:
             seg = self._segment(addr + pos, n - pos, True, addr, n)
             m = seg.mapping
             if m.file is not None:
-                at = m.offset - m.file.base + (seg.addr - m.addr)
+                at = m.offset + (seg.addr - m.addr)
                 m.file.write(at, view[pos:pos + seg.length], addr)
             else:
                 await self._messages(addr, n).dma_write_message(
@@ -386,6 +377,11 @@ def _piece(m: DmaMapping, start: int, last: int) -> DmaMapping:
     """The part ``[start, last]`` of mapping ``m``."""
     return DmaMapping(start, last - start + 1, m.flags, m.offset + (start - m.addr),
                       m.file, m.ident, m.sunk)
+
+
+def _check_range(addr: int, size: int) -> None:
+    if size == 0 or addr + size > U64_END:
+        raise RemoteProtocolError(errno.EINVAL, f"bad DMA range {addr:#x}+{size:#x}")
 
 
 def file_refs(file: _File | None, delta: int) -> None:

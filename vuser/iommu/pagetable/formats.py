@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from vuser.memory import PAGE_SHIFT, PAGE_SIZE
 from vuser.wire import BitLayout, Bits
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
 ENTRIES_PER_TABLE = 512
 PTE_SIZE = 8
 
