@@ -21,7 +21,7 @@ from vuser.pci.caps_ext import PasidCap
 from vuser.pci.caps_std import DevCap2
 from vuser.pci.config import Command, Status
 from vuser.pci.irq import IrqIndex
-from vuser.protocol.backend import (
+from vuser.backend import (
     VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_BOOL,
     VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_REGION_INFO_FLAG_MMAP, DmaError,
 )

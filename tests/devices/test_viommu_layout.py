@@ -17,7 +17,7 @@ from vuser.devices.vtd_layout import (
     Pgtt, PrdHi, PrdLo, RootEntry, RootHalf, WaitAddr, WaitDesc, inv_type,
 )
 from vuser.errors import RemoteProtocolError
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 
 
 def test_struct_sizes_follow_the_spec():

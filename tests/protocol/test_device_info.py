@@ -7,7 +7,7 @@ import os
 import pytest
 
 from proto_helpers import FakeBackend, Pair, is_open, message
-from vuser.protocol.backend import (
+from vuser.backend import (
     VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_REGION_INFO_FLAG_CAPS,
     VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
     RegionInfo,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from vuser.errors import RemoteProtocolError
 from vuser.iommu import IoasidContext
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 from vuser.transport.seals import shrink_sealed
 
 log = logging.getLogger(__name__)

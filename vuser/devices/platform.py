@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 from vuser.errors import RemoteProtocolError
 from vuser.iommu import IoasidContext, IommufdError, IommuDevice, IommuGroup, IommuRegistry
 from vuser.iommu.uapi import HwptAllocFlags
-from vuser.protocol.consts import VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE
 
 from .gpa_space import READABLE, WRITEABLE, GpaSpace
 
@@ -276,11 +275,6 @@ class Platform:
                 "groups": {name: g.gid for name, g in self._groups.items()}}
 
 
-def _prot(flags: int) -> int:
-    prot = READABLE if flags & VFIO_USER_F_DMA_REGION_READ else 0
-    return prot | (WRITEABLE if flags & VFIO_USER_F_DMA_REGION_WRITE else 0)
-
-
 class DeviceBinding:
     """One connection's fd-backed DMA_MAPs, fed to its VM (``DmaSink``).
 
@@ -295,8 +289,12 @@ class DeviceBinding:
         self.dev_id = 0
         self.closed = False
 
-    def map(self, addr: int, size: int, flags: int, fd: int, offset: int) -> None:
-        """DMA_MAP with an fd: the VM's GPA IOAS maps it (the fd stays the caller's)."""
+    def map(self, addr: int, size: int, fd: int, offset: int, *, readable: bool,
+            writable: bool) -> None:
+        """DMA_MAP with an fd: the VM's GPA IOAS maps it (the fd stays the caller's).
+
+        ``readable``/``writable``: the device's permissions on the range, as the
+        protocol layer decoded them from the message's flags."""
         if self.closed:
             raise RemoteProtocolError(errno.ENOTCONN, "connection closed")
         try:
@@ -304,7 +302,8 @@ class DeviceBinding:
         except OSError as e:
             raise RemoteProtocolError(errno.EBADF, f"DMA fd: {e}") from None
         ident = (st.st_dev, st.st_ino)
-        first, last, prot = addr, addr + size - 1, _prot(flags)
+        first, last = addr, addr + size - 1
+        prot = (READABLE if readable else 0) | (WRITEABLE if writable else 0)
         owner = self.platform.vm_of_file(ident)
         if self.vm is not None and owner is not None and owner is not self.vm:
             raise RemoteProtocolError(errno.EINVAL, f"the DMA fd is VM {owner.vm_id}'s memory, "

@@ -53,9 +53,10 @@ from vuser.pci.config import Command, Type0Header
 from vuser.pci.caps_ext import Vsec
 from vuser.pci.caps_std import MsiX, PciExpress, PowerManagement, VendorSpecific
 from vuser.pci.irq import IrqIndex
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 
 from .base import PciDevice
+from .introspect import flat_counters
 from .viommu_bind import Kind, PasidBinder
 from .viommu_faults import FaultRecorder, model_reason
 from .viommu_msi import MsiSender
@@ -654,6 +655,16 @@ class VIommuDevice(PciDevice):
                          "cached": t.cached}
                         for lb, p, t in binder.attachments() if lb == label],
         }
+
+    def counters(self) -> dict[str, int]:
+        """Invalidation-queue, page-request-queue and interrupt counters."""
+        out = flat_counters("qi", {"processed": self.qi.processed, "errors": self.qi.errors})
+        if self.prq is not None:
+            out.update(flat_counters("prq", {"written": self.prq.written,
+                                             "overflows": self.prq.overflows,
+                                             "responses": self.prq.responses}))
+        out.update(flat_counters("msi", self.msi.describe()))
+        return out
 
     def describe(self) -> dict[str, Any]:
         binder = self.binder

@@ -26,7 +26,7 @@ from enum import Enum
 from typing import Any
 
 from vuser.errors import LocalProtocolError, RemoteProtocolError
-from vuser.protocol.backend import VFIO_REGION_INFO_FLAG_CAPS
+from vuser.backend import VFIO_REGION_INFO_FLAG_CAPS
 from vuser.protocol.consts import (
     HEADER_SIZE, VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_USER_MAJOR, VFIO_USER_MINOR,
     Command,

@@ -29,7 +29,7 @@ import socket
 import stat
 from typing import Any
 
-from vuser.protocol.backend import DmaError, ServerBackend
+from vuser.backend import DmaError, ServerBackend
 from vuser.protocol.caps import Capabilities
 from vuser.protocol.connection import Connection, close_fds
 from vuser.protocol.consts import Command
