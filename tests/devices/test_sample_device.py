@@ -178,7 +178,7 @@ def test_bar2_is_shared_memory(dev):
 
 
 def test_qemu_realize_and_reset_sequence(dev, eventfds):
-    """vfio-user-notes.md §3 #4-#7, replayed against the backend as QEMU 11 sends it."""
+    """What QEMU 11's vfio-user-pci does at realize and reset, replayed against the backend."""
     for index in range(6):
         dev.region_info(index)
     assert dev.region_info(7).size == 4096

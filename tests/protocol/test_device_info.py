@@ -1,5 +1,5 @@
 """DEVICE_GET_INFO, GET_REGION_INFO, GET_REGION_IO_FDS and GET_IRQ_INFO, with
-the checks QEMU 11 applies to their replies (vfio-user-notes.md §2)."""
+the checks QEMU 11 applies to their replies (``hw/vfio-user/``)."""
 
 import errno
 import os

@@ -8,7 +8,7 @@ libvfio-user (``is_valid_region_access``, ``handle_device_get_region_info``).
 A subclass declares its identity as class attributes and, in ``__init__``,
 calls ``add_bar``, ``add_msix``/``add_msi``, ``add_capability`` and ``add_rom``.
 Device work that may wait (DMA) runs in tasks started by ``spawn``: a
-``region_write`` must return without doing DMA (vfio-user-notes.md §3).
+``region_write`` must return without doing DMA (docs/architecture.md "Data flow").
 
 Lifetimes:
 - ``reset()`` (DEVICE_RESET): device tasks cancelled (``epoch`` bumped), config

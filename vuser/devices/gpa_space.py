@@ -1,7 +1,7 @@
 """A VM's guest RAM as the union of its connections' fd-backed DMA_MAPs.
 
 QEMU sends every vfio-user device of a VM the same guest RAM, one DMA_MAP per
-memory section, each with the RAM block's fd (vfio-user-notes.md). The VM's
+memory section, each with the RAM block's fd (spec "VFIO_USER_DMA_MAP"). The VM's
 GPA IOAS must hold that memory once, however many connections mapped it, and
 must keep it while any of them still does. ``GpaSpace`` keeps the union as
 disjoint *segments*, each refcounted by the connection maps that cover it,
@@ -11,8 +11,8 @@ Two maps may overlap only when they say the same thing: same file
 (``(st_dev, st_ino)``), same file offset for every GPA, same permission
 (EEXIST otherwise, as for an overlapping DMA_MAP). Segments are split where a
 map or an unmap ends inside one; splitting an IOAS area means unmapping it and
-mapping the kept pieces again (``ioas_unmap`` does not split, iommu-notes.md
-§1), which also flushes every translation cached through it. This is the one
+mapping the kept pieces again (``ioas_unmap`` does not split, as iommufd's
+``iopt_unmap_iova_range``), which also flushes every translation cached through it. This is the one
 place where the server follows QEMU's ranges instead of iommufd's no-split
 rule (issue 5).
 

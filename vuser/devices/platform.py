@@ -1,8 +1,9 @@
 """The server's platform: one ioasid context, its VMs and their devices.
 
-architecture.md §4: every device of a server shares one ``IoasidContext``;
-devices of one VM share one GPA IOAS and recognise each other by the memfd
-behind their DMA_MAPs (``fstat``: ``(st_dev, st_ino)``).
+docs/architecture.md ("Devices", "Guest memory"): every device of a server
+shares one ``IoasidContext``; devices of one VM share one GPA IOAS and
+recognise each other by the memfd behind their DMA_MAPs (``fstat``:
+``(st_dev, st_ino)``).
 
 - ``Platform`` (one per server process) owns the ``IommuRegistry`` and the
   ``IoasidContext``, the named IOMMU groups (``group=G``), the registered
@@ -15,7 +16,7 @@ behind their DMA_MAPs (``fstat``: ``(st_dev, st_ino)``).
   ``DmaSpace`` calls it for maps that carry an fd). The first such map
   selects the VM by the file's identity, or creates it; the device is then
   bound to the context and its RID attached to the VM's stage-2 parent
-  (``device_bind``/``device_attach``, iommu-notes.md §1 "Lifetime"). When
+  (``device_bind``/``device_attach``, as in iommufd's ``device.c``). When
   the connection goes, the device is unbound: every PASID and the RID go
   back to blocking, and its group is released with its last bound device.
 

@@ -1,6 +1,6 @@
 """The ``vuser-iommu`` device: a VT-d scalable-mode vIOMMU as a PCI function.
 
-docs/vuser-iommu.md is the guest's manual; architecture.md §4 the design.
+docs/vuser-iommu.md is the guest's manual; docs/architecture.md ("Devices") the design.
 This module assembles the parts and holds what ties them to the model:
 
 - ``viommu_regs``: BAR0 (``RegisterBank``) and the three interrupt events
@@ -177,7 +177,7 @@ class VIommuDevice(PciDevice):
         kw.setdefault("ats", False)
         kw.setdefault("pri", False)
         idev = super().join_platform(platform, **kw)
-        # Every vuser device shows its label (architecture.md §4); this one's
+        # Every vuser device shows its label (docs/architecture.md "Devices"); this one's
         # is known only now.
         self.add_capability(VendorSpecific(idev.label))
         self.add_capability(Vsec(idev.label))
