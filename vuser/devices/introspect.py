@@ -4,12 +4,13 @@ The control RPC (``vuser.rpc``) depends on this interface and on the model's
 public surface, never on device classes or their ``describe()`` keys
 (docs/architecture.md, "Control"). Every ``PciDevice`` implements
 ``DeviceIntrospection`` (the base class gives the defaults: no queues, no
-counters, no completions); ``Platform`` implements ``PlatformIntrospection``.
+counters, no completions); ``Platform`` implements ``PlatformIntrospection``
+(its context, registry, devices and VMs).
 
 - ``device_label``: the label the model knows the device by (None before the
   device joined a platform).
-- ``describe``: the device's own state for ``vuser ctl state``, free-form.
-- ``counters``: flat ``name -> number`` counters for ``vuser ctl counters``.
+- ``describe``: the device's own state (the ``device_state`` method), free-form.
+- ``counters``: flat ``name -> number`` counters for ``vuser ctl stats``.
 - ``dma_queues``: one ``QueueState`` per descriptor ring.
 - ``pci_features``: PASID, ATS and PRI, capability apart from enable state.
 - ``pasid_view``: what a vIOMMU applied for a label's PASIDs (None: not a
@@ -22,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from vuser.iommu import IoasidContext, IommuRegistry
 
 from .vtd_layout import FaultReason as VtdFaultReason
 
@@ -100,6 +103,9 @@ class VmIntrospection(Protocol):
 
 @runtime_checkable
 class PlatformIntrospection(Protocol):
+    ctx: IoasidContext
+    registry: IommuRegistry
+
     def devices(self) -> Sequence[DeviceIntrospection]: ...
 
     def vms(self) -> Sequence[VmIntrospection]: ...

@@ -119,7 +119,7 @@ class Service:
         self._add_own()
 
     @classmethod
-    def for_platform(cls, platform: Any) -> Service:
+    def for_platform(cls, platform: PlatformIntrospection) -> Service:
         """A service over ``platform.ctx`` and ``platform.registry`` that shows
         ``platform``'s devices and VMs (a ``vuser.devices.platform.Platform``)."""
         return cls(platform.ctx, platform.registry, platform=platform)
