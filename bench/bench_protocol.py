@@ -22,7 +22,7 @@ import struct
 import tempfile
 import time
 
-from vuser.protocol.backend import DeviceInfo, IrqInfo, RegionInfo
+from vuser.backend import DeviceInfo, IrqInfo, RegionInfo
 from vuser.protocol.connection import Connection
 from vuser.protocol.consts import Command
 from vuser.protocol.events import NEED_DATA

@@ -27,7 +27,7 @@ from vuser.iommu.pagetable import PageTableBuilder
 from vuser.pci.caps import walk_extended
 from vuser.pci.caps_ext import PasidCtl
 from vuser.pci.config import Command
-from vuser.protocol.backend import VFIO_PCI_CONFIG_REGION_INDEX
+from vuser.backend import VFIO_PCI_CONFIG_REGION_INDEX
 from vuser.rpc import Client as RpcClient
 from vuser.rpc import ControlServer, Service
 from vuser.transport.client import Client

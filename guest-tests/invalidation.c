@@ -1,7 +1,7 @@
 /* invalidation: cached translations stay in use until the guest invalidates them.
  *
  * The vIOMMU follows hardware: it does not snoop the guest's page tables
- * (architecture.md §3). After a first-stage PTE is changed, DMA keeps using
+ * (docs/architecture.md "The model"). After a first-stage PTE is changed, DMA keeps using
  * the cached translation until a PASID-based IOTLB invalidation (VT-d
  * 6.5.2.4) for that DID and PASID; with ATS enabled, until a PASID-based
  * device-TLB invalidation (6.5.2.6). Each case re-points (or clears) a PTE,

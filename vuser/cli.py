@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         name = getattr(mod, "NAME", info.name.replace("_", "-"))
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("-v", "--verbose", dest="sub_verbose", action="count", default=0,
+                       help="more logging, as before the command (the counts add up)")
         mod.configure(p)
         p.set_defaults(_run=mod.run)
     return parser
@@ -46,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    args.verbose += args.sub_verbose  # -v before the command and after it
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)

@@ -3,7 +3,7 @@
  * The x86-64 paging format: 512 entries of 8 bytes per 4 KiB table, 4 or 5
  * levels (level 1 holds 4 KiB leaves; level 2 with PS holds 2 MiB leaves).
  * Tables live in a DMA pool and entries hold guest physical addresses; the
- * vIOMMU fetches them through stage 2 (iommu-notes.md §4).
+ * vIOMMU fetches them through stage 2 (VT-d §3.8, nested translation).
  */
 #include "vuser.h"
 

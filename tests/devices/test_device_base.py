@@ -17,7 +17,7 @@ from vuser.pci.caps_std import MsiControl
 from vuser.pci.config import Status
 from vuser.pci.irq import IrqIndex
 from vuser.pci.region import Register, RegisterFile
-from vuser.protocol.backend import (
+from vuser.backend import (
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_REGION_INFO_FLAG_READ,
     VFIO_REGION_INFO_FLAG_WRITE, DmaError,
 )

@@ -14,7 +14,7 @@ import pytest
 from vuser.devices.platform import Platform
 from vuser.devices.sample import SampleDevice, SampleReg, pattern
 from vuser.iommu import Fault, IommufdError, Stage
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 from vuser.transport.client import Client, VfioUserError
 from vuser.transport.server import DeviceServer
 from vuser.memory.seals import sealed_memfd
@@ -353,7 +353,7 @@ def test_vm_release_runs_callbacks_and_destroys_objects(platform, memfd):
     dev.join_platform(platform)
     try:
         sink = dev.dma_sink()
-        sink.map(GPA, MiB, 3, memfd, 0)
+        sink.map(GPA, MiB, memfd, 0, readable=True, writable=True)
         vm = platform.vm_of(dev)
         seen = []
         vm.on_release.append(lambda v: seen.append(v.vm_id))

@@ -21,7 +21,7 @@ from vuser.pci.caps_ext import PasidCap
 from vuser.pci.caps_std import DevCap2
 from vuser.pci.config import Command, Status
 from vuser.pci.irq import IrqIndex
-from vuser.protocol.backend import (
+from vuser.backend import (
     VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_BOOL,
     VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_REGION_INFO_FLAG_MMAP, DmaError,
 )
@@ -178,7 +178,7 @@ def test_bar2_is_shared_memory(dev):
 
 
 def test_qemu_realize_and_reset_sequence(dev, eventfds):
-    """vfio-user-notes.md §3 #4-#7, replayed against the backend as QEMU 11 sends it."""
+    """What QEMU 11's vfio-user-pci does at realize and reset, replayed against the backend."""
     for index in range(6):
         dev.region_info(index)
     assert dev.region_info(7).size == 4096

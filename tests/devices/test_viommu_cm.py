@@ -11,7 +11,7 @@ from vuser.devices.sample import SampleDevice
 from vuser.devices.vtd_layout import Cap, ContextEntry, FaultReason, Reg
 from vuser.errors import UserError
 from vuser.iommu import Fault, Stage
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 
 from viommu_guest import P, Rig, context_cache, pasid_cache
 

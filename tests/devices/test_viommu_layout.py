@@ -17,7 +17,7 @@ from vuser.devices.vtd_layout import (
     Pgtt, PrdHi, PrdLo, RootEntry, RootHalf, WaitAddr, WaitDesc, inv_type,
 )
 from vuser.errors import RemoteProtocolError
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 
 
 def test_struct_sizes_follow_the_spec():
@@ -203,7 +203,7 @@ def test_reader_wrapping_pointers_are_access_errors():
 
 
 def test_the_viommu_shows_its_label_like_every_vuser_device():
-    """architecture.md §4: the label is in a vendor capability and a VSEC."""
+    """docs/architecture.md "Devices": the label is in a vendor capability and a VSEC."""
     from vuser.devices.platform import Platform
     from vuser.devices.viommu import VIommuDevice
     from vuser.pci.caps import walk_extended, walk_standard

@@ -43,7 +43,7 @@ def bound(dev):
     """``dev`` with a connection that mapped guest RAM (so it is bound)."""
     fd = sealed_memfd("ram", MiB)
     sink = dev.dma_sink()
-    sink.map(0x1000_0000, MiB, 3, fd, 0)
+    sink.map(0x1000_0000, MiB, fd, 0, readable=True, writable=True)
     os.close(fd)
     yield dev
     sink.close()

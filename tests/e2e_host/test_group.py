@@ -1,5 +1,5 @@
 """Two vuser-dma functions in one IOMMU group: the ioasid group rules at the
-device level (architecture.md §3 "Groups")."""
+device level (docs/architecture.md "The model")."""
 
 from __future__ import annotations
 

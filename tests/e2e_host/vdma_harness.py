@@ -26,7 +26,7 @@ from vuser.iommu.uapi import HwptAllocFlags, HwptDataType
 from vuser.pci.caps import walk_extended
 from vuser.pci.caps_ext import AtsCtl, PasidCtl, PriCtl
 from vuser.pci.config import Command
-from vuser.protocol.backend import VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX
+from vuser.backend import VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX
 from vuser.transport.client import Client
 from vuser.transport.server import DeviceServer
 from vuser.memory.seals import sealed_memfd

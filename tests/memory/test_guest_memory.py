@@ -15,7 +15,7 @@ from vuser.iommu import IoasidContext, IommuRegistry
 from vuser.memory import PAGE_SIZE
 from vuser.memory.guest import READABLE, WRITEABLE
 from vuser.memory.seals import sealed_memfd
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 
 MiB = 1 << 20
 RW = READABLE | WRITEABLE

@@ -12,7 +12,7 @@ from fdhelp import efd_count, fd_is_open
 
 from vuser.errors import LocalProtocolError, RemoteProtocolError
 from vuser.pci.irq import Interrupts, IrqIndex
-from vuser.protocol.backend import (
+from vuser.backend import (
     VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
     VFIO_IRQ_INFO_NORESIZE, VFIO_IRQ_SET_ACTION_MASK as MASK,
     VFIO_IRQ_SET_ACTION_TRIGGER as TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK as UNMASK,

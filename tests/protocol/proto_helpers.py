@@ -15,7 +15,7 @@ import struct
 from typing import Any
 
 from vuser.errors import RemoteProtocolError
-from vuser.protocol.backend import (
+from vuser.backend import (
     VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_SET_DATA_EVENTFD,
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE, DeviceInfo, DmaError, DmaPort,
     IrqInfo, RegionInfo,

@@ -7,7 +7,7 @@ import pytest
 
 from proto_helpers import Pair, is_open, message
 from vuser.errors import LocalProtocolError
-from vuser.protocol.backend import VFIO_REGION_INFO_FLAG_READ
+from vuser.backend import VFIO_REGION_INFO_FLAG_READ
 from vuser.protocol.caps import Capabilities
 from vuser.protocol.connection import Connection
 from vuser.protocol.consts import HEADER_SIZE, MAX_MSG_SIZE, Command

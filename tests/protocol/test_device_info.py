@@ -1,5 +1,5 @@
 """DEVICE_GET_INFO, GET_REGION_INFO, GET_REGION_IO_FDS and GET_IRQ_INFO, with
-the checks QEMU 11 applies to their replies (vfio-user-notes.md §2)."""
+the checks QEMU 11 applies to their replies (``hw/vfio-user/``)."""
 
 import errno
 import os
@@ -7,7 +7,7 @@ import os
 import pytest
 
 from proto_helpers import FakeBackend, Pair, is_open, message
-from vuser.protocol.backend import (
+from vuser.backend import (
     VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_REGION_INFO_FLAG_CAPS,
     VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
     RegionInfo,

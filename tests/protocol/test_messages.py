@@ -7,7 +7,7 @@ import pytest
 
 from vuser.errors import LocalProtocolError, RemoteProtocolError
 from vuser.protocol import messages as m
-from vuser.protocol.backend import VFIO_REGION_INFO_FLAG_CAPS
+from vuser.backend import VFIO_REGION_INFO_FLAG_CAPS
 from vuser.protocol.consts import Command
 from vuser.protocol.messages import Kind, decode, encode
 

@@ -5,7 +5,7 @@ import errno
 import pytest
 
 from proto_helpers import FakeBackend, Pair, message
-from vuser.protocol.backend import DeviceInfo
+from vuser.backend import DeviceInfo
 from vuser.protocol.consts import VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_PROBE, Command
 from vuser.protocol.messages import (
     DeviceFeature, MigData, RegionData, VfioDeviceFeature, VfioUserMigData,

@@ -1,5 +1,5 @@
 """The protocol core stays sans-IO: importing it pulls in no asyncio, socket or
-selectors (architecture.md §2)."""
+selectors (docs/architecture.md "Layers")."""
 
 import pkgutil
 import subprocess

@@ -13,7 +13,7 @@ from vuser.protocol.events import ErrorReply, Reply
 from vuser.protocol.messages import Version, VfioDeviceInfo, VfioUserVersion
 from vuser.protocol.state import ConnState
 
-# What QEMU 11.1.3 sends (vfio-user-notes.md §1), 190-odd bytes.
+# What QEMU 11.1.3 sends (its ``hw/vfio-user/proxy.c``), 190-odd bytes.
 QEMU_CAPS = {"capabilities": {
     "migration": {"pgsize": 4096, "max_bitmap_size": 268435456}, "max_msg_fds": 16,
     "max_data_xfer_size": 1048576, "pgsizes": 4096, "max_dma_maps": 65535,

@@ -230,7 +230,9 @@ def test_doctor_reports_qemu_image_and_tests(image_ready, qemu_bin):
     p = run_vuser("doctor", "--no-kvm-probe", timeout=120)
     assert p.returncode == 0, p.stdout
     lines = p.stdout.splitlines()
-    assert any(ln.startswith(f"ok  QEMU         {qemu_bin.version} ({qemu_bin.source}) ") for ln in lines)
+    assert any(ln.startswith(f"ok  QEMU         {qemu_bin.version} ({qemu_bin.source}) ")
+               and ln.endswith("; vfio-user-pci present, with a socket property") for ln in lines)
+    assert p.stdout.endswith("\n")  # the last line is a whole line
     assert any(ln.startswith("??  KVM          /dev/kvm") for ln in lines)
     assert any(ln.startswith("ok  guest image  kernel ") for ln in lines)
     assert any(ln.startswith("ok  guest tests  ") and "enumerate" in ln for ln in lines)

@@ -120,6 +120,11 @@ def test_ctl_against_a_served_platform(served: str, sockdir: str) -> None:
     r = run_cli("ctl", "--json", "devices", env=env)
     [dev] = json.loads(r.stdout)
     assert (dev["label"], dev["type"], dev["pasid_width"]) == (0x42, "VuserDma", 20)
+    r = run_cli("ctl", "devices", "--json", env=env)  # after the subcommand too
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [dev]
+    r = run_cli("ctl", "inject", "list", "--json", "--socket", served)
+    assert r.returncode == 0 and json.loads(r.stdout)["rules"] == []
 
     r = run_cli("ctl", "call", "ioas_alloc", env=env)
     ioas = int(r.stdout)
@@ -199,3 +204,21 @@ def test_faults_follow_prints_a_dma_fault(served: str) -> None:
         if follow.poll() is None:
             follow.kill()
             follow.wait()
+
+
+def test_common_options_go_before_or_after_the_subcommand() -> None:
+    """--json, --socket, --timeout of `vuser ctl` and -v of every command work on
+    either side of the subcommand; given before and not repeated, they stay."""
+    p = build_parser()
+    a = p.parse_args(["ctl", "devices", "--json", "--socket", "/s", "--timeout", "3"])
+    assert (a.json, a.socket, a.timeout) == (True, "/s", 3.0)
+    a = p.parse_args(["ctl", "--json", "-s", "/s", "trace", "show", "f"])
+    assert (a.json, a.socket, a.timeout) == (True, "/s", 10.0)
+    a = p.parse_args(["ctl", "devices"])
+    assert (a.json, a.socket, a.timeout) == (False, None, 10.0)
+    dev = ["--device", "sample@/tmp/x.sock"]
+    for argv, verbose in ((["serve", "-v", *dev], 1), (["-v", "serve", *dev], 1),
+                          (["-v", "serve", "-v", *dev], 2), (["serve", *dev], 0),
+                          (["serve", *dev, "-vv"], 2), (["ctl", "-vv", "devices"], 2)):
+        a = p.parse_args(argv)
+        assert a.verbose + a.sub_verbose == verbose, argv

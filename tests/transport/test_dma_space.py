@@ -7,7 +7,7 @@ import os
 import pytest
 
 from vuser.errors import RemoteProtocolError
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 from vuser.transport.dma import DmaSpace
 from vuser.memory.seals import sealed_memfd, shrink_sealed
 from fdhelp import fd_is_open
@@ -227,8 +227,8 @@ class _Sink:
     def __init__(self):
         self.calls = []
 
-    def map(self, *a):
-        self.calls.append(a)
+    def map(self, *a, **kw):
+        self.calls.append((a, kw))
 
     def unmap(self, *a):
         pass
@@ -251,3 +251,15 @@ def test_a_sink_gets_only_shrink_sealed_fds(memfd):
     assert len(sink.calls) == 1
     space.close()
     os.close(fd)
+
+
+def test_a_sink_gets_plain_permissions_not_wire_flags(memfd):
+    # The flags word is vfio-user's; the device layer gets read/write decoded from it.
+    sink = _Sink()
+    space = DmaSpace(sink=sink)
+    space.map(0, MiB, R, os.dup(memfd), 0)
+    space.map(MiB, MiB, RW, os.dup(memfd), MiB)
+    assert [kw for _, kw in sink.calls] == [{"readable": True, "writable": False},
+                                            {"readable": True, "writable": True}]
+    assert [(a[0], a[1], a[3]) for a, _ in sink.calls] == [(0, MiB, 0), (MiB, MiB, MiB)]
+    space.close()

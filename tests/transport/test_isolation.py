@@ -151,7 +151,7 @@ async def test_a_client_that_never_answers_dma_read_fails_that_dma(tmp_path):
     # A DMA_READ to a client that never replies fails ETIMEDOUT; the device goes on.
     import errno
 
-    from vuser.protocol.backend import DmaError
+    from vuser.backend import DmaError
     backend = FakeBackend()
     server = DeviceServer(backend, str(tmp_path / "r.sock"),
                           timeouts=Timeouts(handshake=SHORT, message=SHORT))

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from vuser.protocol.backend import VFIO_REGION_INFO_FLAG_MMAP
+from vuser.backend import VFIO_REGION_INFO_FLAG_MMAP
 from vuser.transport.client import Client
 from vuser.transport.server import DeviceServer
 from vuser.memory.seals import sealed_memfd

@@ -44,20 +44,40 @@ def _int(text: str) -> int:
             f"{text!r} is not an integer (decimal or 0x hex)") from None
 
 
+def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--socket, --json and --timeout: before the subcommand or after it.
+
+    After it they default to SUPPRESS, so they leave the value given before it
+    alone when they are not repeated."""
+    def d(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+    parser.add_argument("--socket", "-s", metavar="PATH", default=d(None),
+                        help=f"the server's control socket (default: ${ENV_SOCKET})")
+    parser.add_argument("--json", action="store_true", default=d(False),
+                        help="print raw results as JSON instead of tables")
+    parser.add_argument("--timeout", type=float, default=d(10.0), metavar="S",
+                        help="give up on a call after S seconds (default 10)")
+
+
 def _sub(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=description,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(name, help=help, description=description,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p, top=False)
+    return p
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--socket", "-s", metavar="PATH",
-                        help=f"the server's control socket (default: ${ENV_SOCKET})")
-    parser.add_argument("--json", action="store_true",
-                        help="print raw results as JSON instead of tables")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
-                        help="give up on a call after S seconds (default 10)")
+    _common(parser, top=True)
     sub = parser.add_subparsers(dest="ctl_command", metavar="SUBCOMMAND", required=True)
+    _configure_views(sub)
+    _configure_events(sub)
+    _configure_trace(sub)
+    _configure_inject(sub)
+    _configure_call(sub)
 
+
+def _configure_views(sub: Any) -> None:
+    """devices, pasids, ioas, hwpts, stats."""
     _sub(sub, "devices", "list devices: label, group, context, attachment per PASID",
          "Every device the server registered with the ioasid model: its label\n"
          "(stream id), IOMMU group, whether it is bound to the server's context,\n"
@@ -81,6 +101,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
              "reads of walks, faults, invalidations, evictions) and each device's\n"
              "device-TLB counters when it has them.")
     p.add_argument("--reset", action="store_true", help="zero the model's counters afterwards")
+
+
+def _configure_events(sub: Any) -> None:
+    """faults and completions, listed or followed."""
     p = _sub(sub, "faults", "show recent DMA faults and fault queues; --follow streams them",
              "The server's recent DMA faults (label, PASID, address, stage, VT-d\n"
              "reason), page requests and fault-queue counters. With --follow, print\n"
@@ -102,6 +126,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, default=None, metavar="N",
                    help="with --follow: stop after N descriptors")
 
+
+def _configure_trace(sub: Any) -> None:
+    """trace record, show, summary, plot."""
     p = _sub(sub, "trace", "record, show, summarise and plot translation traces",
              "Traces hold every translation (time, label, PASID, IOVA, GPA, stage,\n"
              "IOTLB hit or miss), fault and invalidation, as a msgpack stream.\n"
@@ -140,6 +167,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     t.add_argument("file", help="a trace file")
     t.add_argument("--out", "-o", metavar="PNG", help="output file (default FILE.png)")
 
+
+def _configure_inject(sub: Any) -> None:
+    """inject fault, unmap, restore, list, clear."""
     p = _sub(sub, "inject", "inject translation faults or unmap stage-2 ranges under DMA",
              "Fault injection for experiments. `fault`: the next N translations of\n"
              "(label, PASID, IOVA range) fault with a chosen VT-d reason and stage.\n"
@@ -178,6 +208,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
          "Remove every injection rule; translations then go through the model\n"
          "as usual (stage-2 holes stay until restored).")
 
+
+def _configure_call(sub: Any) -> None:
+    """call METHOD and methods."""
     p = _sub(sub, "call", "call any control method by name (the whole ioasid uAPI)",
              "Call METHOD with positional ARGs and name=value pairs. Values are\n"
              "integers (0x hex too), null, true/false, JSON lists/maps, or strings.\n"

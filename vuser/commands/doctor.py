@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         healthy = False
     else:
         if qemu:
-            out.print(_line(True, "QEMU", escape(f"{qemu.version} ({qemu.source}) {qemu.path}")))
+            out.print(_line(True, "QEMU", escape(f"{qemu.version} ({qemu.source}) {qemu.path}; "
+                                                 "vfio-user-pci present, with a socket property")))
         else:
             out.print(_line(False, "QEMU", "none with vfio-user-pci; `vuser provision --qemu` "
                                            "unpacks Debian's into the cache"))

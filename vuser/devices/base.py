@@ -8,7 +8,7 @@ libvfio-user (``is_valid_region_access``, ``handle_device_get_region_info``).
 A subclass declares its identity as class attributes and, in ``__init__``,
 calls ``add_bar``, ``add_msix``/``add_msi``, ``add_capability`` and ``add_rom``.
 Device work that may wait (DMA) runs in tasks started by ``spawn``: a
-``region_write`` must return without doing DMA (vfio-user-notes.md §3).
+``region_write`` must return without doing DMA (docs/architecture.md "Data flow").
 
 Lifetimes:
 - ``reset()`` (DEVICE_RESET): device tasks cancelled (``epoch`` bumped), config
@@ -48,11 +48,13 @@ from vuser.pci.config import (
 )
 from vuser.pci.irq import Interrupts, IrqIndex
 from vuser.pci.region import MsixRegion, Region, RomRegion
-from vuser.protocol.backend import (
+from vuser.backend import (
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_NUM_REGIONS, VFIO_PCI_ROM_REGION_INDEX,
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE, DeviceInfo, DmaError, DmaPort,
     IrqInfo, RegionInfo,
 )
+
+from .introspect import CompletionSource, Feature, PciFeatures, QueueState
 
 __all__ = ["PciDevice", "NO_DMA", "VUSER_VENDOR_ID"]
 
@@ -252,6 +254,39 @@ class PciDevice:
         if self.REQUIRE_BIND and (self.iommu is None or not self.iommu.bound):
             raise RemoteProtocolError(errno.EINVAL, f"region {index}: the device is not bound "
                                       "(no DMA_MAP of guest RAM with an fd yet)")
+
+    # -- introspection (``DeviceIntrospection``, for the control RPC) ----------------
+    def device_label(self) -> int | None:
+        """The label the model knows this device by; None before ``join_platform``."""
+        return self.iommu.label if self.iommu is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        """The device's own state (subclasses add theirs; the base has none)."""
+        return {}
+
+    def counters(self) -> dict[str, int]:
+        """Flat counters of device-side state (the base has none)."""
+        return {}
+
+    def dma_queues(self) -> list[QueueState]:
+        """The device's descriptor rings (the base has none)."""
+        return []
+
+    def pci_features(self) -> PciFeatures:
+        """PASID, ATS and PRI: whether each capability is present, and enabled
+        in config space."""
+        def feature(cls: type[Pasid] | type[Ats] | type[Pri]) -> Feature:
+            cap = self.caps.find(cls)
+            return Feature(cap is not None, bool(cap is not None and cap.enabled(self.config)))
+        return PciFeatures(feature(Pasid), feature(Ats), feature(Pri))
+
+    def pasid_view(self, label: int) -> dict[str, Any] | None:
+        """What this device, as a vIOMMU, applied for ``label`` (the base is none)."""
+        return None
+
+    def completions(self) -> CompletionSource | None:
+        """The device's DMA completion source (the base ends no descriptors)."""
+        return None
 
     # -- ServerBackend ---------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The ``vuser-dma`` execution engine: descriptors in, completion outcomes out.
 
 Every address the engine emits goes through the device's ``IommuDevice``
-(architecture.md §1): with a PASID (``DescPasid.VALID``) through the (label,
+(docs/architecture.md "Data flow"): with a PASID (``DescPasid.VALID``) through the (label,
 PASID) attachment, without one through the device's RID attachment.
 
 - **Translation.** Without ATS, ``IommuDevice.translate`` (untranslated

@@ -14,7 +14,7 @@ import errno
 
 from vuser.iommu import IoasidContext, IommufdError
 from vuser.memory.guest import READABLE, WRITEABLE, GpaSegment, GuestMemory
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 
 __all__ = ["GpaSpace", "GpaSegment", "ContextIoas", "READABLE", "WRITEABLE"]
 

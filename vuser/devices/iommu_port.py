@@ -24,7 +24,7 @@ import errno
 from typing import TYPE_CHECKING
 
 from vuser.iommu import Fault, Stage
-from vuser.protocol.backend import DmaError, DmaPort
+from vuser.backend import DmaError, DmaPort
 
 if TYPE_CHECKING:
     from .base import PciDevice

@@ -1,8 +1,9 @@
 """The server's platform: one ioasid context, its VMs and their devices.
 
-architecture.md §4: every device of a server shares one ``IoasidContext``;
-devices of one VM share one GPA IOAS and recognise each other by the memfd
-behind their DMA_MAPs (``fstat``: ``(st_dev, st_ino)``).
+docs/architecture.md ("Devices", "Guest memory"): every device of a server
+shares one ``IoasidContext``; devices of one VM share one GPA IOAS and
+recognise each other by the memfd behind their DMA_MAPs (``fstat``:
+``(st_dev, st_ino)``).
 
 - ``Platform`` (one per server process) owns the ``IommuRegistry`` and the
   ``IoasidContext``, the named IOMMU groups (``group=G``), the registered
@@ -16,7 +17,7 @@ behind their DMA_MAPs (``fstat``: ``(st_dev, st_ino)``).
   ``DmaSpace`` calls it for maps that carry an fd). The first such map
   selects the VM by the file's identity, or creates it; the device is then
   bound to the context and its RID attached to the VM's stage-2 parent
-  (``device_bind``/``device_attach``, iommu-notes.md §1 "Lifetime"). When
+  (``device_bind``/``device_attach``, as in iommufd's ``device.c``). When
   the connection goes, the device is unbound: every PASID and the RID go
   back to blocking, and its group is released with its last bound device.
 
@@ -47,7 +48,6 @@ from typing import TYPE_CHECKING, Any
 from vuser.errors import RemoteProtocolError
 from vuser.iommu import IoasidContext, IommufdError, IommuDevice, IommuGroup, IommuRegistry
 from vuser.iommu.uapi import HwptAllocFlags
-from vuser.protocol.consts import VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE
 
 from .gpa_space import READABLE, WRITEABLE, GpaSpace
 
@@ -277,11 +277,6 @@ class Platform:
                 "groups": {name: g.gid for name, g in self._groups.items()}}
 
 
-def _prot(flags: int) -> int:
-    prot = READABLE if flags & VFIO_USER_F_DMA_REGION_READ else 0
-    return prot | (WRITEABLE if flags & VFIO_USER_F_DMA_REGION_WRITE else 0)
-
-
 class DeviceBinding:
     """One connection's fd-backed DMA_MAPs, fed to its VM (``DmaSink``).
 
@@ -296,8 +291,12 @@ class DeviceBinding:
         self.dev_id = 0
         self.closed = False
 
-    def map(self, addr: int, size: int, flags: int, fd: int, offset: int) -> None:
-        """DMA_MAP with an fd: the VM's GPA IOAS maps it (the fd stays the caller's)."""
+    def map(self, addr: int, size: int, fd: int, offset: int, *, readable: bool,
+            writable: bool) -> None:
+        """DMA_MAP with an fd: the VM's GPA IOAS maps it (the fd stays the caller's).
+
+        ``readable``/``writable``: the device's permissions on the range, as the
+        protocol layer decoded them from the message's flags."""
         if self.closed:
             raise RemoteProtocolError(errno.ENOTCONN, "connection closed")
         try:
@@ -305,7 +304,8 @@ class DeviceBinding:
         except OSError as e:
             raise RemoteProtocolError(errno.EBADF, f"DMA fd: {e}") from None
         ident = (st.st_dev, st.st_ino)
-        first, last, prot = addr, addr + size - 1, _prot(flags)
+        first, last = addr, addr + size - 1
+        prot = (READABLE if readable else 0) | (WRITEABLE if writable else 0)
         owner = self.platform.vm_of_file(ident)
         if self.vm is not None and owner is not None and owner is not self.vm:
             raise RemoteProtocolError(errno.EINVAL, f"the DMA fd is VM {owner.vm_id}'s memory, "

@@ -18,7 +18,7 @@ from vuser.pci.bar import Bar
 from vuser.pci.caps_ext import Ats, Pasid, Pri, Vsec
 from vuser.pci.caps_std import PciExpress, PowerManagement, VendorSpecific
 from vuser.pci.region import RamRegion, Register, RegisterFile
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 from vuser.wire import BitLayout, Bits
 
 from .base import PciDevice

@@ -1,6 +1,6 @@
 """The ``vuser-iommu`` device: a VT-d scalable-mode vIOMMU as a PCI function.
 
-docs/vuser-iommu.md is the guest's manual; architecture.md §4 the design.
+docs/vuser-iommu.md is the guest's manual; docs/architecture.md ("Devices") the design.
 This module assembles the parts and holds what ties them to the model:
 
 - ``viommu_regs``: BAR0 (``RegisterBank``) and the three interrupt events
@@ -53,9 +53,10 @@ from vuser.pci.config import Command, Type0Header
 from vuser.pci.caps_ext import Vsec
 from vuser.pci.caps_std import MsiX, PciExpress, PowerManagement, VendorSpecific
 from vuser.pci.irq import IrqIndex
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 
 from .base import PciDevice
+from .introspect import flat_counters
 from .viommu_bind import Kind, PasidBinder
 from .viommu_faults import FaultRecorder, model_reason
 from .viommu_msi import MsiSender
@@ -176,7 +177,7 @@ class VIommuDevice(PciDevice):
         kw.setdefault("ats", False)
         kw.setdefault("pri", False)
         idev = super().join_platform(platform, **kw)
-        # Every vuser device shows its label (architecture.md §4); this one's
+        # Every vuser device shows its label (docs/architecture.md "Devices"); this one's
         # is known only now.
         self.add_capability(VendorSpecific(idev.label))
         self.add_capability(Vsec(idev.label))
@@ -654,6 +655,16 @@ class VIommuDevice(PciDevice):
                          "cached": t.cached}
                         for lb, p, t in binder.attachments() if lb == label],
         }
+
+    def counters(self) -> dict[str, int]:
+        """Invalidation-queue, page-request-queue and interrupt counters."""
+        out = flat_counters("qi", {"processed": self.qi.processed, "errors": self.qi.errors})
+        if self.prq is not None:
+            out.update(flat_counters("prq", {"written": self.prq.written,
+                                             "overflows": self.prq.overflows,
+                                             "responses": self.prq.responses}))
+        out.update(flat_counters("msi", self.msi.describe()))
+        return out
 
     def describe(self) -> dict[str, Any]:
         binder = self.binder

@@ -1,4 +1,4 @@
-"""Guest PASID entries become model calls (architecture.md §4 "vuser-iommu").
+"""Guest PASID entries become model calls (docs/architecture.md "Devices").
 
 The vIOMMU's "PASID cache" is what it has told the model. ``PasidBinder``
 keeps, per device label and PASID (``None``: requests without a PASID, i.e.

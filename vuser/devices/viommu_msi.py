@@ -30,7 +30,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from vuser.errors import LocalProtocolError
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 
 from .viommu_regs import EventSource
 

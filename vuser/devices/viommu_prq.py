@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from vuser import ratelimit
 from vuser.iommu import Access, IoasidContext, IommufdError
 from vuser.iommu.uapi import FaultFlags, FaultRecord, PageResponseCode
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 
 from .viommu_regs import EventSource, RegisterBank
 from .vtd_layout import PRQ_ENTRY_SIZE, PageRequest, Pqa, Pqh, PrdHi, PrdLo, Prs, Reg

@@ -30,7 +30,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from vuser import ratelimit
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 from vuser.wire import BitLayout
 
 from .viommu_faults import FaultRecorder

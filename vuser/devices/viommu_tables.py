@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 
 from .vtd_layout import (
     TTM_SCALABLE, ContextEntry, ContextQw0, ContextQw1, FaultReason, PasidDirEntry,

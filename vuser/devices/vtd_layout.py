@@ -1,4 +1,4 @@
-"""VT-d scalable-mode formats, declared once (Intel VT-d spec 4.x; iommu-notes.md §3).
+"""VT-d scalable-mode formats, declared once (Intel VT-d spec 4.x, chapters 9-11).
 
 Everything the ``vuser-iommu`` function and its tests read or write in VT-d
 format is here, as ``vuser.wire`` layouts:

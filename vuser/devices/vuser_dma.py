@@ -47,6 +47,7 @@ from .dma_layout import (
     DescFlags, DescPasid, Descriptor, DevtlbCtrl, Opcode, QCtrl, QStatus, QueueError,
     QueueReg, Reg, Status, queue_reg,
 )
+from .introspect import QueueState, flat_counters
 from .platform import Platform
 
 log = logging.getLogger(__name__)
@@ -155,11 +156,11 @@ class _Queue:
         return QStatus.pack(ENABLED=int(self.enabled), BUSY=int(self.busy),
                             HALTED=int(self.halted))
 
-    def describe(self) -> dict[str, Any]:
-        return {"queue": self.index, "ring": self.ring, "size": self.ring_size,
-                "head": self.head, "tail": self.tail, "enabled": self.enabled,
-                "busy": self.busy, "halted": self.halted, "error": int(self.error),
-                "completed": self.completed}
+    def state(self) -> QueueState:
+        return QueueState(queue=self.index, ring=self.ring, size=self.ring_size,
+                          head=self.head, tail=self.tail, enabled=self.enabled,
+                          busy=self.busy, halted=self.halted, error=int(self.error),
+                          completed=self.completed)
 
 
 class VuserDma(PciDevice):
@@ -517,13 +518,26 @@ class VuserDma(PciDevice):
         self._completion_observers.clear()
         super().close()
 
+    # -- introspection (``DeviceIntrospection``) --------------------------------------
     def describe(self) -> dict[str, Any]:
         """For the control RPC: queues, device TLB, PRI counters."""
         return {"label": self.label, "enabled": self.enabled, "int_status": self.int_status,
-                "queues": [q.describe() for q in self.queues],
+                "queues": [q.state().to_dict() for q in self.queues],
                 "ats": self._ats_enabled(), "engine": self.engine.stats(),
                 "completion_observers": len(self._completion_observers),
                 "observer_errors": self.observer_errors}
+
+    def counters(self) -> dict[str, int]:
+        """The engine's PRI and device-TLB counters, and each queue's completions."""
+        out = flat_counters("", self.engine.stats())
+        out.update({f"queue{q.index}_completed": q.completed for q in self.queues})
+        return out
+
+    def dma_queues(self) -> list[QueueState]:
+        return [q.state() for q in self.queues]
+
+    def completions(self) -> VuserDma:
+        return self
 
 
 class _PriPort:

@@ -1,6 +1,7 @@
 """The ioasid model: a pure-Python model of /dev/ioasid as it became iommufd.
 
-See architecture.md §3 and iommu-notes.md. The public surface:
+See docs/architecture.md ("The model") and docs/iommufd-fidelity.md. The
+public surface (``__all__``):
 
 - ``IommuRegistry`` / ``IommuDevice`` / ``IommuGroup``: what device models
   register, and the DMA API they call (``IommuDevice.translate`` ...);
@@ -14,11 +15,18 @@ See architecture.md §3 and iommu-notes.md. The public surface:
 from .context import IoasidContext
 from .dma import AtsTranslation, Segment, TraceEvent
 from .errors import IommufdError
+from .inject import FaultInjector
+from .io_pagetable import check_range
+from .ioas import DEFAULT_PROT
+from .pagetable.formats import FIRST_STAGE_LEVELS
 from .pagetable.results import Access, Fault, FaultReason, Stage, Translation
 from .registry import IommuDevice, IommuGroup, IommuRegistry
+from .uapi import IoasMapFlags
 
 __all__ = [
     "Access", "AtsTranslation", "Fault", "FaultReason", "IoasidContext", "IommufdError",
     "IommuDevice", "IommuGroup", "IommuRegistry", "Segment", "Stage", "TraceEvent",
     "Translation",
+    # for the control RPC, which sees the model through this list only
+    "DEFAULT_PROT", "FIRST_STAGE_LEVELS", "FaultInjector", "IoasMapFlags", "check_range",
 ]

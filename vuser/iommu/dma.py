@@ -1,4 +1,5 @@
-"""The DMA path: ``translate`` and what hangs off it (architecture.md §1, §3).
+"""The DMA path: ``translate`` and what hangs off it (docs/architecture.md
+"Data flow", "The model").
 
 ``translate(dev_id, pasid, iova, length, access)`` returns the host memory
 behind a device's DMA as ``Segment``s (memoryview slices of the pinned

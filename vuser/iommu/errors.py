@@ -2,7 +2,7 @@
 
 It is a ``RemoteProtocolError``: the caller (the control RPC, or a device model
 acting for the guest) sent something invalid; the model's state is unchanged
-and the errno goes back in the reply (iommu-notes.md §1, "Common errors").
+and the errno goes back in the reply (include/uapi/linux/iommufd.h; docs/iommufd-fidelity.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fault injection: make the next N translations of (label, PASID, range) fault.
 
-An experimenter's tool (architecture.md §5): ``FaultInjector`` is a rule set
+An experimenter's tool (docs/architecture.md "Control"): ``FaultInjector`` is a rule set
 that ``IoasidContext.set_inject`` installs as the DMA path's inject hook. Each
 rule names a device by its label, a PASID as the guest knows it (a vPASID;
 ``None`` for the RID, ``ALL_PASIDS`` for any), an inclusive IOVA range, a count

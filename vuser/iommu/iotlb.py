@@ -5,7 +5,7 @@ Entries are keyed by ``(dev_id, pasid, iova >> shift, level)`` (QEMU's
 hold entries, smallest page first. An entry caches the *combined*
 translation of both stages: the IOVA page, its GPA, the host memory behind it
 and the allowed accesses. Entries are stale until invalidated: nothing here
-ever re-reads guest tables (architecture.md §3 "Invalidation").
+ever re-reads guest tables (docs/architecture.md "The model", invalidation).
 
 Eviction is LRU (``capacity`` entries). Invalidation is by attached HWPT and
 IOVA range (HWPT_INVALIDATE), by (device, PASID) (attach changes, per-PASID

@@ -8,8 +8,8 @@ and then use only its public methods (``translate``, ``read``, ``write``,
 ``page_request``, ``ats_translate``) and hooks (``devtlb_invalidate``); they
 never reach into the model.
 
-Security rules (architecture.md §3 "Groups", iommu-notes.md §1 "Security
-context"):
+Security rules (docs/architecture.md "The model", devices and
+groups; Linux drivers/iommu/iommufd/device.c):
 
 - a device is unusable, MMIO included, until it is bound (``bound``);
 - the first bind of any device of a group makes that context the group's

@@ -1,4 +1,4 @@
-"""iommufd uAPI constants, data layouts and result values (iommu-notes.md §1).
+"""iommufd uAPI constants, data layouts and result values (Linux include/uapi/linux/iommufd.h).
 
 Names and values follow ``include/uapi/linux/iommufd.h``. Data blobs that the
 kernel takes as structs (VTD_S1 HWPT data, VTD_S1 invalidation entries) are

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from vuser.errors import LocalProtocolError, RemoteProtocolError
-from vuser.protocol.backend import (
+from vuser.backend import (
     VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
     VFIO_IRQ_INFO_NORESIZE, VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER,
     VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_BOOL, VFIO_IRQ_SET_DATA_EVENTFD,

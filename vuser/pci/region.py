@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vuser.errors import LocalProtocolError, RemoteProtocolError
-from vuser.protocol.backend import (
+from vuser.backend import (
     VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
     RegionInfo,
 )

@@ -1,6 +1,6 @@
 """VERSION capabilities: parse a peer's JSON, build ours, negotiate the reply.
 
-Spec "VFIO_USER_VERSION"; QEMU 11 checks (vfio-user-notes.md §1): the reply
+Spec "VFIO_USER_VERSION"; QEMU 11 checks (``hw/vfio-user/proxy.c``): the reply
 must have major 0 and minor 0, must not be larger than QEMU's request, and may
 omit the JSON entirely (size 20: defaults). The reply's capabilities must be a
 subset of those proposed, so ``write_multiple`` is offered only back to a

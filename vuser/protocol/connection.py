@@ -5,7 +5,7 @@
 ``(bytes, fds)`` to write. The connection never touches a socket; it may close
 fds it rejects (``os.close`` schedules no I/O).
 
-What it checks (spec "Header"; QEMU 11's checks, vfio-user-notes.md §1):
+What it checks (spec "Header"; QEMU 11's checks in ``hw/vfio-user/proxy.c``):
 - framing: a header's size below 16 consumes just the header and is answered
   EINVAL; above ``max_msg_size`` the message is skipped and answered E2BIG; the
   stream stays in sync either way;

@@ -2,7 +2,7 @@
 
 Spec: QEMU ``docs/interop/vfio-user.rst`` ("Commands", "Header"); QEMU
 ``hw/vfio-user/protocol.h``. Every limit carries the reason for its value
-(vfio-user-notes.md §1).
+(the spec, or QEMU's client where it is stricter).
 """
 
 from __future__ import annotations

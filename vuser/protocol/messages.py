@@ -2,7 +2,7 @@
 
 Offsets and sizes follow the spec (QEMU ``docs/interop/vfio-user.rst``), the
 structs it imports from ``linux/vfio.h``, and what QEMU 11 actually sends and
-accepts (vfio-user-notes.md §2). The header is ``Header``; a message's
+accepts (its client in ``hw/vfio-user/``). The header is ``Header``; a message's
 *payload* is everything after it. Fixed payloads are ``vuser.wire.Struct``s;
 payloads with a variable tail (JSON, data, a capability chain, an array) are
 small frozen dataclasses around those structs.
@@ -26,7 +26,7 @@ from enum import Enum
 from typing import Any
 
 from vuser.errors import LocalProtocolError, RemoteProtocolError
-from vuser.protocol.backend import VFIO_REGION_INFO_FLAG_CAPS
+from vuser.backend import VFIO_REGION_INFO_FLAG_CAPS
 from vuser.protocol.consts import (
     HEADER_SIZE, VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_USER_MAJOR, VFIO_USER_MINOR,
     Command,

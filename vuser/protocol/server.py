@@ -35,7 +35,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from vuser.errors import LocalProtocolError, RemoteProtocolError
-from vuser.protocol.backend import (
+from vuser.backend import (
     VFIO_DEVICE_FLAGS_RESET, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_BOOL,
     VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_ERR_IRQ_INDEX,
     VFIO_PCI_REQ_IRQ_INDEX, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP,

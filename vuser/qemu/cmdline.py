@@ -1,10 +1,11 @@
-"""The QEMU command line for a guest with vfio-user devices (architecture.md §6).
+"""The QEMU command line for a guest with vfio-user devices (docs/architecture.md
+"QEMU and guests").
 
 - q35, so the devices sit on PCI Express; each ``vfio-user-pci`` behind its own
   ``pcie-root-port``, otherwise QEMU hides the extended capabilities (PASID,
   ATS, PRI at 0x100+; ``hw/vfio/pci.c vfio_add_ext_cap``).
 - Guest RAM from ``memory-backend-memfd,share=on``, so every DMA_MAP carries an
-  fd the server can map and share with the guest (vfio-user-notes.md §3).
+  fd the server can map and share with the guest (spec "VFIO_USER_DMA_MAP").
 - ``isa-debug-exit`` at 0xf4/4: the guest's status, QEMU exits ``(val<<1)|1``.
 - ``-nodefaults``: no NIC, VGA or default serial; the console is ``ttyS0`` on a
   ``stdio`` chardev (QEMU's stdin/stdout are the launcher's pipes).

@@ -1,4 +1,4 @@
-"""Host-side control: msgpack-RPC over a UNIX socket (architecture.md §5).
+"""Host-side control: msgpack-RPC over a UNIX socket (docs/architecture.md "Control").
 
 - ``codec``: sans-IO framing (requests, responses, notifications, limits);
 - ``service``: the methods (the model's uAPI, views, subscriptions, tracing,

@@ -1,4 +1,4 @@
-"""msgpack-RPC framing, sans-IO (architecture.md §5).
+"""msgpack-RPC framing, sans-IO (docs/architecture.md "Control").
 
 Messages are msgpack arrays, one after another on a byte stream:
 

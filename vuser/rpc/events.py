@@ -7,7 +7,7 @@ Topics (notifications ``[2, topic, payload]``):
   (the model's page-request observer);
 - ``invalidate``: every IOTLB invalidation (the trace event as a dict);
 - ``dma_completion``: one per descriptor a DMA device ended (its completion
-  observer, ``VuserDma.add_completion_observer``), a map:
+  observer: the ``completions()`` of ``vuser.devices.introspect``), a map:
 
   ``label``, ``queue``, ``index`` (ring slot), ``opcode`` and ``opcode_name``
   (nil for an unknown opcode), ``pasid`` (nil: untagged), ``status`` and
@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from vuser.devices.introspect import CompletionSource, DeviceIntrospection
 from vuser.iommu import Fault, IoasidContext, TraceEvent
 
 TOPICS = ("fault", "page_request", "invalidate", "dma_completion")
@@ -51,11 +52,11 @@ class Hub:
     """Per-server event fan-out and the trace-hook owner."""
 
     def __init__(self, ctx: IoasidContext,
-                 devices: Callable[[], Iterable[Any]] | None = None) -> None:
+                 devices: Callable[[], Iterable[DeviceIntrospection]] | None = None) -> None:
         self.ctx = ctx
         self._devices = devices or (lambda: ())
         #: Devices whose completion observer is ours (while ``dma_completion`` has listeners).
-        self._completion_sources: list[Any] = []
+        self._completion_sources: list[CompletionSource] = []
         self._subs: dict[str, list[Subscriber]] = {t: [] for t in TOPICS}
         self.recent_faults: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.recent_page_requests: deque[dict[str, Any]] = deque(maxlen=RECENT)
@@ -123,14 +124,14 @@ class Hub:
         """Observe every device's completions while someone listens, none otherwise."""
         if self._subs["dma_completion"]:
             for dev in self._devices():
-                add = getattr(dev, "add_completion_observer", None)
-                if add is None or any(d is dev for d in self._completion_sources):
+                src = dev.completions()
+                if src is None or any(s is src for s in self._completion_sources):
                     continue
-                add(self._on_completion)
-                self._completion_sources.append(dev)
+                src.add_completion_observer(self._on_completion)
+                self._completion_sources.append(src)
         else:
-            for dev in self._completion_sources:
-                dev.remove_completion_observer(self._on_completion)
+            for src in self._completion_sources:
+                src.remove_completion_observer(self._on_completion)
             self._completion_sources.clear()
 
     def _on_completion(self, rec: Any) -> None:

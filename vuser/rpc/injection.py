@@ -20,9 +20,7 @@ import errno
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vuser.iommu import IoasidContext, IommufdError
-from vuser.iommu.errors import fail
-from vuser.iommu.inject import FaultInjector
+from vuser.iommu import FaultInjector, IoasidContext, IommufdError
 
 PAGE = 4096
 
@@ -58,7 +56,7 @@ class S2Holes:
         """
         ctx = self.ctx
         if iova % PAGE or length % PAGE or length <= 0:
-            raise fail(errno.EINVAL, "iova and length must be page aligned, length > 0")
+            raise IommufdError(errno.EINVAL, "iova and length must be page aligned, length > 0")
         last = iova + length - 1
         areas = [a for a in ctx.ioas_areas(ioas_id) if a["iova"] <= last and a["last"] >= iova]
         areas.sort(key=lambda a: a["iova"])
@@ -68,7 +66,7 @@ class S2Holes:
                 break
             pos = a["last"] + 1
         if not areas or pos <= last:
-            raise fail(errno.ENOENT, f"[{iova:#x}, {last:#x}] is not fully mapped")
+            raise IommufdError(errno.ENOENT, f"[{iova:#x}, {last:#x}] is not fully mapped")
         held = ctx.ioas_alloc()
         scratch = ctx.ioas_alloc()
         pieces: list[tuple[int, int, int]] = []
@@ -102,7 +100,7 @@ class S2Holes:
         EEXIST if something else was mapped there meanwhile."""
         hole = self._holes.get(hole_id) if isinstance(hole_id, int) else None
         if hole is None:
-            raise fail(errno.ENOENT, f"no stage-2 hole {hole_id!r}")
+            raise IommufdError(errno.ENOENT, f"no stage-2 hole {hole_id!r}")
         done: list[tuple[int, int]] = []
         try:
             for s, n, prot in hole.pieces:

@@ -10,6 +10,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from vuser.devices.introspect import VtdFaultReason
+
 from .tracing import reason_name, stage_name
 
 
@@ -74,9 +76,8 @@ def _feature(name: str, f: dict[str, Any] | None, cap: bool) -> str:
 
 def _vtd_reason(code: int) -> str:
     """A VT-d scalable-mode fault reason (what a vIOMMU blocked an entry for)."""
-    from vuser.devices.vtd_layout import FaultReason as VtdReason
     try:
-        return f"{VtdReason(code).name} ({code:#x})"
+        return f"{VtdFaultReason(code).name} ({code:#x})"
     except ValueError:
         return f"{code:#x}"
 

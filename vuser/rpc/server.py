@@ -1,4 +1,4 @@
-"""The control socket: msgpack-RPC over a UNIX socket, asyncio (architecture.md §5).
+"""The control socket: msgpack-RPC over a UNIX socket, asyncio (docs/architecture.md "Control").
 
 ``ControlServer(service, path)`` listens on ``path`` (created mode 0600: the
 socket gives full control of the model) and serves any number of clients at

@@ -31,11 +31,11 @@ from typing import Any
 import vuser
 from vuser import ratelimit
 from vuser.errors import RemoteProtocolError
-from vuser.iommu import IoasidContext, IommufdError, IommuRegistry
-from vuser.iommu.io_pagetable import check_range
-from vuser.iommu.ioas import DEFAULT_PROT
-from vuser.iommu.pagetable.results import FaultReason, Stage
-from vuser.iommu.uapi import IoasMapFlags
+from vuser.devices.introspect import DeviceIntrospection, PlatformIntrospection
+from vuser.iommu import (
+    DEFAULT_PROT, FaultReason, IoasidContext, IoasMapFlags, IommufdError, IommuRegistry, Stage,
+    check_range,
+)
 
 from . import views
 from .convert import RESULT_SHAPES, to_wire
@@ -105,7 +105,7 @@ class Service:
     """The methods one control socket serves, over one context."""
 
     def __init__(self, ctx: IoasidContext, registry: IommuRegistry | None = None, *,
-                 platform: Any = None) -> None:
+                 platform: PlatformIntrospection | None = None) -> None:
         self.ctx = ctx
         self.registry = registry if registry is not None else ctx.registry
         self.platform = platform
@@ -119,8 +119,9 @@ class Service:
         self._add_own()
 
     @classmethod
-    def for_platform(cls, platform: Any) -> Service:
-        """A service over ``platform.ctx`` (a ``vuser.devices.platform.Platform``)."""
+    def for_platform(cls, platform: PlatformIntrospection) -> Service:
+        """A service over ``platform.ctx`` and ``platform.registry`` that shows
+        ``platform``'s devices and VMs (a ``vuser.devices.platform.Platform``)."""
         return cls(platform.ctx, platform.registry, platform=platform)
 
     # -- the method table ---------------------------------------------------------
@@ -237,11 +238,10 @@ class Service:
         vIOMMU applied and the device's PASID/ATS/PRI capability and enable state."""
         features, applied = None, None
         for dev in self._platform_devices():
-            if self._label_of(dev) == label:
-                features = views.pci_features(dev)
-            view = getattr(dev, "pasid_view", None)
-            if applied is None and callable(view):
-                applied = view(label)
+            if dev.device_label() == label:
+                features = dev.pci_features().to_dict()
+            if applied is None:
+                applied = dev.pasid_view(label)
         return views.pasid_table(self.ctx, self.registry, label, features, applied)
 
     @rpc("view")
@@ -384,66 +384,42 @@ class Service:
         """The stage-2 holes cut by s2_unmap and not restored."""
         return [h.to_dict() for h in self.holes.holes()]
 
-    # -- the device layer (vuser.devices.platform) -----------------------------------------
-    def _platform_devices(self) -> list[Any]:
-        if self.platform is None or not hasattr(self.platform, "devices"):
-            return []
-        return list(self.platform.devices())
-
-    @staticmethod
-    def _label_of(dev: Any) -> int | None:
-        iommu = getattr(dev, "iommu", None)
-        return getattr(iommu, "label", None)
+    # -- the device layer, through ``vuser.devices.introspect`` ---------------------------
+    def _platform_devices(self) -> list[DeviceIntrospection]:
+        return [] if self.platform is None else list(self.platform.devices())
 
     def _device_extra(self) -> dict[int, dict[str, Any]]:
         out: dict[int, dict[str, Any]] = {}
-        for dev in self._platform_devices():
-            label = self._label_of(dev)
+        if self.platform is None:
+            return out
+        for dev in self.platform.devices():
+            label = dev.device_label()
             if label is None:
                 continue
-            vm = self.platform.vm_of(dev) if hasattr(self.platform, "vm_of") else None
+            vm = self.platform.vm_of(dev)
             out[label] = {"type": type(dev).__name__, "vm": vm.vm_id if vm else None}
         return out
 
     def _device_counters(self) -> dict[str, Any]:
-        """Device-TLB and PRI counters of devices that describe them (``describe()``)."""
+        """Each device's own counters (device TLB, PRI, queues, vIOMMU queues), by label."""
         out: dict[str, Any] = {}
         for dev in self._platform_devices():
-            label = self._label_of(dev)
-            d = dev.describe() if hasattr(dev, "describe") else None
-            if label is None or not isinstance(d, dict):
-                continue
-            counters: dict[str, Any] = {}
-            engine = d.get("engine")
-            if isinstance(engine, dict):
-                for k, v in engine.items():
-                    if isinstance(v, dict):
-                        counters.update({f"{k}_{kk}": vv for kk, vv in v.items()})
-                    else:
-                        counters[k] = v
-            for q in d.get("queues", ()):
-                counters[f"queue{q['queue']}_completed"] = q["completed"]
-            for k in ("qi", "prq", "msi"):
-                if isinstance(d.get(k), dict):
-                    counters.update({f"{k}_{kk}": vv for kk, vv in d[k].items()})
-            if counters:
+            label, counters = dev.device_label(), dev.counters()
+            if label is not None and counters:
                 out[f"{label:#x}"] = counters
         return out
 
     @rpc("view")
     def vms(self) -> list[dict[str, Any]]:
         """The platform's VMs: GPA IOAS, stage-2 parent HWPT, devices, guest RAM."""
-        if self.platform is None or not hasattr(self.platform, "vms"):
-            return []
-        return [vm.describe() for vm in self.platform.vms()]
+        return [] if self.platform is None else [vm.describe() for vm in self.platform.vms()]
 
     @rpc("view")
     def device_state(self, label: int) -> dict[str, Any]:
         """A device model's own state (queues, device TLB, PRI, vIOMMU registers)."""
         for dev in self._platform_devices():
-            if self._label_of(dev) == label:
-                d = dev.describe() if hasattr(dev, "describe") else {}
-                d = dict(d) if isinstance(d, dict) else {}
+            if dev.device_label() == label:
+                d = dict(dev.describe())
                 d.setdefault("type", type(dev).__name__)
                 return d
         raise RpcError(errno.ENOENT, f"no device model with label {label!r}")
@@ -453,9 +429,7 @@ class Service:
         """Every DMA queue of every device: ring, HEAD, TAIL, COMPLETED, halted, error."""
         out: list[dict[str, Any]] = []
         for dev in self._platform_devices():
-            label = self._label_of(dev)
-            d = dev.describe() if hasattr(dev, "describe") else None
-            if label is None or not isinstance(d, dict):
-                continue
-            out += [dict(q, label=label) for q in d.get("queues", ())]
+            label = dev.device_label()
+            if label is not None:
+                out += [dict(q.to_dict(), label=label) for q in dev.dma_queues()]
         return sorted(out, key=lambda q: (q["label"], q["queue"]))

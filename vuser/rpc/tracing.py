@@ -27,8 +27,7 @@ from typing import Any, BinaryIO
 import msgpack
 
 from vuser.errors import RemoteProtocolError
-from vuser.iommu import TraceEvent
-from vuser.iommu.pagetable.results import FaultReason, Stage
+from vuser.iommu import FaultReason, Stage, TraceEvent
 
 FORMAT = "vuser-trace"
 VERSION = 1

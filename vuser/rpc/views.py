@@ -1,4 +1,4 @@
-"""Introspection views over the model's public surface (architecture.md §5).
+"""Introspection views over the model's public surface (docs/architecture.md, "Control").
 
 Everything here reads ``IoasidContext.objects()``/``object_info``/``stats``,
 ``device_info`` and the registry; nothing reaches into model internals. The
@@ -9,7 +9,7 @@ views are plain dicts and lists, ready for msgpack:
   pPASID, the HWPT, its kind, stage-1 format and parents down to the IOAS),
   with what a vIOMMU applied (blocked entries and their fault reason, the
   DID) and the device's PASID/ATS/PRI capabilities apart from whether the
-  guest enabled them (``pci_features``);
+  guest enabled them (the device's ``pci_features()``);
 - ``ioas_list``: every IOAS with its mappings, usable ranges and HWPTs;
 - ``hwpts``: every HWPT with its parent chain;
 - ``fault_queues``: every fault queue's counters.
@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vuser.iommu import IoasidContext, IommuRegistry
-from vuser.iommu.pagetable.formats import FIRST_STAGE_LEVELS
+from vuser.iommu import FIRST_STAGE_LEVELS, IoasidContext, IommuRegistry
 
 
 def _objects_by_id(ctx: IoasidContext) -> dict[int, dict[str, Any]]:
@@ -72,20 +71,6 @@ def devices(ctx: IoasidContext, registry: IommuRegistry,
     return out
 
 
-def pci_features(device: Any) -> dict[str, Any]:
-    """The PASID, ATS and PRI capabilities of a ``PciDevice`` and whether each is
-    enabled in its config space (``{"ats": {"cap": True, "enabled": False}, ...}``)."""
-    from vuser.pci.caps_ext import Ats, Pasid, Pri
-
-    out: dict[str, Any] = {}
-    caps, config = getattr(device, "caps", None), getattr(device, "config", None)
-    for name, cls in (("pasid", Pasid), ("ats", Ats), ("pri", Pri)):
-        cap = caps.find(cls) if caps is not None else None
-        out[name] = {"cap": cap is not None,
-                     "enabled": bool(cap is not None and cap.enabled(config))}
-    return out
-
-
 def _kind(chain: dict[str, Any]) -> str:
     return "first-stage" if chain["stage"] == "nested" else "pass-through"
 
@@ -99,7 +84,7 @@ def pasid_table(ctx: IoasidContext, registry: IommuRegistry, label: int,
     PASID the device emits; ``vpasid`` is the guest's name for it; ``kind``
     is first-stage (a nested HWPT), pass-through (the stage-2 HWPT) or, for
     entries a vIOMMU (``viommu``, its ``pasid_view``) blocked, "blocked" with
-    its fault reason. ``features``: ``pci_features`` of the device. ENOENT
+    its fault reason. ``features``: the device's ``pci_features()`` as a dict. ENOENT
     when the label is unknown or not bound to this context.
     """
     dev_id = ctx.device_lookup(label)

@@ -28,7 +28,7 @@ from typing import Any
 
 from vuser.errors import RemoteProtocolError
 from vuser.memory.intervals import IntervalMap
-from vuser.protocol.backend import (
+from vuser.backend import (
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
 )
 from vuser.protocol.caps import Capabilities

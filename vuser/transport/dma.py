@@ -54,7 +54,7 @@ from vuser.errors import RemoteProtocolError
 from vuser.memory import PAGE_SIZE
 from vuser.memory.intervals import U64_END, IntervalMap
 from vuser.memory.seals import shrink_sealed
-from vuser.protocol.backend import DmaError
+from vuser.backend import DmaError
 from vuser.protocol.connection import close_fds
 from vuser.protocol.consts import (
     MAX_DMA_MAPS, VFIO_USER_F_DMA_REGION_READ, VFIO_USER_F_DMA_REGION_WRITE,
@@ -80,7 +80,8 @@ class DmaSink(Protocol):
     ``fd`` to the caller; ``unmap`` is only given ranges ``map`` accepted.
     """
 
-    def map(self, addr: int, size: int, flags: int, fd: int, offset: int) -> None: ...
+    def map(self, addr: int, size: int, fd: int, offset: int, *, readable: bool,
+            writable: bool) -> None: ...
 
     def unmap(self, addr: int, size: int) -> None: ...
 
@@ -211,7 +212,9 @@ class DmaSpace:
                 raise RemoteProtocolError(
                     errno.EINVAL, f"DMA map {addr:#x}+{size:#x}: the fd is not sealed against "
                     "shrinking (F_SEAL_SHRINK); use memory-backend-memfd with seal=on")
-            self.sink.map(addr, size, flags, fd, offset)
+            self.sink.map(addr, size, fd, offset,
+                          readable=bool(flags & VFIO_USER_F_DMA_REGION_READ),
+                          writable=bool(flags & VFIO_USER_F_DMA_REGION_WRITE))
         elif fd is not None:
             file = self._open(fd, offset, size, bool(flags & VFIO_USER_F_DMA_REGION_WRITE))
         file_refs(file, +1)

@@ -5,8 +5,7 @@ leaves the next waiting in the listen backlog until the first is gone (QEMU
 connects once per device). Each client gets a fresh ``Connection``,
 ``ServerCore`` and ``DmaSpace``; on disconnect every DMA mapping is dropped,
 every fd received is closed, ``backend.client_disconnected()`` runs, and the
-device keeps its state for the next client (spec "VFIO_USER_DMA_UNMAP";
-vfio-user-notes.md §5).
+device keeps its state for the next client (spec "VFIO_USER_DMA_UNMAP").
 
 Device DMA to mappings without an fd goes out as DMA_READ/DMA_WRITE requests
 with our own message ids, chunked to the peer's ``max_data_xfer_size``; the
@@ -29,7 +28,7 @@ import socket
 import stat
 from typing import Any
 
-from vuser.protocol.backend import DmaError, ServerBackend
+from vuser.backend import DmaError, ServerBackend
 from vuser.protocol.caps import Capabilities
 from vuser.protocol.connection import Connection, close_fds
 from vuser.protocol.consts import Command

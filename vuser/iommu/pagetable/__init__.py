@@ -1,4 +1,5 @@
-"""VT-d page-table formats and walkers (architecture.md §3, iommu-notes.md §3).
+"""VT-d page-table formats and walkers (docs/architecture.md "The model";
+VT-d §3.6-§3.8, §9.7-§9.8).
 
 Pure functions over memory: no model objects, no I/O. The model's DMA path
 (``vuser.iommu.dma``) drives them; experiments may call them directly.

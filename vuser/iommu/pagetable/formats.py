@@ -5,7 +5,7 @@ First stage (VT-d §9.7 "first-stage paging entries"): the x86-64 format, 4 or
 level 2 with PS (2 MiB) and level 3 with PS (1 GiB). Bits 62:52 are ignored;
 bits from the output-address width up to 51 are reserved, and so are the
 large-page bits below the page size (bit 12 being PAT) and PS at levels 4-5
-(iommu-notes.md §3, QEMU ``VTD_FPTE_*_RSVD_MASK``).
+(VT-d §9.7, QEMU ``VTD_FPTE_*_RSVD_MASK``).
 
 Second stage (VT-d §9.8, generic_pt ``vtdss.h``): R0 W1 X2, EMT 5:3, IPAT6,
 PS7, A8, D9, SNP11, address 51:12. There is no P bit: an entry is present

@@ -1,11 +1,11 @@
 """What a walk or a translation produces: ``Translation`` or ``Fault``.
 
 Walkers and the DMA path never raise on guest-caused problems; they return a
-``Fault`` carrying the VT-d fault reason (iommu-notes.md §3, the FR field of
+``Fault`` carrying the VT-d fault reason (VT-d §7.1, the FR field of
 the fault recording register). ``Stage`` says which stage faulted, and hence
 who gets told: stage-1 faults go to the guest, stage-2 faults (including a
 stage-2 fault met while fetching a stage-1 table, ``s1_fetch``) go to the host
-(iommu-notes.md §4, "Fault routing").
+(docs/architecture.md "The model", faults).
 """
 
 from __future__ import annotations

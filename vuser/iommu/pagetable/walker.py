@@ -2,9 +2,9 @@
 
 ``walk_first_stage`` reads guest tables only through a stage-2 port: every
 table fetch, and every accessed/dirty update, is a GPA handed to
-``s2.fetch(gpa, write)`` (iommu-notes.md §4: "TTBx and tables for stage-1 are
-considered IPA"). A stage-2 fault met there comes back as a ``Fault`` with
-``stage=S2, s1_fetch=True``.
+``s2.fetch(gpa, write)`` (nested translation, VT-d §3.8: the first-stage
+tables are themselves second-stage inputs). A stage-2 fault met there comes
+back as a ``Fault`` with ``stage=S2, s1_fetch=True``.
 
 ``walk_second_stage`` reads real second-stage tables from a flat host-physical
 memory (for experiments; the model's own stage 2 is the IOAS interval map, see

@@ -1,9 +1,13 @@
-"""What the vfio-user server core asks of a device: the ``ServerBackend`` contract.
+"""The device contract: what the vfio-user server core asks of a device.
 
-The protocol core validates a request's framing and fields, then calls the
-backend with plain values. It never sees registers or config space; the
-backend never sees bytes on the wire (architecture.md §2). Modelled on rust-vmm
-``ServerBackend`` and libvfio-user's region/IRQ callbacks.
+Both sides import this module and nothing else of each other: the protocol
+core (``vuser.protocol.server``) and the transport call a ``ServerBackend``
+with plain values; the devices (``vuser.pci``, ``vuser.devices``) implement
+it and reach guest memory through a ``DmaPort``. The core never sees
+registers or config space; a backend never sees bytes on the wire
+(docs/architecture.md, "Layers"). Modelled on rust-vmm's ``ServerBackend``
+trait and libvfio-user's region/IRQ callbacks; the region, IRQ and device
+flag values are linux/vfio.h's, which both vfio-user and the devices speak.
 
 Rules for implementations:
 - Bad requests (index out of range, access beyond a region, unsupported IRQ
@@ -12,7 +16,9 @@ Rules for implementations:
 - ``set_irqs`` takes ownership of the fds it is handed, even when it raises
   (it must close them then). All other fds stay owned by the caller.
 - ``region_write`` may not block or perform DMA inline: DMA is asynchronous
-  work the device starts as its own task (vfio-user-notes.md §3, deadlock rule).
+  work the device starts as its own task (QEMU's client waits for the reply
+  to a region access while it serves the device's DMA messages on the same
+  socket; see docs/architecture.md, "Data flow").
 - ``client_disconnected`` drops per-connection state (IRQ eventfds) and keeps
   device state (registers, config space).
 """
