@@ -461,6 +461,18 @@ class Tree:
     def package(self, name: str) -> DebPackage | None:
         return next((p for p in self.packages if p.name == name), None)
 
+    def require_version(self, name: str, version: str) -> DebPackage:
+        """Package ``name``, which must be at ``version`` (the guest kernel's own:
+        headers of another build make a module the guest refuses)."""
+        pkg = self.package(name)
+        if pkg is None:
+            raise UserError(f"Debian {self.suite} has no {name}")
+        if pkg.version != version:
+            raise UserError(f"{name} is version {pkg.version} but the guest kernel is {version}: "
+                            "headers of another build would make a module the guest refuses "
+                            "(clear the cache to fetch the current kernel)")
+        return pkg
+
 
 # --------------------------------------------------------------------------
 # The one call users make

@@ -188,14 +188,18 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
     own_platform = platform is None
     platform = Platform() if own_platform else platform
     devices: list[Any] = []
-    try:
-        for s in specs:
-            devices.append(make_device(s, types, platform))
-    except BaseException:
+
+    def close_devices() -> None:
         for device in devices:
             device.close()
         if own_platform:
             platform.close()
+
+    try:
+        for s in specs:
+            devices.append(make_device(s, types, platform))
+    except BaseException:
+        close_devices()
         raise
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -205,10 +209,7 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
         try:
             recorder = _start_trace(trace_file, platform)
         except BaseException:
-            for device in devices:
-                device.close()
-            if own_platform:
-                platform.close()
+            close_devices()
             raise
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:

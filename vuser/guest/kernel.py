@@ -29,7 +29,7 @@ from elftools.elf.elffile import ELFFile
 
 from vuser.errors import UserError
 
-__all__ = ["KernelError", "KernelTree", "module_name"]
+__all__ = ["KernelError", "KernelTree", "modinfo", "module_name"]
 
 _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 
@@ -47,6 +47,21 @@ def module_name(path: str | Path) -> str:
             name = name[: -len(suffix)]
             break
     return name.replace("-", "_")
+
+
+def modinfo(ko: bytes, key: str, what: str = "module") -> str | None:
+    """Entry ``key=`` of a module's ``.modinfo`` section, None if it has none."""
+    try:
+        sec = ELFFile(io.BytesIO(ko)).get_section_by_name(".modinfo")
+    except ELFError as e:
+        raise KernelError(f"{what}: not an ELF object ({e})") from None
+    if sec is None:
+        raise KernelError(f"{what}: no .modinfo section")
+    prefix = key.encode() + b"="
+    for entry in sec.data().split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix):].decode(errors="replace")
+    return None
 
 
 def _decompress(path: Path) -> bytes:
@@ -152,17 +167,8 @@ class KernelTree:
 
     def depends(self, name: str) -> list[str]:
         """Direct dependencies of module ``name`` (``.modinfo`` ``depends=``)."""
-        data = self.module_bytes(name)
-        try:
-            sec = ELFFile(io.BytesIO(data)).get_section_by_name(".modinfo")
-        except ELFError as e:
-            raise KernelError(f"module {name}: not an ELF object ({e})") from None
-        if sec is None:
-            raise KernelError(f"module {name}: no .modinfo section")
-        for entry in sec.data().split(b"\0"):
-            if entry.startswith(b"depends="):
-                return [module_name(d) for d in entry[8:].decode().split(",") if d]
-        return []
+        deps = modinfo(self.module_bytes(name), "depends", f"module {name}")
+        return [module_name(d) for d in (deps or "").split(",") if d]
 
     def closure(self, names: list[str]) -> list[str]:
         """``names`` and everything they depend on, dependencies first; modules

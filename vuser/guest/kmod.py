@@ -34,7 +34,6 @@ module sources, the kernel package version and the compiler.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -44,13 +43,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
 from vuser import debian
 from vuser.errors import UserError
 from vuser.guest import paths, toolchain
-from vuser.guest.kernel import KernelTree
+from vuser.guest.kernel import KernelError, KernelTree, modinfo
 
 __all__ = ["KMOD_DIR", "KmodError", "KmodSet", "build_modules", "header_packages",
            "kmod_digest", "module_sources", "prepare_headers", "vermagic"]
@@ -114,15 +111,12 @@ def header_packages(release: str) -> tuple[str, str, str]:
 def vermagic(ko: bytes, what: str = "module") -> str:
     """The ``vermagic=`` entry of a module's ``.modinfo`` section."""
     try:
-        sec = ELFFile(io.BytesIO(ko)).get_section_by_name(".modinfo")
-    except ELFError as e:
-        raise KmodError(f"{what}: not an ELF object ({e})") from None
-    if sec is None:
-        raise KmodError(f"{what}: no .modinfo section")
-    for entry in sec.data().split(b"\0"):
-        if entry.startswith(b"vermagic="):
-            return entry[len(b"vermagic="):].decode(errors="replace")
-    raise KmodError(f"{what}: .modinfo has no vermagic")
+        value = modinfo(ko, "vermagic", what)
+    except KernelError as e:
+        raise KmodError(str(e)) from None
+    if value is None:
+        raise KmodError(f"{what}: .modinfo has no vermagic")
+    return value
 
 
 def kernel_vermagic(kernel: KernelTree) -> str:
@@ -194,13 +188,10 @@ def prepare_headers(suite: str, release: str, version: str, cache: Path,
                         cache / f"headers-{suite}-{release}", closure=False,
                         show_progress=show_progress)
     for name in (arch_pkg, common_pkg):
-        pkg = tree.package(name)
-        if pkg is None:
-            raise KmodError(f"Debian {suite} has no {name}")
-        if pkg.version != version:
-            raise KmodError(f"{name} is version {pkg.version} but the guest kernel is {version}: "
-                            "headers of another build would make a module the guest refuses "
-                            "(clear the cache to fetch the current kernel)")
+        try:
+            tree.require_version(name, version)
+        except UserError as e:
+            raise KmodError(str(e)) from None
     arch = tree.root / "usr" / "src" / f"linux-headers-{release}"
     common = tree.root / "usr" / "src" / common_pkg
     makefile = arch / "Makefile"

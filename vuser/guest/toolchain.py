@@ -124,13 +124,7 @@ def prepare(suite: str, release: str, version: str, cache: Path,
     arch_pkg = f"linux-headers-{release}"
     tree = debian.fetch(suite, [arch_pkg], cache / f"toolchain-{suite}-{release}",
                         show_progress=show_progress)
-    pkg = tree.package(arch_pkg)
-    if pkg is None:
-        raise UserError(f"Debian {suite} has no {arch_pkg}")
-    if pkg.version != version:
-        raise UserError(f"{arch_pkg} is version {pkg.version} but the guest kernel is {version}: "
-                        "headers of another build would make a module the guest refuses "
-                        "(clear the cache to fetch the current kernel)")
+    tree.require_version(arch_pkg, version)
     arch = tree.root / "usr" / "src" / arch_pkg
     if not (arch / "Makefile").is_file():
         raise UserError(f"{tree.root}: unexpected header layout (no {arch / 'Makefile'})")
