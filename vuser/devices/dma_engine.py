@@ -150,9 +150,9 @@ class DmaEngine:
         """Host memory for ``[iova, iova + n)``, or the first ``Fault``."""
         if not self.ats_on:
             segs = self.iommu.translate(pasid, iova, n, access)
-            if segs.__class__ is Fault:
-                return segs  # type: ignore[return-value]
-            return [s.mem for s in segs]  # type: ignore[union-attr]
+            if isinstance(segs, Fault):
+                return segs
+            return [s.mem for s in segs]
         out: Views = []
         pos, end = iova, iova + n
         tlb = self.devtlb
@@ -165,9 +165,9 @@ class DmaEngine:
                     log.error("ATS translation refused: %s", err)
                     return Fault(FaultReason.CONTEXT_ENTRY_P, Stage.BLOCKED, pos, access, pos,
                                  pasid=pasid)
-                if t.__class__ is Fault:
-                    return t  # type: ignore[return-value]
-                e = tlb.insert(pasid, t)  # type: ignore[arg-type]
+                if isinstance(t, Fault):
+                    return t
+                e = tlb.insert(pasid, t)
             off = pos - e.iova
             k = min(e.size - off, end - pos)
             out.append(e.mem[off:off + k])
@@ -180,7 +180,7 @@ class DmaEngine:
         tries = 0
         while True:
             r = self.translate(pasid, iova, n, access)
-            if r.__class__ is not Fault:
+            if not isinstance(r, Fault):
                 return r
             if not block or tries >= MAX_PAGE_REQUESTS or not await self.recover(r, pasid,
                                                                                  access):
@@ -322,12 +322,11 @@ class DmaEngine:
                 for addr, access in legs:
                     at = addr + done
                     v = self.translate(pasid, at, k, access)
-                    if v.__class__ is Fault:
-                        f: Fault = v  # type: ignore[assignment]
-                        fault = (f, at, access)
-                        k = (f.iova - at) if f.iova is not None and at <= f.iova < at + k else 0
+                    if isinstance(v, Fault):
+                        fault = (v, at, access)
+                        k = (v.iova - at) if v.iova is not None and at <= v.iova < at + k else 0
                         break
-                    views.append(v)  # type: ignore[arg-type]
+                    views.append(v)
                 else:
                     break  # every leg is clean for k bytes
             if k:
@@ -354,9 +353,9 @@ class DmaEngine:
     def fetch(self, addr: int) -> Descriptor | Fault:
         """Read one descriptor from the ring (untagged)."""
         v = self.translate(None, addr, Descriptor.SIZE, R)
-        if v.__class__ is Fault:
-            return v  # type: ignore[return-value]
-        return Descriptor.unpack(gather(v))  # type: ignore[arg-type]
+        if isinstance(v, Fault):
+            return v
+        return Descriptor.unpack(gather(v))
 
     async def write_record(self, pasid: int | None, addr: int, out: Outcome,
                            block: bool) -> Fault | None:
@@ -364,9 +363,9 @@ class DmaEngine:
         if addr + CompletionRecord.SIZE > 1 << 64:
             return Fault(FaultReason.ADDR_BEYOND_MGAW, Stage.S1, addr, W, addr, pasid=pasid)
         v = await self.resolve(pasid, addr, CompletionRecord.SIZE, W, block)
-        if v.__class__ is Fault:
-            return v  # type: ignore[return-value]
-        scatter(v, out.record())  # type: ignore[arg-type]
+        if isinstance(v, Fault):
+            return v
+        scatter(v, out.record())
         return None
 
     def stats(self) -> dict[str, object]:
