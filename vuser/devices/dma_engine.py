@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from vuser.iommu import Access, Fault, FaultReason, IommuDevice, IommufdError, Stage
+from vuser.iommu import Access, Fault, FaultKind, IommuDevice, IommufdError, Stage
 from vuser.iommu.uapi import PageResponseCode
 
 from .devtlb import DeviceTlb
@@ -56,7 +56,7 @@ R, W = int(Access.READ), int(Access.WRITE)
 #: Page requests for one address within one descriptor before it fails.
 MAX_PAGE_REQUESTS = 4
 #: Stage-1 faults a page request can fix (not present, permission).
-_PRI_REASONS = frozenset({FaultReason.PAGING_ENTRY_INV, FaultReason.WRITE, FaultReason.READ})
+_PRI_REASONS = frozenset({FaultKind.PAGING_ENTRY_INV, FaultKind.WRITE, FaultKind.READ})
 #: Yield to the event loop after this many bytes of one descriptor.
 _YIELD_BYTES = 1 << 20
 _VALID_FLAGS = DescFlags.valid_mask()
@@ -163,7 +163,7 @@ class DmaEngine:
                     t = self.iommu.ats_translate(pasid, pos, access)
                 except IommufdError as err:  # ATS not supported by the model device
                     log.error("ATS translation refused: %s", err)
-                    return Fault(FaultReason.CONTEXT_ENTRY_P, Stage.BLOCKED, pos, access, pos,
+                    return Fault(FaultKind.CONTEXT_ENTRY_P, Stage.BLOCKED, pos, access,
                                  pasid=pasid)
                 if isinstance(t, Fault):
                     return t
@@ -195,7 +195,7 @@ class DmaEngine:
         """Page-request the faulting page; True when answered SUCCESS."""
         if not self.pri_eligible(f):
             return False
-        addr = f.iova if f.iova is not None else f.addr
+        addr = f.iova
         code = await self.page_request(pasid, addr, access)
         return code == PageResponseCode.SUCCESS
 
@@ -361,7 +361,7 @@ class DmaEngine:
                            block: bool) -> Fault | None:
         """Store the completion record at ``addr`` in the descriptor's space."""
         if addr + CompletionRecord.SIZE > 1 << 64:
-            return Fault(FaultReason.ADDR_BEYOND_MGAW, Stage.S1, addr, W, addr, pasid=pasid)
+            return Fault(FaultKind.ADDR_BEYOND_MGAW, Stage.S1, addr, W, pasid=pasid)
         v = await self.resolve(pasid, addr, CompletionRecord.SIZE, W, block)
         if isinstance(v, Fault):
             return v

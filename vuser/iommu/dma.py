@@ -29,7 +29,8 @@ from .hwpt import Hwpt, HwptNested, HwptPaging
 from .io_pagetable import READABLE, WRITEABLE
 from .iotlb import Iotlb, IotlbEntry
 from .objects import ObjectTable
-from .pagetable.results import Access, Fault, FaultReason, Stage
+from .pagetable.addresses import Gpa, Iova
+from .pagetable.results import Access, Fault, FaultKind, Stage
 from .pagetable.walker import second_stage_ok, walk_first_stage
 from .uapi import ALL_PASIDS, U64_MAX, Stats
 
@@ -45,8 +46,8 @@ _AREA_OK = {p: second_stage_ok(bool(p & READABLE), bool(p & WRITEABLE)) for p in
 class Segment(NamedTuple):
     """A piece of a translated DMA: ``mem`` is host memory for ``[iova, iova + len)``."""
 
-    iova: int
-    gpa: int
+    iova: Iova
+    gpa: Gpa
     mem: memoryview
 
 
@@ -58,9 +59,9 @@ _new_tuple = tuple.__new__
 class AtsTranslation:
     """An ATS translation completion: one page and what it allows."""
 
-    iova: int
+    iova: Iova
     size: int
-    gpa: int
+    gpa: Gpa
     read: bool
     write: bool
     mem: memoryview
@@ -73,6 +74,9 @@ class TraceEvent:
     ``stage`` is what answered: ``Stage.IOTLB`` on a hit, ``S1`` for a nested
     walk, ``S2`` for a stage-2-only lookup, the faulting stage on a fault.
     ``count`` is the number of IOTLB entries an invalidation dropped.
+    A fault's ``fault`` is its ``FaultKind`` and ``vtd`` the VT-d scalable-mode
+    reason a vIOMMU records for it (None: the host's), so a guest's "reason
+    0x71" is found in a trace by that code.
     Emulated IOMMUs add their own kinds through ``trace_note`` (vuser-iommu:
     its invalidation descriptors, page requests and responses), with what
     they are in ``info``.
@@ -82,20 +86,21 @@ class TraceEvent:
     kind: str
     label: int | None
     pasid: int | None
-    iova: int
-    gpa: int | None
+    iova: Iova
+    gpa: Gpa | None
     stage: int
     hit: bool
     fault: int | None = None
     count: int = 0
     length: int = 0
     info: dict[str, Any] | None = None
+    vtd: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"time": self.time, "kind": self.kind, "label": self.label, "pasid": self.pasid,
                 "iova": self.iova, "gpa": self.gpa, "stage": int(self.stage), "hit": self.hit,
                 "fault": self.fault, "count": self.count, "length": self.length,
-                "info": self.info}
+                "info": self.info, "vtd": self.vtd}
 
 
 TraceHook = Callable[[TraceEvent], None]
@@ -122,7 +127,7 @@ class DmaCommands:
     _miss_resolvers: tuple[MissResolver, ...] = ()
 
     # -- translation ---------------------------------------------------------
-    def translate(self, dev_id: int, pasid: int | None, iova: int, length: int,
+    def translate(self, dev_id: int, pasid: int | None, iova: Iova, length: int,
                   access: int) -> list[Segment] | Fault:
         """Translate a DMA of ``length`` bytes at ``iova`` from ``(dev_id, pasid)``.
 
@@ -186,8 +191,8 @@ class DmaCommands:
         if length == 0:
             return []
         bd = self._bound(dev_id)
-        return self._report(bd, pasid, Fault(FaultReason.ADDR_BEYOND_MGAW, Stage.S1, iova,
-                                              access, iova))
+        return self._report(bd, pasid, Fault(FaultKind.ADDR_BEYOND_MGAW, Stage.S1, iova,
+                                              access))
 
     def _bound(self, dev_id: int) -> BoundDevice:
         return self._objects.get(dev_id, BoundDevice)
@@ -206,8 +211,8 @@ class DmaCommands:
             if any(r(dev_id, label, vp) for r in self._miss_resolvers):
                 hwpt = bd.attach.get(pasid)
         if hwpt is None:
-            reason = FaultReason.CONTEXT_ENTRY_P if pasid is None else FaultReason.PASID_ENTRY_P
-            return self._report(bd, pasid, Fault(reason, Stage.BLOCKED, addr, access, addr))
+            reason = FaultKind.CONTEXT_ENTRY_P if pasid is None else FaultKind.PASID_ENTRY_P
+            return self._report(bd, pasid, Fault(reason, Stage.BLOCKED, addr, access))
         s2: HwptPaging
         if isinstance(hwpt, HwptNested):
             s2 = hwpt.parent
@@ -226,13 +231,13 @@ class DmaCommands:
             gpa, size, ok, stage = addr, 1 << 30, 0xFFFF, Stage.S2
         area = s2.ioas.iopt.find(gpa)
         if area is None:
-            return self._report(bd, pasid, Fault(FaultReason.PAGING_ENTRY_INV, Stage.S2, gpa,
-                                                 access, addr))
+            return self._report(bd, pasid, Fault(FaultKind.PAGING_ENTRY_INV, Stage.S2, addr,
+                                                 access, gpa))
         s2ok = _AREA_OK[area.prot]
         if not (s2ok >> access) & 1:
-            reason = FaultReason.WRITE if access & _W and (s2ok >> (access & ~_W)) & 1 \
-                else FaultReason.READ
-            return self._report(bd, pasid, Fault(reason, Stage.S2, gpa, access, addr))
+            reason = FaultKind.WRITE if access & _W and (s2ok >> (access & ~_W)) & 1 \
+                else FaultKind.READ
+            return self._report(bd, pasid, Fault(reason, Stage.S2, addr, access, gpa))
         while size > 4096:
             base = gpa & ~(size - 1)
             if base >= area.iova and base + size - 1 <= area.last:
@@ -258,9 +263,8 @@ class DmaCommands:
             cb(f)
         if self._trace is not None:
             self._trace(TraceEvent(self._clock(), "fault", f.label, f.pasid,
-                                   f.iova if f.iova is not None else f.addr,
-                                   f.addr if f.stage == Stage.S2 else None, int(f.stage), False,
-                                   int(f.reason)))
+                                   f.iova, f.gpa, int(f.stage), False, int(f.reason),
+                                   vtd=f.vtd_reason))
         return f
 
     def _trace_translate(self, e: IotlbEntry, addr: int, stage: Stage, hit: bool) -> None:
@@ -274,7 +278,7 @@ class DmaCommands:
                                e.gpa + (addr - e.iova), int(stage), hit))
 
     # -- conveniences for device code ------------------------------------------
-    def read(self, dev_id: int, pasid: int | None, iova: int, length: int,
+    def read(self, dev_id: int, pasid: int | None, iova: Iova, length: int,
              access: int = Access.READ) -> bytes | Fault:
         """DMA read: the bytes, or the ``Fault``."""
         segs = self.translate(dev_id, pasid, iova, length, access)
@@ -284,7 +288,7 @@ class DmaCommands:
             return bytes(segs[0].mem)
         return b"".join(s.mem for s in segs)
 
-    def write(self, dev_id: int, pasid: int | None, iova: int,
+    def write(self, dev_id: int, pasid: int | None, iova: Iova,
               data: bytes | bytearray | memoryview, access: int = Access.WRITE) -> None | Fault:
         """DMA write of ``data``: all of it, or nothing and the ``Fault``."""
         segs = self.translate(dev_id, pasid, iova, len(data), access)
@@ -298,7 +302,7 @@ class DmaCommands:
             pos += n
         return None
 
-    def ats_translate(self, dev_id: int, pasid: int | None, iova: int,
+    def ats_translate(self, dev_id: int, pasid: int | None, iova: Iova,
                       access: int = Access.READ) -> AtsTranslation | Fault:
         """A PCIe ATS translation request for the page holding ``iova``.
 

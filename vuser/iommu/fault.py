@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import fail
 from .objects import IommufdObject, ObjectTable, ObjType
+from .pagetable.addresses import Iova
 from .uapi import (
     FaultFlags, FaultQueueStatus, FaultRecord, PageResponseCode, Stats,
 )
@@ -176,7 +177,7 @@ class FaultCommands:
         """Model extension: depth, queued records, pending groups, lost events."""
         return self._objects.get(fault_id, FaultQueue).status()
 
-    def page_request(self, dev_id: int, pasid: int | None, addr: int, perm: int, grpid: int,
+    def page_request(self, dev_id: int, pasid: int | None, addr: Iova, perm: int, grpid: int,
                      last: bool, on_response: ResponseCallback | None = None) -> bool:
         """A device's PRI page request (PCIe PRI; VT-d page request descriptor).
 

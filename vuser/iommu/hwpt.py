@@ -21,7 +21,7 @@ from .errors import IommufdError, fail
 from .io_pagetable import READABLE, WRITEABLE, check_range
 from .objects import IommufdObject, ObjectTable, ObjType
 from .pagetable.formats import FIRST_STAGE_LEVELS
-from .pagetable.results import Access, Fault, FaultReason, Stage
+from .pagetable.results import Access, Fault, FaultKind, Stage
 from .uapi import (
     U64_MAX, VTD_INV_FLAGS_LEAF, DirtyBitmapFlags, HwptAllocFlags, HwptDataType,
     HwptInvalidateDataType, IommuHwptVtdS1, IommuHwptVtdS1Invalidate, VtdS1Flags,
@@ -85,14 +85,14 @@ class HwptPaging(Hwpt):
         """Stage-2 port for the first-stage walker (see ``pagetable.walker``)."""
         a = self.ioas.iopt.find(gpa)
         if a is None:
-            return Fault(FaultReason.PAGING_ENTRY_INV, Stage.S2, gpa, _W if write else _R)
+            return Fault(FaultKind.PAGING_ENTRY_INV, Stage.S2, None, _W if write else _R, gpa)
         if write:
             if not a.prot & WRITEABLE:
-                return Fault(FaultReason.WRITE, Stage.S2, gpa, _W)
+                return Fault(FaultKind.WRITE, Stage.S2, None, _W, gpa)
             if self.dirty_tracking:
                 self.dirty.add(gpa >> 12)
         elif not a.prot & READABLE:
-            return Fault(FaultReason.READ, Stage.S2, gpa, _R)
+            return Fault(FaultKind.READ, Stage.S2, None, _R, gpa)
         return a.pages.mem, a.offset + (gpa - a.iova), 0
 
     def mark_dirty(self, addr: int, length: int) -> None:

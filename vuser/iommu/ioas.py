@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import IommufdError, fail
 from .io_pagetable import READABLE, WRITEABLE, Area, IoPagetable, check_range
 from .objects import IommufdObject, ObjectTable, ObjType
+from .pagetable.addresses import HostOffset
 from .pages import Pages
 from .uapi import U64_MAX, IoasMapFlags, IovaRange, IovaRanges, OptionId, OptionOp
 
@@ -145,7 +146,7 @@ class IoasCommands:
         ioas.iopt.insert(area)
         return at
 
-    def ioas_map_file(self, ioas_id: int, fd: int, start: int, length: int,
+    def ioas_map_file(self, ioas_id: int, fd: int, start: HostOffset, length: int,
                       iova: int | None = None, flags: int = DEFAULT_PROT) -> int:
         """IOMMU_IOAS_MAP_FILE: map ``length`` bytes of file ``fd`` from ``start``.
 

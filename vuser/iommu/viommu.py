@@ -252,7 +252,7 @@ class ViommuCommands:
         if q is None or vd is None:
             return
         q.report(IommuVeventVuserVtd(
-            virt_id=vd.virt_id, addr=f.iova if f.iova is not None else f.addr,
+            virt_id=vd.virt_id, addr=f.iova,
             pasid=f.pasid if f.pasid is not None else 0, reason=int(f.reason),
             perm=int(f.access) & 0xFF, flags=int(f.pasid is not None)).pack())
 
