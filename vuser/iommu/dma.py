@@ -23,16 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .core import ContextCore
 from .device import BoundDevice
 from .errors import fail
 from .hwpt import Hwpt, HwptNested, HwptPaging
 from .io_pagetable import READABLE, WRITEABLE
-from .iotlb import Iotlb, IotlbEntry
-from .objects import ObjectTable
+from .iotlb import IotlbEntry
 from .pagetable.addresses import Gpa, Iova
 from .pagetable.results import Access, Fault, FaultKind, Stage
 from .pagetable.walker import second_stage_ok, walk_first_stage
-from .uapi import ALL_PASIDS, U64_MAX, Stats
+from .uapi import ALL_PASIDS, U64_MAX
 
 if TYPE_CHECKING:
     from .ioas import Ioas
@@ -114,12 +114,9 @@ InjectHook = Callable[[int, "int | None", int, int, int], "Fault | None"]
 MissResolver = Callable[[int, int, "int | None"], bool]
 
 
-class DmaCommands:
+class DmaCommands(ContextCore):
     """The DMA path of ``IoasidContext``."""
 
-    _objects: ObjectTable
-    _iotlb: Iotlb
-    _stats: Stats
     _trace: TraceHook | None
     _fault_observers: list[FaultObserver]
     _clock: Callable[[], float]
