@@ -59,7 +59,9 @@ class Iotlb:
 
     ``lookup`` is the ordinary probe. The DMA path's loop uses the explicit
     fast path instead: ``fast_path`` (bound lookups, valid for the IOTLB's
-    life) and ``levels`` (what to probe; read it again after an ``insert``).
+    life) and ``levels`` (the ``(shift, level)`` pairs that hold entries,
+    smallest page first; read it again after an ``insert``). Both are plain
+    attributes, read-only to callers, so that reading them costs no call.
     """
 
     def __init__(self, capacity: int = 4096) -> None:
@@ -68,24 +70,19 @@ class Iotlb:
         self.capacity = capacity
         self._map: OrderedDict[Key, IotlbEntry] = OrderedDict()
         self._per_level = [0, 0, 0, 0]
-        self._probe: tuple[tuple[int, int], ...] = ()
+        self.levels: tuple[tuple[int, int], ...] = ()
         self._by_hwpt: dict[int, dict[Key, IotlbEntry]] = {}
         self._by_s2: dict[int, dict[Key, IotlbEntry]] = {}
         self.evictions = 0
         #: Bound lookups for the DMA path's warm loop (see ``FastPath``).
         self.fast_path = FastPath(self._map.get, self._map.move_to_end)
 
-    @property
-    def levels(self) -> tuple[tuple[int, int], ...]:
-        """``(shift, level)`` pairs that hold entries, smallest page first."""
-        return self._probe
-
     def __len__(self) -> int:
         return len(self._map)
 
     def lookup(self, dev_id: int, pasid: int | None, addr: int) -> IotlbEntry | None:
         m = self._map
-        for shift, level in self._probe:
+        for shift, level in self.levels:
             e = m.get((dev_id, pasid, addr >> shift, level))
             if e is not None:
                 m.move_to_end(e.key)
@@ -93,7 +90,7 @@ class Iotlb:
         return None
 
     def _levels_changed(self) -> None:
-        self._probe = tuple((_LEVEL_SHIFT[lv], lv) for lv in (1, 2, 3) if self._per_level[lv])
+        self.levels = tuple((_LEVEL_SHIFT[lv], lv) for lv in (1, 2, 3) if self._per_level[lv])
 
     def insert(self, e: IotlbEntry) -> None:
         old = self._map.get(e.key)
@@ -162,7 +159,7 @@ class Iotlb:
         self._by_hwpt.clear()
         self._by_s2.clear()
         self._per_level = [0, 0, 0, 0]
-        self._probe = ()
+        self.levels = ()
         return n
 
     def set_capacity(self, capacity: int) -> None:
