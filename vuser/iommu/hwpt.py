@@ -15,7 +15,7 @@ Its tables live in guest memory and every fetch goes through the parent.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .core import ContextCore
 from .errors import IommufdError, fail
@@ -237,8 +237,12 @@ class HwptCommands(ContextCore):
                 raise fail(errno.EOPNOTSUPP, "nested HWPTs take only FAULT_ID_VALID and PASID")
             if not has_data:
                 raise fail(errno.EOPNOTSUPP, "a nested HWPT needs data")
-            viommu: Viommu | None = None if isinstance(pt, HwptPaging) else pt  # type: ignore[assignment]
-            parent = pt if isinstance(pt, HwptPaging) else viommu.parent  # type: ignore[union-attr]
+            viommu: Viommu | None = None
+            if isinstance(pt, HwptPaging):
+                parent = pt
+            else:
+                viommu = cast("Viommu", pt)
+                parent = viommu.parent
             if viommu is None and not parent.nest_parent:
                 raise fail(errno.EINVAL, f"HWPT {parent.id} is not a NEST_PARENT")
             s1 = _parse_vtd_s1(data_type, data)
@@ -285,7 +289,7 @@ class HwptCommands(ContextCore):
         """
         obj = self._objects.get(hwpt_id)
         if obj.TYPE is ObjType.VIOMMU:
-            return self._viommu_invalidate(obj, entries, data_type)  # type: ignore[arg-type]
+            return self._viommu_invalidate(cast("Viommu", obj), entries, data_type)
         if not isinstance(obj, HwptNested):
             raise fail(errno.EINVAL, f"object {hwpt_id} is not a nested HWPT or a vIOMMU")
         if data_type != HwptInvalidateDataType.VTD_S1:
