@@ -872,7 +872,7 @@
 #define VTD_FRCD_HI_OFF 0x8
 #define VTD_FRCD_HI_LEN 8
 
-/* FaultReason (vuser.devices.vtd_layout) */
+/* VtdFaultReason (vuser.iommu.pagetable.reasons) */
 #define VTD_FAULT_REASON_ADDR_BEYOND_MGAW 0x4
 #define VTD_FAULT_REASON_READ 0x6
 #define VTD_FAULT_REASON_RTADDR_INV_TTM 0x31

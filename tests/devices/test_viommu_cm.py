@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from vuser.devices.sample import SampleDevice
-from vuser.devices.vtd_layout import Cap, ContextEntry, FaultReason, Reg
+from vuser.devices.vtd_layout import Cap, ContextEntry, VtdFaultReason, Reg
 from vuser.errors import UserError
 from vuser.iommu import Fault, Stage
 from vuser.backend import DmaError
@@ -93,7 +93,7 @@ async def test_cm0_not_present_entry_is_not_cached(rig0):
     f = dev(rig).write(1, IOVA, b"x")
     assert isinstance(f, Fault)
     await rig.drv.until(lambda: rig.viommu.faults.recorded == 1, "the fault record")
-    assert [r.reason for r in await rig.drv.faults()] == [FaultReason.PASID_DIR_P]
+    assert [r.reason for r in await rig.drv.faults()] == [VtdFaultReason.PASID_DIR_P]
     buf = rig.ram.alloc(P)
     pt = rig.ram.page_tables()
     pt.map(IOVA, buf, P)
@@ -149,7 +149,7 @@ async def test_cm0_context_entry_is_cached_until_context_cache_invalidation(rig0
     f = dev(rig).write(None, rig.ram.base, b"x")
     assert isinstance(f, Fault)
     await rig.drv.until(lambda: rig.viommu.faults.recorded == 2, "two fault records")
-    assert {r.reason for r in await rig.drv.faults()} == {FaultReason.CONTEXT_P}
+    assert {r.reason for r in await rig.drv.faults()} == {VtdFaultReason.CONTEXT_P}
 
 
 async def test_cm0_translation_off_puts_the_rid_back_on_stage2(rig0):

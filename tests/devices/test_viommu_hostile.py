@@ -16,7 +16,7 @@ from vuser.devices.sample import SampleDevice, SampleReg, SampleStatus, pattern
 from vuser.devices.viommu_bind import MAX_BOUND
 from vuser.devices.viommu_tables import MAX_SCAN_TABLES
 from vuser.devices.vtd_layout import (
-    ContextQw0, FaultReason, Fsts, InvType, Iqei, Iqercd, PasidDirEntry,
+    ContextQw0, VtdFaultReason, Fsts, InvType, Iqei, Iqercd, PasidDirEntry,
     PasidEntry, PasidQw0, PasidQw2, Pgtt, Reg, RootHalf, Rtaddr,
 )
 from vuser.iommu import Fault
@@ -84,7 +84,7 @@ async def test_page_table_loops_terminate(rig):
     assert pt.read_entry(root) & ~0x60 == self_ref          # only A/D may have changed
     # IOVA 0x1000 ends at PML4[1], empty: a first-stage not-present fault.
     assert isinstance(victim(rig, 1, 0x1000), Fault)
-    await only_fault(rig, 1, FaultReason.FS_P)
+    await only_fault(rig, 1, VtdFaultReason.FS_P)
     # A two-table cycle A[0] -> B, B[0] -> A.
     a, b = ram.alloc(P), ram.alloc(P)
     ram.set_u64(a, FirstStagePte.pack(P=1, RW=1, US=1, ADDR=b >> 12))
@@ -97,12 +97,12 @@ async def test_page_table_loops_terminate(rig):
 
 
 @pytest.mark.parametrize("where, reason", [
-    ("rtaddr", FaultReason.ROOT_ACCESS),
-    ("context_table", FaultReason.CONTEXT_ACCESS),
-    ("pasid_dir", FaultReason.PASID_DIR_ACCESS),
-    ("pasid_table", FaultReason.PASID_ACCESS),
-    ("fsptptr", FaultReason.FS_ACCESS),
-    ("fsptptr_above_gaw", FaultReason.PASID_RSVD),
+    ("rtaddr", VtdFaultReason.ROOT_ACCESS),
+    ("context_table", VtdFaultReason.CONTEXT_ACCESS),
+    ("pasid_dir", VtdFaultReason.PASID_DIR_ACCESS),
+    ("pasid_table", VtdFaultReason.PASID_ACCESS),
+    ("fsptptr", VtdFaultReason.FS_ACCESS),
+    ("fsptptr_above_gaw", VtdFaultReason.PASID_RSVD),
 ])
 async def test_table_pointer_outside_guest_ram(rig, where, reason):
     drv, ram = rig.drv, rig.ram
@@ -144,17 +144,17 @@ def _set(ram, addr: int, value: int) -> None:
 
 
 @pytest.mark.parametrize("what, reason", [
-    ("root", FaultReason.ROOT_RSVD),
-    ("context_qw0", FaultReason.CONTEXT_RSVD),
-    ("context_qw2", FaultReason.CONTEXT_RSVD),
-    ("pasid_dir", FaultReason.PASID_DIR_RSVD),
-    ("pasid_qw0", FaultReason.PASID_RSVD),
-    ("pasid_qw5", FaultReason.PASID_RSVD),
-    ("pasid_ere", FaultReason.PASID_RSVD),
-    ("pgtt_second_stage", FaultReason.PASID_INVALID),
-    ("pgtt_reserved", FaultReason.PASID_INVALID),
-    ("fspm_reserved", FaultReason.PASID_INVALID),
-    ("pte", FaultReason.FS_RSVD),
+    ("root", VtdFaultReason.ROOT_RSVD),
+    ("context_qw0", VtdFaultReason.CONTEXT_RSVD),
+    ("context_qw2", VtdFaultReason.CONTEXT_RSVD),
+    ("pasid_dir", VtdFaultReason.PASID_DIR_RSVD),
+    ("pasid_qw0", VtdFaultReason.PASID_RSVD),
+    ("pasid_qw5", VtdFaultReason.PASID_RSVD),
+    ("pasid_ere", VtdFaultReason.PASID_RSVD),
+    ("pgtt_second_stage", VtdFaultReason.PASID_INVALID),
+    ("pgtt_reserved", VtdFaultReason.PASID_INVALID),
+    ("fspm_reserved", VtdFaultReason.PASID_INVALID),
+    ("pte", VtdFaultReason.FS_RSVD),
 ])
 async def test_reserved_bits(rig, what, reason):
     drv, ram = rig.drv, rig.ram
@@ -198,7 +198,7 @@ async def test_legacy_translation_table_mode_faults(rig):
     await drv.gcmd(1 << 30)
     await drv.submit(context_cache())
     assert isinstance(victim(rig, None, rig.ram.base), Fault)
-    await only_fault(rig, None, FaultReason.RTADDR_INV_TTM)
+    await only_fault(rig, None, VtdFaultReason.RTADDR_INV_TTM)
 
 
 async def test_invalidation_queue_full_of_garbage(rig):

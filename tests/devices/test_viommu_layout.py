@@ -12,7 +12,7 @@ import pytest
 from vuser.devices.viommu_regs import EventSource, RegisterBank, cap_value, ecap_value
 from vuser.devices.viommu_tables import MAX_SCAN_TABLES, TableFault, TableReader
 from vuser.devices.vtd_layout import (
-    ContextEntry, ContextQw0, ContextQw1, FaultReason, Frcd, FrcdHi, InvDesc, InvHeader,
+    ContextEntry, ContextQw0, ContextQw1, VtdFaultReason, Frcd, FrcdHi, InvDesc, InvHeader,
     PageRequest, PasidDirEntry, PasidEntry, PasidQw0, PasidQw2, PcDesc, PgrespDesc, PgrespQw1,
     Pgtt, PrdHi, PrdLo, RootEntry, RootHalf, WaitAddr, WaitDesc, inv_type,
 )
@@ -163,8 +163,8 @@ def test_reader_pasid_beyond_the_directory_size():
     reader, _ = rig_tables(mem, pdts=0)
     ci = reader.context(0x108)
     assert ci.dir_entries == 128
-    assert reader.pasid(ci, 128 * 64) == TableFault(FaultReason.PASID_DIR_P)
-    assert reader.pasid(ci, 5) == TableFault(FaultReason.PASID_DIR_P)
+    assert reader.pasid(ci, 128 * 64) == TableFault(VtdFaultReason.PASID_DIR_P)
+    assert reader.pasid(ci, 5) == TableFault(VtdFaultReason.PASID_DIR_P)
 
 
 def test_reader_scan_reads_a_bounded_number_of_tables():
@@ -193,13 +193,13 @@ def test_reader_scan_skips_absent_and_unreadable_tables():
                                 0, PasidDirEntry.pack(P=1, SMPTBLPTR=good >> 12)))
     found = list(reader.scan(reader.context(0x108)))
     assert [(p, r.pgtt, r.did) for p, r in found] == [(2 * 64 + 3, Pgtt.PASS_THROUGH, 9)]
-    assert reader.pasid(reader.context(0x108), 5) == TableFault(FaultReason.PASID_ACCESS)
+    assert reader.pasid(reader.context(0x108), 5) == TableFault(VtdFaultReason.PASID_ACCESS)
 
 
 def test_reader_wrapping_pointers_are_access_errors():
     mem = Memory()
     reader = TableReader(mem.read, ((1 << 64) - 4096) | 1 << 10)
-    assert reader.context(0xFF00) == TableFault(FaultReason.ROOT_ACCESS)
+    assert reader.context(0xFF00) == TableFault(VtdFaultReason.ROOT_ACCESS)
 
 
 def test_the_viommu_shows_its_label_like_every_vuser_device():

@@ -13,7 +13,7 @@ import pytest
 
 from vuser.devices.sample import SampleDevice
 from vuser.devices.viommu import VECTOR_PAGE_REQUEST
-from vuser.devices.vtd_layout import FaultReason, Prs, Reg
+from vuser.devices.vtd_layout import VtdFaultReason, Prs, Reg
 from vuser.iommu import Access, Fault
 from vuser.iommu.uapi import PageResponseCode
 
@@ -90,7 +90,7 @@ async def test_pre_clear_refuses_page_requests_with_sct8(rig):
     assert answers == [PageResponseCode.INVALID]
     assert await drv.page_requests() == []
     (rec,) = await drv.faults()
-    assert (rec.sid, rec.pasid, rec.reason, rec.addr) == (LABEL, 1, FaultReason.PRE_CLEAR,
+    assert (rec.sid, rec.pasid, rec.reason, rec.addr) == (LABEL, 1, VtdFaultReason.PRE_CLEAR,
                                                           IOVA + 2 * P)
 
 
@@ -136,7 +136,7 @@ async def test_fault_without_page_request_is_logged_after_the_turn(rig):
     assert isinstance(rig.devices[LABEL].iommu.write(1, IOVA + 4 * P, b"x"), Fault)
     await drv.until(lambda: rig.viommu.faults.recorded == 1, "the deferred fault record")
     (rec,) = await drv.faults()
-    assert (rec.reason, rec.addr) == (FaultReason.FS_P, IOVA + 4 * P)
+    assert (rec.reason, rec.addr) == (VtdFaultReason.FS_P, IOVA + 4 * P)
 
 
 async def test_detach_answers_pending_groups_invalid(rig):

@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from vuser.devices.sample import SampleDevice
-from vuser.devices.vtd_layout import FaultReason
+from vuser.devices.vtd_layout import VtdFaultReason
 from vuser.iommu import Access, Fault
 from vuser.pci.caps_ext import Ats, AtsCtl
 from vuser.rpc import Service, render
@@ -107,7 +107,7 @@ async def test_pasid_table_shows_kernel_built_tables(rig):
         assert (s1["kind"], s1["pgtbl_addr"], s1["levels"], s1["did"]) == (
             "first-stage", pt.root, 5, 1)
         assert entries[200]["kind"] == "blocked" and entries[200]["hwpt"] is None
-        assert entries[200]["reason"] == FaultReason.PASID_DIR_P
+        assert entries[200]["reason"] == VtdFaultReason.PASID_DIR_P
         assert t["viommu"]["rid_pasid"] == 0 and t["viommu"]["translation"]
         assert t["features"] == {"pasid": {"cap": True, "enabled": False},
                                  "ats": {"cap": True, "enabled": False},

@@ -12,7 +12,7 @@ import pytest
 
 from vuser.devices.sample import SampleDevice
 from vuser.devices.viommu import VECTOR_FAULT
-from vuser.devices.vtd_layout import Cap, Ecap, FaultReason, Fsts, Reg
+from vuser.devices.vtd_layout import Cap, Ecap, VtdFaultReason, Fsts, Reg
 from vuser.iommu import Access, Fault, Stage
 
 from viommu_guest import MiB, P, Rig, context_cache, pasid_cache, pdevtlb, piotlb
@@ -123,7 +123,7 @@ async def test_isolation_unattached_pasid_is_recorded_in_frcd(rig):
     assert isinstance(f, Fault)
     assert ram.read(buf, P) == before
     (rec,) = await drv.faults()
-    assert (rec.sid, rec.pasid, rec.reason, rec.addr) == (LABEL, 5, FaultReason.PASID_P,
+    assert (rec.sid, rec.pasid, rec.reason, rec.addr) == (LABEL, 5, VtdFaultReason.PASID_P,
                                                           IOVA)
     assert rec.write
     fsts = await drv.fsts()
@@ -234,14 +234,14 @@ async def test_missing_root_and_context_entries_block_untagged_dma(rig):
     await drv.enable_translation()
     assert isinstance(dma_write(rig, LABEL, None, ram.base, b"x"), Fault)
     (rec,) = await drv.faults()
-    assert (rec.sid, rec.pasid, rec.reason) == (LABEL, None, FaultReason.ROOT_P)
+    assert (rec.sid, rec.pasid, rec.reason) == (LABEL, None, VtdFaultReason.ROOT_P)
     await drv.clear_faults()
     ce = drv.context(LABEL)
     ram.write(ce, bytes(32))                   # root entry present, context entry not
     await drv.submit(context_cache(g=3, sid=LABEL))
     assert isinstance(dma_write(rig, LABEL, None, ram.base, b"x"), Fault)
     (rec,) = await drv.faults()
-    assert (rec.sid, rec.reason) == (LABEL, FaultReason.CONTEXT_P)
+    assert (rec.sid, rec.reason) == (LABEL, VtdFaultReason.CONTEXT_P)
 
 
 async def test_fpd_suppresses_fault_recording(rig):
@@ -267,7 +267,7 @@ async def test_first_stage_not_present_is_sfl2_with_write_type(rig):
     await drv.until(lambda: rig.viommu.faults.recorded == 2, "two fault records")
     recs = await drv.faults()
     assert [(r.reason, r.addr, r.write) for r in recs] == [
-        (FaultReason.FS_P, IOVA + P, False), (FaultReason.SM_WRITE, IOVA, True)]
+        (VtdFaultReason.FS_P, IOVA + P, False), (VtdFaultReason.SM_WRITE, IOVA, True)]
 
 
 async def test_fault_records_overflow_sets_pfo_and_masked_events_stay_pending(rig):

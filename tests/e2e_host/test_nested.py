@@ -10,7 +10,7 @@ import os
 from vdma_harness import COMP, DST, PAGE, SRC, desc
 
 from vuser.devices.dma_layout import CompletionStatus, DescFlags, FaultInfo, Opcode, QueueReg
-from vuser.iommu import FaultReason, Stage
+from vuser.iommu import FaultKind, Stage
 
 
 
@@ -59,7 +59,7 @@ async def test_unattached_pasid_faults_writes_nothing_and_records_the_fault(nest
     drv.assert_only_written(before, (comp, 32))
     [f] = seen
     assert (f.label, f.pasid, f.iova) == (dev.iommu.label, 3, SRC)
-    assert f.reason == FaultReason.PASID_ENTRY_P and f.stage == Stage.BLOCKED
+    assert f.reason == FaultKind.PASID_ENTRY_P and f.stage == Stage.BLOCKED
     assert await drv.qreg(0, QueueReg.Q_ERROR) == 0          # the queue goes on
 
 

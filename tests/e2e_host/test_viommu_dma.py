@@ -22,7 +22,7 @@ from vdma_harness import COMP, DST, PAGE, SRC, desc, eventually
 
 from vuser.devices.dma_layout import CompletionStatus, DescFlags, FaultInfo, Opcode
 from vuser.devices.viommu import VECTOR_FAULT, VECTOR_PAGE_REQUEST, VIommuDevice
-from vuser.devices.vtd_layout import FaultReason, Fsts, PasidQw0, Reg
+from vuser.devices.vtd_layout import VtdFaultReason, Fsts, PasidQw0, Reg
 from vuser.transport.client import Client
 from vuser.transport.server import DeviceServer
 
@@ -180,7 +180,7 @@ async def test_isolation_unattached_pasid(vdma, viommu, ram):
     assert rec.fault_addr == DST + 0x40 and rec.fault_info & FaultInfo.WRITE
     drv.assert_only_written(before, (comp, 32), *vt_tables(vt))
     (f,) = await vt.faults()
-    assert (f.sid, f.pasid, f.reason, f.addr, f.write) == (LABEL, 7, FaultReason.PASID_P,
+    assert (f.sid, f.pasid, f.reason, f.addr, f.write) == (LABEL, 7, VtdFaultReason.PASID_P,
                                                            DST, True)
     assert Fsts.PPF.get(await vt.fsts())
     assert viommu.irq_count(VECTOR_FAULT) == 1
@@ -330,7 +330,7 @@ async def test_hostile_guest_does_not_stop_the_other_device(rig, ram, viommu, ca
                            completion=comp, flags=RID_COMPLETION))
     assert vdrv.record(comp).status == CompletionStatus.PAGE_FAULT
     (f,) = await vt.faults()
-    assert (f.sid, f.pasid, f.reason) == (LABEL, 1, FaultReason.PASID_RSVD)
+    assert (f.sid, f.pasid, f.reason) == (LABEL, 1, VtdFaultReason.PASID_RSVD)
     # the invalidation queue, filled with garbage
     rnd = random.Random(5)
     ram.write(vt.iq, rnd.randbytes(PAGE))

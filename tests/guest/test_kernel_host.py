@@ -273,7 +273,7 @@ def test_sva_copy_uses_the_process_page_table_and_kernel_answered_page_requests(
 # -- the fault the guest kernel logged is the one the model recorded -----------------------------
 
 def test_the_fault_the_kernel_logged_is_the_models(qemu, tmp_path):
-    from vuser.iommu.pagetable.results import FaultReason, Stage
+    from vuser.iommu.pagetable.results import FaultKind, Stage
 
     run = boot(qemu, tmp_path, ["kernel_isolation"])
     logged = [re.search(r"\[DMA Write NO_PASID\] Request device \[(?:0000:)?02:00\.0\] "
@@ -288,4 +288,4 @@ def test_the_fault_the_kernel_logged_is_the_models(qemu, tmp_path):
     assert len(faults) == 1, faults
     f = faults[0]
     assert f["iova"] >> 12 == addr >> 12 and f["pasid"] is None, f
-    assert f["stage"] == Stage.S1 and f["fault"] == FaultReason.PAGING_ENTRY_INV, f
+    assert f["stage"] == Stage.S1 and f["fault"] == FaultKind.PAGING_ENTRY_INV, f

@@ -57,7 +57,7 @@ def test_generated_values_follow_the_declarations():
     assert vtd["VTD_PASID_QW2_FSPTPTR_MASK"] == vtd_layout.PasidQw2.FSPTPTR.mask
     assert vtd["VTD_FRCD_HI_F_SHIFT"] == 63
     assert vtd["VTD_INV_TYPE_PAGE_GROUP_RESPONSE"] == vtd_layout.InvType.PAGE_GROUP_RESPONSE
-    assert vtd["VTD_FAULT_REASON_FS_P"] == vtd_layout.FaultReason.FS_P
+    assert vtd["VTD_FAULT_REASON_FS_P"] == vtd_layout.VtdFaultReason.FS_P
     assert vtd["VTD_REG_FRCD"] == vtd_layout.Reg.FRCD
     assert vtd["VTD_IQ_ENTRY_SIZE"] == vtd_layout.IQ_ENTRY_SIZE
     assert vtd["VTD_FIRST_STAGE_PTE_PS_SHIFT"] == 7

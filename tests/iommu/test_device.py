@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from iommu_helpers import P, PASID, NestedRig, Rig, expect_errno
-from vuser.iommu import Access, Fault, FaultReason, IoasidContext, IommuRegistry, Stage
+from vuser.iommu import Access, Fault, FaultKind, IoasidContext, IommuRegistry, Stage
 from vuser.iommu.uapi import HwptAllocFlags
 
 PASID_FLAG = int(HwptAllocFlags.PASID)
@@ -50,7 +50,7 @@ def test_unbound_device_is_unusable_and_its_dma_blocked() -> None:
     assert not dev.bound
     f = dev.translate(None, 0, 8, Access.READ)
     assert isinstance(f, Fault) and f.stage == Stage.BLOCKED
-    assert f.reason == FaultReason.CONTEXT_ENTRY_P and f.label == dev.label
+    assert f.reason == FaultKind.CONTEXT_ENTRY_P and f.label == dev.label
     assert isinstance(dev.write(7, 0, b"x"), Fault)
 
 
@@ -69,7 +69,7 @@ def test_detach_goes_back_to_blocking_even_with_a_warm_iotlb(rig: Rig) -> None:
     assert rig.dev.read(None, 0, 4) == b"\0" * 4
     rig.ctx.device_detach(rig.dev_id)
     f = rig.dev.read(None, 0, 4)
-    assert isinstance(f, Fault) and f.reason == FaultReason.CONTEXT_ENTRY_P
+    assert isinstance(f, Fault) and f.reason == FaultKind.CONTEXT_ENTRY_P
     rig.ctx.device_detach(rig.dev_id)  # nothing attached: a no-op, as VFIO's detach
 
 
@@ -187,7 +187,7 @@ def test_dma_write_is_all_or_nothing(nested: NestedRig) -> None:
     nested.pt.map(0, 0x40000000, P)
     before = nested.data_at(0x40000000, P)
     f = nested.ctx.write(nested.dev_id, PASID, P - 4, b"12345678")  # crosses into a hole
-    assert isinstance(f, Fault) and f.addr == P
+    assert isinstance(f, Fault) and f.iova == P and f.gpa is None
     assert nested.data_at(0x40000000, P) == before
     assert nested.ctx.write(nested.dev_id, PASID, P - 4, b"1234") is None
     assert nested.data_at(0x40000000 + P - 4, 4) == b"1234"
@@ -199,4 +199,4 @@ def test_translate_of_an_unknown_device_raises_and_bad_arguments_are_bugs(rig: R
         rig.ctx.translate(rig.dev_id, None, 0, -1, Access.READ)
     assert rig.ctx.translate(rig.dev_id, None, 0, 0, Access.READ) == []
     f = rig.ctx.translate(rig.dev_id, None, (1 << 64) - 4, 8, Access.READ)
-    assert isinstance(f, Fault) and f.reason == FaultReason.ADDR_BEYOND_MGAW
+    assert isinstance(f, Fault) and f.reason == FaultKind.ADDR_BEYOND_MGAW

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 
 from iommu_helpers import P, PASID, NestedRig, Rig, expect_errno
-from vuser.iommu import Access, Fault, FaultReason, IommuRegistry, Stage
+from vuser.iommu import Access, Fault, FaultKind, IommuRegistry, Stage
 from vuser.iommu.uapi import FaultFlags, FaultPerm, HwptAllocFlags, PageResponseCode
 
 SUCCESS, INVALID = PageResponseCode.SUCCESS, PageResponseCode.INVALID
@@ -132,10 +132,10 @@ def test_dma_faults_reach_the_observers_with_stage_and_names(nested: NestedRig) 
     nested.translate(0)                     # stage 2: for the host
     nested.ctx.translate(nested.dev_id, 77, 0, 1, Access.READ)  # PASID 77 not attached
     assert [(f.stage, f.reason, f.pasid, f.label) for f in seen] == [
-        (Stage.S1, FaultReason.PAGING_ENTRY_INV, 3, nested.dev.label),
-        (Stage.S2, FaultReason.PAGING_ENTRY_INV, 3, nested.dev.label),
-        (Stage.BLOCKED, FaultReason.PASID_ENTRY_P, 77, nested.dev.label)]
-    assert seen[1].to_dict()["addr"] == 0x900000
+        (Stage.S1, FaultKind.PAGING_ENTRY_INV, 3, nested.dev.label),
+        (Stage.S2, FaultKind.PAGING_ENTRY_INV, 3, nested.dev.label),
+        (Stage.BLOCKED, FaultKind.PASID_ENTRY_P, 77, nested.dev.label)]
+    assert seen[1].to_dict()["gpa"] == 0x900000
     nested.ctx.remove_fault_observer(seen.append)
     nested.translate(0x5000)
     assert len(seen) == 3

@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from iommu_helpers import DATA_GPA, MB, P, PASID, NestedRig, Rig, expect_errno
-from vuser.iommu import Access, Fault, FaultReason, Stage
+from vuser.iommu import Access, Fault, FaultKind, Stage
 from vuser.iommu.uapi import ALL_PASIDS, U64_MAX
 
 R, W = Access.READ, Access.WRITE
@@ -35,7 +35,7 @@ def test_a_removed_pte_stays_usable_until_invalidated(nested: NestedRig) -> None
     nested.pt.unmap(0)
     assert nested.gpa_of(0) == DATA_GPA
     nested.ctx.hwpt_invalidate(nested.s1, [_inv(0, U64_MAX)])  # all pages
-    assert nested.translate(0).reason == FaultReason.PAGING_ENTRY_INV
+    assert nested.translate(0).reason == FaultKind.PAGING_ENTRY_INV
 
 
 def test_large_pages_are_cached_as_one_entry(nested: NestedRig) -> None:
@@ -113,7 +113,7 @@ def test_host_stage2_unmap_flushes_dependent_stage1_entries(nested: NestedRig) -
     assert nested.gpa_of(0) == DATA_GPA
     nested.ctx.ioas_unmap(nested.ioas, DATA_GPA, 4 * MB)
     f = nested.translate(0)  # no stale host memory: the walk runs and stage 2 faults
-    assert isinstance(f, Fault) and (f.stage, f.addr) == (Stage.S2, DATA_GPA)
+    assert isinstance(f, Fault) and (f.stage, f.gpa) == (Stage.S2, DATA_GPA)
 
 
 def test_host_unmap_flushes_stage2_only_entries_in_range(rig: Rig) -> None:
@@ -189,7 +189,7 @@ def test_trace_hook_sees_hits_misses_faults_and_invalidations() -> None:
     assert got == [
         (0, "translate", label, PASID, 0x10, DATA_GPA + 0x10, Stage.S1, False, None),
         (1, "translate", label, PASID, 0x20, DATA_GPA + 0x20, Stage.IOTLB, True, None),
-        (2, "fault", label, PASID, 0x5000, None, Stage.S1, False, FaultReason.PAGING_ENTRY_INV),
+        (2, "fault", label, PASID, 0x5000, None, Stage.S1, False, FaultKind.PAGING_ENTRY_INV),
         (3, "invalidate", None, None, 0, None, 0, False, None),
     ]
     assert events[3].count == 1 and events[0].to_dict()["kind"] == "translate"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from iommu_helpers import DATA_GPA, GB, MB, P, PASID, TABLES_GPA, NestedRig
-from vuser.iommu import Access, Fault, FaultReason, Stage
+from vuser.iommu import Access, Fault, FaultKind, Stage
 from vuser.iommu.pagetable import (
     FirstStagePte, PageTableBuilder, SecondStagePte, SecondStageTables, walk_nested,
     walk_second_stage,
@@ -63,17 +63,17 @@ def test_not_present_stage1_entry(nested: NestedRig) -> None:
     nested.pt.map(0, DATA_GPA, P)
     f = nested.translate(0x5000)
     assert isinstance(f, Fault)
-    assert (f.reason, f.stage, f.addr, f.level) == (FaultReason.PAGING_ENTRY_INV, Stage.S1,
+    assert (f.reason, f.stage, f.iova, f.level) == (FaultKind.PAGING_ENTRY_INV, Stage.S1,
                                                     0x5000, 1)
     f = nested.translate(1 << 40)  # missing at the top
-    assert f.reason == FaultReason.PAGING_ENTRY_INV and f.level == 4
+    assert f.reason == FaultKind.PAGING_ENTRY_INV and f.level == 4
 
 
 def test_write_to_a_read_only_page(nested: NestedRig) -> None:
     nested.pt.map(0, DATA_GPA, P, write=False)
     assert nested.gpa_of(0x10) == DATA_GPA + 0x10
     f = nested.translate(0x10, 4, W)
-    assert isinstance(f, Fault) and (f.reason, f.stage) == (FaultReason.WRITE, Stage.S1)
+    assert isinstance(f, Fault) and (f.reason, f.stage) == (FaultKind.WRITE, Stage.S1)
 
 
 @pytest.mark.parametrize("levels, size, level, bit", [
@@ -92,7 +92,7 @@ def test_reserved_bits(levels: int, size: int, level: int, bit: int) -> None:
     rig.pt.write_entry(addr, rig.pt.read_entry(addr) | 1 << bit)
     f = rig.translate(iova)
     assert isinstance(f, Fault)
-    assert (f.reason, f.stage, f.level) == (FaultReason.PAGING_ENTRY_RSVD, Stage.S1, level)
+    assert (f.reason, f.stage, f.level) == (FaultKind.PAGING_ENTRY_RSVD, Stage.S1, level)
 
 
 def test_ignored_high_bits_are_not_reserved(nested: NestedRig) -> None:
@@ -109,15 +109,15 @@ def test_stage2_hole_under_a_stage1_table(nested: NestedRig) -> None:
     nested.pt.write_entry(pdpte, FirstStagePte.pack(P=1, RW=1, US=1, ADDR=hole >> 12))
     f = nested.translate(0)
     assert isinstance(f, Fault)
-    assert (f.reason, f.stage, f.s1_fetch, f.level) == (FaultReason.PAGING_ENTRY_INV, Stage.S2,
+    assert (f.reason, f.stage, f.s1_fetch, f.level) == (FaultKind.PAGING_ENTRY_INV, Stage.S2,
                                                         True, 2)
-    assert f.addr == hole and f.iova == 0
+    assert f.gpa == hole and f.iova == 0
 
 
 def test_stage2_hole_under_the_final_gpa(nested: NestedRig) -> None:
     nested.pt.map(0, 0x800000, P)
     f = nested.translate(0x24)
-    assert (f.reason, f.stage, f.s1_fetch, f.addr) == (FaultReason.PAGING_ENTRY_INV, Stage.S2,
+    assert (f.reason, f.stage, f.s1_fetch, f.gpa) == (FaultKind.PAGING_ENTRY_INV, Stage.S2,
                                                        False, 0x800024)
 
 
@@ -127,21 +127,21 @@ def test_stage2_read_only_page_denies_writes(nested: NestedRig) -> None:
     nested.pt.map(0, 0x2000000, P)
     assert nested.gpa_of(0) == 0x2000000
     f = nested.translate(0, 4, W)
-    assert (f.reason, f.stage) == (FaultReason.WRITE, Stage.S2)
+    assert (f.reason, f.stage) == (FaultKind.WRITE, Stage.S2)
 
 
 def test_non_canonical_address(nested: NestedRig) -> None:
     f = nested.translate(1 << 47)
-    assert (f.reason, f.stage) == (FaultReason.FS_NON_CANONICAL, Stage.S1)
+    assert (f.reason, f.stage) == (FaultKind.FS_NON_CANONICAL, Stage.S1)
     f = nested.translate(0xFFFF_8000_0000_0000)  # canonical, just not mapped
-    assert f.reason == FaultReason.PAGING_ENTRY_INV
+    assert f.reason == FaultKind.PAGING_ENTRY_INV
 
 
 def test_user_access_to_a_supervisor_page_and_priv_without_sre(nested: NestedRig) -> None:
     nested.pt.map(0, DATA_GPA, P, user=False)
     nested.pt.map(P, DATA_GPA + P, P)
-    assert nested.translate(0).reason == FaultReason.FS_PRIV_VIOLATION
-    assert nested.translate(P, 1, R | PRIV).reason == FaultReason.FS_PRIV_VIOLATION
+    assert nested.translate(0).reason == FaultKind.FS_PRIV_VIOLATION
+    assert nested.translate(P, 1, R | PRIV).reason == FaultKind.FS_PRIV_VIOLATION
     assert nested.gpa_of(P) == DATA_GPA + P
 
 
@@ -153,7 +153,7 @@ def test_supervisor_requests_with_sre(wpe: bool) -> None:
     assert rig.gpa_of(0, R | PRIV) == DATA_GPA
     f = rig.translate(0, 1, W | PRIV)
     if wpe:
-        assert f.reason == FaultReason.WRITE
+        assert f.reason == FaultKind.WRITE
     else:
         assert f[0].gpa == DATA_GPA  # supervisor writes ignore R/W without WPE
 
@@ -162,7 +162,7 @@ def test_execute_disable(nested: NestedRig) -> None:
     nested.pt.map(0, DATA_GPA, P, xd=True)
     assert nested.gpa_of(0) == DATA_GPA
     f = nested.translate(0, 1, R | X)
-    assert (f.reason, f.stage) == (FaultReason.READ, Stage.S1)
+    assert (f.reason, f.stage) == (FaultKind.READ, Stage.S1)
 
 
 def test_walks_set_accessed_and_dirty_flags() -> None:
@@ -194,7 +194,7 @@ def test_accessed_flag_update_through_a_read_only_stage2_fails(nested: NestedRig
     ctx.ioas_unmap(ctx and nested.ioas, TABLES_GPA, 1 * MB)
     ctx.ioas_map(nested.ioas, nested.tables, 1 * MB, TABLES_GPA, int(IoasMapFlags.READABLE))
     f = nested.translate(0)
-    assert (f.reason, f.stage, f.s1_fetch) == (FaultReason.FS_BIT_UPDATE_FAILED, Stage.S2, True)
+    assert (f.reason, f.stage, f.s1_fetch) == (FaultKind.FS_BIT_UPDATE_FAILED, Stage.S2, True)
     for lvl in (4, 3, 2, 1):  # with A already set no update is needed
         e = nested.pt.entry_address(0, lvl)
         nested.pt.write_entry(e, nested.pt.read_entry(e) | FirstStagePte.A.mask)
@@ -217,15 +217,15 @@ def test_second_stage_walk_and_permissions() -> None:
     t = walk_second_stage(memoryview(host), 0x412345, W, root=s2.root)
     assert (t.output, t.size, t.level, t.reads) == (0x600000, TWO_M, 2, 3)
     f = walk_second_stage(memoryview(host), 0x1010, W, root=s2.root)
-    assert (f.reason, f.stage) == (FaultReason.WRITE, Stage.S2)
+    assert (f.reason, f.stage) == (FaultKind.WRITE, Stage.S2)
     f = walk_second_stage(memoryview(host), 0x5000, R, root=s2.root)
-    assert f.reason == FaultReason.PAGING_ENTRY_INV
+    assert f.reason == FaultKind.PAGING_ENTRY_INV
     f = walk_second_stage(memoryview(host), 1 << 48, R, root=s2.root)
-    assert f.reason == FaultReason.ADDR_BEYOND_MGAW
+    assert f.reason == FaultKind.ADDR_BEYOND_MGAW
     addr = s2.entry_address(0x400000, 2)
     s2.write_entry(addr, s2.read_entry(addr) | 1 << 14)
     assert walk_second_stage(memoryview(host), 0x400000, R,
-                             root=s2.root).reason == FaultReason.PAGING_ENTRY_RSVD
+                             root=s2.root).reason == FaultKind.PAGING_ENTRY_RSVD
 
 
 def test_second_stage_accessed_dirty_when_enabled() -> None:
@@ -258,7 +258,7 @@ def test_two_dimensional_walk_over_real_stage2_tables(levels: int, reads: int) -
     assert bytes(hmem[t.output:t.output + 4]) == b"2dim"
     s2.unmap(0x100000)  # the data page's stage-2 entry
     f = walk_nested(port, iova + 0x40, R, root=s1.root, levels=levels)
-    assert (f.stage, f.s1_fetch, f.reason) == (Stage.S2, False, FaultReason.PAGING_ENTRY_INV)
+    assert (f.stage, f.s1_fetch, f.reason) == (Stage.S2, False, FaultKind.PAGING_ENTRY_INV)
     s2.unmap(s1.root)  # the stage-1 root's stage-2 entry
     f = walk_nested(port, iova, R, root=s1.root, levels=levels)
     assert (f.stage, f.s1_fetch, f.level) == (Stage.S2, True, levels)

@@ -142,6 +142,16 @@ def test_ctl_against_a_served_platform(served: str, sockdir: str) -> None:
     assert json.loads(r.stdout)["rules"][0]["remaining"] == 3
     r = run_cli("ctl", "inject", "clear", env=env)
     assert "1 injection rules removed" in r.stdout
+    for reason in ("FS_P", "0x71", "PAGING_ENTRY_INV"):   # the guest's name or code, or ours
+        r = run_cli("ctl", "inject", "fault", "--label", "0x42", "--rid", "--iova", "0x400000",
+                    "--reason", reason, env=env)
+        assert r.returncode == 0, r.stderr
+    r = run_cli("ctl", "--json", "inject", "list", env=env)
+    assert [x["reason"] for x in json.loads(r.stdout)["rules"]] == [0x07] * 3
+    r = run_cli("ctl", "inject", "fault", "--label", "0x42", "--rid", "--iova", "0",
+                "--reason", "NOPE", env=env)
+    assert r.returncode == 2 and "unknown fault reason 'NOPE'" in r.stderr
+    run_cli("ctl", "inject", "clear", env=env)
 
     r = run_cli("ctl", "stats", "--reset", env=env)
     assert "iotlb_hit_rate" in r.stdout

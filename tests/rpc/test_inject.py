@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from rpc_helpers import DATA_GPA, DATA_IOVA, PASID, P, Harness
-from vuser.iommu import Fault, FaultReason, IommufdError, Stage
+from vuser.iommu import Fault, FaultKind, IommufdError, Stage
 from vuser.iommu.inject import FaultInjector
 from vuser.iommu.uapi import ALL_PASIDS
 from vuser.rpc import Client
@@ -24,7 +24,7 @@ def test_next_n_translations_fault_then_recover(harness: Harness) -> None:
         f = harness.dma_read(DATA_IOVA + 8)
         assert isinstance(f, Fault)
         assert (f.reason, f.stage, f.label, f.pasid, f.iova) == (
-            FaultReason.PAGING_ENTRY_INV, Stage.S1, 0x10, PASID, DATA_IOVA + 8)
+            FaultKind.PAGING_ENTRY_INV, Stage.S1, 0x10, PASID, DATA_IOVA + 8)
     assert not isinstance(harness.dma_read(DATA_IOVA + 8), Fault)  # count used up
     assert inj.rules() == [] and harness.ctx._inject is None  # hook removed: no cost
     s = harness.ctx.stats()
@@ -89,7 +89,7 @@ def test_s2_hole_under_running_dma(harness: Harness) -> None:
     hole = svc.holes.unmap(harness.ioas, DATA_GPA + 2 * P, P)
     # The cached translation is gone with the unmap: the DMA now faults at stage 2.
     f = harness.dma_read(DATA_IOVA + 2 * P)
-    assert isinstance(f, Fault) and f.stage == Stage.S2 and f.addr == DATA_GPA + 2 * P
+    assert isinstance(f, Fault) and f.stage == Stage.S2 and f.gpa == DATA_GPA + 2 * P
     # Its neighbours (and the stage-1 tables) still translate to the same memory.
     assert harness.dma_read(DATA_IOVA + P, 4) == bytes(4)
     assert harness.dev.write(PASID, DATA_IOVA + 3 * P, b"ok") is None
@@ -117,3 +117,19 @@ def test_s2_hole_errors(harness: Harness) -> None:
     with pytest.raises(IommufdError) as ei:
         holes.restore(hole.id)
     assert ei.value.errno == errno.EEXIST
+
+
+@pytest.mark.parametrize("reason", ["FS_P", "0x71", 0x71, "PAGING_ENTRY_INV", 7])
+def test_rule_reason_by_name_or_code_of_either_vocabulary(harness: Harness,
+                                                          reason: int | str) -> None:
+    FaultInjector(harness.ctx).add(0x10, PASID, DATA_IOVA, P, reason=reason)
+    f = harness.dma_read(DATA_IOVA)
+    assert isinstance(f, Fault) and f.reason == FaultKind.PAGING_ENTRY_INV
+    assert f.vtd_reason == 0x71
+
+
+@pytest.mark.parametrize("reason", ["NOPE", "", True, 1.5])
+def test_rule_reason_refused(harness: Harness, reason: object) -> None:
+    with pytest.raises(IommufdError) as ei:
+        FaultInjector(harness.ctx).add(0x10, PASID, DATA_IOVA, P, reason=reason)  # type: ignore[arg-type]
+    assert ei.value.errno == errno.EINVAL

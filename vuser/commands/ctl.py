@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from vuser.errors import UserError
+from vuser.iommu import FaultKind, parse_reason
 
 HELP = "inspect and drive a running vuser server (control socket, msgpack-RPC)"
 DESCRIPTION = """\
@@ -57,6 +58,13 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         help="print raw results as JSON instead of tables")
     parser.add_argument("--timeout", type=float, default=d(10.0), metavar="S",
                         help="give up on a call after S seconds (default 10)")
+
+
+def _reason(text: str) -> int:
+    try:
+        return int(parse_reason(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _sub(sub: Any, name: str, help: str, description: str) -> argparse.ArgumentParser:
@@ -188,8 +196,9 @@ def _configure_inject(sub: Any) -> None:
     i.add_argument("--iova", type=_int, required=True, help="first address of the range")
     i.add_argument("--length", type=_int, default=4096, help="bytes (default 4096)")
     i.add_argument("--count", type=_int, default=1, help="translations to fault (default 1)")
-    i.add_argument("--reason", type=_int, default=0x07,
-                   help="VT-d fault reason (default 0x07, paging entry not present)")
+    i.add_argument("--reason", type=_reason, default=int(FaultKind.PAGING_ENTRY_INV),
+                   help="fault reason, a name or a code: the model's (PAGING_ENTRY_INV, 0x07) "
+                        "or the VT-d one a guest sees (FS_P, 0x71); default: not present")
     i.add_argument("--stage", type=int, choices=(1, 2), default=1, help="1 guest, 2 host")
     i = _sub(isub, "unmap", "unmap a stage-2 range of an IOAS (a hole under the guest)",
              "Cut a hole [IOVA, IOVA+LENGTH) in the IOAS (a VM's GPA space): DMA there\n"

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from vuser.iommu import Access, Fault, FaultReason, IommuDevice, IommufdError, Stage
+from vuser.iommu import Access, Fault, FaultKind, IommuDevice, IommufdError, Stage
 from vuser.iommu.uapi import PageResponseCode
 
 from .devtlb import DeviceTlb
@@ -56,7 +56,7 @@ R, W = int(Access.READ), int(Access.WRITE)
 #: Page requests for one address within one descriptor before it fails.
 MAX_PAGE_REQUESTS = 4
 #: Stage-1 faults a page request can fix (not present, permission).
-_PRI_REASONS = frozenset({FaultReason.PAGING_ENTRY_INV, FaultReason.WRITE, FaultReason.READ})
+_PRI_REASONS = frozenset({FaultKind.PAGING_ENTRY_INV, FaultKind.WRITE, FaultKind.READ})
 #: Yield to the event loop after this many bytes of one descriptor.
 _YIELD_BYTES = 1 << 20
 _VALID_FLAGS = DescFlags.valid_mask()
@@ -150,9 +150,9 @@ class DmaEngine:
         """Host memory for ``[iova, iova + n)``, or the first ``Fault``."""
         if not self.ats_on:
             segs = self.iommu.translate(pasid, iova, n, access)
-            if segs.__class__ is Fault:
-                return segs  # type: ignore[return-value]
-            return [s.mem for s in segs]  # type: ignore[union-attr]
+            if isinstance(segs, Fault):
+                return segs
+            return [s.mem for s in segs]
         out: Views = []
         pos, end = iova, iova + n
         tlb = self.devtlb
@@ -163,11 +163,11 @@ class DmaEngine:
                     t = self.iommu.ats_translate(pasid, pos, access)
                 except IommufdError as err:  # ATS not supported by the model device
                     log.error("ATS translation refused: %s", err)
-                    return Fault(FaultReason.CONTEXT_ENTRY_P, Stage.BLOCKED, pos, access, pos,
+                    return Fault(FaultKind.CONTEXT_ENTRY_P, Stage.BLOCKED, pos, access,
                                  pasid=pasid)
-                if t.__class__ is Fault:
-                    return t  # type: ignore[return-value]
-                e = tlb.insert(pasid, t)  # type: ignore[arg-type]
+                if isinstance(t, Fault):
+                    return t
+                e = tlb.insert(pasid, t)
             off = pos - e.iova
             k = min(e.size - off, end - pos)
             out.append(e.mem[off:off + k])
@@ -180,7 +180,7 @@ class DmaEngine:
         tries = 0
         while True:
             r = self.translate(pasid, iova, n, access)
-            if r.__class__ is not Fault:
+            if not isinstance(r, Fault):
                 return r
             if not block or tries >= MAX_PAGE_REQUESTS or not await self.recover(r, pasid,
                                                                                  access):
@@ -195,7 +195,7 @@ class DmaEngine:
         """Page-request the faulting page; True when answered SUCCESS."""
         if not self.pri_eligible(f):
             return False
-        addr = f.iova if f.iova is not None else f.addr
+        addr = f.iova
         code = await self.page_request(pasid, addr, access)
         return code == PageResponseCode.SUCCESS
 
@@ -322,12 +322,11 @@ class DmaEngine:
                 for addr, access in legs:
                     at = addr + done
                     v = self.translate(pasid, at, k, access)
-                    if v.__class__ is Fault:
-                        f: Fault = v  # type: ignore[assignment]
-                        fault = (f, at, access)
-                        k = (f.iova - at) if f.iova is not None and at <= f.iova < at + k else 0
+                    if isinstance(v, Fault):
+                        fault = (v, at, access)
+                        k = (v.iova - at) if v.iova is not None and at <= v.iova < at + k else 0
                         break
-                    views.append(v)  # type: ignore[arg-type]
+                    views.append(v)
                 else:
                     break  # every leg is clean for k bytes
             if k:
@@ -354,19 +353,19 @@ class DmaEngine:
     def fetch(self, addr: int) -> Descriptor | Fault:
         """Read one descriptor from the ring (untagged)."""
         v = self.translate(None, addr, Descriptor.SIZE, R)
-        if v.__class__ is Fault:
-            return v  # type: ignore[return-value]
-        return Descriptor.unpack(gather(v))  # type: ignore[arg-type]
+        if isinstance(v, Fault):
+            return v
+        return Descriptor.unpack(gather(v))
 
     async def write_record(self, pasid: int | None, addr: int, out: Outcome,
                            block: bool) -> Fault | None:
         """Store the completion record at ``addr`` in the descriptor's space."""
         if addr + CompletionRecord.SIZE > 1 << 64:
-            return Fault(FaultReason.ADDR_BEYOND_MGAW, Stage.S1, addr, W, addr, pasid=pasid)
+            return Fault(FaultKind.ADDR_BEYOND_MGAW, Stage.S1, addr, W, pasid=pasid)
         v = await self.resolve(pasid, addr, CompletionRecord.SIZE, W, block)
-        if v.__class__ is Fault:
-            return v  # type: ignore[return-value]
-        scatter(v, out.record())  # type: ignore[arg-type]
+        if isinstance(v, Fault):
+            return v
+        scatter(v, out.record())
         return None
 
     def stats(self) -> dict[str, object]:

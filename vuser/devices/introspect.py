@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from vuser.iommu import IoasidContext, IommuRegistry
 
-from .vtd_layout import FaultReason as VtdFaultReason
+from .vtd_layout import VtdFaultReason
 
 __all__ = ["QueueState", "Feature", "PciFeatures", "CompletionSource", "DeviceIntrospection",
            "VmIntrospection", "PlatformIntrospection", "flat_counters", "VtdFaultReason"]

@@ -36,7 +36,8 @@ def fault_error(f: Fault, addr: int, n: int) -> DmaError:
     """The ``DmaError`` for a model fault on ``[addr, addr + n)``."""
     return DmaError(errno.EFAULT, addr, n,
                     f"DMA of {n} bytes at {addr:#x} faulted: reason {int(f.reason):#x} "
-                    f"at stage {Stage(f.stage).name}, address {f.addr:#x}")
+                    f"at stage {Stage(f.stage).name}, IOVA {f.iova:#x}"
+                    + (f", GPA {f.gpa:#x}" if f.gpa is not None else ""))
 
 
 class IommuDmaPort:

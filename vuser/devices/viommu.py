@@ -46,7 +46,7 @@ from typing import Any
 
 from vuser import ratelimit
 from vuser.errors import UserError
-from vuser.iommu import Access, Fault, FaultReason as ModelReason, IommufdError, Stage
+from vuser.iommu import Access, Fault, FaultKind, IommufdError, Stage
 from vuser.iommu.uapi import U64_MAX, FaultFlags, FaultRecord
 from vuser.pci.bar import Bar, BarReg, bar_offset
 from vuser.pci.config import Command, Type0Header
@@ -58,14 +58,14 @@ from vuser.backend import DmaError
 from .base import PciDevice
 from .introspect import flat_counters
 from .viommu_bind import Kind, PasidBinder
-from .viommu_faults import FaultRecorder, model_reason
+from .viommu_faults import FaultRecorder
 from .viommu_msi import MsiSender
 from .viommu_prq import PageRequestQueue
 from .viommu_qi import ALL_ADDRESSES, InvalidationQueue
 from .viommu_regs import PASID_BITS, EventSource, RegisterBank, define_vtd_registers
 from .viommu_tables import ContextInfo, TableFault, TableReader
 from .vtd_layout import (
-    REGS_SIZE, Ccmd, FaultReason, Fsts, Gcmd, Ics, IotlbReg, Iva, Reg,
+    REGS_SIZE, Ccmd, VtdFaultReason, Fsts, Gcmd, Ics, IotlbReg, Iva, Reg,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ VECTOR_PAGE_REQUEST = 2
 FAULT_QUEUE_DEPTH = 4096
 #: Default labels of vIOMMU functions start here, above every source-id.
 OWN_LABEL_BASE = 0x1_0000
-_PRI_REASONS = frozenset({ModelReason.PAGING_ENTRY_INV, ModelReason.WRITE, ModelReason.READ})
+_PRI_REASONS = frozenset({FaultKind.PAGING_ENTRY_INV, FaultKind.WRITE, FaultKind.READ})
 #: CCMD/context-cache invalidation FM: function bits ignored in the SID.
 _FM_IGNORE = {0: 0, 1: 0b100, 2: 0b110, 3: 0b111}
 
@@ -543,7 +543,7 @@ class VIommuDevice(PciDevice):
 
     def _pre_fault(self, r: FaultRecord) -> None:
         pasid = r.pasid if r.flags & FaultFlags.PASID_VALID else None
-        self.faults.record(r.label, pasid, FaultReason.PRE_CLEAR, r.addr, r.perm)
+        self.faults.record(r.label, pasid, VtdFaultReason.PRE_CLEAR, r.addr, r.perm)
 
     # -- faults from the model -------------------------------------------------------------
     def _model_fault(self, f: Fault) -> None:
@@ -553,7 +553,7 @@ class VIommuDevice(PciDevice):
             return
         if binder.dev_id(f.label) != f.dev_id:
             return
-        reason = model_reason(f)
+        reason = f.vtd_reason
         if reason is None:
             return
         ci = binder.context(f.label)
@@ -587,10 +587,10 @@ class VIommuDevice(PciDevice):
         r = reader.pasid(ci, pasid)
         if isinstance(r, TableFault):
             return r.reason, r.fpd
-        return FaultReason.PASID_P, r.fpd
+        return VtdFaultReason.PASID_P, r.fpd
 
     def _record(self, f: Fault, reason: int) -> None:
-        addr = f.iova if f.iova is not None else f.addr
+        addr = f.iova
         self.faults.record(f.label or 0, f.pasid, reason, addr, f.access)
 
     def _defer(self, f: Fault, reason: int) -> None:
@@ -610,7 +610,7 @@ class VIommuDevice(PciDevice):
         page = addr >> 12
         self._deferred = [(f, r) for f, r in self._deferred
                           if not (f.label == label and f.pasid == pasid
-                                  and ((f.iova if f.iova is not None else f.addr) >> 12) == page)]
+                                  and (f.iova >> 12) == page)]
 
     def _flush_deferred(self) -> None:
         self._deferred_armed = False

@@ -46,7 +46,7 @@ from vuser.iommu import IoasidContext, IommufdError
 from vuser.iommu.uapi import ALL_PASIDS, U64_MAX, HwptAllocFlags, HwptDataType, VtdS1Flags
 
 from .viommu_tables import ContextInfo, LookupResult, TableFault, TableReader
-from .vtd_layout import FaultReason
+from .vtd_layout import VtdFaultReason
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ UNCACHED = Target(Kind.BLOCK, cached=False)
 
 
 #: What a PASID is before the vIOMMU touches it, and a RID under TE = 0.
-BLOCKED = Target(Kind.BLOCK, reason=FaultReason.PASID_P)
+BLOCKED = Target(Kind.BLOCK, reason=VtdFaultReason.PASID_P)
 DEFAULT_RID = Target(Kind.PASS)
 
 
@@ -265,7 +265,7 @@ class PasidBinder:
         if not r.first_stage:
             return Target(Kind.PASS, r.did, r.fpd)
         if r.fsptptr >> GPA_BITS:
-            return Target(Kind.BLOCK, r.did, r.fpd, FaultReason.PASID_RSVD)
+            return Target(Kind.BLOCK, r.did, r.fpd, VtdFaultReason.PASID_RSVD)
         flags = ((VtdS1Flags.SRE if r.sre else 0) | (VtdS1Flags.WPE if r.wpe else 0)
                  | (VtdS1Flags.EAFE if r.eafe else 0))
         return Target(Kind.S1, r.did, r.fpd, s1=(r.fsptptr, r.addr_width, int(flags)))
@@ -278,7 +278,7 @@ class PasidBinder:
             return 0
         if new.kind is not Kind.BLOCK and old.kind is Kind.BLOCK and self.bound >= MAX_BOUND:
             self._refused += 1
-            new = Target(Kind.BLOCK, new.did, new.fpd, FaultReason.PASID_INVALID)
+            new = Target(Kind.BLOCK, new.did, new.fpd, VtdFaultReason.PASID_INVALID)
         try:
             if new.kind is Kind.BLOCK:
                 self._detach(d.dev_id, pasid)
@@ -291,7 +291,7 @@ class PasidBinder:
                           d.label, pasid, e)
             if new.s1 in self._hwpts and not self._users[self._hwpts[new.s1]]:
                 self._destroy(new.s1)  # allocated for this attach, never used
-            new = Target(Kind.BLOCK, new.did, new.fpd, FaultReason.PASID_INVALID)
+            new = Target(Kind.BLOCK, new.did, new.fpd, VtdFaultReason.PASID_INVALID)
             self._detach(d.dev_id, pasid, quiet=True)
         self._ref(new)
         if stored is not None:

@@ -11,13 +11,10 @@ Faults from the same source are not collapsed.
 IQE, ICE and ITE raise the same fault event (§7.3.1) when none of the
 fault status conditions was pending before.
 
-``model_reason`` turns a model ``Fault`` into the scalable-mode reason: the
-model reports first-stage faults with the legacy codes (paging entry not
-present 7, reserved bit 0xC, write 5), which become SFL.2 (0x71), SFL.3
-(0x72) and SGN.6 (0x85); a stage-2 fault met while fetching a first-stage
-table (a table pointer outside guest RAM) becomes SFL.1 (0x70); the other
-codes are already scalable-mode ones (0x80, 0x81, 0x91) or have no finer
-equivalent (4, 6) and are kept.
+The reason recorded for a model ``Fault`` is its ``Fault.vtd_reason``: the
+model's one table from its ``FaultKind`` to the scalable-mode reasons
+(``vuser.iommu.pagetable.reasons.VTD_REASONS``), so the guest's record, the
+model's fault list and the traces show the same code.
 """
 
 from __future__ import annotations
@@ -26,36 +23,16 @@ import logging
 from dataclasses import dataclass
 
 from vuser import ratelimit
-from vuser.iommu import Access, Fault, FaultReason as ModelReason, Stage
+from vuser.iommu import Access
 
 from .viommu_regs import EventSource, RegisterBank
-from .vtd_layout import FRCD_SIZE, NFR, FaultReason, FrcdHi, FrcdLo, Fsts, Reg
+from .vtd_layout import FRCD_SIZE, NFR, FrcdHi, FrcdLo, Fsts, Reg
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FaultRecorder", "FaultRecord", "model_reason"]
+__all__ = ["FaultRecorder", "FaultRecord"]
 
 _STATUS = Fsts.PFO.mask | Fsts.PPF.mask | Fsts.IQE.mask | Fsts.ICE.mask | Fsts.ITE.mask
-
-_S1_REASONS = {
-    ModelReason.PAGING_ENTRY_INV: FaultReason.FS_P,
-    ModelReason.PAGING_ENTRY_RSVD: FaultReason.FS_RSVD,
-    ModelReason.WRITE: FaultReason.SM_WRITE,
-}
-
-
-def model_reason(f: Fault) -> int | None:
-    """The scalable-mode reason for a model fault, or None if it is the host's."""
-    if f.stage == Stage.S2:
-        if f.s1_fetch and f.reason != ModelReason.FS_BIT_UPDATE_FAILED:
-            return FaultReason.FS_ACCESS
-        if f.reason == ModelReason.FS_BIT_UPDATE_FAILED:
-            return FaultReason.FS_AD_UPDATE
-        return None  # the final GPA is outside what the host mapped: the host's fault
-    if f.stage == Stage.S1:
-        return int(_S1_REASONS.get(f.reason, f.reason))
-    return int(f.reason)
-
 
 @dataclass(frozen=True)
 class FaultRecord:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from vuser.backend import DmaError
 
 from .vtd_layout import (
-    TTM_SCALABLE, ContextEntry, ContextQw0, ContextQw1, FaultReason, PasidDirEntry,
+    TTM_SCALABLE, ContextEntry, ContextQw0, ContextQw1, VtdFaultReason, PasidDirEntry,
     PasidEntry, PasidQw0, PasidQw1, PasidQw2, Pgtt, RootEntry, RootHalf, Rtaddr, reserved,
 )
 
@@ -109,29 +109,29 @@ class TableReader:
     def context(self, sid: int) -> ContextInfo | TableFault:
         """The context entry of source-id ``sid`` (a 16-bit label)."""
         if Rtaddr.TTM.get(self.rtaddr) != TTM_SCALABLE:
-            return TableFault(FaultReason.RTADDR_INV_TTM)
+            return TableFault(VtdFaultReason.RTADDR_INV_TTM)
         bus, devfn = (sid >> 8) & 0xFF, sid & 0xFF
         raw = self._read((self.rtaddr & Rtaddr.RTA.mask) + bus * RootEntry.SIZE, RootEntry.SIZE)
         if raw is None:
-            return TableFault(FaultReason.ROOT_ACCESS)
+            return TableFault(VtdFaultReason.ROOT_ACCESS)
         root = RootEntry.unpack(raw)
         half = root.lo if devfn < 128 else root.hi
         if not RootHalf.P.get(half):
-            return TableFault(FaultReason.ROOT_P)
+            return TableFault(VtdFaultReason.ROOT_P)
         if reserved(RootHalf, half):
-            return TableFault(FaultReason.ROOT_RSVD)
+            return TableFault(VtdFaultReason.ROOT_RSVD)
         addr = (half & RootHalf.CTP.mask) + (devfn & 0x7F) * ContextEntry.SIZE
         raw = self._read(addr, ContextEntry.SIZE)
         if raw is None:
-            return TableFault(FaultReason.CONTEXT_ACCESS)
+            return TableFault(VtdFaultReason.CONTEXT_ACCESS)
         ce = ContextEntry.unpack(raw)
         fpd = bool(ContextQw0.FPD.get(ce.qw0))
         if not ContextQw0.P.get(ce.qw0):
-            return TableFault(FaultReason.CONTEXT_P, fpd)
+            return TableFault(VtdFaultReason.CONTEXT_P, fpd)
         if (reserved(ContextQw0, ce.qw0) or ce.qw2 or ce.qw3
                 or reserved(ContextQw1, ce.qw1) or ContextQw1.RID_PRIV.get(ce.qw1)):
             # RID_PRIV needs ECAP.RPRIVS, which is not offered: reserved.
-            return TableFault(FaultReason.CONTEXT_RSVD, fpd)
+            return TableFault(VtdFaultReason.CONTEXT_RSVD, fpd)
         return ContextInfo(
             fpd=fpd, dte=bool(ContextQw0.DTE.get(ce.qw0)), pre=bool(ContextQw0.PRE.get(ce.qw0)),
             pdts=ContextQw0.PDTS.get(ce.qw0), pasid_dir=ce.qw0 & ContextQw0.PASIDDIRPTR.mask,
@@ -140,19 +140,19 @@ class TableReader:
     # -- PASID directory and table (§9.5, §9.6) -----------------------------------
     def _dir_entry(self, ci: ContextInfo, index: int) -> int | TableFault:
         if index >= ci.dir_entries:
-            return TableFault(FaultReason.PASID_DIR_P, ci.fpd)
+            return TableFault(VtdFaultReason.PASID_DIR_P, ci.fpd)
         raw = self._read(ci.pasid_dir + index * 8, 8)
         if raw is None:
-            return TableFault(FaultReason.PASID_DIR_ACCESS, ci.fpd)
+            return TableFault(VtdFaultReason.PASID_DIR_ACCESS, ci.fpd)
         return int.from_bytes(raw, "little")
 
     @staticmethod
     def _check_dir(ci: ContextInfo, de: int) -> TableFault | None:
         fpd = ci.fpd or bool(PasidDirEntry.FPD.get(de))
         if not PasidDirEntry.P.get(de):
-            return TableFault(FaultReason.PASID_DIR_P, fpd)
+            return TableFault(VtdFaultReason.PASID_DIR_P, fpd)
         if reserved(PasidDirEntry, de):
-            return TableFault(FaultReason.PASID_DIR_RSVD, fpd)
+            return TableFault(VtdFaultReason.PASID_DIR_RSVD, fpd)
         return None
 
     def pasid(self, ci: ContextInfo, pasid: int) -> LookupResult:
@@ -167,7 +167,7 @@ class TableReader:
         raw = self._read((de & PasidDirEntry.SMPTBLPTR.mask) + (pasid & 0x3F) * PasidEntry.SIZE,
                          PasidEntry.SIZE)
         if raw is None:
-            return TableFault(FaultReason.PASID_ACCESS, fpd)
+            return TableFault(VtdFaultReason.PASID_ACCESS, fpd)
         return parse_pasid_entry(PasidEntry.unpack(raw), fpd)
 
     def scan(self, ci: ContextInfo) -> Iterator[tuple[int, LookupResult]]:
@@ -203,20 +203,20 @@ def parse_pasid_entry(pe: PasidEntry, fpd: bool) -> LookupResult:
     """Validate one PASID table entry (§9.6); ``fpd`` is inherited from the path."""
     fpd = fpd or bool(PasidQw0.FPD.get(pe.qw0))
     if not PasidQw0.P.get(pe.qw0):
-        return TableFault(FaultReason.PASID_P, fpd)
+        return TableFault(VtdFaultReason.PASID_P, fpd)
     if (reserved(PasidQw0, pe.qw0) or reserved(PasidQw1, pe.qw1) or reserved(PasidQw2, pe.qw2)
             or pe.qw3 or pe.qw4 or pe.qw5 or pe.qw6 or pe.qw7
             or PasidQw2.ERE.get(pe.qw2)):   # ERE needs ECAP.ERS: not offered
-        return TableFault(FaultReason.PASID_RSVD, fpd)
+        return TableFault(VtdFaultReason.PASID_RSVD, fpd)
     pgtt = PasidQw0.PGTT.get(pe.qw0)
     did = PasidQw1.DID.get(pe.qw1)
     if pgtt == Pgtt.PASS_THROUGH:
         return PasidConfig(pgtt, did, fpd)
     if pgtt != Pgtt.FIRST_STAGE:
-        return TableFault(FaultReason.PASID_INVALID, fpd)
+        return TableFault(VtdFaultReason.PASID_INVALID, fpd)
     fspm = PasidQw2.FSPM.get(pe.qw2)
     if fspm not in FIRST_STAGE_WIDTH:
-        return TableFault(FaultReason.PASID_INVALID, fpd)
+        return TableFault(VtdFaultReason.PASID_INVALID, fpd)
     return PasidConfig(pgtt, did, fpd, fsptptr=pe.qw2 & PasidQw2.FSPTPTR.mask,
                        addr_width=FIRST_STAGE_WIDTH[fspm], sre=bool(PasidQw2.SRE.get(pe.qw2)),
                        wpe=bool(PasidQw2.WPE.get(pe.qw2)), eafe=bool(PasidQw2.EAFE.get(pe.qw2)))

@@ -10,8 +10,9 @@ format is here, as ``vuser.wire`` layouts:
   (§7.7.1);
 - the page request descriptor (§7.4.1) and the fault recording register
   (§11.4.14);
-- the fault reasons (Appendix A) and the invalidation queue error codes
-  (IQERCD.IQEI, §11.4.9.9).
+- the invalidation queue error codes (IQERCD.IQEI, §11.4.9.9); the fault
+  reasons (Appendix A) are the model's ``VtdFaultReason``, named here with the
+  FRCD.FR field that holds them.
 
 Bit layouts cover one 64-bit word each (``qw0``, ``qw1`` ...); the word
 structs (``RootEntry``, ``ContextEntry`` ...) give the byte layout in guest
@@ -24,6 +25,7 @@ from __future__ import annotations
 import enum
 
 from vuser.iommu.hw_info import VtdCap, VtdEcap
+from vuser.iommu.pagetable.reasons import VtdFaultReason
 from vuser.wire import BitLayout, Bits, Struct, u64
 
 __all__ = [
@@ -37,7 +39,7 @@ __all__ = [
     "DevTlbAddr", "WaitDesc", "WaitAddr", "PiotlbDesc", "PcDesc", "PdevTlbDesc",
     "PdevTlbAddr", "PgrespDesc", "PgrespQw1", "inv_type",
     "PageRequest", "PrdLo", "PrdHi", "PRQ_ENTRY_SIZE", "IQ_ENTRY_SIZE",
-    "Frcd", "FaultReason", "Iqei", "reserved",
+    "Frcd", "VtdFaultReason", "Iqei", "reserved",
 ]
 
 
@@ -559,36 +561,7 @@ class PageRequest(Struct, size=PRQ_ENTRY_SIZE):
     qw3: u64
 
 
-# -- fault reasons (Appendix A) and queue errors -----------------------------------
-
-class FaultReason(enum.IntEnum):
-    """Scalable-mode fault reasons the vIOMMU records (FRCD.FR)."""
-
-    ADDR_BEYOND_MGAW = 0x04          # LGN.1 (reported as by the model)
-    READ = 0x06                      # read/execute denied (model's code)
-    RTADDR_INV_TTM = 0x31            # RTA.2: TTM is not scalable mode
-    ROOT_ACCESS = 0x38               # SRT.1: root table not readable
-    ROOT_P = 0x39                    # SRT.2: root entry LP/UP clear
-    ROOT_RSVD = 0x3A                 # SRT.3: reserved bits in the root entry
-    CONTEXT_ACCESS = 0x40            # SCT.1
-    CONTEXT_P = 0x41                 # SCT.2
-    CONTEXT_RSVD = 0x42              # SCT.3
-    PRE_CLEAR = 0x47                 # SCT.8: page request with PRE = 0
-    PASID_DIR_ACCESS = 0x50          # SPD.1
-    PASID_DIR_P = 0x51               # SPD.2
-    PASID_DIR_RSVD = 0x52            # SPD.3
-    PASID_ACCESS = 0x58              # SPT.1
-    PASID_P = 0x59                   # SPT.2
-    PASID_RSVD = 0x5A                # SPT.3
-    PASID_INVALID = 0x5B             # SPT.4: bad PGTT, paging mode ...
-    FS_ACCESS = 0x70                 # SFL.1: first-stage table not readable
-    FS_P = 0x71                      # SFL.2: first-stage entry not present
-    FS_RSVD = 0x72                   # SFL.3: reserved bit in a first-stage entry
-    FS_NON_CANONICAL = 0x80          # SGN.1
-    FS_PRIV = 0x81                   # SGN.2: U/S or SRE violation
-    SM_WRITE = 0x85                  # SGN.6: write to a read-only page
-    FS_AD_UPDATE = 0x91              # SFL.10: accessed/dirty update failed
-
+# -- queue errors -----------------------------------------------------------------
 
 class Iqei(enum.IntEnum):
     """IQERCD.IQEI: why the invalidation queue stopped."""

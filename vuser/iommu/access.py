@@ -21,9 +21,10 @@ import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .core import ContextCore
 from .errors import fail
 from .io_pagetable import READABLE, WRITEABLE, Area, check_range
-from .objects import IommufdObject, ObjectTable, ObjType
+from .objects import IommufdObject, ObjType
 from .uapi import PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -95,12 +96,10 @@ def _contig(access: IoasAccess, iova: int, length: int, write: bool
     return pieces
 
 
-class AccessCommands:
+class AccessCommands(ContextCore):
     """``iommufd_access_*`` of ``IoasidContext`` (in-process)."""
 
-    _objects: ObjectTable
     if TYPE_CHECKING:
-        def _step(self, what: str) -> None: ...
         def _ioas(self, ioas_id: int) -> Ioas: ...
 
     def access_create(self, ioas_id: int, unmap: UnmapCallback | None = None) -> int:

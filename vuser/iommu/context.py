@@ -5,7 +5,8 @@ returning integer object ids and plain values; they raise ``IommufdError``
 with the kernel's errno. The control RPC exposes exactly these methods. The
 commands live with their objects (``ioas``, ``hwpt``, ``device``, ``fault``,
 ``viommu``, ``hw_info``, ``access``, and the DMA path in ``dma``); this module
-holds the context state, DESTROY, close and the ``fail_nth`` test hook. How
+sets up the shared state (``core.ContextCore``, which also has the
+``fail_nth`` test hook) and holds DESTROY, close and the object listings. How
 each command's rules compare with the kernel's: docs/iommufd-fidelity.md.
 
 The model is synchronous and single-threaded: callers (the asyncio server,
@@ -27,7 +28,7 @@ from .hw_info import HwInfoCommands
 from .hwpt import HwptCommands, HwptNested, HwptPaging
 from .ioas import Ioas, IoasCommands
 from .iotlb import Iotlb
-from .objects import IommufdObject, ObjectTable
+from .objects import ObjectTable
 from .registry import IommuRegistry
 from .uapi import Stats
 from .viommu import Vdevice, Veventq, Viommu, ViommuCommands
@@ -74,26 +75,6 @@ class IoasidContext(IoasCommands, HwptCommands, DeviceCommands, FaultCommands,
         self._rlimit_mode = 0
         self.closed = False
 
-    # -- fail_nth ----------------------------------------------------------------
-    def fail_nth(self, n: int) -> None:
-        """Test hook (iommufd selftest's ``fail_nth``): fail the ``n``-th internal
-        allocation or step from now with ENOMEM; 0 turns it off.
-
-        Every command that allocates calls ``_step`` at each allocation (an
-        object, an area, an attach handle) before it changes anything, so
-        an injected failure leaves the context's observable state as it was
-        before the call (tests/iommu/test_fidelity_fail_nth.py sweeps it).
-        """
-        if not isinstance(n, int) or n < 0:
-            raise fail(errno.EINVAL, f"bad fail_nth {n!r}")
-        self._fail_left = n
-
-    def _step(self, what: str) -> None:
-        if self._fail_left:
-            self._fail_left -= 1
-            if not self._fail_left:
-                raise fail(errno.ENOMEM, f"fail_nth: {what}")
-
     # -- DESTROY -------------------------------------------------------------
     def destroy(self, obj_id: int) -> None:
         """IOMMU_DESTROY: destroy any object by id.
@@ -110,10 +91,6 @@ class IoasidContext(IoasCommands, HwptCommands, DeviceCommands, FaultCommands,
         if obj.users:
             raise fail(errno.EBUSY, f"{obj.TYPE.value} {obj_id} is in use ({obj.users} users)")
         self._destroy_obj(obj)
-
-    def _destroy_obj(self, obj: IommufdObject) -> None:
-        self._objects.remove(obj)
-        obj.release(self)
 
     # -- close ----------------------------------------------------------------
     def close(self) -> None:

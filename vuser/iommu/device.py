@@ -42,11 +42,12 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any
 
+from .core import ContextCore
 from .errors import IommufdError, fail
 from .hwpt import Hwpt, HwptNested, HwptPaging, check_vtd_s1, paging_of
 from .ioas import Ioas
-from .objects import IommufdObject, ObjectTable, ObjType
-from .registry import IommuDevice, IommuRegistry
+from .objects import IommufdObject, ObjType
+from .registry import IommuDevice
 from .uapi import U64_MAX
 
 if TYPE_CHECKING:
@@ -92,17 +93,13 @@ class BoundDevice(IommufdObject):
         return d
 
 
-class DeviceCommands:
+class DeviceCommands(ContextCore):
     """Device commands of ``IoasidContext``."""
 
-    _objects: ObjectTable
-    registry: IommuRegistry
     if TYPE_CHECKING:
         def _flush_dev(self, bd: BoundDevice, pasid: Any, addr: int = 0,
                        npages: int = U64_MAX) -> int: ...
         def _auto_respond(self, bd: BoundDevice, pasid: Any) -> None: ...
-        def _destroy_obj(self, obj: IommufdObject) -> None: ...
-        def _step(self, what: str) -> None: ...
 
     def _device(self, dev_id: int) -> BoundDevice:
         return self._objects.get(dev_id, BoundDevice)

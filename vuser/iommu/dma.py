@@ -24,17 +24,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .core import ContextCore
+from .device import BoundDevice
 from .errors import fail
 from .hwpt import Hwpt, HwptNested, HwptPaging
 from .io_pagetable import READABLE, WRITEABLE
-from .iotlb import Iotlb, IotlbEntry
-from .objects import ObjectTable
-from .pagetable.results import Access, Fault, FaultReason, Stage
+from .iotlb import IotlbEntry
+from .pagetable.addresses import Gpa, Iova
+from .pagetable.results import Access, Fault, FaultKind, Stage
 from .pagetable.walker import second_stage_ok, walk_first_stage
-from .uapi import ALL_PASIDS, U64_MAX, Stats
+from .uapi import ALL_PASIDS, U64_MAX
 
 if TYPE_CHECKING:
-    from .device import BoundDevice
     from .ioas import Ioas
 
 _ADDR_END = 1 << 64
@@ -46,8 +47,8 @@ _AREA_OK = {p: second_stage_ok(bool(p & READABLE), bool(p & WRITEABLE)) for p in
 class Segment(NamedTuple):
     """A piece of a translated DMA: ``mem`` is host memory for ``[iova, iova + len)``."""
 
-    iova: int
-    gpa: int
+    iova: Iova
+    gpa: Gpa
     mem: memoryview
 
 
@@ -59,9 +60,9 @@ _new_tuple = tuple.__new__
 class AtsTranslation:
     """An ATS translation completion: one page and what it allows."""
 
-    iova: int
+    iova: Iova
     size: int
-    gpa: int
+    gpa: Gpa
     read: bool
     write: bool
     mem: memoryview
@@ -74,6 +75,9 @@ class TraceEvent:
     ``stage`` is what answered: ``Stage.IOTLB`` on a hit, ``S1`` for a nested
     walk, ``S2`` for a stage-2-only lookup, the faulting stage on a fault.
     ``count`` is the number of IOTLB entries an invalidation dropped.
+    A fault's ``fault`` is its ``FaultKind`` and ``vtd`` the VT-d scalable-mode
+    reason a vIOMMU records for it (None: the host's), so a guest's "reason
+    0x71" is found in a trace by that code.
     Emulated IOMMUs add their own kinds through ``trace_note`` (vuser-iommu:
     its invalidation descriptors, page requests and responses), with what
     they are in ``info``.
@@ -83,20 +87,21 @@ class TraceEvent:
     kind: str
     label: int | None
     pasid: int | None
-    iova: int
-    gpa: int | None
+    iova: Iova
+    gpa: Gpa | None
     stage: int
     hit: bool
     fault: int | None = None
     count: int = 0
     length: int = 0
     info: dict[str, Any] | None = None
+    vtd: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"time": self.time, "kind": self.kind, "label": self.label, "pasid": self.pasid,
                 "iova": self.iova, "gpa": self.gpa, "stage": int(self.stage), "hit": self.hit,
                 "fault": self.fault, "count": self.count, "length": self.length,
-                "info": self.info}
+                "info": self.info, "vtd": self.vtd}
 
 
 TraceHook = Callable[[TraceEvent], None]
@@ -110,12 +115,9 @@ InjectHook = Callable[[int, "int | None", int, int, int], "Fault | None"]
 MissResolver = Callable[[int, int, "int | None"], bool]
 
 
-class DmaCommands:
+class DmaCommands(ContextCore):
     """The DMA path of ``IoasidContext``."""
 
-    _objects: ObjectTable
-    _iotlb: Iotlb
-    _stats: Stats
     _trace: TraceHook | None
     _fault_observers: list[FaultObserver]
     _clock: Callable[[], float]
@@ -123,7 +125,7 @@ class DmaCommands:
     _miss_resolvers: tuple[MissResolver, ...] = ()
 
     # -- translation ---------------------------------------------------------
-    def translate(self, dev_id: int, pasid: int | None, iova: int, length: int,
+    def translate(self, dev_id: int, pasid: int | None, iova: Iova, length: int,
                   access: int) -> list[Segment] | Fault:
         """Translate a DMA of ``length`` bytes at ``iova`` from ``(dev_id, pasid)``.
 
@@ -146,29 +148,29 @@ class DmaCommands:
             f = self._inject(dev_id, pasid, iova, length, access)
             if f is not None:
                 return self._report(self._bound(dev_id), pasid, f)
-        # The IOTLB probe is Iotlb.lookup, inlined: this is the warm path.
+        # The IOTLB's fast path: its own bound lookups, no call of ours per page.
         tlb = self._iotlb
-        cache = tlb._map
-        probe = tlb._probe
+        get, touch = tlb.fast_path
+        probe = tlb.levels
         trace = self._trace
         segs: list[Segment] = []
         addr = iova
         while True:
             e = None
             for shift, level in probe:
-                e = cache.get((dev_id, pasid, addr >> shift, level))
+                e = get((dev_id, pasid, addr >> shift, level))
                 if e is not None:
                     break
             if e is not None and (e.ok >> access) & 1:
-                cache.move_to_end(e.key)
+                touch(e.key)
                 stats.hits += 1
                 if trace is not None:
                     self._trace_translate(e, addr, Stage.IOTLB, True)
             else:
                 e = self._miss(dev_id, pasid, addr, access)
-                if e.__class__ is Fault:
-                    return e  # type: ignore[return-value]
-                probe = tlb._probe
+                if isinstance(e, Fault):
+                    return e
+                probe = tlb.levels
             off = addr - e.iova
             n = e.size - off
             if n > end - addr:
@@ -187,11 +189,10 @@ class DmaCommands:
         if length == 0:
             return []
         bd = self._bound(dev_id)
-        return self._report(bd, pasid, Fault(FaultReason.ADDR_BEYOND_MGAW, Stage.S1, iova,
-                                              access, iova))
+        return self._report(bd, pasid, Fault(FaultKind.ADDR_BEYOND_MGAW, Stage.S1, iova,
+                                              access))
 
     def _bound(self, dev_id: int) -> BoundDevice:
-        from .device import BoundDevice
         return self._objects.get(dev_id, BoundDevice)
 
     def _miss(self, dev_id: int, pasid: int | None, addr: int, access: int
@@ -208,35 +209,33 @@ class DmaCommands:
             if any(r(dev_id, label, vp) for r in self._miss_resolvers):
                 hwpt = bd.attach.get(pasid)
         if hwpt is None:
-            reason = FaultReason.CONTEXT_ENTRY_P if pasid is None else FaultReason.PASID_ENTRY_P
-            return self._report(bd, pasid, Fault(reason, Stage.BLOCKED, addr, access, addr))
-        if hwpt.__class__ is HwptNested:
-            s2: HwptPaging = hwpt.parent  # type: ignore[attr-defined]
+            reason = FaultKind.CONTEXT_ENTRY_P if pasid is None else FaultKind.PASID_ENTRY_P
+            return self._report(bd, pasid, Fault(reason, Stage.BLOCKED, addr, access))
+        s2: HwptPaging
+        if isinstance(hwpt, HwptNested):
+            s2 = hwpt.parent
             stats.walks += 1
-            t = walk_first_stage(s2, addr, access, root=hwpt.pgtbl_addr,  # type: ignore[attr-defined]
-                                 levels=hwpt.levels, sre=hwpt.sre,  # type: ignore[attr-defined]
-                                 wpe=hwpt.wpe, eafe=hwpt.eafe)  # type: ignore[attr-defined]
-            if t.__class__ is Fault:
-                stats.memory_reads += t.reads  # type: ignore[union-attr]
-                return self._report(bd, pasid, t)  # type: ignore[arg-type]
-            stats.memory_reads += t.reads  # type: ignore[union-attr]
-            stats.memory_writes += t.writes  # type: ignore[union-attr]
-            gpa = t.output + (addr - t.iova)  # type: ignore[union-attr]
-            size = t.size  # type: ignore[union-attr]
-            ok = t.ok  # type: ignore[union-attr]
-            stage = Stage.S1
+            t = walk_first_stage(s2, addr, access, root=hwpt.pgtbl_addr, levels=hwpt.levels,
+                                 sre=hwpt.sre, wpe=hwpt.wpe, eafe=hwpt.eafe)
+            stats.memory_reads += t.reads
+            if isinstance(t, Fault):
+                return self._report(bd, pasid, t)
+            stats.memory_writes += t.writes
+            gpa = t.output + (addr - t.iova)
+            size, ok, stage = t.size, t.ok, Stage.S1
         else:
-            s2 = hwpt  # type: ignore[assignment]
+            assert isinstance(hwpt, HwptPaging)
+            s2 = hwpt
             gpa, size, ok, stage = addr, 1 << 30, 0xFFFF, Stage.S2
         area = s2.ioas.iopt.find(gpa)
         if area is None:
-            return self._report(bd, pasid, Fault(FaultReason.PAGING_ENTRY_INV, Stage.S2, gpa,
-                                                 access, addr))
+            return self._report(bd, pasid, Fault(FaultKind.PAGING_ENTRY_INV, Stage.S2, addr,
+                                                 access, gpa))
         s2ok = _AREA_OK[area.prot]
         if not (s2ok >> access) & 1:
-            reason = FaultReason.WRITE if access & _W and (s2ok >> (access & ~_W)) & 1 \
-                else FaultReason.READ
-            return self._report(bd, pasid, Fault(reason, Stage.S2, gpa, access, addr))
+            reason = FaultKind.WRITE if access & _W and (s2ok >> (access & ~_W)) & 1 \
+                else FaultKind.READ
+            return self._report(bd, pasid, Fault(reason, Stage.S2, addr, access, gpa))
         while size > 4096:
             base = gpa & ~(size - 1)
             if base >= area.iova and base + size - 1 <= area.last:
@@ -256,52 +255,52 @@ class DmaCommands:
         f = f.with_(pasid=bd.vpasid(pasid), label=bd.dev.label, dev_id=bd.id)
         self._stats.faults += 1
         hwpt = bd.attach.get(pasid)
-        if f.stage == Stage.S1 and hwpt.__class__ is HwptNested \
-                and hwpt.viommu is not None:  # type: ignore[union-attr]
-            self._vevent_fault(bd, hwpt, f)  # type: ignore[attr-defined]
+        if f.stage == Stage.S1 and isinstance(hwpt, HwptNested) and hwpt.viommu is not None:
+            self._vevent_fault(bd, hwpt, f)
         for cb in list(self._fault_observers):
             cb(f)
         if self._trace is not None:
             self._trace(TraceEvent(self._clock(), "fault", f.label, f.pasid,
-                                   f.iova if f.iova is not None else f.addr,
-                                   f.addr if f.stage == Stage.S2 else None, int(f.stage), False,
-                                   int(f.reason)))
+                                   f.iova, f.gpa, int(f.stage), False, int(f.reason),
+                                   vtd=f.vtd_reason))
         return f
 
     def _trace_translate(self, e: IotlbEntry, addr: int, stage: Stage, hit: bool) -> None:
         bd = self._objects.find(e.dev_id)
-        label = bd.dev.label if bd is not None else None  # type: ignore[attr-defined]
-        vp = bd.vpasid(e.pasid) if bd is not None else e.pasid  # type: ignore[attr-defined]
+        if isinstance(bd, BoundDevice):
+            label, vp = bd.dev.label, bd.vpasid(e.pasid)
+        else:
+            label, vp = None, e.pasid
         assert self._trace is not None
         self._trace(TraceEvent(self._clock(), "translate", label, vp, addr,
                                e.gpa + (addr - e.iova), int(stage), hit))
 
     # -- conveniences for device code ------------------------------------------
-    def read(self, dev_id: int, pasid: int | None, iova: int, length: int,
+    def read(self, dev_id: int, pasid: int | None, iova: Iova, length: int,
              access: int = Access.READ) -> bytes | Fault:
         """DMA read: the bytes, or the ``Fault``."""
         segs = self.translate(dev_id, pasid, iova, length, access)
-        if segs.__class__ is Fault:
-            return segs  # type: ignore[return-value]
-        if len(segs) == 1:  # type: ignore[arg-type]
-            return bytes(segs[0].mem)  # type: ignore[index]
-        return b"".join(s.mem for s in segs)  # type: ignore[union-attr]
+        if isinstance(segs, Fault):
+            return segs
+        if len(segs) == 1:
+            return bytes(segs[0].mem)
+        return b"".join(s.mem for s in segs)
 
-    def write(self, dev_id: int, pasid: int | None, iova: int,
+    def write(self, dev_id: int, pasid: int | None, iova: Iova,
               data: bytes | bytearray | memoryview, access: int = Access.WRITE) -> None | Fault:
         """DMA write of ``data``: all of it, or nothing and the ``Fault``."""
         segs = self.translate(dev_id, pasid, iova, len(data), access)
-        if segs.__class__ is Fault:
-            return segs  # type: ignore[return-value]
+        if isinstance(segs, Fault):
+            return segs
         src = memoryview(data).cast("B") if not isinstance(data, bytes) else data
         pos = 0
-        for s in segs:  # type: ignore[union-attr]
+        for s in segs:
             n = len(s.mem)
             s.mem[:] = src[pos:pos + n]
             pos += n
         return None
 
-    def ats_translate(self, dev_id: int, pasid: int | None, iova: int,
+    def ats_translate(self, dev_id: int, pasid: int | None, iova: Iova,
                       access: int = Access.READ) -> AtsTranslation | Fault:
         """A PCIe ATS translation request for the page holding ``iova``.
 
@@ -314,8 +313,8 @@ class DmaCommands:
             raise fail(errno.EOPNOTSUPP, f"{bd.dev.name} has no ATS")
         access = int(access)
         segs = self.translate(dev_id, pasid, iova, 1, access)
-        if segs.__class__ is Fault:
-            return segs  # type: ignore[return-value]
+        if isinstance(segs, Fault):
+            return segs
         e = self._iotlb.lookup(dev_id, pasid, iova)
         assert e is not None  # translate just cached it
         return AtsTranslation(e.iova, e.size, e.gpa, bool((e.ok >> Access.READ) & 1),
@@ -408,7 +407,6 @@ class DmaCommands:
             n = self._iotlb.invalidate_all()
             self._stats.invalidations += 1
             self._stats.invalidated_entries += n
-            from .device import BoundDevice
             if devtlb:
                 for bd in self._objects.of_type(BoundDevice):
                     self._devtlb(bd, ALL_PASIDS, 0, U64_MAX)

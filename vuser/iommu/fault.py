@@ -27,10 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .core import ContextCore
 from .errors import fail
-from .objects import IommufdObject, ObjectTable, ObjType
+from .objects import IommufdObject, ObjType
+from .pagetable.addresses import Iova
 from .uapi import (
-    FaultFlags, FaultQueueStatus, FaultRecord, PageResponseCode, Stats,
+    FaultFlags, FaultQueueStatus, FaultRecord, PageResponseCode,
 )
 
 if TYPE_CHECKING:
@@ -105,14 +107,10 @@ class FaultQueue(IommufdObject):
         return d
 
 
-class FaultCommands:
+class FaultCommands(ContextCore):
     """FAULT_QUEUE_ALLOC, fault read/respond and the device's page requests."""
 
-    _objects: ObjectTable
-    _stats: Stats
     _pr_observers: tuple[PageRequestObserver, ...] = ()
-    if TYPE_CHECKING:
-        def _step(self, what: str) -> None: ...
 
     def add_page_request_observer(self, cb: PageRequestObserver) -> None:
         """Model extension: call ``cb(event)`` for page requests and responses."""
@@ -176,7 +174,7 @@ class FaultCommands:
         """Model extension: depth, queued records, pending groups, lost events."""
         return self._objects.get(fault_id, FaultQueue).status()
 
-    def page_request(self, dev_id: int, pasid: int | None, addr: int, perm: int, grpid: int,
+    def page_request(self, dev_id: int, pasid: int | None, addr: Iova, perm: int, grpid: int,
                      last: bool, on_response: ResponseCallback | None = None) -> bool:
         """A device's PRI page request (PCIe PRI; VT-d page request descriptor).
 
@@ -188,9 +186,8 @@ class FaultCommands:
         an IOPF-capable HWPT, SUCCESS on overflow. EINVAL for a ``perm``
         outside R/W/X/PRIV or a ``grpid`` beyond 9 bits.
         """
-        from .device import BoundDevice
 
-        bd = self._objects.get(dev_id, BoundDevice)
+        bd: BoundDevice = self._objects.get_of(dev_id, ObjType.DEVICE)
         if not isinstance(perm, int) or not 0 < perm < 16:
             raise fail(errno.EINVAL, f"bad perm {perm!r}")
         if not isinstance(grpid, int) or not 0 <= grpid < 512:

@@ -21,8 +21,8 @@ import errno
 from vuser.wire import BitLayout, Bits
 
 from .device import BoundDevice
+from .core import ContextCore
 from .errors import fail
-from .objects import ObjectTable
 from .uapi import HwCapabilities, HwInfo, HwInfoType
 
 
@@ -101,10 +101,8 @@ def vtd_cap_ecap(pasid_width: int, ats: bool, pri: bool,
     return cap, ecap
 
 
-class HwInfoCommands:
+class HwInfoCommands(ContextCore):
     """GET_HW_INFO of ``IoasidContext``."""
-
-    _objects: ObjectTable
 
     def get_hw_info(self, dev_id: int, in_data_type: int | None = None) -> HwInfo:
         """IOMMU_GET_HW_INFO: VT-d data, capabilities and max PASID width.

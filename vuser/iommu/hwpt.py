@@ -15,23 +15,24 @@ Its tables live in guest memory and every fetch goes through the parent.
 from __future__ import annotations
 
 import errno
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from .core import ContextCore
 from .errors import IommufdError, fail
+from .fault import FaultQueue
 from .io_pagetable import READABLE, WRITEABLE, check_range
-from .objects import IommufdObject, ObjectTable, ObjType
+from .ioas import Ioas
+from .objects import IommufdObject, ObjType
 from .pagetable.formats import FIRST_STAGE_LEVELS
-from .pagetable.results import Access, Fault, FaultReason, Stage
+from .pagetable.results import Access, Fault, FaultKind, Stage
 from .uapi import (
     U64_MAX, VTD_INV_FLAGS_LEAF, DirtyBitmapFlags, HwptAllocFlags, HwptDataType,
     HwptInvalidateDataType, IommuHwptVtdS1, IommuHwptVtdS1Invalidate, VtdS1Flags,
     copy_struct_from_user,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # their files import this one
     from .device import BoundDevice
-    from .fault import FaultQueue
-    from .ioas import Ioas
     from .viommu import Viommu
 
 _ALLOC_FLAGS = int(HwptAllocFlags.NEST_PARENT | HwptAllocFlags.DIRTY_TRACKING
@@ -85,14 +86,14 @@ class HwptPaging(Hwpt):
         """Stage-2 port for the first-stage walker (see ``pagetable.walker``)."""
         a = self.ioas.iopt.find(gpa)
         if a is None:
-            return Fault(FaultReason.PAGING_ENTRY_INV, Stage.S2, gpa, _W if write else _R)
+            return Fault(FaultKind.PAGING_ENTRY_INV, Stage.S2, None, _W if write else _R, gpa)
         if write:
             if not a.prot & WRITEABLE:
-                return Fault(FaultReason.WRITE, Stage.S2, gpa, _W)
+                return Fault(FaultKind.WRITE, Stage.S2, None, _W, gpa)
             if self.dirty_tracking:
                 self.dirty.add(gpa >> 12)
         elif not a.prot & READABLE:
-            return Fault(FaultReason.READ, Stage.S2, gpa, _R)
+            return Fault(FaultKind.READ, Stage.S2, None, _R, gpa)
         return a.pages.mem, a.offset + (gpa - a.iova), 0
 
     def mark_dirty(self, addr: int, length: int) -> None:
@@ -168,13 +169,11 @@ def paging_of(hwpt: Hwpt) -> HwptPaging:
     return hwpt if isinstance(hwpt, HwptPaging) else hwpt.parent  # type: ignore[attr-defined]
 
 
-class HwptCommands:
+class HwptCommands(ContextCore):
     """HWPT_* commands of ``IoasidContext``."""
 
-    _objects: ObjectTable
     if TYPE_CHECKING:
         def _hwpt_flush(self, hwpt: Hwpt, addr: int, npages: int) -> int: ...
-        def _step(self, what: str) -> None: ...
         def _viommu_invalidate(self, viommu: Viommu, entries: list[Any],
                                data_type: int) -> int: ...
 
@@ -207,16 +206,11 @@ class HwptCommands:
         than 48/57), unknown VTD_S1 flag bits are ignored, and the low 12
         bits of ``pgtbl_addr`` are dropped, as in the kernel.
         """
-        from .device import BoundDevice
-        from .fault import FaultQueue
-        from .ioas import Ioas
-        from .viommu import Viommu
-
         has_data = data is not None and not (isinstance(data, (bytes, bytearray, memoryview))
                                              and len(data) == 0)
         if (data_type == HwptDataType.NONE) == has_data:
             raise fail(errno.EINVAL, "data_type and data must be given together")
-        bd = self._objects.get(dev_id, BoundDevice)
+        bd: BoundDevice = self._objects.get_of(dev_id, ObjType.DEVICE)
         pt = self._objects.find(pt_id) if isinstance(pt_id, int) else None
         if pt is None:
             raise fail(errno.EINVAL, f"no object {pt_id!r} to allocate on")
@@ -238,13 +232,17 @@ class HwptCommands:
                 enforce_dirty=bool(flags & HwptAllocFlags.DIRTY_TRACKING),
                 pasid_compat=bool(flags & HwptAllocFlags.PASID))
             hwpt.check_domain_add()  # type: ignore[attr-defined]
-        elif isinstance(pt, (HwptPaging, Viommu)):
+        elif isinstance(pt, HwptPaging) or pt.TYPE is ObjType.VIOMMU:
             if flags & ~_NESTED_FLAGS:
                 raise fail(errno.EOPNOTSUPP, "nested HWPTs take only FAULT_ID_VALID and PASID")
             if not has_data:
                 raise fail(errno.EOPNOTSUPP, "a nested HWPT needs data")
-            parent = pt if isinstance(pt, HwptPaging) else pt.parent
-            viommu = pt if isinstance(pt, Viommu) else None
+            viommu: Viommu | None = None
+            if isinstance(pt, HwptPaging):
+                parent = pt
+            else:
+                viommu = cast("Viommu", pt)
+                parent = viommu.parent
             if viommu is None and not parent.nest_parent:
                 raise fail(errno.EINVAL, f"HWPT {parent.id} is not a NEST_PARENT")
             s1 = _parse_vtd_s1(data_type, data)
@@ -255,7 +253,7 @@ class HwptCommands:
         self._step("hwpt_alloc: domain")
         fault = None
         if flags & HwptAllocFlags.FAULT_ID_VALID:
-            fault = self._objects.get(fault_id, FaultQueue)  # type: ignore[arg-type]
+            fault = self._objects.get(fault_id, FaultQueue)
         hwpt.fault = fault
         self._objects.commit(hwpt)
         if isinstance(hwpt, HwptPaging):
@@ -289,11 +287,9 @@ class HwptCommands:
         the first bad entry; the error's ``processed`` says how many were
         done. Departure: the model caps the list at 2^19 entries (EINVAL).
         """
-        from .viommu import Viommu
-
         obj = self._objects.get(hwpt_id)
-        if isinstance(obj, Viommu):
-            return self._viommu_invalidate(obj, entries, data_type)
+        if obj.TYPE is ObjType.VIOMMU:
+            return self._viommu_invalidate(cast("Viommu", obj), entries, data_type)
         if not isinstance(obj, HwptNested):
             raise fail(errno.EINVAL, f"object {hwpt_id} is not a nested HWPT or a vIOMMU")
         if data_type != HwptInvalidateDataType.VTD_S1:

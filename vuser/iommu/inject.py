@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import fail
-from .pagetable.results import Fault, FaultReason, Stage
+from .pagetable.reasons import parse_reason
+from .pagetable.results import Fault, FaultKind, Stage
 from .uapi import ALL_PASIDS, U64_MAX
 
 if TYPE_CHECKING:
@@ -56,8 +57,12 @@ class FaultInjector:
         self.spent = 0
 
     def add(self, label: int, pasid: int | None, iova: int, length: int, count: int = 1,
-            reason: int = FaultReason.PAGING_ENTRY_INV, stage: int = Stage.S1) -> int:
-        """Add a rule; returns its id. ENOENT for an unknown label, EINVAL otherwise."""
+            reason: int | str = FaultKind.PAGING_ENTRY_INV, stage: int = Stage.S1) -> int:
+        """Add a rule; returns its id. ENOENT for an unknown label, EINVAL otherwise.
+
+        ``reason`` is a ``FaultKind`` or a VT-d scalable-mode reason, by name or
+        code (``reasons.parse_reason``): 0x71, "FS_P", 7 and "PAGING_ENTRY_INV"
+        are the same not-present fault."""
         self._ctx.registry.by_label(label)
         for name, v in (("iova", iova), ("length", length), ("count", count)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -69,10 +74,12 @@ class FaultInjector:
         if pasid is not None and (not isinstance(pasid, int) or isinstance(pasid, bool)
                                   or not (pasid == ALL_PASIDS or 0 < pasid < 1 << 20)):
             raise fail(errno.EINVAL, f"PASID {pasid!r} is not 1..2^20-1, None or -1 (any)")
+        if isinstance(reason, bool) or not isinstance(reason, (int, str)):
+            raise fail(errno.EINVAL, f"fault reason {reason!r} is not a name or a code")
         try:
-            reason = FaultReason(reason)
-        except ValueError:
-            raise fail(errno.EINVAL, f"unknown fault reason {reason!r}") from None
+            reason = parse_reason(reason)
+        except ValueError as e:
+            raise fail(errno.EINVAL, str(e)) from None
         if stage not in (Stage.S1, Stage.S2):
             raise fail(errno.EINVAL, f"stage {stage!r} is not 1 or 2")
         rule = InjectRule(self._next_id, label, pasid, iova, iova + length - 1, count,
@@ -125,5 +132,5 @@ class FaultInjector:
                 self.spent += 1
                 self._sync()
             at = max(iova, rule.first)
-            return Fault(rule.reason, Stage(rule.stage), at, access, at)
+            return Fault(rule.reason, Stage(rule.stage), at, access)
         return None

@@ -14,9 +14,12 @@ import mmap
 import os
 from typing import TYPE_CHECKING, Any
 
+from .access import MAX_UNMAP_TRIES, notify_unmap
+from .core import ContextCore
 from .errors import IommufdError, fail
 from .io_pagetable import READABLE, WRITEABLE, Area, IoPagetable, check_range
-from .objects import IommufdObject, ObjectTable, ObjType
+from .objects import IommufdObject, ObjType
+from .pagetable.addresses import HostOffset
 from .pages import Pages
 from .uapi import U64_MAX, IoasMapFlags, IovaRange, IovaRanges, OptionId, OptionOp
 
@@ -86,14 +89,12 @@ def _place(iopt: IoPagetable, length: int, iova: int | None) -> int:
     return iopt.alloc_iova(length)
 
 
-class IoasCommands:
+class IoasCommands(ContextCore):
     """IOAS_* commands (and IOMMU_OPTION) of ``IoasidContext``."""
 
-    _objects: ObjectTable
     _rlimit_mode: int = 0
     if TYPE_CHECKING:
         def _s2_unmapped(self, ioas: Ioas, first: int, last: int) -> None: ...
-        def _step(self, what: str) -> None: ...
 
     def _ioas(self, ioas_id: int) -> Ioas:
         return self._objects.get(ioas_id, Ioas)
@@ -145,7 +146,7 @@ class IoasCommands:
         ioas.iopt.insert(area)
         return at
 
-    def ioas_map_file(self, ioas_id: int, fd: int, start: int, length: int,
+    def ioas_map_file(self, ioas_id: int, fd: int, start: HostOffset, length: int,
                       iova: int | None = None, flags: int = DEFAULT_PROT) -> int:
         """IOMMU_IOAS_MAP_FILE: map ``length`` bytes of file ``fd`` from ``start``.
 
@@ -232,8 +233,6 @@ class IoasCommands:
         """Pinned areas in the range: tell the accesses, up to 100 rounds, then
         EDEADLOCK (departure: the model then unmaps nothing; the kernel keeps
         the areas it unmapped before the pinned one)."""
-        from .access import MAX_UNMAP_TRIES, notify_unmap
-
         for _ in range(MAX_UNMAP_TRIES):
             pinned = [a for a in ioas.iopt.overlapping(first, last) if a.num_accesses]
             if not pinned:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import errno
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .errors import fail
 
@@ -78,6 +78,15 @@ class ObjectTable:
             raise fail(errno.ENOENT, f"no such object {obj_id!r}"
                        + (f" of type {'/'.join(t.TYPE.value for t in types)}" if types else ""))
         return obj  # type: ignore[return-value]
+
+    def get_of(self, obj_id: int, kind: ObjType) -> Any:
+        """``iommufd_get_object(ictx, id, type)``: the object ``obj_id`` if its
+        ``TYPE`` is ``kind``, else ENOENT. For an object file that the class's
+        own file imports (a HWPT's commands name devices and vIOMMUs)."""
+        obj = self._objs.get(obj_id) if isinstance(obj_id, int) else None
+        if obj is None or obj.TYPE is not kind:
+            raise fail(errno.ENOENT, f"no such object {obj_id!r} of type {kind.value}")
+        return obj
 
     def find(self, obj_id: int) -> IommufdObject | None:
         return self._objs.get(obj_id)

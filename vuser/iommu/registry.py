@@ -26,7 +26,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import fail
-from .pagetable.results import Access, Fault, FaultReason, Stage
+from .pagetable.addresses import Iova
+from .pagetable.results import Access, Fault, FaultKind, Stage
 from .uapi import U64_MAX
 
 if TYPE_CHECKING:
@@ -93,12 +94,12 @@ class IommuDevice:
         return self.ctx is not None
 
     def _blocked(self, pasid: int | None, iova: int, access: int) -> Fault:
-        reason = FaultReason.CONTEXT_ENTRY_P if pasid is None else FaultReason.PASID_ENTRY_P
-        return Fault(reason, Stage.BLOCKED, iova, int(access), iova, pasid=pasid,
+        reason = FaultKind.CONTEXT_ENTRY_P if pasid is None else FaultKind.PASID_ENTRY_P
+        return Fault(reason, Stage.BLOCKED, iova, int(access), pasid=pasid,
                      label=self.label)
 
     # -- the device model's DMA API ----------------------------------------
-    def translate(self, pasid: int | None, iova: int, length: int,
+    def translate(self, pasid: int | None, iova: Iova, length: int,
                   access: int) -> list[Segment] | Fault:
         """Translate a DMA request; see ``IoasidContext.translate``."""
         ctx = self.ctx
@@ -106,28 +107,28 @@ class IommuDevice:
             return self._blocked(pasid, iova, access)
         return ctx.translate(self.dev_id, pasid, iova, length, access)
 
-    def read(self, pasid: int | None, iova: int, length: int,
+    def read(self, pasid: int | None, iova: Iova, length: int,
              access: int = Access.READ) -> bytes | Fault:
         ctx = self.ctx
         if ctx is None:
             return self._blocked(pasid, iova, access)
         return ctx.read(self.dev_id, pasid, iova, length, access)
 
-    def write(self, pasid: int | None, iova: int, data: bytes | bytearray | memoryview,
+    def write(self, pasid: int | None, iova: Iova, data: bytes | bytearray | memoryview,
               access: int = Access.WRITE) -> None | Fault:
         ctx = self.ctx
         if ctx is None:
             return self._blocked(pasid, iova, access)
         return ctx.write(self.dev_id, pasid, iova, data, access)
 
-    def ats_translate(self, pasid: int | None, iova: int,
+    def ats_translate(self, pasid: int | None, iova: Iova,
                       access: int = Access.READ) -> AtsTranslation | Fault:
         ctx = self.ctx
         if ctx is None:
             return self._blocked(pasid, iova, access)
         return ctx.ats_translate(self.dev_id, pasid, iova, access)
 
-    def page_request(self, pasid: int | None, addr: int, perm: int, grpid: int, last: bool,
+    def page_request(self, pasid: int | None, addr: Iova, perm: int, grpid: int, last: bool,
                      on_response: Callable[[int], None] | None = None) -> bool:
         """A PRI page request; see ``IoasidContext.page_request``.
 

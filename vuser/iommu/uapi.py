@@ -10,11 +10,14 @@ bytes or a plain dict of the same fields; results are dataclasses of ints with
 from __future__ import annotations
 
 import enum
+import errno
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vuser.memory import PAGE_SIZE
 from vuser.wire import Pad, Struct, u8, u16, u32, u64
+
+from .errors import fail
 
 U64_MAX = (1 << 64) - 1
 #: IOMMU_NO_PASID is 0 in the kernel; the model spells "no PASID" as None.
@@ -245,10 +248,6 @@ def copy_struct_from_user(cls: type[Struct], value: Any) -> Struct:
     asks for the whole struct); longer: the tail must be zero, else E2BIG.
     A dict: unknown fields EINVAL, out-of-range values EINVAL.
     """
-    import errno
-
-    from .errors import fail
-
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw = bytes(value)
         if len(raw) < cls.SIZE:

@@ -28,9 +28,10 @@ import errno
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .core import ContextCore
 from .errors import IommufdError, fail
 from .hwpt import HwptPaging
-from .objects import IommufdObject, ObjectTable, ObjType
+from .objects import IommufdObject, ObjType
 from .uapi import (
     U64_MAX, VTD_INV_FLAGS_LEAF, HwptInvalidateDataType, IommuVeventVuserVtd,
     IommuViommuVuserVtdInvalidate, VeventHeader, VeventqFlags, VeventqType, ViommuType,
@@ -138,12 +139,10 @@ class Veventq(IommufdObject):
         return d
 
 
-class ViommuCommands:
+class ViommuCommands(ContextCore):
     """VIOMMU_ALLOC, VDEVICE_ALLOC, VEVENTQ_ALLOC of ``IoasidContext``."""
 
-    _objects: ObjectTable
     if TYPE_CHECKING:
-        def _step(self, what: str) -> None: ...
         def _flush_dev(self, bd: BoundDevice, pasid: Any, addr: int = 0,
                        npages: int = U64_MAX) -> int: ...
 
@@ -156,11 +155,9 @@ class ViommuCommands:
         ``VUSER_VTD`` is accepted); ENOENT unless ``hwpt_id`` is a paging
         HWPT; EINVAL when it is not a nesting parent.
         """
-        from .device import BoundDevice
-
         if viommu_type == ViommuType.DEFAULT:
             raise fail(errno.EOPNOTSUPP, "vIOMMU type DEFAULT is not allocatable")
-        self._objects.get(dev_id, BoundDevice)
+        self._objects.get_of(dev_id, ObjType.DEVICE)
         if viommu_type != ViommuType.VUSER_VTD:
             raise fail(errno.EOPNOTSUPP, f"vIOMMU type {viommu_type!r} is not supported by VT-d")
         parent = self._objects.get(hwpt_id, HwptPaging)
@@ -181,12 +178,11 @@ class ViommuCommands:
         when ``virt_id`` is taken on this vIOMMU. Unbinding the device
         destroys its vDEVICE silently (a later DESTROY of it is ENOENT).
         """
-        from .device import BoundDevice
 
         if not isinstance(virt_id, int) or not 0 <= virt_id <= U64_MAX:
             raise fail(errno.EINVAL, f"virt_id {virt_id!r} is not a u64")
         viommu = self._objects.get(viommu_id, Viommu)
-        bd = self._objects.get(dev_id, BoundDevice)
+        bd: BoundDevice = self._objects.get_of(dev_id, ObjType.DEVICE)
         if bd.vdevices:
             raise fail(errno.EEXIST, f"device {dev_id} already has a vDEVICE")
         if virt_id in viommu.vdevs:
@@ -252,7 +248,7 @@ class ViommuCommands:
         if q is None or vd is None:
             return
         q.report(IommuVeventVuserVtd(
-            virt_id=vd.virt_id, addr=f.iova if f.iova is not None else f.addr,
+            virt_id=vd.virt_id, addr=f.iova,
             pasid=f.pasid if f.pasid is not None else 0, reason=int(f.reason),
             perm=int(f.access) & 0xFF, flags=int(f.pasid is not None)).pack())
 

@@ -123,7 +123,6 @@ class LengthGuard:
         self._items = 0
 
     def scan(self, data: bytes) -> None:
-        lim = self.limits
         buf = self._hdr + data if self._hdr else data
         self._hdr = b""
         i, n = 0, len(buf)

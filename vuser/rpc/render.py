@@ -152,8 +152,9 @@ def counters(c: dict[str, Any]) -> str:
 
 def fault_line(f: dict[str, Any]) -> str:
     return (f"label {hx(f.get('label'))} pasid {pasid_str(f.get('pasid'))} "
-            f"iova {hx(f.get('iova'))} addr {hx(f.get('addr'))} "
-            f"{stage_name(f['stage'])} {reason_name(f['reason'])} access {f.get('access')}"
+            f"iova {hx(f.get('iova'))} gpa {hx(f.get('gpa'))} "
+            f"{stage_name(f['stage'])} {reason_name(f['reason'], f.get('vtd_reason'))} "
+            f"access {f.get('access')}"
             + (" (stage-1 table fetch)" if f.get("s1_fetch") else ""))
 
 
@@ -203,10 +204,11 @@ def dma_queues(qs: list[dict[str, Any]]) -> str:
 
 def faults(f: dict[str, Any]) -> str:
     rows = [[f"{r['time']:.3f}", hx(r.get("label")), pasid_str(r.get("pasid")), hx(r.get("iova")),
-             hx(r.get("addr")), stage_name(r["stage"]), reason_name(r["reason"]), r.get("access")]
+             hx(r.get("gpa")), stage_name(r["stage"]),
+             reason_name(r["reason"], r.get("vtd_reason")), r.get("access")]
             for r in f["recent"]]
     out = f"{f['total']} DMA faults since the server started; recent:\n"
-    out += table(["TIME", "LABEL", "PASID", "IOVA", "ADDR", "STAGE", "REASON", "ACCESS"], rows)
+    out += table(["TIME", "LABEL", "PASID", "IOVA", "GPA", "STAGE", "REASON", "ACCESS"], rows)
     q = [[x["id"], x["depth"], x["queued"], x["pending_groups"], x["delivered"], x["responded"],
           x["lost_events"]] for x in f["queues"]]
     out += "\n\nfault queues:\n" + table(["ID", "DEPTH", "QUEUED", "PENDING", "DELIVERED",
@@ -238,7 +240,7 @@ def trace_detail(e: dict[str, Any]) -> str:
     """What one trace event was, in words (the DETAIL column of ``trace show``)."""
     kind, info = e["kind"], e.get("info") or {}
     if kind == "fault":
-        return reason_name(e["fault"])
+        return reason_name(e["fault"], e.get("vtd"))
     if kind == "invalidate":
         return f"IOTLB: {e['count']} entries dropped, {_range(e['iova'], e['length'])}"
     if kind in _INV_NAMES:

@@ -33,7 +33,7 @@ from vuser import ratelimit
 from vuser.errors import RemoteProtocolError
 from vuser.devices.introspect import DeviceIntrospection, PlatformIntrospection
 from vuser.iommu import (
-    DEFAULT_PROT, FaultReason, IoasidContext, IoasMapFlags, IommufdError, IommuRegistry, Stage,
+    DEFAULT_PROT, FaultKind, IoasidContext, IoasMapFlags, IommufdError, IommuRegistry, Stage,
     check_range,
 )
 
@@ -344,12 +344,14 @@ class Service:
     # -- fault injection ---------------------------------------------------------------
     @rpc("inject")
     def inject_fault(self, label: int, pasid: int | None, iova: int, length: int,
-                     count: int = 1, reason: int = int(FaultReason.PAGING_ENTRY_INV),
+                     count: int = 1, reason: int | str = int(FaultKind.PAGING_ENTRY_INV),
                      stage: int = int(Stage.S1)) -> int:
         """Make the next ``count`` translations of (label, PASID, range) fault.
 
         ``pasid`` is the guest's PASID, nil for the RID, -1 for any. ``reason``
-        is a VT-d fault reason, ``stage`` 1 (the guest's) or 2 (the host's).
+        is the model's fault kind or a VT-d scalable-mode reason, by name or
+        code (0x71 and "PAGING_ENTRY_INV" alike); ``stage`` 1 (the guest's) or
+        2 (the host's).
         Returns the rule id.
         """
         return self.injector.add(label, pasid, iova, length, count, reason, stage)

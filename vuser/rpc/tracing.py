@@ -6,7 +6,7 @@ IOTLB invalidation, plus vuser-iommu's invalidation descriptors, page
 requests and page responses, ``VIOMMU_KINDS``), and a footer map when
 recording stopped cleanly. A file cut short (the server was killed) still
 reads, up to its last whole event. Events are read by the header's field
-list, so files written before ``info`` was added still read (``info`` None).
+list, so files written before ``info`` or ``vtd`` was added still read (None).
 
 ``TraceRecorder`` is the model's trace hook while recording. Memory is
 bounded: events wait in a list of at most ``flush_every`` entries and are then
@@ -27,12 +27,12 @@ from typing import Any, BinaryIO
 import msgpack
 
 from vuser.errors import RemoteProtocolError
-from vuser.iommu import FaultReason, Stage, TraceEvent
+from vuser.iommu import Stage, TraceEvent, reason_text
 
 FORMAT = "vuser-trace"
 VERSION = 1
 FIELDS = ("time", "kind", "label", "pasid", "iova", "gpa", "stage", "hit", "fault", "count",
-          "length", "info")
+          "length", "info", "vtd")
 #: Kinds vuser-iommu adds (``info`` says what; see docs/vuser-iommu.md, "Tracing").
 VIOMMU_KINDS = ("inv-context-cache", "inv-pasid-cache", "inv-iotlb", "inv-piotlb",
                 "inv-devtlb", "page-request", "page-response")
@@ -89,7 +89,8 @@ class TraceRecorder:
             self._full = True
         pack = self._packer.pack
         out = b"".join([pack((e.time, e.kind, e.label, e.pasid, e.iova, e.gpa, e.stage,
-                              e.hit, e.fault, e.count, e.length, e.info)) for e in buf])
+                              e.hit, e.fault, e.count, e.length, e.info, e.vtd))
+                          for e in buf])
         if self.max_bytes is not None and self.bytes + len(out) > self.max_bytes:
             self.dropped += len(buf)
             self._full = True
@@ -174,17 +175,14 @@ def read_trace(path: str | os.PathLike[str], *, limit: int | None = None) -> Tra
         if limit is None or len(trace.events) < limit:
             ev = dict(zip(fields, obj))
             ev.setdefault("info", None)
+            ev.setdefault("vtd", None)
             trace.events.append(ev)
     return trace
 
 
-def reason_name(code: int | None) -> str:
-    if code is None:
-        return "-"
-    try:
-        return FaultReason(code).name
-    except ValueError:
-        return f"{code:#x}"
+def reason_name(code: int | None, vtd: int | None = None) -> str:
+    """A fault's reason as ``reason_text`` shows it: the VT-d code first."""
+    return reason_text(code, vtd)
 
 
 def stage_name(code: int) -> str:
@@ -218,7 +216,7 @@ def summarize(events: list[dict[str, Any]], t0: float = 0.0, top: int = 10) -> d
         "walks_ok": len(tr) - hits,
         "hit_rate": hits / len(tr) if tr else None,
         "faults": len(faults),
-        "fault_reasons": dict(Counter(reason_name(e["fault"]) for e in faults)),
+        "fault_reasons": dict(Counter(reason_name(e["fault"], e.get("vtd")) for e in faults)),
         "fault_stages": dict(Counter(stage_name(e["stage"]) for e in faults)),
         "stages": dict(Counter(stage_name(e["stage"]) for e in tr)),
         "invalidations": len(inval),

@@ -1,10 +1,11 @@
 """What a walk or a translation produces: ``Translation`` or ``Fault``.
 
 Walkers and the DMA path never raise on guest-caused problems; they return a
-``Fault`` carrying the VT-d fault reason (VT-d §7.1, the FR field of
-the fault recording register). ``Stage`` says which stage faulted, and hence
-who gets told: stage-1 faults go to the guest, stage-2 faults (including a
-stage-2 fault met while fetching a stage-1 table, ``s1_fetch``) go to the host
+``Fault`` carrying the model's ``FaultKind`` (``reasons``: the kinds, the
+VT-d scalable-mode reasons and the table between them). ``Stage`` says which
+stage faulted, and hence who gets told: stage-1 faults go to the guest,
+stage-2 faults (including a stage-2 fault met while fetching a stage-1 table,
+``s1_fetch``) go to the host
 (docs/architecture.md "The model", faults).
 """
 
@@ -14,39 +15,10 @@ import enum
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .addresses import Gpa, Iova
+from .reasons import FaultKind, Stage, reason_text, vtd_reason
 
-class FaultReason(enum.IntEnum):
-    """VT-d fault reason codes (FRCD.FR) used by the model."""
-
-    #: DMA from a device whose RID has nothing attached (blocking domain).
-    CONTEXT_ENTRY_P = 0x02
-    #: Input address above the second-stage address width (MGAW).
-    ADDR_BEYOND_MGAW = 0x04
-    #: Write to a page whose entry (either stage) forbids writes.
-    WRITE = 0x05
-    #: Read (or execute, for which the model has no finer code) denied.
-    READ = 0x06
-    #: Paging entry not present / not accessible.
-    PAGING_ENTRY_INV = 0x07
-    #: A set reserved bit in a present paging entry.
-    PAGING_ENTRY_RSVD = 0x0C
-    #: PASID-tagged DMA for a PASID with nothing attached.
-    PASID_ENTRY_P = 0x59
-    #: First-stage input address not canonical.
-    FS_NON_CANONICAL = 0x80
-    #: First-stage privilege (U/S or SRE) violation.
-    FS_PRIV_VIOLATION = 0x81
-    #: Setting an accessed/dirty flag failed (stage 2 forbids the write).
-    FS_BIT_UPDATE_FAILED = 0x91
-
-
-class Stage(enum.IntEnum):
-    """Which translation stage answered or faulted."""
-
-    BLOCKED = 0  # no translation at all: unbound, detached or blocking
-    S1 = 1       # first stage (guest IOVA -> GPA)
-    S2 = 2       # second stage (GPA -> host memory)
-    IOTLB = 3    # answered from the IOTLB (trace only)
+__all__ = ["Access", "Fault", "FaultKind", "Stage", "Translation"]
 
 
 class Access(enum.IntFlag):
@@ -62,18 +34,20 @@ class Access(enum.IntFlag):
 class Fault:
     """A failed translation. Never raised: returned.
 
-    ``addr`` is the faulting address in the faulting stage's input space (the
-    IOVA for stage 1, the GPA for stage 2, the table-entry GPA for a stage-2
-    fault during a stage-1 fetch). ``iova`` is always the request's IOVA.
-    ``pasid`` is the PASID as the guest knows it (the vPASID) once the model
-    has filled in the device fields.
+    Addresses mean the same at every stage: ``iova`` is the DMA request's
+    IOVA (None only for a bare stage-2 walk, which has no request); ``gpa`` is
+    the guest-physical address stage 2 faulted on (the final GPA, or the GPA
+    of a first-stage table entry when ``s1_fetch``), None when the fault is
+    not a stage-2 one. ``reason`` is a ``FaultKind``; ``vtd_reason`` is the
+    scalable-mode code a vIOMMU records for it. ``pasid`` is the PASID as the
+    guest knows it (the vPASID) once the model has filled in the device fields.
     """
 
     reason: int
     stage: Stage
-    addr: int
+    iova: Iova | None
     access: int = 0
-    iova: int | None = None
+    gpa: Gpa | None = None
     level: int = 0
     s1_fetch: bool = False
     pasid: int | None = None
@@ -82,14 +56,24 @@ class Fault:
     #: Paging-entry reads the walk made before it faulted.
     reads: int = 0
 
+    @property
+    def vtd_reason(self) -> int | None:
+        """The VT-d scalable-mode reason (``reasons.VTD_REASONS``); None: the host's."""
+        return vtd_reason(self.reason, self.stage, self.s1_fetch)
+
     def with_(self, **changes: Any) -> Fault:
         return replace(self, **changes)
+
+    def describe(self) -> str:
+        """The reason as a user reads it: the VT-d code first, when there is one."""
+        return reason_text(self.reason, self.vtd_reason)
 
     def to_dict(self) -> dict[str, Any]:
         """A msgpack-friendly form."""
         return {
-            "reason": int(self.reason), "stage": int(self.stage), "addr": self.addr,
-            "access": int(self.access), "iova": self.iova, "level": self.level,
+            "reason": int(self.reason), "vtd_reason": self.vtd_reason,
+            "stage": int(self.stage), "iova": self.iova, "gpa": self.gpa,
+            "access": int(self.access), "level": self.level,
             "s1_fetch": self.s1_fetch, "pasid": self.pasid, "label": self.label,
             "dev_id": self.dev_id, "reads": self.reads,
         }

@@ -29,7 +29,7 @@ from .formats import (
     DEFAULT_OAW, LEVEL_SHIFT, FirstStagePte, SecondStagePte,
     first_stage_reserved, is_canonical, leaf_address_mask, second_stage_reserved,
 )
-from .results import Access, Fault, FaultReason, Stage, Translation
+from .results import Access, Fault, FaultKind, Stage, Translation
 
 _QWORD = struct.Struct("<Q")  # one paging entry as stored in memory
 
@@ -99,13 +99,13 @@ def _first_stage_denied(access: int, rw: bool, us: bool, xd: bool,
     """The fault reason for ``access`` under these rights, or 0."""
     if access & PRIV:
         if not sre:
-            return FaultReason.FS_PRIV_VIOLATION
+            return FaultKind.FS_PRIV_VIOLATION
     elif not us:
-        return FaultReason.FS_PRIV_VIOLATION
+        return FaultKind.FS_PRIV_VIOLATION
     if access & W and not rw and (not access & PRIV or wpe):
-        return FaultReason.WRITE
+        return FaultKind.WRITE
     if access & X and xd:
-        return FaultReason.READ  # execute denied: no finer legacy code
+        return FaultKind.READ  # execute denied: no finer legacy code
     return 0
 
 
@@ -114,7 +114,7 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
                      eafe: bool = False, oaw: int = DEFAULT_OAW) -> Translation | Fault:
     """Translate ``iova`` (IOVA -> GPA) through the first-stage tables at ``root``."""
     if not is_canonical(iova, levels):
-        return Fault(FaultReason.FS_NON_CANONICAL, Stage.S1, iova, access, iova, levels)
+        return Fault(FaultKind.FS_NON_CANONICAL, Stage.S1, iova, access, level=levels)
     rsvd = first_stage_reserved(oaw)
     table_mask = leaf_address_mask(1, oaw)
     table = root & table_mask
@@ -134,11 +134,11 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
         reads += 1 + n2
         pte = _QWORD.unpack_from(mem, off)[0]
         if not pte & _P:
-            return Fault(FaultReason.PAGING_ENTRY_INV, Stage.S1, iova, access, iova, level,
+            return Fault(FaultKind.PAGING_ENTRY_INV, Stage.S1, iova, access, level=level,
                          reads=reads)
         leaf = level == 1 or (level <= 3 and bool(pte & _PS))
         if pte & rsvd[(level, leaf)]:
-            return Fault(FaultReason.PAGING_ENTRY_RSVD, Stage.S1, iova, access, iova, level,
+            return Fault(FaultKind.PAGING_ENTRY_RSVD, Stage.S1, iova, access, level=level,
                          reads=reads)
         rw = rw and bool(pte & _RW)
         us = us and bool(pte & _US)
@@ -151,7 +151,7 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
         level -= 1
     denied = _first_stage_denied(access, rw, us, xd, sre, wpe)
     if denied:
-        return Fault(denied, Stage.S1, iova, access, iova, level, reads=reads)
+        return Fault(denied, Stage.S1, iova, access, level=level, reads=reads)
     # Accessed/dirty updates, through stage 2 with write permission.
     writes = 0
     a_bits = _A | (_EA if eafe else 0)
@@ -163,8 +163,8 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
             continue
         got = s2.fetch(path[i], True)
         if got.__class__ is Fault:
-            return Fault(FaultReason.FS_BIT_UPDATE_FAILED, Stage.S2, path[i], access,
-                         iova, levels - i, s1_fetch=True, reads=reads)
+            return Fault(FaultKind.FS_BIT_UPDATE_FAILED, Stage.S2, iova, access, path[i],
+                         levels - i, s1_fetch=True, reads=reads)
         wmem, woff, _n2 = got  # the locked update reuses the fetch's stage-2 translation
         cur = _QWORD.unpack_from(wmem, woff)[0]
         _QWORD.pack_into(wmem, woff, cur | want)
@@ -191,7 +191,7 @@ def walk_second_stage(mem: memoryview, addr: int, access: int, *, root: int,
     ``ad`` enables accessed/dirty updates (the PASID entry's SSADE).
     """
     if addr >> (12 + 9 * levels):
-        return Fault(FaultReason.ADDR_BEYOND_MGAW, Stage.S2, addr, access, level=levels)
+        return Fault(FaultKind.ADDR_BEYOND_MGAW, Stage.S2, None, access, addr, level=levels)
     rsvd = second_stage_reserved(oaw)
     table_mask = leaf_address_mask(1, oaw)
     table = root & table_mask
@@ -205,16 +205,16 @@ def walk_second_stage(mem: memoryview, addr: int, access: int, *, root: int,
         pa = table + ((addr >> LEVEL_SHIFT[level]) & 511) * 8
         off = pa - base
         if off < 0 or off + 8 > size_mem:
-            return Fault(FaultReason.PAGING_ENTRY_INV, Stage.S2, addr, access, level=level,
+            return Fault(FaultKind.PAGING_ENTRY_INV, Stage.S2, None, access, addr, level=level,
                          reads=reads)
         pte = _QWORD.unpack_from(mem, off)[0]
         reads += 1
         if not pte & (_SR | _SW):
-            return Fault(FaultReason.PAGING_ENTRY_INV, Stage.S2, addr, access, level=level,
+            return Fault(FaultKind.PAGING_ENTRY_INV, Stage.S2, None, access, addr, level=level,
                          reads=reads)
         leaf = level == 1 or (level <= 3 and bool(pte & _SPS))
         if pte & rsvd[(level, leaf)]:
-            return Fault(FaultReason.PAGING_ENTRY_RSVD, Stage.S2, addr, access, level=level,
+            return Fault(FaultKind.PAGING_ENTRY_RSVD, Stage.S2, None, access, addr, level=level,
                          reads=reads)
         r = r and bool(pte & _SR)
         w = w and bool(pte & _SW)
@@ -225,9 +225,9 @@ def walk_second_stage(mem: memoryview, addr: int, access: int, *, root: int,
         table = pte & table_mask
         level -= 1
     if access & (R | X) and not r:
-        return Fault(FaultReason.READ, Stage.S2, addr, access, level=level, reads=reads)
+        return Fault(FaultKind.READ, Stage.S2, None, access, addr, level=level, reads=reads)
     if access & W and not w:
-        return Fault(FaultReason.WRITE, Stage.S2, addr, access, level=level, reads=reads)
+        return Fault(FaultKind.WRITE, Stage.S2, None, access, addr, level=level, reads=reads)
     writes = 0
     last = len(offs) - 1
     dirty = True

@@ -1,0 +1,56 @@
+"""``ContextCore``: the state every object file's commands share (iommufd
+``struct iommufd_ctx``).
+
+Each object file (``ioas``, ``hwpt``, ``device``, ``fault``, ``viommu``,
+``access``, ``hw_info``, and the DMA path in ``dma``) holds its object's
+commands in one class that derives from this one, so the shared state is
+declared once, here: the registry, the object table, the IOTLB, the
+counters, and the ``fail_nth`` hook that every allocating command steps
+through. ``IoasidContext`` combines them and sets the state up.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from .errors import fail
+from .iotlb import Iotlb
+from .objects import IommufdObject, ObjectTable
+from .uapi import Stats
+
+if TYPE_CHECKING:
+    from .registry import IommuRegistry
+
+
+class ContextCore:
+    """The context's shared state and its allocation hook."""
+
+    registry: IommuRegistry
+    _objects: ObjectTable
+    _iotlb: Iotlb
+    _stats: Stats
+    _fail_left: int = 0
+
+    def fail_nth(self, n: int) -> None:
+        """Test hook (iommufd selftest's ``fail_nth``): fail the ``n``-th internal
+        allocation or step from now with ENOMEM; 0 turns it off.
+
+        Every command that allocates calls ``_step`` at each allocation (an
+        object, an area, an attach handle) before it changes anything, so
+        an injected failure leaves the context's observable state as it was
+        before the call (tests/iommu/test_fidelity_fail_nth.py sweeps it).
+        """
+        if not isinstance(n, int) or n < 0:
+            raise fail(errno.EINVAL, f"bad fail_nth {n!r}")
+        self._fail_left = n
+
+    def _step(self, what: str) -> None:
+        if self._fail_left:
+            self._fail_left -= 1
+            if not self._fail_left:
+                raise fail(errno.ENOMEM, f"fail_nth: {what}")
+
+    def _destroy_obj(self, obj: IommufdObject) -> None:
+        self._objects.remove(obj)
+        obj.release(self)  # type: ignore[arg-type]
