@@ -184,3 +184,50 @@ def test_two_sample_devices_get_distinct_labels(tmp_path):
         assert {a.label, b.label} == {d.label for d in platform.registry.devices()}
     finally:
         platform.close()
+
+
+def _silent_client_closed_within(path: str, seconds: float) -> bool:
+    """Connect, send nothing; True if the server closes the socket within ``seconds``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        s.settimeout(seconds)
+        try:
+            return s.recv(1) == b""
+        except TimeoutError:
+            return False
+
+
+@pytest.mark.parametrize("args, closed", [
+    (("--handshake-timeout", "0.5"), True),                           # no VERSION in time
+    (("--handshake-timeout", "0"), False),                            # no deadline at all
+    (("--handshake-timeout", "0", "--idle-timeout", "0.5"), True),    # silent: idle
+])
+def test_timeouts_from_the_command_line(tmp_path, args, closed):
+    path = str(tmp_path / "s.sock")
+    proc = vuser("serve", "--socket", path, "--device", "sample", *args)
+    try:
+        wait_ready(proc, 1)
+        assert _silent_client_closed_within(path, 3.0) is closed
+
+        async def talk():  # another client is served all the while
+            async with await Client.connect(path) as c:
+                assert (await c.device_info()).num_regions == 9
+        asyncio.run(talk())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+        err = proc.stderr.read()
+        assert ("dropp" in err.lower()) is closed, err
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan"])
+def test_bad_timeout_is_one_line(tmp_path, value):
+    out = run_serve("--socket", str(tmp_path / "s.sock"), "--device", "sample",
+                    "--idle-timeout", value)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "vuser serve: error: argument --idle-timeout:")

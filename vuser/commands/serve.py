@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import inspect
 import logging
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vuser.errors import UserError
+from vuser.transport.channel import Timeouts
 
 HELP = "serve emulated PCIe devices on vfio-user sockets"
 DESCRIPTION = """\
@@ -64,10 +66,33 @@ def configure(parser: Any) -> None:
     parser.add_argument("--control", metavar="PATH",
                         help="also serve the control socket (msgpack-RPC, mode 0600) at PATH, "
                              "for `vuser ctl --socket PATH`")
+    defaults = Timeouts()
+    parser.add_argument("--handshake-timeout", type=_seconds, default=defaults.handshake,
+                        metavar="S", help="drop a client that has not sent VERSION S seconds "
+                        f"after connecting (default {defaults.handshake:g}; 0: no limit)")
+    parser.add_argument("--message-timeout", type=_seconds, default=defaults.message,
+                        metavar="S", help="drop a client whose message is not complete S seconds "
+                        "after its first byte, or that leaves replies unread that long; fail a "
+                        "DMA_READ/WRITE the client does not answer in S seconds "
+                        f"(default {defaults.message:g}; 0: no limit)")
+    parser.add_argument("--idle-timeout", type=_seconds, default=defaults.idle, metavar="S",
+                        help="drop a client that sends nothing for S seconds (default: no "
+                        "limit, since QEMU is silent while the guest leaves a device alone)")
     parser.add_argument("--trace", metavar="FILE", dest="trace_file",
                         help="record a model trace into FILE from the first message until "
                              "exit (the format of `vuser ctl trace record`; read it with "
                              "`vuser ctl trace show|summary FILE`)")
+
+
+def _seconds(text: str) -> float | None:
+    """A timeout in seconds; 0 means no limit."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"a timeout must be >= 0 seconds, not {text}")
+    return value or None
 
 
 def parse_device(text: str, socket_path: str | None) -> DeviceSpec:
@@ -173,7 +198,8 @@ def prepare_socket_path(path: str) -> None:
 async def serve(specs: list[DeviceSpec], *, trace: int = 0,
                 types: dict[str, type] | None = None,
                 stop: asyncio.Event | None = None, platform: Any = None,
-                control: str | None = None, trace_file: str | None = None) -> int:
+                control: str | None = None, trace_file: str | None = None,
+                timeouts: Timeouts | None = None) -> int:
     """Serve ``specs`` until SIGINT/SIGTERM (or ``stop`` is set).
 
     All devices join one ``Platform`` (one ioasid context): ``platform`` if
@@ -220,7 +246,7 @@ async def serve(specs: list[DeviceSpec], *, trace: int = 0,
         for spec, device in zip(specs, devices):
             prepare_socket_path(spec.path)
             server = DeviceServer(device, spec.path, name=f"{spec.type}@{spec.path}",
-                                  trace=trace)
+                                  trace=trace, timeouts=timeouts)
             try:
                 await server.start()
             except OSError as e:
@@ -312,8 +338,9 @@ def run(args: Any) -> int:
     die_with_parent()
     specs = parse_specs(args.socket, args.device)
     try:
+        timeouts = Timeouts(args.handshake_timeout, args.message_timeout, args.idle_timeout)
         return asyncio.run(serve(specs, trace=args.verbose, control=args.control,
-                                 trace_file=args.trace_file))
+                                 trace_file=args.trace_file, timeouts=timeouts))
     except KeyboardInterrupt:  # a second ^C while shutting down
         print("vuser: interrupted", file=sys.stderr)
         return 130
