@@ -231,3 +231,16 @@ def test_bad_timeout_is_one_line(tmp_path, value):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith(
         "vuser serve: error: argument --idle-timeout:")
+
+
+@pytest.mark.parametrize("dtype, valid", [
+    ("sample", "label"),
+    ("vuser-dma", "devtlb, group, label, queues, ring_log2"),
+    ("vuser-iommu", "cm, drhd_base, label"),
+])
+def test_a_mistyped_option_lists_the_valid_ones(tmp_path, dtype, valid):
+    out = run_serve("--socket", str(tmp_path / "s.sock"), "--device", f"{dtype},lable=3")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == \
+        f"vuser: error: device {dtype}: unknown option lable (valid: {valid})"
+    assert not (tmp_path / "s.sock").exists()

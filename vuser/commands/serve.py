@@ -148,7 +148,14 @@ def make_device(spec: DeviceSpec, types: dict[str, type], platform: Any = None) 
     if cls is None:
         raise UserError(f"unknown device type {spec.type!r} (known: {', '.join(sorted(types))})")
     options: dict[str, Any] = dict(spec.options)
-    takes_platform = platform is not None and "platform" in inspect.signature(cls).parameters
+    params = inspect.signature(cls).parameters
+    valid = sorted(name for name, p in params.items()
+                   if name != "platform" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    unknown = sorted(set(options) - set(valid))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise UserError(f"device {spec.type}: unknown option{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(unknown)} (valid: {', '.join(valid) or 'none'})")
+    takes_platform = platform is not None and "platform" in params
     if takes_platform:
         options["platform"] = platform
     try:
