@@ -265,3 +265,20 @@ def test_a_server_whose_launcher_is_gone_does_not_start(tmp_path):
     assert p.returncode != 0
     assert f"the launcher (pid {gone.pid}) is gone" in p.stderr
     assert not (tmp_path / "s.sock").exists()
+
+
+def test_qemu_is_named_in_ps(qemu_bin, mini):
+    """The process shows as qemu-vuser, not as the dynamic loader it runs through."""
+    names = []
+
+    def on_ready(info):
+        comm = Path(f"/proc/{info.qemu_pid}/comm")
+        for _ in range(40):
+            names.append(comm.read_text().strip())
+            if names[-1] == "qemu-vuser":
+                return
+            threading.Event().wait(0.05)
+
+    r = launch(mini("booted\r\n", None), devices=[], timeout=2, qemu=qemu_bin, on_ready=on_ready)
+    assert r.timed_out
+    assert names and names[-1] == "qemu-vuser", names

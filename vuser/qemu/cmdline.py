@@ -25,6 +25,7 @@ from pathlib import Path
 
 DEBUG_EXIT_IOBASE = 0xF4
 ACCELS = ("tcg", "kvm")
+PROCESS_NAME = "qemu-vuser"  # the thread name QEMU sets (comm: at most 15 bytes)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ def qemu_args(cfg: GuestConfig) -> list[str]:
         "-chardev", "stdio,id=con0,signal=off",
         "-serial", "chardev:con0",
         "-no-reboot",
+        # the provisioned QEMU runs through sid's dynamic loader, so without a
+        # name `ps` and `top` would show it as ld-linux-x86-64.so.2
+        "-name", f"vuser,process={PROCESS_NAME}",
     ]
     for i, sock in enumerate(cfg.sockets):
         bus = f"rp{i}"
