@@ -232,3 +232,14 @@ def test_common_options_go_before_or_after_the_subcommand() -> None:
                           (["serve", *dev, "-vv"], 2), (["ctl", "-vv", "devices"], 2)):
         a = p.parse_args(argv)
         assert a.verbose + a.sub_verbose == verbose, argv
+
+
+def test_sync_client_used_once_leaves_no_pending_task(served: str) -> None:
+    """``SyncClient(path).stats()`` (its docstring's example) closes cleanly when dropped."""
+    code = ("import sys\nfrom vuser.rpc.client import SyncClient\n"
+            f"s = SyncClient({served!r}).stats()\n"
+            "assert isinstance(s, dict), s\nprint('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "ok\n"
+    assert out.stderr == ""  # no "Task was destroyed but it is pending!"

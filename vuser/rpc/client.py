@@ -247,6 +247,13 @@ class SyncClient:
             self._loop.run_until_complete(self._client.close())
             self._loop.close()
 
+    def __del__(self) -> None:
+        # ``SyncClient(path).stats()`` drops the client at once: close its
+        # connection and loop then, not as a pending task at interpreter exit
+        loop = getattr(self, "_loop", None)
+        if loop is not None and not loop.is_closed() and not loop.is_running():
+            self.close()
+
     def __enter__(self) -> SyncClient:
         return self
 
