@@ -371,3 +371,23 @@ def test_sigterm_to_run_leaves_nothing_running(image_ready, tmp_path):
         time.sleep(0.1)
     assert not any(alive(c) for c in children)
     assert list(tmp_path.glob("vuser-run-*")) == []
+
+
+def test_a_program_missing_from_the_manifest_is_one_line(tmp_path, monkeypatch):
+    """A guest-tests/*.c without a table does not silently run with a sample device."""
+    from vuser.commands.run import _plan
+    from vuser.errors import UserError
+    from vuser.guest import paths
+
+    root = tmp_path / "guest-tests"
+    root.mkdir()
+    (root / "mine.c").write_text("int main(void) { return 0; }\n")
+    monkeypatch.setattr(paths, "GUEST_TESTS", root)
+    monkeypatch.setattr("vuser.guest.programs.sources.__defaults__", (root,))
+    with pytest.raises(UserError, match=r"^guest test mine is not in guest_tests.toml: add a "
+                                        r"\[mine\] table saying which devices its guest needs, "
+                                        r"or give --device$"):
+        _plan(_args("--test", "mine"))
+    # with --device it runs on the devices given
+    assert [(p.devices, p.programs) for p in _plan(_args("--test", "mine", "--device", "sample"))] \
+        == [(("sample",), ("mine",))]

@@ -310,7 +310,7 @@ def _plan(args: argparse.Namespace):
     manifest's unless --timeout. --kernel-iommu keeps to kernel-owned
     programs: a named userspace-mode one is an error."""
     from vuser.errors import UserError
-    from vuser.guest import manifest
+    from vuser.guest import manifest, programs
 
     kernel = getattr(args, "kernel_iommu", False)
     iommu = "kernel" if kernel else "user"
@@ -336,6 +336,11 @@ def _plan(args: argparse.Namespace):
         return [manifest.BootPlan(tuple(args.device), tuple(progs), 300.0, iommu)]
     known = [n for n in names if n in specs]
     unlisted = [n for n in names if n not in specs]  # the image builder judges these
+    for name in unlisted:  # a program of guest-tests/ with no table: no devices to guess
+        if name in {src.stem for src in programs.sources()["tests"]}:
+            raise UserError(f"guest test {name} is not in {manifest.MANIFEST_PATH.name}: add a "
+                            f"[{name}] table saying which devices its guest needs, or give "
+                            "--device")
     plans = manifest.boot_groups(specs, known) if known else []
     if unlisted:
         plans.insert(0, manifest.BootPlan(KERNEL_IOMMU_DEVICES if kernel else DEFAULT_DEVICES,
