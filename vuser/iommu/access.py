@@ -99,9 +99,6 @@ def _contig(access: IoasAccess, iova: int, length: int, write: bool
 class AccessCommands(ContextCore):
     """``iommufd_access_*`` of ``IoasidContext`` (in-process)."""
 
-    if TYPE_CHECKING:
-        def _ioas(self, ioas_id: int) -> Ioas: ...
-
     def access_create(self, ioas_id: int, unmap: UnmapCallback | None = None) -> int:
         """``iommufd_access_create`` + ``iommufd_access_attach``; returns the id.
 
@@ -109,7 +106,7 @@ class AccessCommands(ContextCore):
         4 KiB: EADDRINUSE if an area is not aligned); without it, it may only
         ``access_rw``. ENOENT the IOAS.
         """
-        ioas = self._ioas(ioas_id)
+        ioas: Ioas = self._objects.get_of(ioas_id, ObjType.IOAS)
         acc = IoasAccess(ioas, unmap)
         iopt = ioas.iopt
         new = {**iopt.access_alignments, acc: acc.alignment}

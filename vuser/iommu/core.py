@@ -5,18 +5,20 @@ Each object file (``ioas``, ``hwpt``, ``device``, ``fault``, ``viommu``,
 ``access``, ``hw_info``, and the DMA path in ``dma``) holds its object's
 commands in one class that derives from this one, so the shared state is
 declared once, here: the registry, the object table, the IOTLB, the
-counters, and the ``fail_nth`` hook that every allocating command steps
-through. ``IoasidContext`` combines them and sets the state up.
+counters, the trace hook and its clock, and the ``fail_nth`` hook that
+every allocating command steps through. ``IoasidContext`` combines them and sets the state up.
 """
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import fail
 from .iotlb import Iotlb
 from .objects import IommufdObject, ObjectTable
+from .trace import TraceHook
 from .uapi import Stats
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ class ContextCore:
     _objects: ObjectTable
     _iotlb: Iotlb
     _stats: Stats
+    _trace: TraceHook | None
+    _clock: Callable[[], float]
     _fail_left: int = 0
 
     def fail_nth(self, n: int) -> None:

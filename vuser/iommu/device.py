@@ -44,7 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 from .core import ContextCore
 from .errors import IommufdError, fail
+from .fault import auto_respond
 from .hwpt import Hwpt, HwptNested, HwptPaging, check_vtd_s1, paging_of
+from .invalidation import flush_dev
 from .ioas import Ioas
 from .objects import IommufdObject, ObjType
 from .registry import IommuDevice
@@ -96,11 +98,6 @@ class BoundDevice(IommufdObject):
 class DeviceCommands(ContextCore):
     """Device commands of ``IoasidContext``."""
 
-    if TYPE_CHECKING:
-        def _flush_dev(self, bd: BoundDevice, pasid: Any, addr: int = 0,
-                       npages: int = U64_MAX) -> int: ...
-        def _auto_respond(self, bd: BoundDevice, pasid: Any) -> None: ...
-
     def _device(self, dev_id: int) -> BoundDevice:
         return self._objects.get(dev_id, BoundDevice)
 
@@ -138,7 +135,7 @@ class DeviceCommands(ContextCore):
             self._detach(bd, pasid)
         for vdev in list(bd.vdevices):
             self._destroy_obj(vdev)
-        self._flush_dev(bd, "all")
+        flush_dev(self, bd, "all")
         self._objects.remove(bd)
         dev = bd.dev
         dev.ctx, dev.dev_id = None, 0
@@ -220,9 +217,9 @@ class DeviceCommands(ContextCore):
             g.rid_devices.discard(bd)
             if not g.rid_devices:
                 g.rid_hwpt = None
-        self._flush_dev(bd, pasid)
+        flush_dev(self, bd, pasid)
         if hwpt.fault is not None:
-            self._auto_respond(bd, pasid)
+            auto_respond(self, bd, pasid)
         return hwpt
 
     def _put_auto(self, hwpt: Hwpt) -> None:

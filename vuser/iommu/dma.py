@@ -22,21 +22,20 @@ import errno
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from .core import ContextCore
 from .device import BoundDevice
 from .errors import fail
-from .hwpt import Hwpt, HwptNested, HwptPaging
+from .hwpt import HwptNested, HwptPaging
+from .invalidation import devtlb_flush, flush_dev, trace_inval
 from .io_pagetable import READABLE, WRITEABLE
 from .iotlb import IotlbEntry
 from .pagetable.addresses import Gpa, Iova
 from .pagetable.results import Access, Fault, FaultKind, Stage
 from .pagetable.walker import second_stage_ok, walk_first_stage
+from .trace import TraceEvent, TraceHook
 from .uapi import ALL_PASIDS, U64_MAX
-
-if TYPE_CHECKING:
-    from .ioas import Ioas
 
 _ADDR_END = 1 << 64
 _W = int(Access.WRITE)
@@ -68,43 +67,6 @@ class AtsTranslation:
     mem: memoryview
 
 
-@dataclass(frozen=True, slots=True)
-class TraceEvent:
-    """One trace record (``kind``: "translate", "fault" or "invalidate").
-
-    ``stage`` is what answered: ``Stage.IOTLB`` on a hit, ``S1`` for a nested
-    walk, ``S2`` for a stage-2-only lookup, the faulting stage on a fault.
-    ``count`` is the number of IOTLB entries an invalidation dropped.
-    A fault's ``fault`` is its ``FaultKind`` and ``vtd`` the VT-d scalable-mode
-    reason a vIOMMU records for it (None: the host's), so a guest's "reason
-    0x71" is found in a trace by that code.
-    Emulated IOMMUs add their own kinds through ``trace_note`` (vuser-iommu:
-    its invalidation descriptors, page requests and responses), with what
-    they are in ``info``.
-    """
-
-    time: float
-    kind: str
-    label: int | None
-    pasid: int | None
-    iova: Iova
-    gpa: Gpa | None
-    stage: int
-    hit: bool
-    fault: int | None = None
-    count: int = 0
-    length: int = 0
-    info: dict[str, Any] | None = None
-    vtd: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"time": self.time, "kind": self.kind, "label": self.label, "pasid": self.pasid,
-                "iova": self.iova, "gpa": self.gpa, "stage": int(self.stage), "hit": self.hit,
-                "fault": self.fault, "count": self.count, "length": self.length,
-                "info": self.info, "vtd": self.vtd}
-
-
-TraceHook = Callable[[TraceEvent], None]
 FaultObserver = Callable[[Fault], None]
 #: ``hook(dev_id, pasid, iova, length, access)``: a ``Fault`` to report instead
 #: of translating, or None (see ``vuser.iommu.inject``).
@@ -118,9 +80,7 @@ MissResolver = Callable[[int, int, "int | None"], bool]
 class DmaCommands(ContextCore):
     """The DMA path of ``IoasidContext``."""
 
-    _trace: TraceHook | None
     _fault_observers: list[FaultObserver]
-    _clock: Callable[[], float]
     _inject: InjectHook | None = None
     _miss_resolvers: tuple[MissResolver, ...] = ()
 
@@ -321,70 +281,6 @@ class DmaCommands(ContextCore):
                               bool((e.ok >> Access.WRITE) & 1), e.mem)
 
     # -- invalidation ------------------------------------------------------------
-    def _devtlb(self, bd: BoundDevice, pasid: int | None, addr: int, npages: int) -> None:
-        hook = bd.dev.devtlb_invalidate
-        if hook is not None:
-            self._stats.devtlb_invalidations += 1
-            hook(pasid, addr, npages)
-
-    def _trace_inval(self, bd: BoundDevice | None, pasid: int | None, addr: int,
-                     count: int, npages: int) -> None:
-        if self._trace is not None:
-            self._trace(TraceEvent(
-                self._clock(), "invalidate", bd.dev.label if bd else None,
-                bd.vpasid(pasid) if bd and pasid not in (None, ALL_PASIDS) else pasid, addr,
-                None, 0, False, count=count,
-                length=U64_MAX if npages == U64_MAX else npages * 4096))
-
-    def _flush_dev(self, bd: BoundDevice, pasid: int | None | str, addr: int = 0,
-                   npages: int = U64_MAX, *, devtlb: bool = True) -> int:
-        """Drop ``(bd, pasid)``'s IOTLB entries and tell its device TLB (unless
-        ``devtlb`` is False)."""
-        n = self._iotlb.invalidate_dev(bd.id, pasid, addr, npages)
-        self._stats.invalidations += 1
-        self._stats.invalidated_entries += n
-        p = ALL_PASIDS if pasid == "all" else pasid
-        if devtlb:
-            self._devtlb(bd, p, addr, npages)  # type: ignore[arg-type]
-        self._trace_inval(bd, p, addr, n, npages)  # type: ignore[arg-type]
-        return n
-
-    def _hwpt_flush(self, hwpt: Hwpt, addr: int, npages: int) -> int:
-        """HWPT_INVALIDATE of one range: IOTLB entries through ``hwpt``, then device TLBs."""
-        n = self._iotlb.invalidate_hwpt(hwpt.id, addr, npages)
-        self._stats.invalidations += 1
-        self._stats.invalidated_entries += n
-        for bd, pasid in sorted(hwpt.attached, key=lambda a: (a[0].id, a[1] or 0)):
-            self._devtlb(bd, pasid, addr, npages)
-        self._trace_inval(None, None, addr, n, npages)
-        return n
-
-    def _s2_unmapped(self, ioas: Ioas, first: int, last: int) -> None:
-        """Host unmap of ``[first, last]``: flush everything that depends on it.
-
-        Stage-2-only entries in the range go; every stage-1 cache nested on a
-        parent over this IOAS is flushed entirely (its IOVAs say nothing about
-        GPAs), device TLBs included. Dirty records of the range are dropped.
-        """
-        npages = U64_MAX if last - first + 1 >= 1 << 63 else (last - first + 1) // 4096
-        nested = [h for h in self._objects.of_type(HwptNested)
-                  if h.parent.ioas is ioas]
-        n = 0
-        for hwpt in ioas.hwpts:
-            n += self._iotlb.invalidate_s2(hwpt, first, last)
-            for bd, pasid in hwpt.attached:
-                self._devtlb(bd, pasid, first, npages)
-            if hwpt.dirty:
-                hwpt.dirty.difference_update(
-                    [p for p in hwpt.dirty if first <= p << 12 <= last])
-        for h in nested:
-            n += self._iotlb.invalidate_hwpt(h.id)
-            for bd, pasid in h.attached:
-                self._devtlb(bd, pasid, 0, U64_MAX)
-        self._stats.invalidations += 1
-        self._stats.invalidated_entries += n
-        self._trace_inval(None, None, first, n, npages)
-
     def iotlb_invalidate(self, dev_id: int | None = None, pasid: int | None = ALL_PASIDS,
                          addr: int = 0, npages: int = U64_MAX, *, vpasid: bool = False,
                          devtlb: bool = True) -> int:
@@ -409,15 +305,15 @@ class DmaCommands(ContextCore):
             self._stats.invalidated_entries += n
             if devtlb:
                 for bd in self._objects.of_type(BoundDevice):
-                    self._devtlb(bd, ALL_PASIDS, 0, U64_MAX)
-            self._trace_inval(None, None, 0, n, U64_MAX)
+                    devtlb_flush(self, bd, ALL_PASIDS, 0, U64_MAX)
+            trace_inval(self, None, None, 0, n, U64_MAX)
             return n
         bd = self._bound(dev_id)
         if pasid == ALL_PASIDS:
-            return self._flush_dev(bd, "all", addr, npages, devtlb=devtlb)
+            return flush_dev(self, bd, "all", addr, npages, devtlb_too=devtlb)
         if vpasid and pasid is not None:
             pasid = bd.v2p.get(pasid, pasid)
-        return self._flush_dev(bd, pasid, addr, npages, devtlb=devtlb)
+        return flush_dev(self, bd, pasid, addr, npages, devtlb_too=devtlb)
 
     def devtlb_invalidate(self, dev_id: int, pasid: int | None = ALL_PASIDS, addr: int = 0,
                           npages: int = U64_MAX, *, vpasid: bool = False) -> None:
@@ -431,7 +327,7 @@ class DmaCommands(ContextCore):
         bd = self._bound(dev_id)
         if vpasid and pasid not in (None, ALL_PASIDS):
             pasid = bd.v2p.get(pasid, pasid)
-        self._devtlb(bd, pasid, addr, npages)
+        devtlb_flush(self, bd, pasid, addr, npages)
 
     def iotlb_set_capacity(self, capacity: int) -> None:
         """Resize the IOTLB (entries); the least recently used go first."""

@@ -244,10 +244,11 @@ class FaultCommands(ContextCore):
             q.on_event(q.id)
         return True
 
-    def _auto_respond(self, bd: BoundDevice, pasid: int | None) -> None:
-        """Answer INVALID every pending group of ``(bd, pasid)`` (detach/replace)."""
-        for q in self._objects.of_type(FaultQueue):
-            for g in [g for g in q.pending.values() if g.bd is bd and g.pasid == pasid]:
-                q.answer(g, PageResponseCode.INVALID)
-            for key in [k for k in q.partial if k[0] == bd.id and k[1] == pasid]:
-                del q.partial[key]
+
+def auto_respond(ctx: ContextCore, bd: BoundDevice, pasid: int | None) -> None:
+    """Answer INVALID every pending group of ``(bd, pasid)`` (detach/replace)."""
+    for q in ctx._objects.of_type(FaultQueue):
+        for g in [g for g in q.pending.values() if g.bd is bd and g.pasid == pasid]:
+            q.answer(g, PageResponseCode.INVALID)
+        for key in [k for k in q.partial if k[0] == bd.id and k[1] == pasid]:
+            del q.partial[key]

@@ -18,8 +18,9 @@ import errno
 from typing import TYPE_CHECKING, Any, cast
 
 from .core import ContextCore
-from .errors import IommufdError, fail
+from .errors import fail
 from .fault import FaultQueue
+from .invalidation import hwpt_flush, run_entries
 from .io_pagetable import READABLE, WRITEABLE, check_range
 from .ioas import Ioas
 from .objects import IommufdObject, ObjType
@@ -38,8 +39,6 @@ if TYPE_CHECKING:  # their files import this one
 _ALLOC_FLAGS = int(HwptAllocFlags.NEST_PARENT | HwptAllocFlags.DIRTY_TRACKING
                    | HwptAllocFlags.FAULT_ID_VALID | HwptAllocFlags.PASID)
 _NESTED_FLAGS = int(HwptAllocFlags.FAULT_ID_VALID | HwptAllocFlags.PASID)
-#: Kernel bound on HWPT_INVALIDATE entry_num.
-MAX_INVALIDATE_ENTRIES = 1 << 19
 _R, _W = int(Access.READ), int(Access.WRITE)
 
 
@@ -166,16 +165,11 @@ class HwptNested(Hwpt):
 
 def paging_of(hwpt: Hwpt) -> HwptPaging:
     """The stage-2 domain under ``hwpt`` (kernel ``find_hwpt_paging``)."""
-    return hwpt if isinstance(hwpt, HwptPaging) else hwpt.parent  # type: ignore[attr-defined]
+    return hwpt if isinstance(hwpt, HwptPaging) else cast(HwptNested, hwpt).parent
 
 
 class HwptCommands(ContextCore):
     """HWPT_* commands of ``IoasidContext``."""
-
-    if TYPE_CHECKING:
-        def _hwpt_flush(self, hwpt: Hwpt, addr: int, npages: int) -> int: ...
-        def _viommu_invalidate(self, viommu: Viommu, entries: list[Any],
-                               data_type: int) -> int: ...
 
     def hwpt_alloc(self, dev_id: int, pt_id: int, flags: int = 0,
                    data_type: int = HwptDataType.NONE, data: Any = None,
@@ -227,11 +221,12 @@ class HwptCommands(ContextCore):
                 raise fail(errno.EOPNOTSUPP, "a VT-d paging HWPT takes no data")
             if flags & HwptAllocFlags.PASID and not bd.dev.pasid_width:
                 raise fail(errno.EOPNOTSUPP, f"the IOMMU of {bd.dev.name} has no PASID support")
-            hwpt: Hwpt = HwptPaging(
+            paging = HwptPaging(
                 pt, nest_parent=bool(flags & HwptAllocFlags.NEST_PARENT),
                 enforce_dirty=bool(flags & HwptAllocFlags.DIRTY_TRACKING),
                 pasid_compat=bool(flags & HwptAllocFlags.PASID))
-            hwpt.check_domain_add()  # type: ignore[attr-defined]
+            paging.check_domain_add()
+            hwpt: Hwpt = paging
         elif isinstance(pt, HwptPaging) or pt.TYPE is ObjType.VIOMMU:
             if flags & ~_NESTED_FLAGS:
                 raise fail(errno.EOPNOTSUPP, "nested HWPTs take only FAULT_ID_VALID and PASID")
@@ -258,10 +253,10 @@ class HwptCommands(ContextCore):
         self._objects.commit(hwpt)
         if isinstance(hwpt, HwptPaging):
             hwpt.link()
-        else:
-            hwpt.parent.users += 1  # type: ignore[attr-defined]
-            if hwpt.viommu is not None:  # type: ignore[attr-defined]
-                hwpt.viommu.users += 1  # type: ignore[attr-defined]
+        elif isinstance(hwpt, HwptNested):
+            hwpt.parent.users += 1
+            if hwpt.viommu is not None:
+                hwpt.viommu.users += 1
         if fault is not None:
             fault.users += 1
         return hwpt.id
@@ -289,28 +284,17 @@ class HwptCommands(ContextCore):
         """
         obj = self._objects.get(hwpt_id)
         if obj.TYPE is ObjType.VIOMMU:
-            return self._viommu_invalidate(cast("Viommu", obj), entries, data_type)
+            return cast("Viommu", obj).cache_invalidate(self, entries, data_type)
         if not isinstance(obj, HwptNested):
             raise fail(errno.EINVAL, f"object {hwpt_id} is not a nested HWPT or a vIOMMU")
         if data_type != HwptInvalidateDataType.VTD_S1:
             raise fail(errno.EINVAL, f"invalidation data type {data_type!r} is not VTD_S1")
-        if not isinstance(entries, (list, tuple)) or len(entries) > MAX_INVALIDATE_ENTRIES:
-            raise fail(errno.EINVAL, "entries must be a list of at most 2^19")
-        done = 0
-        for raw in entries:
-            try:
-                inv = copy_struct_from_user(IommuHwptVtdS1Invalidate, raw)
-            except IommufdError as e:
-                raise IommufdError(e.errno, f"entry {done}: {e}", processed=done) from None
-            if inv.flags & ~VTD_INV_FLAGS_LEAF or inv.reserved:
-                raise IommufdError(errno.EOPNOTSUPP, f"entry {done}: flags {inv.flags:#x}",
-                                   processed=done)
-            if inv.addr & 0xFFF or (inv.npages == U64_MAX and inv.addr):
-                raise IommufdError(errno.EINVAL, f"entry {done}: bad range", processed=done)
+
+        def act(done: int, inv: Any) -> None:
             if inv.npages:
-                self._hwpt_flush(obj, inv.addr, inv.npages)
-            done += 1
-        return done
+                hwpt_flush(self, obj, inv.addr, inv.npages)
+
+        return run_entries(entries, IommuHwptVtdS1Invalidate, VTD_INV_FLAGS_LEAF, act)
 
     def hwpt_set_dirty_tracking(self, hwpt_id: int, enable: bool) -> None:
         """IOMMU_HWPT_SET_DIRTY_TRACKING on a paging HWPT.
@@ -373,7 +357,7 @@ def _parse_vtd_s1(data_type: int, data: Any) -> IommuHwptVtdS1:
     """``intel_iommu_domain_alloc_nested``: the type, then the struct's length."""
     if data_type != HwptDataType.VTD_S1:
         raise fail(errno.EOPNOTSUPP, f"HWPT data type {data_type!r} is not supported")
-    return copy_struct_from_user(IommuHwptVtdS1, data)  # type: ignore[return-value]
+    return cast(IommuHwptVtdS1, copy_struct_from_user(IommuHwptVtdS1, data))
 
 
 def check_vtd_s1(hwpt: HwptNested) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .access import MAX_UNMAP_TRIES, notify_unmap
 from .core import ContextCore
 from .errors import IommufdError, fail
+from .invalidation import s2_unmapped
 from .io_pagetable import READABLE, WRITEABLE, Area, IoPagetable, check_range
 from .objects import IommufdObject, ObjType
 from .pagetable.addresses import HostOffset
@@ -93,8 +94,6 @@ class IoasCommands(ContextCore):
     """IOAS_* commands (and IOMMU_OPTION) of ``IoasidContext``."""
 
     _rlimit_mode: int = 0
-    if TYPE_CHECKING:
-        def _s2_unmapped(self, ioas: Ioas, first: int, last: int) -> None: ...
 
     def _ioas(self, ioas_id: int) -> Ioas:
         return self._objects.get(ioas_id, Ioas)
@@ -217,12 +216,12 @@ class IoasCommands(ContextCore):
         if whole:
             removed = ioas.iopt.remove_all()
             if removed:
-                self._s2_unmapped(ioas, 0, U64_MAX)
+                s2_unmapped(self, ioas, 0, U64_MAX)
         else:
             last = iova + length - 1
             removed, err = ioas.iopt.remove_covering(iova, last)
             if removed:
-                self._s2_unmapped(ioas, iova, last)
+                s2_unmapped(self, ioas, iova, last)
         ioas.iopt.unpin(removed)  # after the flush: no cache still points at them
         if err is not None:
             raise err

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 from .core import ContextCore
 from .errors import IommufdError, fail
 from .hwpt import HwptPaging
+from .invalidation import flush_dev, run_entries
 from .objects import IommufdObject, ObjType
 from .uapi import (
     U64_MAX, VTD_INV_FLAGS_LEAF, HwptInvalidateDataType, IommuVeventVuserVtd,
     IommuViommuVuserVtdInvalidate, VeventHeader, VeventqFlags, VeventqType, ViommuType,
-    copy_struct_from_user,
 )
 
 if TYPE_CHECKING:
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 
 #: sequence wraps at INT_MAX, as ``veventq->sequence``.
 INT_MAX = (1 << 31) - 1
-#: Bound on a vIOMMU invalidation list, as for nested HWPTs.
-MAX_INVALIDATE_ENTRIES = 1 << 19
 
 
 class Viommu(IommufdObject):
@@ -62,6 +60,32 @@ class Viommu(IommufdObject):
 
     def release(self, ctx: Any) -> None:
         self.parent.users -= 1
+
+    def cache_invalidate(self, ctx: ContextCore, entries: Any, data_type: int) -> int:
+        """HWPT_INVALIDATE on a VUSER_VTD vIOMMU (``viommu->ops->cache_invalidate``).
+
+        Each entry (``IommuViommuVuserVtdInvalidate``) names a vDEVICE by
+        ``virt_id`` and a vPASID (``flags`` PASID_VALID 2; without it, the
+        RID): the IOTLB entries of that device and (translated) pPASID in
+        ``[addr, addr + npages * 4K)`` go, and its device TLB is told.
+        EINVAL another data type; per entry: the rules of
+        ``invalidation.run_entries``, then ENOENT an unknown ``virt_id``.
+        """
+        if data_type != HwptInvalidateDataType.VUSER_VTD:
+            raise fail(errno.EINVAL, f"invalidation data type {data_type!r} is not VUSER_VTD")
+
+        def act(done: int, inv: Any) -> None:
+            vd = self.vdevs.get(inv.virt_id)
+            if vd is None:
+                raise IommufdError(errno.ENOENT, f"entry {done}: no vDEVICE {inv.virt_id:#x}",
+                                   processed=done)
+            if inv.npages:
+                bd = vd.bd
+                pasid = bd.v2p.get(inv.pasid, inv.pasid) if inv.flags & VINV_PASID_VALID \
+                    else None
+                flush_dev(ctx, bd, pasid, inv.addr, inv.npages)
+
+        return run_entries(entries, IommuViommuVuserVtdInvalidate, _VINV_FLAGS, act)
 
     def describe(self) -> dict[str, object]:
         d = super().describe()
@@ -141,10 +165,6 @@ class Veventq(IommufdObject):
 
 class ViommuCommands(ContextCore):
     """VIOMMU_ALLOC, VDEVICE_ALLOC, VEVENTQ_ALLOC of ``IoasidContext``."""
-
-    if TYPE_CHECKING:
-        def _flush_dev(self, bd: BoundDevice, pasid: Any, addr: int = 0,
-                       npages: int = U64_MAX) -> int: ...
 
     def viommu_alloc(self, dev_id: int, hwpt_id: int, viommu_type: int) -> int:
         """IOMMU_VIOMMU_ALLOC over a NEST_PARENT paging HWPT; returns its id.
@@ -251,46 +271,6 @@ class ViommuCommands(ContextCore):
             virt_id=vd.virt_id, addr=f.iova,
             pasid=f.pasid if f.pasid is not None else 0, reason=int(f.reason),
             perm=int(f.access) & 0xFF, flags=int(f.pasid is not None)).pack())
-
-    # -- vIOMMU invalidation ---------------------------------------------------------
-    def _viommu_invalidate(self, viommu: Viommu, entries: list[Any], data_type: int) -> int:
-        """HWPT_INVALIDATE on a VUSER_VTD vIOMMU (``viommu->ops->cache_invalidate``).
-
-        Each entry (``IommuViommuVuserVtdInvalidate``) names a vDEVICE by
-        ``virt_id`` and a vPASID (``flags`` PASID_VALID 2; without it, the
-        RID): the IOTLB entries of that device and (translated) pPASID in
-        ``[addr, addr + npages * 4K)`` go, and its device TLB is told.
-        EINVAL another data type; per entry: EINVAL/E2BIG length rules,
-        EOPNOTSUPP unknown flags or reserved bits, EINVAL an unaligned
-        address, ENOENT an unknown ``virt_id``; ``processed`` as for nested
-        HWPTs.
-        """
-        if data_type != HwptInvalidateDataType.VUSER_VTD:
-            raise fail(errno.EINVAL, f"invalidation data type {data_type!r} is not VUSER_VTD")
-        if not isinstance(entries, (list, tuple)) or len(entries) > MAX_INVALIDATE_ENTRIES:
-            raise fail(errno.EINVAL, "entries must be a list of at most 2^19")
-        done = 0
-        for raw in entries:
-            try:
-                inv = copy_struct_from_user(IommuViommuVuserVtdInvalidate, raw)
-            except IommufdError as e:
-                raise IommufdError(e.errno, f"entry {done}: {e}", processed=done) from None
-            if inv.flags & ~_VINV_FLAGS or inv.reserved:
-                raise IommufdError(errno.EOPNOTSUPP, f"entry {done}: flags {inv.flags:#x}",
-                                   processed=done)
-            if inv.addr & 0xFFF or (inv.npages == U64_MAX and inv.addr):
-                raise IommufdError(errno.EINVAL, f"entry {done}: bad range", processed=done)
-            vd = viommu.vdevs.get(inv.virt_id)
-            if vd is None:
-                raise IommufdError(errno.ENOENT, f"entry {done}: no vDEVICE {inv.virt_id:#x}",
-                                   processed=done)
-            if inv.npages:
-                bd = vd.bd
-                pasid = bd.v2p.get(inv.pasid, inv.pasid) if inv.flags & VINV_PASID_VALID \
-                    else None
-                self._flush_dev(bd, pasid, inv.addr, inv.npages)
-            done += 1
-        return done
 
 
 #: ``IommuViommuVuserVtdInvalidate.flags``: LEAF (1) and PASID_VALID (2).
