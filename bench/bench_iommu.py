@@ -25,6 +25,7 @@ import random
 import time
 
 from vuser.iommu import Access, IoasidContext, IommuRegistry
+from vuser.iommu.ioas import get_ioas
 from vuser.iommu.pagetable import PageTableBuilder
 from vuser.iommu.uapi import HwptAllocFlags, HwptDataType
 
@@ -142,7 +143,7 @@ def bench_lookup(n: int) -> list[tuple[str, float, str, float]]:
     cold: dict[int, float] = {}
     for size in (1000, 100_000):
         ctx, dev_id, ioas = build_s2(size)
-        iopt = ctx._ioas(ioas).iopt
+        iopt = get_ioas(ctx, ioas).iopt
         addrs = [2 * random.randrange(size) * P + 5 for _ in range(1024)]
 
         def find(k: int, addrs=addrs, find=iopt.find) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from iommu_helpers import MB, P, Rig, expect_errno
 from vuser.iommu import Access, Fault
+from vuser.iommu.ioas import get_ioas
 from vuser.iommu.uapi import U64_MAX, IoasMapFlags
 
 R, W = int(IoasMapFlags.READABLE), int(IoasMapFlags.WRITEABLE)
@@ -285,7 +286,7 @@ def test_unmap_of_a_file_area_closes_its_mapping_even_with_a_warm_iotlb(rig: Rig
         iova = rig.ctx.ioas_map_file(rig.ioas, fd, 0, 4 * P)
     finally:
         os.close(fd)
-    mm = rig.ctx._ioas(rig.ioas).iopt.find(iova).pages._owner
+    mm = get_ioas(rig.ctx, rig.ioas).iopt.find(iova).pages._owner
     rig.ctx.device_attach(rig.dev_id, rig.ioas)
     assert rig.dev.read(None, iova, 4) == b"\0" * 4  # an IOTLB entry now views the mmap
     assert rig.ctx.ioas_unmap(rig.ioas, iova, 4 * P) == 4 * P

@@ -17,7 +17,7 @@ public surface (``__all__``):
 """
 
 from .context import IoasidContext
-from .dma import AtsTranslation, Segment, TraceEvent
+from .dma import AtsTranslation, Segment
 from .errors import IommufdError
 from .inject import FaultInjector
 from .io_pagetable import check_range
@@ -27,6 +27,7 @@ from .pagetable.formats import FIRST_STAGE_LEVELS
 from .pagetable.reasons import VtdFaultReason, parse_reason, reason_text, vtd_reason
 from .pagetable.results import Access, Fault, FaultKind, Stage, Translation
 from .registry import IommuDevice, IommuGroup, IommuRegistry
+from .trace import TraceEvent
 from .uapi import IoasMapFlags
 
 __all__ = [

@@ -96,79 +96,76 @@ def _contig(access: IoasAccess, iova: int, length: int, write: bool
     return pieces
 
 
-class AccessCommands(ContextCore):
-    """``iommufd_access_*`` of ``IoasidContext`` (in-process)."""
+def access_create(ctx: ContextCore, ioas_id: int, unmap: UnmapCallback | None = None) -> int:
+    """``iommufd_access_create`` + ``iommufd_access_attach``; returns the id.
 
-    if TYPE_CHECKING:
-        def _ioas(self, ioas_id: int) -> Ioas: ...
+    With ``unmap`` the access may pin (and the IOAS alignment becomes
+    4 KiB: EADDRINUSE if an area is not aligned); without it, it may only
+    ``access_rw``. ENOENT the IOAS.
+    """
+    ioas: Ioas = ctx._objects.get_of(ioas_id, ObjType.IOAS)
+    acc = IoasAccess(ioas, unmap)
+    iopt = ioas.iopt
+    new = {**iopt.access_alignments, acc: acc.alignment}
+    iopt.check_alignment(iopt.wanted_alignment(accesses=new))
+    ctx._step("access_create")
+    ctx._objects.commit(acc)
+    iopt.access_alignments[acc] = acc.alignment
+    iopt.alignment = iopt.wanted_alignment()
+    iopt.accesses.append(acc)
+    ioas.users += 1
+    return acc.id
 
-    def access_create(self, ioas_id: int, unmap: UnmapCallback | None = None) -> int:
-        """``iommufd_access_create`` + ``iommufd_access_attach``; returns the id.
 
-        With ``unmap`` the access may pin (and the IOAS alignment becomes
-        4 KiB: EADDRINUSE if an area is not aligned); without it, it may only
-        ``access_rw``. ENOENT the IOAS.
-        """
-        ioas = self._ioas(ioas_id)
-        acc = IoasAccess(ioas, unmap)
-        iopt = ioas.iopt
-        new = {**iopt.access_alignments, acc: acc.alignment}
-        iopt.check_alignment(iopt.wanted_alignment(accesses=new))
-        self._step("access_create")
-        self._objects.commit(acc)
-        iopt.access_alignments[acc] = acc.alignment
-        iopt.alignment = iopt.wanted_alignment()
-        iopt.accesses.append(acc)
-        ioas.users += 1
-        return acc.id
+def access_pin_pages(ctx: ContextCore, access_id: int, iova: int, length: int,
+                     write: bool = False) -> list[memoryview]:
+    """``iommufd_access_pin_pages``: pin ``[iova, iova + length)``; returns the
+    host memory of each area piece, in order.
 
-    def access_pin_pages(self, access_id: int, iova: int, length: int,
-                         write: bool = False) -> list[memoryview]:
-        """``iommufd_access_pin_pages``: pin ``[iova, iova + length)``; returns the
-        host memory of each area piece, in order.
+    EINVAL no unmap callback, length 0, or an area being unmapped;
+    EOVERFLOW wrap; EPERM an area without the permission; ENOENT a hole.
+    Pins nest; ``access_unpin_pages`` with the same range undoes one.
+    """
+    acc = ctx._objects.get(access_id, IoasAccess)
+    if acc.unmap is None:
+        raise fail(errno.EINVAL, "an access without an unmap callback cannot pin")
+    pieces = _contig(acc, iova, length, write)
+    ctx._step("access_pin_pages")
+    for area, _f, _l in pieces:
+        area.num_accesses += 1
+        area.pages.pin()
+    acc.pins.setdefault((iova, length), []).append(pieces)
+    return [a.pages.mem[a.offset + f - a.iova:a.offset + l - a.iova + 1]
+            for a, f, l in pieces]
 
-        EINVAL no unmap callback, length 0, or an area being unmapped;
-        EOVERFLOW wrap; EPERM an area without the permission; ENOENT a hole. Pins nest; ``access_unpin_pages`` with the
-        same range undoes one.
-        """
-        acc = self._objects.get(access_id, IoasAccess)
-        if acc.unmap is None:
-            raise fail(errno.EINVAL, "an access without an unmap callback cannot pin")
-        pieces = _contig(acc, iova, length, write)
-        self._step("access_pin_pages")
-        for area, _f, _l in pieces:
-            area.num_accesses += 1
-            area.pages.pin()
-        acc.pins.setdefault((iova, length), []).append(pieces)
-        return [a.pages.mem[a.offset + f - a.iova:a.offset + l - a.iova + 1]
-                for a, f, l in pieces]
 
-    def access_unpin_pages(self, access_id: int, iova: int, length: int) -> None:
-        """``iommufd_access_unpin_pages``: undo one pin of exactly this range (ENOENT else)."""
-        acc = self._objects.get(access_id, IoasAccess)
-        pins = acc.pins.get((iova, length))
-        if not pins:
-            raise fail(errno.ENOENT, f"[{iova:#x}, +{length:#x}) is not pinned by this access")
-        _unpin(pins.pop())
-        if not pins:
-            del acc.pins[(iova, length)]
+def access_unpin_pages(ctx: ContextCore, access_id: int, iova: int, length: int) -> None:
+    """``iommufd_access_unpin_pages``: undo one pin of exactly this range (ENOENT else)."""
+    acc = ctx._objects.get(access_id, IoasAccess)
+    pins = acc.pins.get((iova, length))
+    if not pins:
+        raise fail(errno.ENOENT, f"[{iova:#x}, +{length:#x}) is not pinned by this access")
+    _unpin(pins.pop())
+    if not pins:
+        del acc.pins[(iova, length)]
 
-    def access_rw(self, access_id: int, iova: int, data: bytes | int,
-                  write: bool = False) -> bytes | None:
-        """``iommufd_access_rw``: copy ``data`` to IOVA (``write``) or read ``data``
-        bytes. EINVAL length 0 or an area being unmapped, EOVERFLOW wrap, EPERM
-        protection, ENOENT a hole."""
-        acc = self._objects.get(access_id, IoasAccess)
-        length = len(data) if write else int(data)  # type: ignore[arg-type]
-        pieces = _contig(acc, iova, length, write)
-        out = bytearray()
-        for a, f, l in pieces:
-            lo, hi = a.offset + f - a.iova, a.offset + l - a.iova + 1
-            if write:
-                a.pages.mem[lo:hi] = data[f - iova:l - iova + 1]  # type: ignore[index]
-            else:
-                out += a.pages.mem[lo:hi]
-        return None if write else bytes(out)
+
+def access_rw(ctx: ContextCore, access_id: int, iova: int, data: bytes | int,
+              write: bool = False) -> bytes | None:
+    """``iommufd_access_rw``: copy ``data`` to IOVA (``write``) or read ``data``
+    bytes. EINVAL length 0 or an area being unmapped, EOVERFLOW wrap, EPERM
+    protection, ENOENT a hole."""
+    acc = ctx._objects.get(access_id, IoasAccess)
+    length = len(data) if write else int(data)  # type: ignore[arg-type]
+    pieces = _contig(acc, iova, length, write)
+    out = bytearray()
+    for a, f, l in pieces:
+        lo, hi = a.offset + f - a.iova, a.offset + l - a.iova + 1
+        if write:
+            a.pages.mem[lo:hi] = data[f - iova:l - iova + 1]  # type: ignore[index]
+        else:
+            out += a.pages.mem[lo:hi]
+    return None if write else bytes(out)
 
 
 def notify_unmap(ioas: Ioas, areas: list[Area]) -> None:

@@ -1,25 +1,32 @@
-"""``ContextCore``: the state every object file's commands share (iommufd
+"""``ContextCore``: the state of one iommufd context (iommufd
 ``struct iommufd_ctx``).
 
 Each object file (``ioas``, ``hwpt``, ``device``, ``fault``, ``viommu``,
 ``access``, ``hw_info``, and the DMA path in ``dma``) holds its object's
-commands in one class that derives from this one, so the shared state is
-declared once, here: the registry, the object table, the IOTLB, the
-counters, and the ``fail_nth`` hook that every allocating command steps
-through. ``IoasidContext`` combines them and sets the state up.
+commands as functions taking this core first (``ioas_map(ctx, ...)``), as
+iommufd's handlers take the ``ucmd``. The core declares the shared state
+once, here: the registry, the object table, the IOTLB, the counters, the
+trace hook and its clock, the hooks and observers of the DMA path and of
+page requests, the IOMMU_OPTION account mode, and the ``fail_nth`` hook
+that every allocating command steps through. ``IoasidContext`` sets the
+state up and dispatches its methods to the commands.
 """
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import fail
 from .iotlb import Iotlb
 from .objects import IommufdObject, ObjectTable
+from .trace import TraceHook
 from .uapi import Stats
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only
+    from .dma import FaultObserver, InjectHook, MissResolver
+    from .fault import PageRequestObserver
     from .registry import IommuRegistry
 
 
@@ -30,6 +37,14 @@ class ContextCore:
     _objects: ObjectTable
     _iotlb: Iotlb
     _stats: Stats
+    _trace: TraceHook | None
+    _clock: Callable[[], float]
+    _fault_observers: list[FaultObserver]
+    _inject: InjectHook | None = None
+    _miss_resolvers: tuple[MissResolver, ...] = ()
+    _pr_observers: tuple[PageRequestObserver, ...] = ()
+    #: IOMMU_OPTION RLIMIT_MODE (``ictx->account_mode``).
+    _rlimit_mode: int = 0
     _fail_left: int = 0
 
     def fail_nth(self, n: int) -> None:

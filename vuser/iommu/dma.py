@@ -22,21 +22,21 @@ import errno
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from .core import ContextCore
-from .device import BoundDevice
+from .viommu import vevent_fault
+from .device import BoundDevice, get_device
 from .errors import fail
-from .hwpt import Hwpt, HwptNested, HwptPaging
+from .hwpt import HwptNested, HwptPaging
+from .invalidation import devtlb_flush, flush_dev, trace_inval
 from .io_pagetable import READABLE, WRITEABLE
 from .iotlb import IotlbEntry
 from .pagetable.addresses import Gpa, Iova
 from .pagetable.results import Access, Fault, FaultKind, Stage
 from .pagetable.walker import second_stage_ok, walk_first_stage
+from .trace import TraceEvent, TraceHook
 from .uapi import ALL_PASIDS, U64_MAX
-
-if TYPE_CHECKING:
-    from .ioas import Ioas
 
 _ADDR_END = 1 << 64
 _W = int(Access.WRITE)
@@ -68,43 +68,6 @@ class AtsTranslation:
     mem: memoryview
 
 
-@dataclass(frozen=True, slots=True)
-class TraceEvent:
-    """One trace record (``kind``: "translate", "fault" or "invalidate").
-
-    ``stage`` is what answered: ``Stage.IOTLB`` on a hit, ``S1`` for a nested
-    walk, ``S2`` for a stage-2-only lookup, the faulting stage on a fault.
-    ``count`` is the number of IOTLB entries an invalidation dropped.
-    A fault's ``fault`` is its ``FaultKind`` and ``vtd`` the VT-d scalable-mode
-    reason a vIOMMU records for it (None: the host's), so a guest's "reason
-    0x71" is found in a trace by that code.
-    Emulated IOMMUs add their own kinds through ``trace_note`` (vuser-iommu:
-    its invalidation descriptors, page requests and responses), with what
-    they are in ``info``.
-    """
-
-    time: float
-    kind: str
-    label: int | None
-    pasid: int | None
-    iova: Iova
-    gpa: Gpa | None
-    stage: int
-    hit: bool
-    fault: int | None = None
-    count: int = 0
-    length: int = 0
-    info: dict[str, Any] | None = None
-    vtd: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"time": self.time, "kind": self.kind, "label": self.label, "pasid": self.pasid,
-                "iova": self.iova, "gpa": self.gpa, "stage": int(self.stage), "hit": self.hit,
-                "fault": self.fault, "count": self.count, "length": self.length,
-                "info": self.info, "vtd": self.vtd}
-
-
-TraceHook = Callable[[TraceEvent], None]
 FaultObserver = Callable[[Fault], None]
 #: ``hook(dev_id, pasid, iova, length, access)``: a ``Fault`` to report instead
 #: of translating, or None (see ``vuser.iommu.inject``).
@@ -115,376 +78,319 @@ InjectHook = Callable[[int, "int | None", int, int, int], "Fault | None"]
 MissResolver = Callable[[int, int, "int | None"], bool]
 
 
-class DmaCommands(ContextCore):
-    """The DMA path of ``IoasidContext``."""
+# -- translation ---------------------------------------------------------
+def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, length: int,
+              access: int) -> list[Segment] | Fault:
+    """Translate a DMA of ``length`` bytes at ``iova`` from ``(dev_id, pasid)``.
 
-    _trace: TraceHook | None
-    _fault_observers: list[FaultObserver]
-    _clock: Callable[[], float]
-    _inject: InjectHook | None = None
-    _miss_resolvers: tuple[MissResolver, ...] = ()
-
-    # -- translation ---------------------------------------------------------
-    def translate(self, dev_id: int, pasid: int | None, iova: Iova, length: int,
-                  access: int) -> list[Segment] | Fault:
-        """Translate a DMA of ``length`` bytes at ``iova`` from ``(dev_id, pasid)``.
-
-        ``pasid`` is the PASID the device emits (None: untagged, the RID);
-        ``access`` is an ``Access`` combination (READ, WRITE, EXEC, PRIV).
-        Returns the segments in order, or the first ``Fault`` (nothing is
-        returned for the pages before it). Faults are counted, traced and
-        passed to the fault observers. ENOENT (raised) for an unknown
-        ``dev_id``; ``ValueError`` for a negative length or bad ``access``:
-        both are bugs of the caller, not of the guest.
-        """
-        if access.__class__ is not int:
-            access = int(access)
-        stats = self._stats
-        stats.translations += 1
-        end = iova + length
-        if length <= 0 or iova < 0 or end > _ADDR_END:
-            return self._translate_edge(dev_id, pasid, iova, length, access)
-        if self._inject is not None:
-            f = self._inject(dev_id, pasid, iova, length, access)
-            if f is not None:
-                return self._report(self._bound(dev_id), pasid, f)
-        # The IOTLB's fast path: its own bound lookups, no call of ours per page.
-        tlb = self._iotlb
-        get, touch = tlb.fast_path
-        probe = tlb.levels
-        trace = self._trace
-        segs: list[Segment] = []
-        addr = iova
-        while True:
-            e = None
-            for shift, level in probe:
-                e = get((dev_id, pasid, addr >> shift, level))
-                if e is not None:
-                    break
-            if e is not None and (e.ok >> access) & 1:
-                touch(e.key)
-                stats.hits += 1
-                if trace is not None:
-                    self._trace_translate(e, addr, Stage.IOTLB, True)
-            else:
-                e = self._miss(dev_id, pasid, addr, access)
-                if isinstance(e, Fault):
-                    return e
-                probe = tlb.levels
-            off = addr - e.iova
-            n = e.size - off
-            if n > end - addr:
-                n = end - addr
-            segs.append(_new_tuple(Segment, (addr, e.gpa + off, e.mem[off:off + n])))
-            if access & _W and e.s2.dirty_tracking:
-                e.s2.mark_dirty(e.gpa + off, n)
-            addr += n
-            if addr >= end:
-                return segs
-
-    def _translate_edge(self, dev_id: int, pasid: int | None, iova: int, length: int,
-                        access: int) -> list[Segment] | Fault:
-        if not isinstance(iova, int) or not isinstance(length, int) or length < 0 or iova < 0:
-            raise ValueError(f"bad DMA range iova={iova!r} length={length!r}")
-        if length == 0:
-            return []
-        bd = self._bound(dev_id)
-        return self._report(bd, pasid, Fault(FaultKind.ADDR_BEYOND_MGAW, Stage.S1, iova,
-                                              access))
-
-    def _bound(self, dev_id: int) -> BoundDevice:
-        return self._objects.get(dev_id, BoundDevice)
-
-    def _miss(self, dev_id: int, pasid: int | None, addr: int, access: int
-              ) -> IotlbEntry | Fault:
-        """Walk, check and cache one page; the slow half of ``translate``."""
-        stats = self._stats
-        stats.misses += 1
-        if not 0 < access < 16:
-            raise ValueError(f"bad access {access!r}")
-        bd = self._bound(dev_id)
-        hwpt = bd.attach.get(pasid)
-        if hwpt is None and self._miss_resolvers:
-            label, vp = bd.dev.label, bd.vpasid(pasid)
-            if any(r(dev_id, label, vp) for r in self._miss_resolvers):
-                hwpt = bd.attach.get(pasid)
-        if hwpt is None:
-            reason = FaultKind.CONTEXT_ENTRY_P if pasid is None else FaultKind.PASID_ENTRY_P
-            return self._report(bd, pasid, Fault(reason, Stage.BLOCKED, addr, access))
-        s2: HwptPaging
-        if isinstance(hwpt, HwptNested):
-            s2 = hwpt.parent
-            stats.walks += 1
-            t = walk_first_stage(s2, addr, access, root=hwpt.pgtbl_addr, levels=hwpt.levels,
-                                 sre=hwpt.sre, wpe=hwpt.wpe, eafe=hwpt.eafe)
-            stats.memory_reads += t.reads
-            if isinstance(t, Fault):
-                return self._report(bd, pasid, t)
-            stats.memory_writes += t.writes
-            gpa = t.output + (addr - t.iova)
-            size, ok, stage = t.size, t.ok, Stage.S1
-        else:
-            assert isinstance(hwpt, HwptPaging)
-            s2 = hwpt
-            gpa, size, ok, stage = addr, 1 << 30, 0xFFFF, Stage.S2
-        area = s2.ioas.iopt.find(gpa)
-        if area is None:
-            return self._report(bd, pasid, Fault(FaultKind.PAGING_ENTRY_INV, Stage.S2, addr,
-                                                 access, gpa))
-        s2ok = _AREA_OK[area.prot]
-        if not (s2ok >> access) & 1:
-            reason = FaultKind.WRITE if access & _W and (s2ok >> (access & ~_W)) & 1 \
-                else FaultKind.READ
-            return self._report(bd, pasid, Fault(reason, Stage.S2, addr, access, gpa))
-        while size > 4096:
-            base = gpa & ~(size - 1)
-            if base >= area.iova and base + size - 1 <= area.last:
-                break
-            size >>= 9
-        base_gpa = gpa & ~(size - 1)
-        off = area.offset + (base_gpa - area.iova)
-        e = IotlbEntry(dev_id, pasid, hwpt.id, s2, addr & ~(size - 1), size, base_gpa,
-                       area.pages.mem[off:off + size], ok & s2ok)
-        self._iotlb.insert(e)
-        if self._trace is not None:
-            self._trace_translate(e, addr, stage, False)
-        return e
-
-    def _report(self, bd: BoundDevice, pasid: int | None, f: Fault) -> Fault:
-        """Fill in the device fields of a fault, count it, tell the observers."""
-        f = f.with_(pasid=bd.vpasid(pasid), label=bd.dev.label, dev_id=bd.id)
-        self._stats.faults += 1
-        hwpt = bd.attach.get(pasid)
-        if f.stage == Stage.S1 and isinstance(hwpt, HwptNested) and hwpt.viommu is not None:
-            self._vevent_fault(bd, hwpt, f)
-        for cb in list(self._fault_observers):
-            cb(f)
-        if self._trace is not None:
-            self._trace(TraceEvent(self._clock(), "fault", f.label, f.pasid,
-                                   f.iova, f.gpa, int(f.stage), False, int(f.reason),
-                                   vtd=f.vtd_reason))
-        return f
-
-    def _trace_translate(self, e: IotlbEntry, addr: int, stage: Stage, hit: bool) -> None:
-        bd = self._objects.find(e.dev_id)
-        if isinstance(bd, BoundDevice):
-            label, vp = bd.dev.label, bd.vpasid(e.pasid)
-        else:
-            label, vp = None, e.pasid
-        assert self._trace is not None
-        self._trace(TraceEvent(self._clock(), "translate", label, vp, addr,
-                               e.gpa + (addr - e.iova), int(stage), hit))
-
-    # -- conveniences for device code ------------------------------------------
-    def read(self, dev_id: int, pasid: int | None, iova: Iova, length: int,
-             access: int = Access.READ) -> bytes | Fault:
-        """DMA read: the bytes, or the ``Fault``."""
-        segs = self.translate(dev_id, pasid, iova, length, access)
-        if isinstance(segs, Fault):
-            return segs
-        if len(segs) == 1:
-            return bytes(segs[0].mem)
-        return b"".join(s.mem for s in segs)
-
-    def write(self, dev_id: int, pasid: int | None, iova: Iova,
-              data: bytes | bytearray | memoryview, access: int = Access.WRITE) -> None | Fault:
-        """DMA write of ``data``: all of it, or nothing and the ``Fault``."""
-        segs = self.translate(dev_id, pasid, iova, len(data), access)
-        if isinstance(segs, Fault):
-            return segs
-        src = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        pos = 0
-        for s in segs:
-            n = len(s.mem)
-            s.mem[:] = src[pos:pos + n]
-            pos += n
-        return None
-
-    def ats_translate(self, dev_id: int, pasid: int | None, iova: Iova,
-                      access: int = Access.READ) -> AtsTranslation | Fault:
-        """A PCIe ATS translation request for the page holding ``iova``.
-
-        The device may cache the answer in its device TLB until the model
-        calls its ``devtlb_invalidate`` hook. EOPNOTSUPP if the device has no
-        ATS. A write request sets the dirty flags, so ``write`` is then True.
-        """
-        bd = self._bound(dev_id)
-        if not bd.dev.ats:
-            raise fail(errno.EOPNOTSUPP, f"{bd.dev.name} has no ATS")
+    ``pasid`` is the PASID the device emits (None: untagged, the RID);
+    ``access`` is an ``Access`` combination (READ, WRITE, EXEC, PRIV).
+    Returns the segments in order, or the first ``Fault`` (nothing is
+    returned for the pages before it). Faults are counted, traced and
+    passed to the fault observers. ENOENT (raised) for an unknown
+    ``dev_id``; ``ValueError`` for a negative length or bad ``access``:
+    both are bugs of the caller, not of the guest.
+    """
+    if access.__class__ is not int:
         access = int(access)
-        segs = self.translate(dev_id, pasid, iova, 1, access)
-        if isinstance(segs, Fault):
+    stats = ctx._stats
+    stats.translations += 1
+    end = iova + length
+    if length <= 0 or iova < 0 or end > _ADDR_END:
+        return _translate_edge(ctx, dev_id, pasid, iova, length, access)
+    if ctx._inject is not None:
+        f = ctx._inject(dev_id, pasid, iova, length, access)
+        if f is not None:
+            return _report(ctx, get_device(ctx, dev_id), pasid, f)
+    # The IOTLB's fast path: its own bound lookups, no call of ours per page.
+    tlb = ctx._iotlb
+    get, touch = tlb.fast_path
+    probe = tlb.levels
+    trace = ctx._trace
+    segs: list[Segment] = []
+    addr = iova
+    while True:
+        e = None
+        for shift, level in probe:
+            e = get((dev_id, pasid, addr >> shift, level))
+            if e is not None:
+                break
+        if e is not None and (e.ok >> access) & 1:
+            touch(e.key)
+            stats.hits += 1
+            if trace is not None:
+                _trace_translate(ctx, e, addr, Stage.IOTLB, True)
+        else:
+            e = _miss(ctx, dev_id, pasid, addr, access)
+            if isinstance(e, Fault):
+                return e
+            probe = tlb.levels
+        off = addr - e.iova
+        n = e.size - off
+        if n > end - addr:
+            n = end - addr
+        segs.append(_new_tuple(Segment, (addr, e.gpa + off, e.mem[off:off + n])))
+        if access & _W and e.s2.dirty_tracking:
+            e.s2.mark_dirty(e.gpa + off, n)
+        addr += n
+        if addr >= end:
             return segs
-        e = self._iotlb.lookup(dev_id, pasid, iova)
-        assert e is not None  # translate just cached it
-        return AtsTranslation(e.iova, e.size, e.gpa, bool((e.ok >> Access.READ) & 1),
-                              bool((e.ok >> Access.WRITE) & 1), e.mem)
 
-    # -- invalidation ------------------------------------------------------------
-    def _devtlb(self, bd: BoundDevice, pasid: int | None, addr: int, npages: int) -> None:
-        hook = bd.dev.devtlb_invalidate
-        if hook is not None:
-            self._stats.devtlb_invalidations += 1
-            hook(pasid, addr, npages)
 
-    def _trace_inval(self, bd: BoundDevice | None, pasid: int | None, addr: int,
-                     count: int, npages: int) -> None:
-        if self._trace is not None:
-            self._trace(TraceEvent(
-                self._clock(), "invalidate", bd.dev.label if bd else None,
-                bd.vpasid(pasid) if bd and pasid not in (None, ALL_PASIDS) else pasid, addr,
-                None, 0, False, count=count,
-                length=U64_MAX if npages == U64_MAX else npages * 4096))
+def _translate_edge(ctx: ContextCore, dev_id: int, pasid: int | None, iova: int, length: int,
+                    access: int) -> list[Segment] | Fault:
+    if not isinstance(iova, int) or not isinstance(length, int) or length < 0 or iova < 0:
+        raise ValueError(f"bad DMA range iova={iova!r} length={length!r}")
+    if length == 0:
+        return []
+    bd = get_device(ctx, dev_id)
+    return _report(ctx, bd, pasid, Fault(FaultKind.ADDR_BEYOND_MGAW, Stage.S1, iova,
+                                          access))
 
-    def _flush_dev(self, bd: BoundDevice, pasid: int | None | str, addr: int = 0,
-                   npages: int = U64_MAX, *, devtlb: bool = True) -> int:
-        """Drop ``(bd, pasid)``'s IOTLB entries and tell its device TLB (unless
-        ``devtlb`` is False)."""
-        n = self._iotlb.invalidate_dev(bd.id, pasid, addr, npages)
-        self._stats.invalidations += 1
-        self._stats.invalidated_entries += n
-        p = ALL_PASIDS if pasid == "all" else pasid
+
+def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: int
+          ) -> IotlbEntry | Fault:
+    """Walk, check and cache one page; the slow half of ``translate``."""
+    stats = ctx._stats
+    stats.misses += 1
+    if not 0 < access < 16:
+        raise ValueError(f"bad access {access!r}")
+    bd = get_device(ctx, dev_id)
+    hwpt = bd.attach.get(pasid)
+    if hwpt is None and ctx._miss_resolvers:
+        label, vp = bd.dev.label, bd.vpasid(pasid)
+        if any(r(dev_id, label, vp) for r in ctx._miss_resolvers):
+            hwpt = bd.attach.get(pasid)
+    if hwpt is None:
+        reason = FaultKind.CONTEXT_ENTRY_P if pasid is None else FaultKind.PASID_ENTRY_P
+        return _report(ctx, bd, pasid, Fault(reason, Stage.BLOCKED, addr, access))
+    s2: HwptPaging
+    if isinstance(hwpt, HwptNested):
+        s2 = hwpt.parent
+        stats.walks += 1
+        t = walk_first_stage(s2, addr, access, root=hwpt.pgtbl_addr, levels=hwpt.levels,
+                             sre=hwpt.sre, wpe=hwpt.wpe, eafe=hwpt.eafe)
+        stats.memory_reads += t.reads
+        if isinstance(t, Fault):
+            return _report(ctx, bd, pasid, t)
+        stats.memory_writes += t.writes
+        gpa = t.output + (addr - t.iova)
+        size, ok, stage = t.size, t.ok, Stage.S1
+    else:
+        assert isinstance(hwpt, HwptPaging)
+        s2 = hwpt
+        gpa, size, ok, stage = addr, 1 << 30, 0xFFFF, Stage.S2
+    area = s2.ioas.iopt.find(gpa)
+    if area is None:
+        return _report(ctx, bd, pasid, Fault(FaultKind.PAGING_ENTRY_INV, Stage.S2, addr,
+                                             access, gpa))
+    s2ok = _AREA_OK[area.prot]
+    if not (s2ok >> access) & 1:
+        reason = FaultKind.WRITE if access & _W and (s2ok >> (access & ~_W)) & 1 \
+            else FaultKind.READ
+        return _report(ctx, bd, pasid, Fault(reason, Stage.S2, addr, access, gpa))
+    while size > 4096:
+        base = gpa & ~(size - 1)
+        if base >= area.iova and base + size - 1 <= area.last:
+            break
+        size >>= 9
+    base_gpa = gpa & ~(size - 1)
+    off = area.offset + (base_gpa - area.iova)
+    e = IotlbEntry(dev_id, pasid, hwpt.id, s2, addr & ~(size - 1), size, base_gpa,
+                   area.pages.mem[off:off + size], ok & s2ok)
+    ctx._iotlb.insert(e)
+    if ctx._trace is not None:
+        _trace_translate(ctx, e, addr, stage, False)
+    return e
+
+
+def _report(ctx: ContextCore, bd: BoundDevice, pasid: int | None, f: Fault) -> Fault:
+    """Fill in the device fields of a fault, count it, tell the observers."""
+    f = f.with_(pasid=bd.vpasid(pasid), label=bd.dev.label, dev_id=bd.id)
+    ctx._stats.faults += 1
+    hwpt = bd.attach.get(pasid)
+    if f.stage == Stage.S1 and isinstance(hwpt, HwptNested) and hwpt.viommu is not None:
+        vevent_fault(ctx, bd, hwpt, f)
+    for cb in list(ctx._fault_observers):
+        cb(f)
+    if ctx._trace is not None:
+        ctx._trace(TraceEvent(ctx._clock(), "fault", f.label, f.pasid,
+                               f.iova, f.gpa, int(f.stage), False, int(f.reason),
+                               vtd=f.vtd_reason))
+    return f
+
+
+def _trace_translate(ctx: ContextCore, e: IotlbEntry, addr: int, stage: Stage, hit: bool) -> None:
+    bd = ctx._objects.find(e.dev_id)
+    if isinstance(bd, BoundDevice):
+        label, vp = bd.dev.label, bd.vpasid(e.pasid)
+    else:
+        label, vp = None, e.pasid
+    assert ctx._trace is not None
+    ctx._trace(TraceEvent(ctx._clock(), "translate", label, vp, addr,
+                           e.gpa + (addr - e.iova), int(stage), hit))
+
+
+# -- conveniences for device code ------------------------------------------
+def read(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, length: int,
+         access: int = Access.READ) -> bytes | Fault:
+    """DMA read: the bytes, or the ``Fault``."""
+    segs = translate(ctx, dev_id, pasid, iova, length, access)
+    if isinstance(segs, Fault):
+        return segs
+    if len(segs) == 1:
+        return bytes(segs[0].mem)
+    return b"".join(s.mem for s in segs)
+
+
+def write(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova,
+          data: bytes | bytearray | memoryview, access: int = Access.WRITE) -> None | Fault:
+    """DMA write of ``data``: all of it, or nothing and the ``Fault``."""
+    segs = translate(ctx, dev_id, pasid, iova, len(data), access)
+    if isinstance(segs, Fault):
+        return segs
+    src = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    pos = 0
+    for s in segs:
+        n = len(s.mem)
+        s.mem[:] = src[pos:pos + n]
+        pos += n
+    return None
+
+
+def ats_translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova,
+                  access: int = Access.READ) -> AtsTranslation | Fault:
+    """A PCIe ATS translation request for the page holding ``iova``.
+
+    The device may cache the answer in its device TLB until the model
+    calls its ``devtlb_invalidate`` hook. EOPNOTSUPP if the device has no
+    ATS. A write request sets the dirty flags, so ``write`` is then True.
+    """
+    bd = get_device(ctx, dev_id)
+    if not bd.dev.ats:
+        raise fail(errno.EOPNOTSUPP, f"{bd.dev.name} has no ATS")
+    access = int(access)
+    segs = translate(ctx, dev_id, pasid, iova, 1, access)
+    if isinstance(segs, Fault):
+        return segs
+    e = ctx._iotlb.lookup(dev_id, pasid, iova)
+    assert e is not None  # translate just cached it
+    return AtsTranslation(e.iova, e.size, e.gpa, bool((e.ok >> Access.READ) & 1),
+                          bool((e.ok >> Access.WRITE) & 1), e.mem)
+
+
+# -- invalidation ------------------------------------------------------------
+def iotlb_invalidate(ctx: ContextCore, dev_id: int | None = None, pasid: int | None = ALL_PASIDS,
+                     addr: int = 0, npages: int = U64_MAX, *, vpasid: bool = False,
+                     devtlb: bool = True) -> int:
+    """Model extension: per-page, per-PASID, per-device or global invalidation.
+
+    ``dev_id=None`` flushes everything. Otherwise ``pasid`` selects one
+    PASID (``None``: the RID; ``ALL_PASIDS`` (-1): all of them), and
+    ``vpasid=True`` reads it as the guest's vPASID (the table is applied,
+    as for invalidations that arrive with a device label). ``addr`` (4K
+    aligned) and ``npages`` select a range; ``npages=U64_MAX`` is all.
+    The device TLBs concerned are told too, as iommufd's HWPT_INVALIDATE
+    does; ``devtlb=False`` leaves them alone, as a VT-d IOTLB or PASID-IOTLB
+    invalidation descriptor does (VT-d §6.5.2.4: device TLBs need their
+    own descriptor). Returns the entries dropped.
+    """
+    if not isinstance(addr, int) or addr < 0 or addr & 0xFFF or not isinstance(npages, int) \
+            or npages <= 0 or npages > U64_MAX:
+        raise fail(errno.EINVAL, "addr must be 4K aligned and npages positive")
+    if dev_id is None:
+        n = ctx._iotlb.invalidate_all()
+        ctx._stats.invalidations += 1
+        ctx._stats.invalidated_entries += n
         if devtlb:
-            self._devtlb(bd, p, addr, npages)  # type: ignore[arg-type]
-        self._trace_inval(bd, p, addr, n, npages)  # type: ignore[arg-type]
+            for bd in ctx._objects.of_type(BoundDevice):
+                devtlb_flush(ctx, bd, ALL_PASIDS, 0, U64_MAX)
+        trace_inval(ctx, None, None, 0, n, U64_MAX)
         return n
+    bd = get_device(ctx, dev_id)
+    if pasid == ALL_PASIDS:
+        return flush_dev(ctx, bd, "all", addr, npages, devtlb_too=devtlb)
+    if vpasid and pasid is not None:
+        pasid = bd.v2p.get(pasid, pasid)
+    return flush_dev(ctx, bd, pasid, addr, npages, devtlb_too=devtlb)
 
-    def _hwpt_flush(self, hwpt: Hwpt, addr: int, npages: int) -> int:
-        """HWPT_INVALIDATE of one range: IOTLB entries through ``hwpt``, then device TLBs."""
-        n = self._iotlb.invalidate_hwpt(hwpt.id, addr, npages)
-        self._stats.invalidations += 1
-        self._stats.invalidated_entries += n
-        for bd, pasid in sorted(hwpt.attached, key=lambda a: (a[0].id, a[1] or 0)):
-            self._devtlb(bd, pasid, addr, npages)
-        self._trace_inval(None, None, addr, n, npages)
-        return n
 
-    def _s2_unmapped(self, ioas: Ioas, first: int, last: int) -> None:
-        """Host unmap of ``[first, last]``: flush everything that depends on it.
+def devtlb_invalidate(ctx: ContextCore, dev_id: int, pasid: int | None = ALL_PASIDS, addr: int = 0,
+                      npages: int = U64_MAX, *, vpasid: bool = False) -> None:
+    """Model extension: tell one device's TLB (ATS) to drop a range, and
+    nothing else: the IOTLB keeps its entries, as with a VT-d device-TLB or
+    PASID device-TLB invalidation descriptor. Arguments as for
+    ``iotlb_invalidate``."""
+    if not isinstance(addr, int) or addr < 0 or addr & 0xFFF or not isinstance(npages, int) \
+            or npages <= 0 or npages > U64_MAX:
+        raise fail(errno.EINVAL, "addr must be 4K aligned and npages positive")
+    bd = get_device(ctx, dev_id)
+    if vpasid and pasid not in (None, ALL_PASIDS):
+        pasid = bd.v2p.get(pasid, pasid)
+    devtlb_flush(ctx, bd, pasid, addr, npages)
 
-        Stage-2-only entries in the range go; every stage-1 cache nested on a
-        parent over this IOAS is flushed entirely (its IOVAs say nothing about
-        GPAs), device TLBs included. Dirty records of the range are dropped.
-        """
-        npages = U64_MAX if last - first + 1 >= 1 << 63 else (last - first + 1) // 4096
-        nested = [h for h in self._objects.of_type(HwptNested)
-                  if h.parent.ioas is ioas]
-        n = 0
-        for hwpt in ioas.hwpts:
-            n += self._iotlb.invalidate_s2(hwpt, first, last)
-            for bd, pasid in hwpt.attached:
-                self._devtlb(bd, pasid, first, npages)
-            if hwpt.dirty:
-                hwpt.dirty.difference_update(
-                    [p for p in hwpt.dirty if first <= p << 12 <= last])
-        for h in nested:
-            n += self._iotlb.invalidate_hwpt(h.id)
-            for bd, pasid in h.attached:
-                self._devtlb(bd, pasid, 0, U64_MAX)
-        self._stats.invalidations += 1
-        self._stats.invalidated_entries += n
-        self._trace_inval(None, None, first, n, npages)
 
-    def iotlb_invalidate(self, dev_id: int | None = None, pasid: int | None = ALL_PASIDS,
-                         addr: int = 0, npages: int = U64_MAX, *, vpasid: bool = False,
-                         devtlb: bool = True) -> int:
-        """Model extension: per-page, per-PASID, per-device or global invalidation.
+def iotlb_set_capacity(ctx: ContextCore, capacity: int) -> None:
+    """Resize the IOTLB (entries); the least recently used go first."""
+    if not isinstance(capacity, int) or capacity < 1:
+        raise fail(errno.EINVAL, f"capacity {capacity!r} must be >= 1")
+    ctx._iotlb.set_capacity(capacity)
 
-        ``dev_id=None`` flushes everything. Otherwise ``pasid`` selects one
-        PASID (``None``: the RID; ``ALL_PASIDS`` (-1): all of them), and
-        ``vpasid=True`` reads it as the guest's vPASID (the table is applied,
-        as for invalidations that arrive with a device label). ``addr`` (4K
-        aligned) and ``npages`` select a range; ``npages=U64_MAX`` is all.
-        The device TLBs concerned are told too, as iommufd's HWPT_INVALIDATE
-        does; ``devtlb=False`` leaves them alone, as a VT-d IOTLB or PASID-IOTLB
-        invalidation descriptor does (VT-d §6.5.2.4: device TLBs need their
-        own descriptor). Returns the entries dropped.
-        """
-        if not isinstance(addr, int) or addr < 0 or addr & 0xFFF or not isinstance(npages, int) \
-                or npages <= 0 or npages > U64_MAX:
-            raise fail(errno.EINVAL, "addr must be 4K aligned and npages positive")
-        if dev_id is None:
-            n = self._iotlb.invalidate_all()
-            self._stats.invalidations += 1
-            self._stats.invalidated_entries += n
-            if devtlb:
-                for bd in self._objects.of_type(BoundDevice):
-                    self._devtlb(bd, ALL_PASIDS, 0, U64_MAX)
-            self._trace_inval(None, None, 0, n, U64_MAX)
-            return n
-        bd = self._bound(dev_id)
-        if pasid == ALL_PASIDS:
-            return self._flush_dev(bd, "all", addr, npages, devtlb=devtlb)
-        if vpasid and pasid is not None:
-            pasid = bd.v2p.get(pasid, pasid)
-        return self._flush_dev(bd, pasid, addr, npages, devtlb=devtlb)
 
-    def devtlb_invalidate(self, dev_id: int, pasid: int | None = ALL_PASIDS, addr: int = 0,
-                          npages: int = U64_MAX, *, vpasid: bool = False) -> None:
-        """Model extension: tell one device's TLB (ATS) to drop a range, and
-        nothing else: the IOTLB keeps its entries, as with a VT-d device-TLB or
-        PASID device-TLB invalidation descriptor. Arguments as for
-        ``iotlb_invalidate``."""
-        if not isinstance(addr, int) or addr < 0 or addr & 0xFFF or not isinstance(npages, int) \
-                or npages <= 0 or npages > U64_MAX:
-            raise fail(errno.EINVAL, "addr must be 4K aligned and npages positive")
-        bd = self._bound(dev_id)
-        if vpasid and pasid not in (None, ALL_PASIDS):
-            pasid = bd.v2p.get(pasid, pasid)
-        self._devtlb(bd, pasid, addr, npages)
+# -- inspection ---------------------------------------------------------------
+def stats(ctx: ContextCore) -> dict[str, int]:
+    """Counters: translations, hits, misses, walks, faults, invalidations,
+    memory reads/writes of walks, evictions, and the IOTLB size."""
+    ctx._stats.evictions = ctx._iotlb.evictions
+    d = ctx._stats.to_dict()
+    d.update(iotlb_entries=len(ctx._iotlb), iotlb_capacity=ctx._iotlb.capacity)
+    return d
 
-    def iotlb_set_capacity(self, capacity: int) -> None:
-        """Resize the IOTLB (entries); the least recently used go first."""
-        if not isinstance(capacity, int) or capacity < 1:
-            raise fail(errno.EINVAL, f"capacity {capacity!r} must be >= 1")
-        self._iotlb.set_capacity(capacity)
 
-    # -- inspection ---------------------------------------------------------------
-    def stats(self) -> dict[str, int]:
-        """Counters: translations, hits, misses, walks, faults, invalidations,
-        memory reads/writes of walks, evictions, and the IOTLB size."""
-        self._stats.evictions = self._iotlb.evictions
-        d = self._stats.to_dict()
-        d.update(iotlb_entries=len(self._iotlb), iotlb_capacity=self._iotlb.capacity)
-        return d
+def stats_reset(ctx: ContextCore) -> None:
+    """Zero every counter (the IOTLB keeps its entries)."""
+    ctx._stats.__init__()  # type: ignore[misc]
+    ctx._iotlb.evictions = 0
 
-    def stats_reset(self) -> None:
-        """Zero every counter (the IOTLB keeps its entries)."""
-        self._stats.__init__()  # type: ignore[misc]
-        self._iotlb.evictions = 0
 
-    def set_trace(self, hook: TraceHook | None) -> None:
-        """Install (or remove, with None) the trace hook; see ``TraceEvent``."""
-        self._trace = hook
+def set_trace(ctx: ContextCore, hook: TraceHook | None) -> None:
+    """Install (or remove, with None) the trace hook; see ``TraceEvent``."""
+    ctx._trace = hook
 
-    @property
-    def tracing(self) -> bool:
-        return self._trace is not None
 
-    def trace_note(self, kind: str, label: int | None, pasid: int | None, iova: int = 0,
-                   length: int = 0, count: int = 0, info: dict[str, Any] | None = None) -> None:
-        """Give the trace hook an event of an emulated IOMMU (see ``TraceEvent``)."""
-        if self._trace is not None:
-            self._trace(TraceEvent(self._clock(), kind, label, pasid, iova, None, 0, False,
-                                   None, count, length, info))
+def tracing(ctx: ContextCore) -> bool:
+    return ctx._trace is not None
 
-    def set_inject(self, hook: InjectHook | None) -> None:
-        """Install (or remove, with None) the fault-injection hook; see ``inject``."""
-        self._inject = hook
 
-    def add_fault_observer(self, cb: FaultObserver) -> None:
-        """Call ``cb(fault)`` for every fault the DMA path returns."""
-        self._fault_observers.append(cb)
+def trace_note(ctx: ContextCore, kind: str, label: int | None, pasid: int | None, iova: int = 0,
+               length: int = 0, count: int = 0, info: dict[str, Any] | None = None) -> None:
+    """Give the trace hook an event of an emulated IOMMU (see ``TraceEvent``)."""
+    if ctx._trace is not None:
+        ctx._trace(TraceEvent(ctx._clock(), kind, label, pasid, iova, None, 0, False,
+                               None, count, length, info))
 
-    def remove_fault_observer(self, cb: FaultObserver) -> None:
-        self._fault_observers.remove(cb)
 
-    def add_miss_resolver(self, cb: MissResolver) -> None:
-        """Ask ``cb`` before reporting a DMA with nothing attached (see ``MissResolver``)."""
-        self._miss_resolvers = (*self._miss_resolvers, cb)
+def set_inject(ctx: ContextCore, hook: InjectHook | None) -> None:
+    """Install (or remove, with None) the fault-injection hook; see ``inject``."""
+    ctx._inject = hook
 
-    def remove_miss_resolver(self, cb: MissResolver) -> None:
-        self._miss_resolvers = tuple(r for r in self._miss_resolvers if r is not cb)
+
+def add_fault_observer(ctx: ContextCore, cb: FaultObserver) -> None:
+    """Call ``cb(fault)`` for every fault the DMA path returns."""
+    ctx._fault_observers.append(cb)
+
+
+def remove_fault_observer(ctx: ContextCore, cb: FaultObserver) -> None:
+    ctx._fault_observers.remove(cb)
+
+
+def add_miss_resolver(ctx: ContextCore, cb: MissResolver) -> None:
+    """Ask ``cb`` before reporting a DMA with nothing attached (see ``MissResolver``)."""
+    ctx._miss_resolvers = (*ctx._miss_resolvers, cb)
+
+
+def remove_miss_resolver(ctx: ContextCore, cb: MissResolver) -> None:
+    ctx._miss_resolvers = tuple(r for r in ctx._miss_resolvers if r is not cb)
 
 
 def default_clock() -> float:

@@ -107,147 +107,152 @@ class FaultQueue(IommufdObject):
         return d
 
 
-class FaultCommands(ContextCore):
-    """FAULT_QUEUE_ALLOC, fault read/respond and the device's page requests."""
+def add_page_request_observer(ctx: ContextCore, cb: PageRequestObserver) -> None:
+    """Model extension: call ``cb(event)`` for page requests and responses."""
+    ctx._pr_observers = (*ctx._pr_observers, cb)
 
-    _pr_observers: tuple[PageRequestObserver, ...] = ()
 
-    def add_page_request_observer(self, cb: PageRequestObserver) -> None:
-        """Model extension: call ``cb(event)`` for page requests and responses."""
-        self._pr_observers = (*self._pr_observers, cb)
+def remove_page_request_observer(ctx: ContextCore, cb: PageRequestObserver) -> None:
+    ctx._pr_observers = tuple(o for o in ctx._pr_observers if o is not cb)
 
-    def remove_page_request_observer(self, cb: PageRequestObserver) -> None:
-        self._pr_observers = tuple(o for o in self._pr_observers if o is not cb)
 
-    def _pr_event(self, event: dict[str, Any]) -> None:
-        for cb in self._pr_observers:
-            cb(event)
+def _pr_event(ctx: ContextCore, event: dict[str, Any]) -> None:
+    for cb in ctx._pr_observers:
+        cb(event)
 
-    def fault_queue_alloc(self, depth: int = DEFAULT_DEPTH) -> int:
-        """IOMMU_FAULT_QUEUE_ALLOC: a queue of at most ``depth`` records (1..2^19).
 
-        Departure (docs/iommufd-fidelity.md): the kernel's fault queue has no
-        depth; the model bounds it so that overflow can be observed.
-        """
-        if not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
-            raise fail(errno.EINVAL, f"depth {depth!r} is not 1..{MAX_DEPTH}")
-        q = FaultQueue(depth)
-        self._step("fault_queue_alloc")
-        return self._objects.commit(q).id
+def fault_queue_alloc(ctx: ContextCore, depth: int = DEFAULT_DEPTH) -> int:
+    """IOMMU_FAULT_QUEUE_ALLOC: a queue of at most ``depth`` records (1..2^19).
 
-    def fault_set_notify(self, fault_id: int, callback: Callable[[int], None] | None) -> None:
-        """Call ``callback(fault_id)`` whenever records arrive (the fd's POLLIN)."""
-        self._objects.get(fault_id, FaultQueue).on_event = callback
+    Departure (docs/iommufd-fidelity.md): the kernel's fault queue has no
+    depth; the model bounds it so that overflow can be observed.
+    """
+    if not isinstance(depth, int) or not 1 <= depth <= MAX_DEPTH:
+        raise fail(errno.EINVAL, f"depth {depth!r} is not 1..{MAX_DEPTH}")
+    q = FaultQueue(depth)
+    ctx._step("fault_queue_alloc")
+    return ctx._objects.commit(q).id
 
-    def fault_read(self, fault_id: int, max_records: int = 0) -> list[FaultRecord]:
-        """read() on the queue: up to ``max_records`` records (0: all), oldest first.
 
-        Departure (docs/iommufd-fidelity.md): counted in records, not bytes.
-        """
-        q = self._objects.get(fault_id, FaultQueue)
-        if not isinstance(max_records, int) or max_records < 0:
-            raise fail(errno.EINVAL, f"bad max_records {max_records!r}")
-        n = len(q.records) if max_records == 0 else min(max_records, len(q.records))
-        return [q.records.popleft() for _ in range(n)]
+def fault_set_notify(ctx: ContextCore, fault_id: int,
+                     callback: Callable[[int], None] | None) -> None:
+    """Call ``callback(fault_id)`` whenever records arrive (the fd's POLLIN)."""
+    ctx._objects.get(fault_id, FaultQueue).on_event = callback
 
-    def fault_respond(self, fault_id: int, cookie: int, code: int) -> None:
-        """write() on the queue: answer the group ``cookie`` with SUCCESS (0) or INVALID (1).
 
-        EINVAL for another code or a cookie that is not pending. Departure
-        (docs/iommufd-fidelity.md): a group gets its cookie when queued, so it
-        may be answered before it is read (the kernel gives it at read).
-        """
-        q = self._objects.get(fault_id, FaultQueue)
-        if code not in (PageResponseCode.SUCCESS, PageResponseCode.INVALID):
-            raise fail(errno.EINVAL, f"response code {code!r} is not SUCCESS or INVALID")
-        group = q.pending.get(cookie) if isinstance(cookie, int) else None
-        if group is None:
-            raise fail(errno.EINVAL, f"no pending fault group with cookie {cookie!r}")
-        q.responded += 1
-        q.answer(group, int(code))
-        if self._pr_observers:
-            self._pr_event({"event": "response", "fault_id": fault_id, "cookie": cookie,
-                            "code": int(code), "label": group.bd.dev.label,
-                            "pasid": group.bd.vpasid(group.pasid), "grpid": group.grpid})
+def fault_read(ctx: ContextCore, fault_id: int, max_records: int = 0) -> list[FaultRecord]:
+    """read() on the queue: up to ``max_records`` records (0: all), oldest first.
 
-    def fault_queue_status(self, fault_id: int) -> FaultQueueStatus:
-        """Model extension: depth, queued records, pending groups, lost events."""
-        return self._objects.get(fault_id, FaultQueue).status()
+    Departure (docs/iommufd-fidelity.md): counted in records, not bytes.
+    """
+    q = ctx._objects.get(fault_id, FaultQueue)
+    if not isinstance(max_records, int) or max_records < 0:
+        raise fail(errno.EINVAL, f"bad max_records {max_records!r}")
+    n = len(q.records) if max_records == 0 else min(max_records, len(q.records))
+    return [q.records.popleft() for _ in range(n)]
 
-    def page_request(self, dev_id: int, pasid: int | None, addr: Iova, perm: int, grpid: int,
-                     last: bool, on_response: ResponseCallback | None = None) -> bool:
-        """A device's PRI page request (PCIe PRI; VT-d page request descriptor).
 
-        Goes to the fault queue of the HWPT that ``pasid`` (the emitted,
-        physical PASID; None for the RID) is attached to. ``on_response`` is
-        taken from the last request of the group and is called exactly once,
-        perhaps right away. Returns True when queued (or held until the
-        group's last request), False when answered at once: INVALID without
-        an IOPF-capable HWPT, SUCCESS on overflow. EINVAL for a ``perm``
-        outside R/W/X/PRIV or a ``grpid`` beyond 9 bits.
-        """
+def fault_respond(ctx: ContextCore, fault_id: int, cookie: int, code: int) -> None:
+    """write() on the queue: answer the group ``cookie`` with SUCCESS (0) or INVALID (1).
 
-        bd: BoundDevice = self._objects.get_of(dev_id, ObjType.DEVICE)
-        if not isinstance(perm, int) or not 0 < perm < 16:
-            raise fail(errno.EINVAL, f"bad perm {perm!r}")
-        if not isinstance(grpid, int) or not 0 <= grpid < 512:
-            raise fail(errno.EINVAL, f"page request group index {grpid!r} is not 9 bits")
-        self._stats.page_requests += 1
-        req = _Request(addr & ~0xFFF, perm, bool(last), on_response if last else None)
-        hwpt = bd.attach.get(pasid)
-        q = hwpt.fault if hwpt is not None else None
-        key = (bd.id, pasid, grpid)
-        if q is None:
-            if self._pr_observers:
-                self._pr_event({"event": "refused", "label": bd.dev.label,
-                                "pasid": bd.vpasid(pasid), "addr": req.addr, "perm": perm,
-                                "grpid": grpid, "last": bool(last)})
-            if req.on_response is not None:
-                req.on_response(PageResponseCode.INVALID)
-            return False
-        if not last:
-            q.partial.setdefault(key, []).append(req)
-            return True
-        requests = q.partial.pop(key, []) + [req]
-        if len(q.records) + len(requests) > q.depth:
-            q.lost_events += len(requests)
-            q._lost_mark = True
-            if self._pr_observers:
-                self._pr_event({"event": "dropped", "fault_id": q.id, "label": bd.dev.label,
-                                "pasid": bd.vpasid(pasid), "grpid": grpid,
-                                "records": len(requests)})
-            if req.on_response is not None:
-                req.on_response(PageResponseCode.SUCCESS)
-            return False
-        cookie = q._next_cookie
-        q._next_cookie += 1
-        vpasid = bd.vpasid(pasid)
-        for i, r in enumerate(requests):
-            flags = 0
-            if pasid is not None:
-                flags |= FaultFlags.PASID_VALID
-            if r.last:
-                flags |= FaultFlags.LAST_PAGE
-            if i == 0 and q._lost_mark:
-                flags |= FaultFlags.LOST_EVENTS
-                q._lost_mark = False
-            q.records.append(FaultRecord(
-                flags=int(flags), dev_id=bd.id, label=bd.dev.label,
-                pasid=vpasid if vpasid is not None else 0, grpid=grpid, perm=r.perm,
-                addr=r.addr, length=4096, cookie=cookie))
-        q.pending[cookie] = _Group(cookie, bd, pasid, grpid, requests)
-        q.delivered += 1
-        if self._pr_observers:
-            self._pr_event({"event": "queued", "fault_id": q.id,
-                            "records": [r.to_dict() for r in list(q.records)[-len(requests):]]})
-        if q.on_event is not None:
-            q.on_event(q.id)
+    EINVAL for another code or a cookie that is not pending. Departure
+    (docs/iommufd-fidelity.md): a group gets its cookie when queued, so it
+    may be answered before it is read (the kernel gives it at read).
+    """
+    q = ctx._objects.get(fault_id, FaultQueue)
+    if code not in (PageResponseCode.SUCCESS, PageResponseCode.INVALID):
+        raise fail(errno.EINVAL, f"response code {code!r} is not SUCCESS or INVALID")
+    group = q.pending.get(cookie) if isinstance(cookie, int) else None
+    if group is None:
+        raise fail(errno.EINVAL, f"no pending fault group with cookie {cookie!r}")
+    q.responded += 1
+    q.answer(group, int(code))
+    if ctx._pr_observers:
+        _pr_event(ctx, {"event": "response", "fault_id": fault_id, "cookie": cookie,
+                        "code": int(code), "label": group.bd.dev.label,
+                        "pasid": group.bd.vpasid(group.pasid), "grpid": group.grpid})
+
+
+def fault_queue_status(ctx: ContextCore, fault_id: int) -> FaultQueueStatus:
+    """Model extension: depth, queued records, pending groups, lost events."""
+    return ctx._objects.get(fault_id, FaultQueue).status()
+
+
+def page_request(ctx: ContextCore, dev_id: int, pasid: int | None, addr: Iova, perm: int,
+                 grpid: int, last: bool, on_response: ResponseCallback | None = None) -> bool:
+    """A device's PRI page request (PCIe PRI; VT-d page request descriptor).
+
+    Goes to the fault queue of the HWPT that ``pasid`` (the emitted,
+    physical PASID; None for the RID) is attached to. ``on_response`` is
+    taken from the last request of the group and is called exactly once,
+    perhaps right away. Returns True when queued (or held until the
+    group's last request), False when answered at once: INVALID without
+    an IOPF-capable HWPT, SUCCESS on overflow. EINVAL for a ``perm``
+    outside R/W/X/PRIV or a ``grpid`` beyond 9 bits.
+    """
+
+    bd: BoundDevice = ctx._objects.get_of(dev_id, ObjType.DEVICE)
+    if not isinstance(perm, int) or not 0 < perm < 16:
+        raise fail(errno.EINVAL, f"bad perm {perm!r}")
+    if not isinstance(grpid, int) or not 0 <= grpid < 512:
+        raise fail(errno.EINVAL, f"page request group index {grpid!r} is not 9 bits")
+    ctx._stats.page_requests += 1
+    req = _Request(addr & ~0xFFF, perm, bool(last), on_response if last else None)
+    hwpt = bd.attach.get(pasid)
+    q = hwpt.fault if hwpt is not None else None
+    key = (bd.id, pasid, grpid)
+    if q is None:
+        if ctx._pr_observers:
+            _pr_event(ctx, {"event": "refused", "label": bd.dev.label,
+                            "pasid": bd.vpasid(pasid), "addr": req.addr, "perm": perm,
+                            "grpid": grpid, "last": bool(last)})
+        if req.on_response is not None:
+            req.on_response(PageResponseCode.INVALID)
+        return False
+    if not last:
+        q.partial.setdefault(key, []).append(req)
         return True
+    requests = q.partial.pop(key, []) + [req]
+    if len(q.records) + len(requests) > q.depth:
+        q.lost_events += len(requests)
+        q._lost_mark = True
+        if ctx._pr_observers:
+            _pr_event(ctx, {"event": "dropped", "fault_id": q.id, "label": bd.dev.label,
+                            "pasid": bd.vpasid(pasid), "grpid": grpid,
+                            "records": len(requests)})
+        if req.on_response is not None:
+            req.on_response(PageResponseCode.SUCCESS)
+        return False
+    cookie = q._next_cookie
+    q._next_cookie += 1
+    vpasid = bd.vpasid(pasid)
+    for i, r in enumerate(requests):
+        flags = 0
+        if pasid is not None:
+            flags |= FaultFlags.PASID_VALID
+        if r.last:
+            flags |= FaultFlags.LAST_PAGE
+        if i == 0 and q._lost_mark:
+            flags |= FaultFlags.LOST_EVENTS
+            q._lost_mark = False
+        q.records.append(FaultRecord(
+            flags=int(flags), dev_id=bd.id, label=bd.dev.label,
+            pasid=vpasid if vpasid is not None else 0, grpid=grpid, perm=r.perm,
+            addr=r.addr, length=4096, cookie=cookie))
+    q.pending[cookie] = _Group(cookie, bd, pasid, grpid, requests)
+    q.delivered += 1
+    if ctx._pr_observers:
+        _pr_event(ctx, {"event": "queued", "fault_id": q.id,
+                        "records": [r.to_dict() for r in list(q.records)[-len(requests):]]})
+    if q.on_event is not None:
+        q.on_event(q.id)
+    return True
 
-    def _auto_respond(self, bd: BoundDevice, pasid: int | None) -> None:
-        """Answer INVALID every pending group of ``(bd, pasid)`` (detach/replace)."""
-        for q in self._objects.of_type(FaultQueue):
-            for g in [g for g in q.pending.values() if g.bd is bd and g.pasid == pasid]:
-                q.answer(g, PageResponseCode.INVALID)
-            for key in [k for k in q.partial if k[0] == bd.id and k[1] == pasid]:
-                del q.partial[key]
+
+def auto_respond(ctx: ContextCore, bd: BoundDevice, pasid: int | None) -> None:
+    """Answer INVALID every pending group of ``(bd, pasid)`` (detach/replace)."""
+    for q in ctx._objects.of_type(FaultQueue):
+        for g in [g for g in q.pending.values() if g.bd is bd and g.pasid == pasid]:
+            q.answer(g, PageResponseCode.INVALID)
+        for key in [k for k in q.partial if k[0] == bd.id and k[1] == pasid]:
+            del q.partial[key]

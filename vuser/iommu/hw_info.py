@@ -20,7 +20,7 @@ import errno
 
 from vuser.wire import BitLayout, Bits
 
-from .device import BoundDevice
+from .device import get_device
 from .core import ContextCore
 from .errors import fail
 from .uapi import HwCapabilities, HwInfo, HwInfoType
@@ -101,31 +101,28 @@ def vtd_cap_ecap(pasid_width: int, ats: bool, pri: bool,
     return cap, ecap
 
 
-class HwInfoCommands(ContextCore):
-    """GET_HW_INFO of ``IoasidContext``."""
+def get_hw_info(ctx: ContextCore, dev_id: int, in_data_type: int | None = None) -> HwInfo:
+    """IOMMU_GET_HW_INFO: VT-d data, capabilities and max PASID width.
 
-    def get_hw_info(self, dev_id: int, in_data_type: int | None = None) -> HwInfo:
-        """IOMMU_GET_HW_INFO: VT-d data, capabilities and max PASID width.
-
-        ``in_data_type`` (IOMMU_HW_INFO_FLAG_INPUT_TYPE) asks for one data
-        type: DEFAULT (0) or INTEL_VTD (1) give the VT-d data, any other is
-        EOPNOTSUPP (``intel_iommu_hw_info``); the device is looked up first
-        (ENOENT).
-        """
-        bd = self._objects.get(dev_id, BoundDevice)
-        if in_data_type is not None and in_data_type not in (HwInfoType.NONE,
-                                                             HwInfoType.INTEL_VTD):
-            raise fail(errno.EOPNOTSUPP, f"hw_info type {in_data_type!r} is not VT-d")
-        dev = bd.dev
-        cap, ecap = vtd_cap_ecap(dev.pasid_width, dev.ats, dev.pri, dev.dirty_tracking)
-        caps = HwCapabilities(0)
-        if dev.dirty_tracking:
-            caps |= HwCapabilities.DIRTY_TRACKING
-        if dev.pasid_width and dev.pasid_exec:
-            caps |= HwCapabilities.PCI_PASID_EXEC
-        if dev.pasid_width and dev.pasid_priv:
-            caps |= HwCapabilities.PCI_PASID_PRIV
-        if not dev.ats:
-            caps |= HwCapabilities.NO_ATS
-        return HwInfo(int(HwInfoType.INTEL_VTD), {"flags": 0, "cap_reg": cap, "ecap_reg": ecap},
-                      int(caps), dev.pasid_width)
+    ``in_data_type`` (IOMMU_HW_INFO_FLAG_INPUT_TYPE) asks for one data
+    type: DEFAULT (0) or INTEL_VTD (1) give the VT-d data, any other is
+    EOPNOTSUPP (``intel_iommu_hw_info``); the device is looked up first
+    (ENOENT).
+    """
+    bd = get_device(ctx, dev_id)
+    if in_data_type is not None and in_data_type not in (HwInfoType.NONE,
+                                                         HwInfoType.INTEL_VTD):
+        raise fail(errno.EOPNOTSUPP, f"hw_info type {in_data_type!r} is not VT-d")
+    dev = bd.dev
+    cap, ecap = vtd_cap_ecap(dev.pasid_width, dev.ats, dev.pri, dev.dirty_tracking)
+    caps = HwCapabilities(0)
+    if dev.dirty_tracking:
+        caps |= HwCapabilities.DIRTY_TRACKING
+    if dev.pasid_width and dev.pasid_exec:
+        caps |= HwCapabilities.PCI_PASID_EXEC
+    if dev.pasid_width and dev.pasid_priv:
+        caps |= HwCapabilities.PCI_PASID_PRIV
+    if not dev.ats:
+        caps |= HwCapabilities.NO_ATS
+    return HwInfo(int(HwInfoType.INTEL_VTD), {"flags": 0, "cap_reg": cap, "ecap_reg": ecap},
+                  int(caps), dev.pasid_width)

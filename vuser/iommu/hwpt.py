@@ -18,8 +18,9 @@ import errno
 from typing import TYPE_CHECKING, Any, cast
 
 from .core import ContextCore
-from .errors import IommufdError, fail
+from .errors import fail
 from .fault import FaultQueue
+from .invalidation import hwpt_flush, run_entries
 from .io_pagetable import READABLE, WRITEABLE, check_range
 from .ioas import Ioas
 from .objects import IommufdObject, ObjType
@@ -38,8 +39,6 @@ if TYPE_CHECKING:  # their files import this one
 _ALLOC_FLAGS = int(HwptAllocFlags.NEST_PARENT | HwptAllocFlags.DIRTY_TRACKING
                    | HwptAllocFlags.FAULT_ID_VALID | HwptAllocFlags.PASID)
 _NESTED_FLAGS = int(HwptAllocFlags.FAULT_ID_VALID | HwptAllocFlags.PASID)
-#: Kernel bound on HWPT_INVALIDATE entry_num.
-MAX_INVALIDATE_ENTRIES = 1 << 19
 _R, _W = int(Access.READ), int(Access.WRITE)
 
 
@@ -166,214 +165,199 @@ class HwptNested(Hwpt):
 
 def paging_of(hwpt: Hwpt) -> HwptPaging:
     """The stage-2 domain under ``hwpt`` (kernel ``find_hwpt_paging``)."""
-    return hwpt if isinstance(hwpt, HwptPaging) else hwpt.parent  # type: ignore[attr-defined]
+    return hwpt if isinstance(hwpt, HwptPaging) else cast(HwptNested, hwpt).parent
 
 
-class HwptCommands(ContextCore):
-    """HWPT_* commands of ``IoasidContext``."""
+def hwpt_alloc(ctx: ContextCore, dev_id: int, pt_id: int, flags: int = 0,
+               data_type: int = HwptDataType.NONE, data: Any = None,
+               fault_id: int | None = None) -> int:
+    """IOMMU_HWPT_ALLOC for device ``dev_id``; returns the HWPT id.
 
-    if TYPE_CHECKING:
-        def _hwpt_flush(self, hwpt: Hwpt, addr: int, npages: int) -> int: ...
-        def _viommu_invalidate(self, viommu: Viommu, entries: list[Any],
-                               data_type: int) -> int: ...
+    ``pt_id`` an IOAS: a paging HWPT (flags NEST_PARENT 1, DIRTY_TRACKING
+    2, FAULT_ID_VALID 4, PASID 8; no data). ``pt_id`` a NEST_PARENT
+    paging HWPT or a vIOMMU: a nested HWPT, ``data_type`` VTD_S1 (1) with
+    ``data`` the ``iommu_hwpt_vtd_s1`` bytes or a dict ``{flags,
+    pgtbl_addr, addr_width}``; flags FAULT_ID_VALID and PASID only.
+    With FAULT_ID_VALID, ``fault_id`` names the fault queue; without it,
+    ``fault_id`` is ignored.
 
-    def hwpt_alloc(self, dev_id: int, pt_id: int, flags: int = 0,
-                   data_type: int = HwptDataType.NONE, data: Any = None,
-                   fault_id: int | None = None) -> int:
-        """IOMMU_HWPT_ALLOC for device ``dev_id``; returns the HWPT id.
-
-        ``pt_id`` an IOAS: a paging HWPT (flags NEST_PARENT 1, DIRTY_TRACKING
-        2, FAULT_ID_VALID 4, PASID 8; no data). ``pt_id`` a NEST_PARENT
-        paging HWPT or a vIOMMU: a nested HWPT, ``data_type`` VTD_S1 (1) with
-        ``data`` the ``iommu_hwpt_vtd_s1`` bytes or a dict ``{flags,
-        pgtbl_addr, addr_width}``; flags FAULT_ID_VALID and PASID only.
-        With FAULT_ID_VALID, ``fault_id`` names the fault queue; without it,
-        ``fault_id`` is ignored.
-
-        Checks in the kernel's order (``iommufd_hwpt_alloc`` and
-        ``intel_iommu_domain_alloc_nested``): EINVAL ``data_type`` NONE with
-        data or another type without; ENOENT the device; EINVAL ``pt_id``
-        missing or of another kind. Paging: EOPNOTSUPP unknown flags,
-        DIRTY_TRACKING the device lacks, FAULT_ID_VALID with NEST_PARENT,
-        data, or PASID on a device whose IOMMU reports no PASID (departure:
-        the model has one IOMMU per device, see ``get_hw_info``); EADDRINUSE
-        an area not 4 KiB aligned. Nested: EOPNOTSUPP flags other than
-        FAULT_ID_VALID/PASID, no data, a type other than VTD_S1; EINVAL a
-        parent that is not a NEST_PARENT; EINVAL data shorter than the
-        struct, E2BIG a longer one with a non-zero tail. Last, ENOENT a
-        missing fault queue. The VT-d stage-1 fields are checked at attach
-        (``intel_pasid_setup_nested``: EINVAL for an ``addr_width`` other
-        than 48/57), unknown VTD_S1 flag bits are ignored, and the low 12
-        bits of ``pgtbl_addr`` are dropped, as in the kernel.
-        """
-        has_data = data is not None and not (isinstance(data, (bytes, bytearray, memoryview))
-                                             and len(data) == 0)
-        if (data_type == HwptDataType.NONE) == has_data:
-            raise fail(errno.EINVAL, "data_type and data must be given together")
-        bd: BoundDevice = self._objects.get_of(dev_id, ObjType.DEVICE)
-        pt = self._objects.find(pt_id) if isinstance(pt_id, int) else None
-        if pt is None:
-            raise fail(errno.EINVAL, f"no object {pt_id!r} to allocate on")
-        if not isinstance(flags, int):
-            raise fail(errno.EOPNOTSUPP, f"bad HWPT flags {flags!r}")
-        if isinstance(pt, Ioas):
-            if flags & ~_ALLOC_FLAGS:
-                raise fail(errno.EOPNOTSUPP, f"unknown HWPT flags {flags:#x}")
-            if flags & HwptAllocFlags.DIRTY_TRACKING and not bd.dev.dirty_tracking:
-                raise fail(errno.EOPNOTSUPP, f"{bd.dev.name} cannot track dirty pages")
-            if flags & HwptAllocFlags.FAULT_ID_VALID and flags & HwptAllocFlags.NEST_PARENT:
-                raise fail(errno.EOPNOTSUPP, "a NEST_PARENT cannot take a fault queue")
-            if has_data:
-                raise fail(errno.EOPNOTSUPP, "a VT-d paging HWPT takes no data")
-            if flags & HwptAllocFlags.PASID and not bd.dev.pasid_width:
-                raise fail(errno.EOPNOTSUPP, f"the IOMMU of {bd.dev.name} has no PASID support")
-            hwpt: Hwpt = HwptPaging(
-                pt, nest_parent=bool(flags & HwptAllocFlags.NEST_PARENT),
-                enforce_dirty=bool(flags & HwptAllocFlags.DIRTY_TRACKING),
-                pasid_compat=bool(flags & HwptAllocFlags.PASID))
-            hwpt.check_domain_add()  # type: ignore[attr-defined]
-        elif isinstance(pt, HwptPaging) or pt.TYPE is ObjType.VIOMMU:
-            if flags & ~_NESTED_FLAGS:
-                raise fail(errno.EOPNOTSUPP, "nested HWPTs take only FAULT_ID_VALID and PASID")
-            if not has_data:
-                raise fail(errno.EOPNOTSUPP, "a nested HWPT needs data")
-            viommu: Viommu | None = None
-            if isinstance(pt, HwptPaging):
-                parent = pt
-            else:
-                viommu = cast("Viommu", pt)
-                parent = viommu.parent
-            if viommu is None and not parent.nest_parent:
-                raise fail(errno.EINVAL, f"HWPT {parent.id} is not a NEST_PARENT")
-            s1 = _parse_vtd_s1(data_type, data)
-            hwpt = HwptNested(parent, s1, viommu=viommu,
-                              pasid_compat=bool(flags & HwptAllocFlags.PASID), fault=None)
+    Checks in the kernel's order (``iommufd_hwpt_alloc`` and
+    ``intel_iommu_domain_alloc_nested``): EINVAL ``data_type`` NONE with
+    data or another type without; ENOENT the device; EINVAL ``pt_id``
+    missing or of another kind. Paging: EOPNOTSUPP unknown flags,
+    DIRTY_TRACKING the device lacks, FAULT_ID_VALID with NEST_PARENT,
+    data, or PASID on a device whose IOMMU reports no PASID (departure:
+    the model has one IOMMU per device, see ``get_hw_info``); EADDRINUSE
+    an area not 4 KiB aligned. Nested: EOPNOTSUPP flags other than
+    FAULT_ID_VALID/PASID, no data, a type other than VTD_S1; EINVAL a
+    parent that is not a NEST_PARENT; EINVAL data shorter than the
+    struct, E2BIG a longer one with a non-zero tail. Last, ENOENT a
+    missing fault queue. The VT-d stage-1 fields are checked at attach
+    (``intel_pasid_setup_nested``: EINVAL for an ``addr_width`` other
+    than 48/57), unknown VTD_S1 flag bits are ignored, and the low 12
+    bits of ``pgtbl_addr`` are dropped, as in the kernel.
+    """
+    has_data = data is not None and not (isinstance(data, (bytes, bytearray, memoryview))
+                                         and len(data) == 0)
+    if (data_type == HwptDataType.NONE) == has_data:
+        raise fail(errno.EINVAL, "data_type and data must be given together")
+    bd: BoundDevice = ctx._objects.get_of(dev_id, ObjType.DEVICE)
+    pt = ctx._objects.find(pt_id) if isinstance(pt_id, int) else None
+    if pt is None:
+        raise fail(errno.EINVAL, f"no object {pt_id!r} to allocate on")
+    if not isinstance(flags, int):
+        raise fail(errno.EOPNOTSUPP, f"bad HWPT flags {flags!r}")
+    if isinstance(pt, Ioas):
+        if flags & ~_ALLOC_FLAGS:
+            raise fail(errno.EOPNOTSUPP, f"unknown HWPT flags {flags:#x}")
+        if flags & HwptAllocFlags.DIRTY_TRACKING and not bd.dev.dirty_tracking:
+            raise fail(errno.EOPNOTSUPP, f"{bd.dev.name} cannot track dirty pages")
+        if flags & HwptAllocFlags.FAULT_ID_VALID and flags & HwptAllocFlags.NEST_PARENT:
+            raise fail(errno.EOPNOTSUPP, "a NEST_PARENT cannot take a fault queue")
+        if has_data:
+            raise fail(errno.EOPNOTSUPP, "a VT-d paging HWPT takes no data")
+        if flags & HwptAllocFlags.PASID and not bd.dev.pasid_width:
+            raise fail(errno.EOPNOTSUPP, f"the IOMMU of {bd.dev.name} has no PASID support")
+        paging = HwptPaging(
+            pt, nest_parent=bool(flags & HwptAllocFlags.NEST_PARENT),
+            enforce_dirty=bool(flags & HwptAllocFlags.DIRTY_TRACKING),
+            pasid_compat=bool(flags & HwptAllocFlags.PASID))
+        paging.check_domain_add()
+        hwpt: Hwpt = paging
+    elif isinstance(pt, HwptPaging) or pt.TYPE is ObjType.VIOMMU:
+        if flags & ~_NESTED_FLAGS:
+            raise fail(errno.EOPNOTSUPP, "nested HWPTs take only FAULT_ID_VALID and PASID")
+        if not has_data:
+            raise fail(errno.EOPNOTSUPP, "a nested HWPT needs data")
+        viommu: Viommu | None = None
+        if isinstance(pt, HwptPaging):
+            parent = pt
         else:
-            raise fail(errno.EINVAL, f"object {pt_id} is a {pt.TYPE.value}, not an IOAS/HWPT")
-        self._step("hwpt_alloc: domain")
-        fault = None
-        if flags & HwptAllocFlags.FAULT_ID_VALID:
-            fault = self._objects.get(fault_id, FaultQueue)
-        hwpt.fault = fault
-        self._objects.commit(hwpt)
-        if isinstance(hwpt, HwptPaging):
-            hwpt.link()
-        else:
-            hwpt.parent.users += 1  # type: ignore[attr-defined]
-            if hwpt.viommu is not None:  # type: ignore[attr-defined]
-                hwpt.viommu.users += 1  # type: ignore[attr-defined]
-        if fault is not None:
-            fault.users += 1
-        return hwpt.id
+            viommu = cast("Viommu", pt)
+            parent = viommu.parent
+        if viommu is None and not parent.nest_parent:
+            raise fail(errno.EINVAL, f"HWPT {parent.id} is not a NEST_PARENT")
+        s1 = _parse_vtd_s1(data_type, data)
+        hwpt = HwptNested(parent, s1, viommu=viommu,
+                          pasid_compat=bool(flags & HwptAllocFlags.PASID), fault=None)
+    else:
+        raise fail(errno.EINVAL, f"object {pt_id} is a {pt.TYPE.value}, not an IOAS/HWPT")
+    ctx._step("hwpt_alloc: domain")
+    fault = None
+    if flags & HwptAllocFlags.FAULT_ID_VALID:
+        fault = ctx._objects.get(fault_id, FaultQueue)
+    hwpt.fault = fault
+    ctx._objects.commit(hwpt)
+    if isinstance(hwpt, HwptPaging):
+        hwpt.link()
+    elif isinstance(hwpt, HwptNested):
+        hwpt.parent.users += 1
+        if hwpt.viommu is not None:
+            hwpt.viommu.users += 1
+    if fault is not None:
+        fault.users += 1
+    return hwpt.id
 
-    def hwpt_invalidate(self, hwpt_id: int, entries: list[Any],
-                        data_type: int = HwptInvalidateDataType.VTD_S1) -> int:
-        """IOMMU_HWPT_INVALIDATE on a nested HWPT or a vIOMMU; returns the entries done.
 
-        On a nested HWPT each entry is a VTD_S1 ``{addr, npages, flags}``
-        (dict, or bytes of at least 24): ``addr`` 4 KiB aligned, ``flags``
-        LEAF (1) or 0; ``addr=0, npages=U64_MAX`` is all pages; ``npages``
-        0 is accepted and flushes nothing. The IOTLB entries of the HWPT in
-        range go, and the device TLBs of every device attached to it are
-        told. On a vIOMMU see ``Viommu`` (vuser data type). An empty list
-        processes nothing (a probe).
+def hwpt_invalidate(ctx: ContextCore, hwpt_id: int, entries: list[Any],
+                    data_type: int = HwptInvalidateDataType.VTD_S1) -> int:
+    """IOMMU_HWPT_INVALIDATE on a nested HWPT or a vIOMMU; returns the entries done.
 
-        Checks in the kernel's order (``iommufd_hwpt_invalidate``,
-        ``intel_nested_cache_invalidate_user``): ENOENT the id; EINVAL an
-        object that is neither; EINVAL another data type; per entry, EINVAL
-        shorter than the struct, E2BIG longer with a non-zero tail,
-        EOPNOTSUPP unknown flags or reserved bits, EINVAL an unaligned
-        ``addr`` or ``npages=U64_MAX`` with ``addr``. Processing stops at
-        the first bad entry; the error's ``processed`` says how many were
-        done. Departure: the model caps the list at 2^19 entries (EINVAL).
-        """
-        obj = self._objects.get(hwpt_id)
-        if obj.TYPE is ObjType.VIOMMU:
-            return self._viommu_invalidate(cast("Viommu", obj), entries, data_type)
-        if not isinstance(obj, HwptNested):
-            raise fail(errno.EINVAL, f"object {hwpt_id} is not a nested HWPT or a vIOMMU")
-        if data_type != HwptInvalidateDataType.VTD_S1:
-            raise fail(errno.EINVAL, f"invalidation data type {data_type!r} is not VTD_S1")
-        if not isinstance(entries, (list, tuple)) or len(entries) > MAX_INVALIDATE_ENTRIES:
-            raise fail(errno.EINVAL, "entries must be a list of at most 2^19")
-        done = 0
-        for raw in entries:
-            try:
-                inv = copy_struct_from_user(IommuHwptVtdS1Invalidate, raw)
-            except IommufdError as e:
-                raise IommufdError(e.errno, f"entry {done}: {e}", processed=done) from None
-            if inv.flags & ~VTD_INV_FLAGS_LEAF or inv.reserved:
-                raise IommufdError(errno.EOPNOTSUPP, f"entry {done}: flags {inv.flags:#x}",
-                                   processed=done)
-            if inv.addr & 0xFFF or (inv.npages == U64_MAX and inv.addr):
-                raise IommufdError(errno.EINVAL, f"entry {done}: bad range", processed=done)
-            if inv.npages:
-                self._hwpt_flush(obj, inv.addr, inv.npages)
-            done += 1
-        return done
+    On a nested HWPT each entry is a VTD_S1 ``{addr, npages, flags}``
+    (dict, or bytes of at least 24): ``addr`` 4 KiB aligned, ``flags``
+    LEAF (1) or 0; ``addr=0, npages=U64_MAX`` is all pages; ``npages``
+    0 is accepted and flushes nothing. The IOTLB entries of the HWPT in
+    range go, and the device TLBs of every device attached to it are
+    told. On a vIOMMU see ``Viommu`` (vuser data type). An empty list
+    processes nothing (a probe).
 
-    def hwpt_set_dirty_tracking(self, hwpt_id: int, enable: bool) -> None:
-        """IOMMU_HWPT_SET_DIRTY_TRACKING on a paging HWPT.
+    Checks in the kernel's order (``iommufd_hwpt_invalidate``,
+    ``intel_nested_cache_invalidate_user``): ENOENT the id; EINVAL an
+    object that is neither; EINVAL another data type; per entry, EINVAL
+    shorter than the struct, E2BIG longer with a non-zero tail,
+    EOPNOTSUPP unknown flags or reserved bits, EINVAL an unaligned
+    ``addr`` or ``npages=U64_MAX`` with ``addr``. Processing stops at
+    the first bad entry; the error's ``processed`` says how many were
+    done. Departure: the model caps the list at 2^19 entries (EINVAL).
+    """
+    obj = ctx._objects.get(hwpt_id)
+    if obj.TYPE is ObjType.VIOMMU:
+        return cast("Viommu", obj).cache_invalidate(ctx, entries, data_type)
+    if not isinstance(obj, HwptNested):
+        raise fail(errno.EINVAL, f"object {hwpt_id} is not a nested HWPT or a vIOMMU")
+    if data_type != HwptInvalidateDataType.VTD_S1:
+        raise fail(errno.EINVAL, f"invalidation data type {data_type!r} is not VTD_S1")
 
-        ENOENT unless a paging HWPT; EOPNOTSUPP unless it was allocated with
-        DIRTY_TRACKING. Every enable clears the dirty record first, also when
-        tracking is on already (``iopt_set_dirty_tracking``).
-        """
-        hwpt = self._objects.get(hwpt_id, HwptPaging)
-        if not hwpt.enforce_dirty:
-            raise fail(errno.EOPNOTSUPP, f"HWPT {hwpt_id} was not allocated with DIRTY_TRACKING")
-        if enable:  # iopt_set_dirty_tracking clears on every enable
-            hwpt.dirty.clear()
-        hwpt.dirty_tracking = bool(enable)
+    def act(done: int, inv: Any) -> None:
+        if inv.npages:
+            hwpt_flush(ctx, obj, inv.addr, inv.npages)
 
-    def hwpt_get_dirty_bitmap(self, hwpt_id: int, iova: int, length: int, page_size: int,
-                              flags: int = 0) -> bytes:
-        """IOMMU_HWPT_GET_DIRTY_BITMAP: one bit per ``page_size`` of the range.
+    return run_entries(entries, IommuHwptVtdS1Invalidate, VTD_INV_FLAGS_LEAF, act)
 
-        Returns the bitmap as little-endian u64 words (bit ``i`` = page ``i``).
-        Reading clears the dirty record of the range unless NO_CLEAR (1).
-        Checks in the kernel's order (``iommufd_hwpt_get_dirty_bitmap``,
-        ``iommufd_check_iova_range``): EOPNOTSUPP unknown flags; ENOENT the
-        HWPT; EOVERFLOW a wrapping range; EINVAL a range not aligned to the
-        IOAS alignment; EINVAL page size 0 or a range not aligned to it;
-        EOPNOTSUPP a HWPT without DIRTY_TRACKING. Departure: the model also
-        refuses a page size that is not a power of two and a length of 0
-        (EINVAL); the kernel's behaviour there is not specified.
-        """
-        if not isinstance(flags, int) or flags & ~int(DirtyBitmapFlags.NO_CLEAR):
-            raise fail(errno.EOPNOTSUPP, f"unknown dirty-bitmap flags {flags!r}")
-        hwpt = self._objects.get(hwpt_id, HwptPaging)
-        last = check_range(iova, length)
-        align = hwpt.ioas.iopt.alignment
-        if iova % align or length % align:
-            raise fail(errno.EINVAL, f"range not aligned to the IOAS alignment {align:#x}")
-        if not isinstance(page_size, int) or page_size <= 0 or page_size & (page_size - 1):
-            raise fail(errno.EINVAL, f"page size {page_size!r} is not a power of two")
-        if iova % page_size or length % page_size:
-            raise fail(errno.EINVAL, "range not aligned to the page size")
-        if not hwpt.enforce_dirty:
-            raise fail(errno.EOPNOTSUPP, f"HWPT {hwpt_id} was not allocated with DIRTY_TRACKING")
-        nbits = length // page_size
-        bits = 0
-        hit: list[int] = []
-        for p in hwpt.dirty:
-            lo, hi = p << 12, (p << 12) + 4095
-            if hi < iova or lo > last:
-                continue
-            hit.append(p)
-            first_bit = (max(lo, iova) - iova) // page_size
-            last_bit = (min(hi, last) - iova) // page_size
-            bits |= ((1 << (last_bit - first_bit + 1)) - 1) << first_bit
-        if not flags & DirtyBitmapFlags.NO_CLEAR:
-            hwpt.dirty.difference_update(hit)
-        return bits.to_bytes(-(-nbits // 64) * 8, "little")
+
+def hwpt_set_dirty_tracking(ctx: ContextCore, hwpt_id: int, enable: bool) -> None:
+    """IOMMU_HWPT_SET_DIRTY_TRACKING on a paging HWPT.
+
+    ENOENT unless a paging HWPT; EOPNOTSUPP unless it was allocated with
+    DIRTY_TRACKING. Every enable clears the dirty record first, also when
+    tracking is on already (``iopt_set_dirty_tracking``).
+    """
+    hwpt = ctx._objects.get(hwpt_id, HwptPaging)
+    if not hwpt.enforce_dirty:
+        raise fail(errno.EOPNOTSUPP, f"HWPT {hwpt_id} was not allocated with DIRTY_TRACKING")
+    if enable:  # iopt_set_dirty_tracking clears on every enable
+        hwpt.dirty.clear()
+    hwpt.dirty_tracking = bool(enable)
+
+
+def hwpt_get_dirty_bitmap(ctx: ContextCore, hwpt_id: int, iova: int, length: int,
+                          page_size: int, flags: int = 0) -> bytes:
+    """IOMMU_HWPT_GET_DIRTY_BITMAP: one bit per ``page_size`` of the range.
+
+    Returns the bitmap as little-endian u64 words (bit ``i`` = page ``i``).
+    Reading clears the dirty record of the range unless NO_CLEAR (1).
+    Checks in the kernel's order (``iommufd_hwpt_get_dirty_bitmap``,
+    ``iommufd_check_iova_range``): EOPNOTSUPP unknown flags; ENOENT the
+    HWPT; EOVERFLOW a wrapping range; EINVAL a range not aligned to the
+    IOAS alignment; EINVAL page size 0 or a range not aligned to it;
+    EOPNOTSUPP a HWPT without DIRTY_TRACKING. Departure: the model also
+    refuses a page size that is not a power of two and a length of 0
+    (EINVAL); the kernel's behaviour there is not specified.
+    """
+    if not isinstance(flags, int) or flags & ~int(DirtyBitmapFlags.NO_CLEAR):
+        raise fail(errno.EOPNOTSUPP, f"unknown dirty-bitmap flags {flags!r}")
+    hwpt = ctx._objects.get(hwpt_id, HwptPaging)
+    last = check_range(iova, length)
+    align = hwpt.ioas.iopt.alignment
+    if iova % align or length % align:
+        raise fail(errno.EINVAL, f"range not aligned to the IOAS alignment {align:#x}")
+    if not isinstance(page_size, int) or page_size <= 0 or page_size & (page_size - 1):
+        raise fail(errno.EINVAL, f"page size {page_size!r} is not a power of two")
+    if iova % page_size or length % page_size:
+        raise fail(errno.EINVAL, "range not aligned to the page size")
+    if not hwpt.enforce_dirty:
+        raise fail(errno.EOPNOTSUPP, f"HWPT {hwpt_id} was not allocated with DIRTY_TRACKING")
+    nbits = length // page_size
+    bits = 0
+    hit: list[int] = []
+    for p in hwpt.dirty:
+        lo, hi = p << 12, (p << 12) + 4095
+        if hi < iova or lo > last:
+            continue
+        hit.append(p)
+        first_bit = (max(lo, iova) - iova) // page_size
+        last_bit = (min(hi, last) - iova) // page_size
+        bits |= ((1 << (last_bit - first_bit + 1)) - 1) << first_bit
+    if not flags & DirtyBitmapFlags.NO_CLEAR:
+        hwpt.dirty.difference_update(hit)
+    return bits.to_bytes(-(-nbits // 64) * 8, "little")
 
 
 def _parse_vtd_s1(data_type: int, data: Any) -> IommuHwptVtdS1:
     """``intel_iommu_domain_alloc_nested``: the type, then the struct's length."""
     if data_type != HwptDataType.VTD_S1:
         raise fail(errno.EOPNOTSUPP, f"HWPT data type {data_type!r} is not supported")
-    return copy_struct_from_user(IommuHwptVtdS1, data)  # type: ignore[return-value]
+    return cast(IommuHwptVtdS1, copy_struct_from_user(IommuHwptVtdS1, data))
 
 
 def check_vtd_s1(hwpt: HwptNested) -> None:

@@ -97,6 +97,10 @@ class ObjectTable:
     def of_type(self, cls: type[T]) -> list[T]:
         return [o for o in self._objs.values() if isinstance(o, cls)]
 
+    def of_kind(self, kind: ObjType) -> list[Any]:
+        """The objects whose ``TYPE`` is ``kind``, by id (``get_of``'s listing)."""
+        return [o for o in self._objs.values() if o.TYPE is kind]
+
     def __iter__(self) -> Iterator[IommufdObject]:
         return iter(list(self._objs.values()))
 

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 from .core import ContextCore
 from .errors import IommufdError, fail
 from .hwpt import HwptPaging
+from .invalidation import flush_dev, run_entries
 from .objects import IommufdObject, ObjType
 from .uapi import (
     U64_MAX, VTD_INV_FLAGS_LEAF, HwptInvalidateDataType, IommuVeventVuserVtd,
     IommuViommuVuserVtdInvalidate, VeventHeader, VeventqFlags, VeventqType, ViommuType,
-    copy_struct_from_user,
 )
 
 if TYPE_CHECKING:
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 
 #: sequence wraps at INT_MAX, as ``veventq->sequence``.
 INT_MAX = (1 << 31) - 1
-#: Bound on a vIOMMU invalidation list, as for nested HWPTs.
-MAX_INVALIDATE_ENTRIES = 1 << 19
 
 
 class Viommu(IommufdObject):
@@ -62,6 +60,32 @@ class Viommu(IommufdObject):
 
     def release(self, ctx: Any) -> None:
         self.parent.users -= 1
+
+    def cache_invalidate(self, ctx: ContextCore, entries: Any, data_type: int) -> int:
+        """HWPT_INVALIDATE on a VUSER_VTD vIOMMU (``viommu->ops->cache_invalidate``).
+
+        Each entry (``IommuViommuVuserVtdInvalidate``) names a vDEVICE by
+        ``virt_id`` and a vPASID (``flags`` PASID_VALID 2; without it, the
+        RID): the IOTLB entries of that device and (translated) pPASID in
+        ``[addr, addr + npages * 4K)`` go, and its device TLB is told.
+        EINVAL another data type; per entry: the rules of
+        ``invalidation.run_entries``, then ENOENT an unknown ``virt_id``.
+        """
+        if data_type != HwptInvalidateDataType.VUSER_VTD:
+            raise fail(errno.EINVAL, f"invalidation data type {data_type!r} is not VUSER_VTD")
+
+        def act(done: int, inv: Any) -> None:
+            vd = self.vdevs.get(inv.virt_id)
+            if vd is None:
+                raise IommufdError(errno.ENOENT, f"entry {done}: no vDEVICE {inv.virt_id:#x}",
+                                   processed=done)
+            if inv.npages:
+                bd = vd.bd
+                pasid = bd.v2p.get(inv.pasid, inv.pasid) if inv.flags & VINV_PASID_VALID \
+                    else None
+                flush_dev(ctx, bd, pasid, inv.addr, inv.npages)
+
+        return run_entries(entries, IommuViommuVuserVtdInvalidate, _VINV_FLAGS, act)
 
     def describe(self) -> dict[str, object]:
         d = super().describe()
@@ -139,158 +163,116 @@ class Veventq(IommufdObject):
         return d
 
 
-class ViommuCommands(ContextCore):
-    """VIOMMU_ALLOC, VDEVICE_ALLOC, VEVENTQ_ALLOC of ``IoasidContext``."""
+def viommu_alloc(ctx: ContextCore, dev_id: int, hwpt_id: int, viommu_type: int) -> int:
+    """IOMMU_VIOMMU_ALLOC over a NEST_PARENT paging HWPT; returns its id.
 
-    if TYPE_CHECKING:
-        def _flush_dev(self, bd: BoundDevice, pasid: Any, addr: int = 0,
-                       npages: int = U64_MAX) -> int: ...
+    Checks in the kernel's order (``iommufd_viommu_alloc_ioctl``):
+    EOPNOTSUPP for DEFAULT (0); ENOENT the device; EOPNOTSUPP a type the
+    VT-d driver lacks (all upstream ones: only the vuser type
+    ``VUSER_VTD`` is accepted); ENOENT unless ``hwpt_id`` is a paging
+    HWPT; EINVAL when it is not a nesting parent.
+    """
+    if viommu_type == ViommuType.DEFAULT:
+        raise fail(errno.EOPNOTSUPP, "vIOMMU type DEFAULT is not allocatable")
+    ctx._objects.get_of(dev_id, ObjType.DEVICE)
+    if viommu_type != ViommuType.VUSER_VTD:
+        raise fail(errno.EOPNOTSUPP, f"vIOMMU type {viommu_type!r} is not supported by VT-d")
+    parent = ctx._objects.get(hwpt_id, HwptPaging)
+    if not parent.nest_parent:
+        raise fail(errno.EINVAL, f"HWPT {hwpt_id} is not a NEST_PARENT")
+    v = Viommu(parent, int(viommu_type))
+    ctx._step("viommu_alloc")
+    ctx._objects.commit(v)
+    parent.users += 1
+    return v.id
 
-    def viommu_alloc(self, dev_id: int, hwpt_id: int, viommu_type: int) -> int:
-        """IOMMU_VIOMMU_ALLOC over a NEST_PARENT paging HWPT; returns its id.
 
-        Checks in the kernel's order (``iommufd_viommu_alloc_ioctl``):
-        EOPNOTSUPP for DEFAULT (0); ENOENT the device; EOPNOTSUPP a type the
-        VT-d driver lacks (all upstream ones: only the vuser type
-        ``VUSER_VTD`` is accepted); ENOENT unless ``hwpt_id`` is a paging
-        HWPT; EINVAL when it is not a nesting parent.
-        """
-        if viommu_type == ViommuType.DEFAULT:
-            raise fail(errno.EOPNOTSUPP, "vIOMMU type DEFAULT is not allocatable")
-        self._objects.get_of(dev_id, ObjType.DEVICE)
-        if viommu_type != ViommuType.VUSER_VTD:
-            raise fail(errno.EOPNOTSUPP, f"vIOMMU type {viommu_type!r} is not supported by VT-d")
-        parent = self._objects.get(hwpt_id, HwptPaging)
-        if not parent.nest_parent:
-            raise fail(errno.EINVAL, f"HWPT {hwpt_id} is not a NEST_PARENT")
-        v = Viommu(parent, int(viommu_type))
-        self._step("viommu_alloc")
-        self._objects.commit(v)
-        parent.users += 1
-        return v.id
+def vdevice_alloc(ctx: ContextCore, viommu_id: int, dev_id: int, virt_id: int) -> int:
+    """IOMMU_VDEVICE_ALLOC: record ``virt_id`` (u64) for a device; returns its id.
 
-    def vdevice_alloc(self, viommu_id: int, dev_id: int, virt_id: int) -> int:
-        """IOMMU_VDEVICE_ALLOC: record ``virt_id`` (u64) for a device; returns its id.
+    Checks in the kernel's order (``iommufd_vdevice_alloc_ioctl``):
+    EINVAL ``virt_id`` beyond u64; ENOENT the vIOMMU, then the device;
+    EEXIST when the device has a vDEVICE already (on any vIOMMU), then
+    when ``virt_id`` is taken on this vIOMMU. Unbinding the device
+    destroys its vDEVICE silently (a later DESTROY of it is ENOENT).
+    """
 
-        Checks in the kernel's order (``iommufd_vdevice_alloc_ioctl``):
-        EINVAL ``virt_id`` beyond u64; ENOENT the vIOMMU, then the device;
-        EEXIST when the device has a vDEVICE already (on any vIOMMU), then
-        when ``virt_id`` is taken on this vIOMMU. Unbinding the device
-        destroys its vDEVICE silently (a later DESTROY of it is ENOENT).
-        """
+    if not isinstance(virt_id, int) or not 0 <= virt_id <= U64_MAX:
+        raise fail(errno.EINVAL, f"virt_id {virt_id!r} is not a u64")
+    viommu = ctx._objects.get(viommu_id, Viommu)
+    bd: BoundDevice = ctx._objects.get_of(dev_id, ObjType.DEVICE)
+    if bd.vdevices:
+        raise fail(errno.EEXIST, f"device {dev_id} already has a vDEVICE")
+    if virt_id in viommu.vdevs:
+        raise fail(errno.EEXIST, f"virt_id {virt_id:#x} is taken")
+    vd = Vdevice(viommu, bd, virt_id)
+    ctx._step("vdevice_alloc")
+    ctx._objects.commit(vd)
+    viommu.vdevs[virt_id] = vd
+    viommu.users += 1
+    bd.vdevices.add(vd)
+    return vd.id
 
-        if not isinstance(virt_id, int) or not 0 <= virt_id <= U64_MAX:
-            raise fail(errno.EINVAL, f"virt_id {virt_id!r} is not a u64")
-        viommu = self._objects.get(viommu_id, Viommu)
-        bd: BoundDevice = self._objects.get_of(dev_id, ObjType.DEVICE)
-        if bd.vdevices:
-            raise fail(errno.EEXIST, f"device {dev_id} already has a vDEVICE")
-        if virt_id in viommu.vdevs:
-            raise fail(errno.EEXIST, f"virt_id {virt_id:#x} is taken")
-        vd = Vdevice(viommu, bd, virt_id)
-        self._step("vdevice_alloc")
-        self._objects.commit(vd)
-        viommu.vdevs[virt_id] = vd
-        viommu.users += 1
-        bd.vdevices.add(vd)
-        return vd.id
 
-    def vdevice_lookup(self, viommu_id: int, virt_id: int) -> int:
-        """Model extension: the dev_id behind a virtual id, else ENOENT."""
-        viommu = self._objects.get(viommu_id, Viommu)
-        vd = viommu.vdevs.get(virt_id)
-        if vd is None:
-            raise fail(errno.ENOENT, f"no vDEVICE {virt_id!r}")
-        return vd.bd.id
+def vdevice_lookup(ctx: ContextCore, viommu_id: int, virt_id: int) -> int:
+    """Model extension: the dev_id behind a virtual id, else ENOENT."""
+    viommu = ctx._objects.get(viommu_id, Viommu)
+    vd = viommu.vdevs.get(virt_id)
+    if vd is None:
+        raise fail(errno.ENOENT, f"no vDEVICE {virt_id!r}")
+    return vd.bd.id
 
-    # -- vEVENTQ ----------------------------------------------------------------
-    def veventq_alloc(self, viommu_id: int, veventq_type: int, depth: int) -> int:
-        """IOMMU_VEVENTQ_ALLOC: a queue of ``depth`` events of one type; returns its id.
 
-        Checks in the kernel's order (``iommufd_veventq_alloc``): EOPNOTSUPP
-        type DEFAULT (0); EINVAL depth 0; ENOENT the vIOMMU; EEXIST a queue
-        of that type on that vIOMMU. (The kernel returns an fd as well; the
-        model's fd is ``veventq_read``.) Only ``VUSER_VTD`` queues receive
-        events.
-        """
-        if not isinstance(veventq_type, int) or veventq_type == VeventqType.DEFAULT:
-            raise fail(errno.EOPNOTSUPP, "vEVENTQ type DEFAULT is not allocatable")
-        if not isinstance(depth, int) or not 0 < depth < 1 << 32:
-            raise fail(errno.EINVAL, f"depth {depth!r} is not 1..2^32-1")
-        viommu = self._objects.get(viommu_id, Viommu)
-        if veventq_type in viommu.veventqs:
-            raise fail(errno.EEXIST, f"vIOMMU {viommu_id} has a type {veventq_type} vEVENTQ")
-        q = Veventq(viommu, veventq_type, depth)
-        self._step("veventq_alloc")
-        self._objects.commit(q)
-        viommu.veventqs[veventq_type] = q
-        viommu.users += 1
-        return q.id
+# -- vEVENTQ ----------------------------------------------------------------
+def veventq_alloc(ctx: ContextCore, viommu_id: int, veventq_type: int, depth: int) -> int:
+    """IOMMU_VEVENTQ_ALLOC: a queue of ``depth`` events of one type; returns its id.
 
-    def veventq_read(self, veventq_id: int, count: int) -> bytes:
-        """read() on a vEVENTQ: whole records (header + payload) within ``count`` bytes.
+    Checks in the kernel's order (``iommufd_veventq_alloc``): EOPNOTSUPP
+    type DEFAULT (0); EINVAL depth 0; ENOENT the vIOMMU; EEXIST a queue
+    of that type on that vIOMMU. (The kernel returns an fd as well; the
+    model's fd is ``veventq_read``.) Only ``VUSER_VTD`` queues receive
+    events.
+    """
+    if not isinstance(veventq_type, int) or veventq_type == VeventqType.DEFAULT:
+        raise fail(errno.EOPNOTSUPP, "vEVENTQ type DEFAULT is not allocatable")
+    if not isinstance(depth, int) or not 0 < depth < 1 << 32:
+        raise fail(errno.EINVAL, f"depth {depth!r} is not 1..2^32-1")
+    viommu = ctx._objects.get(viommu_id, Viommu)
+    if veventq_type in viommu.veventqs:
+        raise fail(errno.EEXIST, f"vIOMMU {viommu_id} has a type {veventq_type} vEVENTQ")
+    q = Veventq(viommu, veventq_type, depth)
+    ctx._step("veventq_alloc")
+    ctx._objects.commit(q)
+    viommu.veventqs[veventq_type] = q
+    viommu.users += 1
+    return q.id
 
-        Records are ``VeventHeader`` ``{flags, sequence}`` then, unless the
-        flags say LOST_EVENTS, the type's payload (``IommuVeventVuserVtd``).
-        A record that does not fit stays queued (an empty result).
-        """
-        q = self._objects.get(veventq_id, Veventq)
-        if not isinstance(count, int) or count < 0:
-            raise fail(errno.EINVAL, f"bad count {count!r}")
-        return q.read(count)
 
-    def _vevent_fault(self, bd: BoundDevice, hwpt: Any, f: Fault) -> None:
-        """Queue a stage-1 fault of a vDEVICE's nested HWPT on its vIOMMU's
-        VUSER_VTD vEVENTQ, tagged with the vRID and the vPASID."""
-        viommu = hwpt.viommu
-        q = viommu.veventqs.get(int(VeventqType.VUSER_VTD))
-        vd = next((v for v in bd.vdevices if v.viommu is viommu), None)
-        if q is None or vd is None:
-            return
-        q.report(IommuVeventVuserVtd(
-            virt_id=vd.virt_id, addr=f.iova,
-            pasid=f.pasid if f.pasid is not None else 0, reason=int(f.reason),
-            perm=int(f.access) & 0xFF, flags=int(f.pasid is not None)).pack())
+def veventq_read(ctx: ContextCore, veventq_id: int, count: int) -> bytes:
+    """read() on a vEVENTQ: whole records (header + payload) within ``count`` bytes.
 
-    # -- vIOMMU invalidation ---------------------------------------------------------
-    def _viommu_invalidate(self, viommu: Viommu, entries: list[Any], data_type: int) -> int:
-        """HWPT_INVALIDATE on a VUSER_VTD vIOMMU (``viommu->ops->cache_invalidate``).
+    Records are ``VeventHeader`` ``{flags, sequence}`` then, unless the
+    flags say LOST_EVENTS, the type's payload (``IommuVeventVuserVtd``).
+    A record that does not fit stays queued (an empty result).
+    """
+    q = ctx._objects.get(veventq_id, Veventq)
+    if not isinstance(count, int) or count < 0:
+        raise fail(errno.EINVAL, f"bad count {count!r}")
+    return q.read(count)
 
-        Each entry (``IommuViommuVuserVtdInvalidate``) names a vDEVICE by
-        ``virt_id`` and a vPASID (``flags`` PASID_VALID 2; without it, the
-        RID): the IOTLB entries of that device and (translated) pPASID in
-        ``[addr, addr + npages * 4K)`` go, and its device TLB is told.
-        EINVAL another data type; per entry: EINVAL/E2BIG length rules,
-        EOPNOTSUPP unknown flags or reserved bits, EINVAL an unaligned
-        address, ENOENT an unknown ``virt_id``; ``processed`` as for nested
-        HWPTs.
-        """
-        if data_type != HwptInvalidateDataType.VUSER_VTD:
-            raise fail(errno.EINVAL, f"invalidation data type {data_type!r} is not VUSER_VTD")
-        if not isinstance(entries, (list, tuple)) or len(entries) > MAX_INVALIDATE_ENTRIES:
-            raise fail(errno.EINVAL, "entries must be a list of at most 2^19")
-        done = 0
-        for raw in entries:
-            try:
-                inv = copy_struct_from_user(IommuViommuVuserVtdInvalidate, raw)
-            except IommufdError as e:
-                raise IommufdError(e.errno, f"entry {done}: {e}", processed=done) from None
-            if inv.flags & ~_VINV_FLAGS or inv.reserved:
-                raise IommufdError(errno.EOPNOTSUPP, f"entry {done}: flags {inv.flags:#x}",
-                                   processed=done)
-            if inv.addr & 0xFFF or (inv.npages == U64_MAX and inv.addr):
-                raise IommufdError(errno.EINVAL, f"entry {done}: bad range", processed=done)
-            vd = viommu.vdevs.get(inv.virt_id)
-            if vd is None:
-                raise IommufdError(errno.ENOENT, f"entry {done}: no vDEVICE {inv.virt_id:#x}",
-                                   processed=done)
-            if inv.npages:
-                bd = vd.bd
-                pasid = bd.v2p.get(inv.pasid, inv.pasid) if inv.flags & VINV_PASID_VALID \
-                    else None
-                self._flush_dev(bd, pasid, inv.addr, inv.npages)
-            done += 1
-        return done
+
+def vevent_fault(ctx: ContextCore, bd: BoundDevice, hwpt: Any, f: Fault) -> None:
+    """Queue a stage-1 fault of a vDEVICE's nested HWPT on its vIOMMU's
+    VUSER_VTD vEVENTQ, tagged with the vRID and the vPASID."""
+    viommu = hwpt.viommu
+    q = viommu.veventqs.get(int(VeventqType.VUSER_VTD))
+    vd = next((v for v in bd.vdevices if v.viommu is viommu), None)
+    if q is None or vd is None:
+        return
+    q.report(IommuVeventVuserVtd(
+        virt_id=vd.virt_id, addr=f.iova,
+        pasid=f.pasid if f.pasid is not None else 0, reason=int(f.reason),
+        perm=int(f.access) & 0xFF, flags=int(f.pasid is not None)).pack())
 
 
 #: ``IommuViommuVuserVtdInvalidate.flags``: LEAF (1) and PASID_VALID (2).
