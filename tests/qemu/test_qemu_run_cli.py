@@ -143,6 +143,12 @@ def test_plan_kernel_iommu_keeps_to_kernel_owned_programs():
     (("--test", "demo", "--all"), "--test and --all do not go together"),
     (("--shell", "--all"), "--shell and --all do not go together"),
     (("--shell", "--test", "demo"), "--shell and --test do not go together"),
+    (("--test", "environment", "--append", "quiet vuser.tests=demo"),
+     "--append must not set vuser.* (the launcher does): vuser.tests=demo"),
+    (("--control", "/tmp/a.ctl", "--server-arg=--control=/tmp/b.ctl"),
+     "--control and --server-arg --control do not go together"),
+    (("--trace", "/tmp/a.trace", "--server-arg=--trace", "--server-arg=/tmp/b.trace"),
+     "--trace and --server-arg --trace do not go together"),
 ])
 def test_conflicting_options_are_one_line_errors(argv, message):
     p = run_vuser("run", *argv, timeout=60)
@@ -391,3 +397,71 @@ def test_a_program_missing_from_the_manifest_is_one_line(tmp_path, monkeypatch):
     # with --device it runs on the devices given
     assert [(p.devices, p.programs) for p in _plan(_args("--test", "mine", "--device", "sample"))] \
         == [(("sample",), ("mine",))]
+
+
+def test_trace_paths_one_file_per_guest():
+    from vuser.commands.run import trace_paths
+
+    assert trace_paths(None, 2) == [None, None]
+    assert trace_paths("/tmp/run.trace", 1) == ["/tmp/run.trace"]
+    assert trace_paths("/tmp/run.trace", 3) == ["/tmp/run.1.trace", "/tmp/run.2.trace",
+                                                "/tmp/run.3.trace"]
+    assert trace_paths("out/run", 2) == ["out/run.1", "out/run.2"]
+
+
+def test_run_options_reach_each_guest_launch(monkeypatch, capsys):
+    """--append, --qemu-arg, --control and --trace as each guest's launch gets them (no guest)."""
+    from types import SimpleNamespace
+
+    from vuser.commands import run as run_cmd
+    from vuser.guest.manifest import load_manifest
+
+    launches = []
+
+    def fake_launch(image, **kw):
+        launches.append(kw)
+        ktap = "KTAP version 1\n1..1\n" + "".join(
+            f"ok {i} {n}\n" for i, n in enumerate(image.tests, 1))
+        return SimpleNamespace(console=ktap, qemu_log="", error=None, exit_status=0,
+                               duration_s=0.1, timed_out=False)
+
+    monkeypatch.setattr("vuser.qemu.find.find_qemu",
+                        lambda **kw: SimpleNamespace(version="11", source="test"))
+    monkeypatch.setattr("vuser.guest.image.build_image",
+                        lambda tests, **kw: SimpleNamespace(kernel_release="6.1", tests=tests))
+    monkeypatch.setattr("vuser.qemu.launcher.launch", fake_launch)
+    specs = load_manifest()
+    assert specs["environment"].boot_key() != specs["dma_nested"].boot_key()  # two guests
+    args = _args("-q", "--test", "environment", "--test", "dma_nested",
+                 "--append", "foo=1  bar", "--qemu-arg=-name", "--qemu-arg", "g",
+                 "--control", "/tmp/fixed.ctl", "--trace", "/tmp/run.trace")
+    assert run_cmd.run(args) == 0
+    assert len(launches) == 2
+    for kw, trace, name in zip(launches, ("/tmp/run.1.trace", "/tmp/run.2.trace"),
+                               ("environment", "dma_nested")):
+        # after the manifest's own words
+        assert list(kw["kernel_args"]) == [*specs[name].append, "foo=1", "bar"]
+        assert kw["qemu_extra"] == ["-name", "g"]
+        server = kw["extra_server_args"]
+        assert server[server.index("--control") + 1] == "/tmp/fixed.ctl"
+        assert server[server.index("--trace") + 1] == trace
+    err = capsys.readouterr().err
+    assert "kernel args: " in err and "foo=1 bar;" in err
+    assert "vuser: trace /tmp/run.2.trace (vuser ctl trace summary /tmp/run.2.trace)" in err
+
+
+def test_run_append_reaches_the_guest_and_trace_covers_the_run(image_ready, short_tmp):
+    trace, ctl = short_tmp / "run.trace", short_tmp / "c.ctl"
+    p = run_vuser("run", "--device", "sample", "--test", "environment",
+                  "--append", "foo=1 loglevel=7", "--trace", str(trace), "--control", str(ctl),
+                  timeout=240)
+    assert p.returncode == 0, p.stderr[-2000:]
+    # loglevel=7 lets the kernel print its command line on the console
+    assert re.search(r"Command line: .* vuser\.tests=environment foo=1 loglevel=7$",
+                     p.stdout, re.M), p.stdout[:2000]
+    assert f"vuser: control socket {ctl} " in p.stderr
+    assert f"vuser: trace {trace} " in p.stderr
+    s = run_vuser("ctl", "trace", "summary", str(trace), timeout=60)
+    assert s.returncode == 0, s.stderr
+    assert re.search(r"^events +\d+$", s.stdout, re.M), s.stdout
+    assert "cut short" not in s.stdout  # the server wrote the footer when the guest ended

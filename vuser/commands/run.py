@@ -41,6 +41,8 @@ vIOMMU mode and kernel arguments share a guest.
   vuser run --all                    every guest test program
   vuser run --test dma_nested        one program (repeatable), with its devices
   vuser run --device sample --test environment   with the devices given
+  vuser run --test environment --append foo=1 --trace run.trace --control /tmp/v.ctl
+                                     kernel options, a trace and a fixed control socket
   vuser run --shell                  an interactive guest shell (Ctrl-] leaves)
   vuser run --kernel-iommu --shell   a shell in a guest whose kernel owns vuser-iommu
   vuser run --kernel-iommu           the kernel-owned demo programs
@@ -86,6 +88,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="accelerator (default tcg; see `vuser doctor` for KVM)")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                         help="an extra argument for `vuser serve` (repeatable)")
+    parser.add_argument("--append", metavar="ARGS", default="",
+                        help="extra kernel options for each guest, after the manifest's append "
+                             "(one quoted string; vuser.* is the launcher's)")
+    parser.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
+                        help="an extra QEMU argument, passed through as is (repeatable; "
+                             "--qemu-arg=-smp for one that starts with a dash)")
+    parser.add_argument("--control", metavar="PATH",
+                        help="the server's control socket for `vuser ctl` (default: a "
+                             "fresh path in the temporary directory, printed once QEMU runs)")
+    parser.add_argument("--trace", metavar="FILE",
+                        help="record a model trace of each guest's whole run into FILE (`vuser "
+                             "serve --trace`); with several guests one file each, the guest's "
+                             "number inserted before the suffix (run.1.trace, run.2.trace, ...)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="do not stream the console (its tail is shown on failure)")
 
@@ -115,6 +130,30 @@ def control_socket_path(server_args: list[str]) -> tuple[list[str], str]:
 
     path = os.path.join(tempfile.gettempdir(), f"vuser-{os.getpid()}.ctl")
     return list(server_args) + ["--control", path], path
+
+
+def user_append(text: str) -> tuple[str, ...]:
+    """The words of --append; ``vuser.*`` is refused, as in the manifest (the launcher sets it)."""
+    from vuser.errors import UserError
+
+    words = tuple(text.split())
+    taken = [w for w in words if w.startswith("vuser.")]
+    if taken:
+        raise UserError(f"--append must not set vuser.* (the launcher does): {taken[0]}")
+    return words
+
+
+def trace_paths(trace: str | None, guests: int) -> list[str | None]:
+    """The --trace file of each guest: FILE itself for one guest; for several,
+    FILE with the guest's number (from 1) before its suffix."""
+    if trace is None:
+        return [None] * guests
+    if guests == 1:
+        return [trace]
+    from pathlib import Path
+
+    p = Path(trace)
+    return [str(p.with_name(f"{p.stem}.{i}{p.suffix}")) for i in range(1, guests + 1)]
 
 
 def _on_ready(info, verbose: bool, control: str | None = None) -> None:
@@ -230,22 +269,32 @@ def run(args: argparse.Namespace) -> int:
     timeout = args.timeout if args.timeout is not None else (24 * 3600.0 if args.shell else 300.0)
     if timeout <= 0:
         raise UserError(f"--timeout must be positive, not {args.timeout}")
+    extra_append = user_append(args.append)
+    if args.control is not None:
+        if any(a == "--control" or a.startswith("--control=") for a in args.server_arg):
+            raise UserError("--control and --server-arg --control do not go together")
+        server_args, control = control_socket_path([*args.server_arg, "--control", args.control])
+    else:
+        server_args, control = control_socket_path(args.server_arg)
+    if args.trace is not None and any(a == "--trace" or a.startswith("--trace=")
+                                      for a in args.server_arg):
+        raise UserError("--trace and --server-arg --trace do not go together")
     _exit_on_sigterm()
 
     qemu = find_qemu(show_progress=True)  # first: its problems are found without a build
     verbose = getattr(args, "verbose", 0) > 0
-    server_args, control = control_socket_path(args.server_arg)
 
     def echo(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
     def launch_args(devices: list[str], guest_timeout: float, kernel_iommu: bool = False,
-                    append: tuple[str, ...] = ()) -> dict:
+                    append: tuple[str, ...] = (), trace: str | None = None) -> dict:
         return dict(devices=devices, timeout=guest_timeout, memory_mib=args.memory,
-                    accel=args.accel, extra_server_args=server_args, qemu=qemu,
+                    accel=args.accel, qemu=qemu, qemu_extra=list(args.qemu_arg),
+                    extra_server_args=server_args + (["--trace", trace] if trace else []),
                     on_ready=lambda info: _on_ready(info, verbose, control),
-                    kernel_iommu=kernel_iommu, kernel_args=append)
+                    kernel_iommu=kernel_iommu, kernel_args=(*append, *extra_append))
 
     def mode(kernel_iommu: bool, append: tuple[str, ...] = ()) -> str:
         return ((", kernel-owned vIOMMU" if kernel_iommu else "")
@@ -257,12 +306,13 @@ def run(args: argparse.Namespace) -> int:
         image = build_image(tests=None, progress=True, shell=True)
         print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} "
               f"({qemu.source}), {args.accel}, devices: {', '.join(devices)}"
-              f"{mode(args.kernel_iommu)}", file=sys.stderr)
+              f"{mode(args.kernel_iommu, extra_append)}", file=sys.stderr)
         print("vuser: guest shell on the serial console; Ctrl-] leaves", file=sys.stderr)
         fd = sys.stdin.fileno()
         with _raw_terminal(fd):
             result = launch(image, console_echo=echo, console_input=fd,
-                            **launch_args(devices, timeout, args.kernel_iommu))
+                            **launch_args(devices, timeout, args.kernel_iommu,
+                                          trace=trace_paths(args.trace, 1)[0]))
         print(file=sys.stderr)
         if result.error and not result.error.startswith("console session ended"):
             raise UserError(result.error)
@@ -270,17 +320,19 @@ def run(args: argparse.Namespace) -> int:
 
     worst, programs, error = 0, [], None
     plans = _plan(args)
-    for plan in plans:
+    for plan, trace in zip(plans, trace_paths(args.trace, len(plans))):
         image = build_image(tests=list(plan.programs) if plan.programs else None, progress=True,
                             kernel=plan.kernel)
         guest_timeout = args.timeout if args.timeout is not None else plan.timeout
         print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} "
               f"({qemu.source}), {args.accel}, devices: {', '.join(plan.devices) or 'none'}"
-              f"{mode(plan.kernel_iommu, plan.append)}; "
+              f"{mode(plan.kernel_iommu, (*plan.append, *extra_append))}; "
               f"tests: {', '.join(image.tests)}", file=sys.stderr)
         result = launch(image, console_echo=None if args.quiet else echo,
                         **launch_args(list(plan.devices), guest_timeout, plan.kernel_iommu,
-                                      plan.append))
+                                      plan.append, trace))
+        if trace is not None:
+            print(f"vuser: trace {trace} (vuser ctl trace summary {trace})", file=sys.stderr)
         status, error, found = _report(result, args.quiet)
         programs += found
         worst = max(worst, status)
