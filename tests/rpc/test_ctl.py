@@ -129,9 +129,26 @@ def test_ctl_against_a_served_platform(served: str, sockdir: str) -> None:
     r = run_cli("ctl", "call", "ioas_alloc", env=env)
     ioas = int(r.stdout)
     r = run_cli("ctl", "call", "ioas_map", str(ioas), "null", "0x2000", "iova=0x10000", env=env)
-    assert r.returncode == 0 and int(r.stdout) == 0x10000
+    assert r.returncode == 0 and r.stdout == "0x10000\n"  # an address, in hex
+    r = run_cli("ctl", "--json", "call", "ioas_areas", str(ioas), env=env)
+    assert json.loads(r.stdout)[0]["iova"] == 0x10000  # --json keeps numbers
+    r = run_cli("ctl", "call", "ioas_areas", str(ioas), env=env)
+    area = json.loads(r.stdout)[0]
+    assert (area["iova"], area["last"], area["prot"]) == ("0x10000", "0x11fff", 6)
+    # the uAPI's flag names, |-joined, or an unknown one named with the valid ones
+    r = run_cli("ctl", "call", "ioas_map", str(ioas), "null", "0x1000", "iova=0x40000",
+                "flags=READABLE|IOMMU_IOAS_MAP_FIXED_IOVA", env=env)
+    assert r.returncode == 0 and r.stdout == "0x40000\n"
+    r = run_cli("ctl", "call", "ioas_areas", str(ioas), env=env)
+    assert [(a["iova"], a["prot"]) for a in json.loads(r.stdout)] == [("0x10000", 6),
+                                                                      ("0x40000", 4)]
+    r = run_cli("ctl", "call", "ioas_map", str(ioas), "null", "0x1000", "flags=READABLE|WRITE",
+                env=env)
+    assert r.returncode == 1 and r.stderr == (
+        "vuser: error: ioas_map: EINVAL: ioas_map: param 'flags' has no flag 'WRITE' (valid: "
+        "FIXED_IOVA, WRITEABLE, READABLE, |-joined, or a number)\n")
     r = run_cli("ctl", "ioas", env=env)
-    assert f"IOAS {ioas}: 1 areas" in r.stdout and "0x10000" in r.stdout
+    assert f"IOAS {ioas}: 2 areas" in r.stdout and "0x10000" in r.stdout
     r = run_cli("ctl", "call", "destroy", "999", env=env)
     assert r.returncode == 1 and r.stderr == "vuser: error: destroy: ENOENT: no such object 999\n"
 

@@ -223,9 +223,12 @@ def _configure_call(sub: Any) -> None:
     p = _sub(sub, "call", "call any control method by name (the whole ioasid uAPI)",
              "Call METHOD with positional ARGs and name=value pairs. Values are\n"
              "integers (0x hex too), null, true/false, JSON lists/maps, or strings.\n"
+             "Flags and enums of the uAPI take their names too, |-joined for flags\n"
+             "(flags=NEST_PARENT, flags='READABLE|WRITEABLE', access=write).\n"
+             "Addresses and sizes in the result are shown in hex (--json: numbers).\n"
              "`vuser ctl methods` lists the methods and their parameters.\n\n"
              "  vuser ctl call ioas_alloc\n"
-             "  vuser ctl call ioas_map 2 null 0x100000 iova=0x0\n"
+             "  vuser ctl call ioas_map 2 null 0x100000 iova=0x0 'flags=READABLE|WRITEABLE'\n"
              "  vuser ctl call hwpt_invalidate 7 '[{\"addr\":0,\"npages\":1,\"flags\":0}]'")
     p.add_argument("method", help="method name")
     p.add_argument("args", nargs="*", metavar="ARG", help="positional values or name=value")
@@ -525,8 +528,7 @@ async def _call(c: Any, args: argparse.Namespace, pos: list[Any], named: dict[st
     from vuser.rpc import render
 
     value = await asyncio.wait_for(c.call(args.method, *pos, **named), args.timeout)
-    print(render.dumps_json(value))
-    return 0
+    return _print(args, value, lambda v: render.call_result(args.method, v))
 
 
 async def _methods(c: Any, args: argparse.Namespace) -> int:

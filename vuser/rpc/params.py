@@ -5,7 +5,8 @@ implements it (for the model's uAPI, ``IoasidContext``'s own methods): names,
 defaults, and the kinds the annotation allows (``int | None`` becomes
 ``{"int", "none"}``). ``bind`` maps a request's params (an array of
 positional or a map of named values) onto them and checks every kind, so a
-wrong type is an EINVAL error before anything runs.
+wrong type is an EINVAL error before anything runs. A parameter of
+``names.ENUM_PARAMS`` also takes the uAPI's names for its values.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vuser.errors import RemoteProtocolError
+
+from .names import ENUM_PARAMS, from_names
 
 REQUIRED = inspect.Parameter.empty
 
@@ -78,6 +81,7 @@ class Param:
     name: str
     kinds: frozenset[str]
     default: Any = REQUIRED
+    names: tuple[Any, str] | None = None  # (enum, uAPI prefix) whose names it takes
 
     @property
     def required(self) -> bool:
@@ -89,12 +93,16 @@ class Param:
         if not self.required:
             d["default"] = self.default if isinstance(
                 self.default, (int, str, bool, type(None))) else repr(self.default)
+        if self.names is not None:
+            d["names"] = list(self.names[0].__members__)
         return d
 
 
 def params_of(fn: Callable[..., Any], *, skip: tuple[str, ...] = (),
-              override: dict[str, frozenset[str]] | None = None) -> tuple[Param, ...]:
-    """The parameters of ``fn`` (bound method or function) minus ``skip``."""
+              override: dict[str, frozenset[str]] | None = None,
+              method: str | None = None) -> tuple[Param, ...]:
+    """The parameters of ``fn`` (bound method or function) minus ``skip``;
+    with ``method``, those in ``ENUM_PARAMS`` take names too."""
     override = override or {}
     out = []
     for p in inspect.signature(fn).parameters.values():
@@ -103,7 +111,8 @@ def params_of(fn: Callable[..., Any], *, skip: tuple[str, ...] = (),
         default = p.default
         if isinstance(default, int) and not isinstance(default, bool):
             default = int(default)  # IntEnum/IntFlag defaults go out as plain ints
-        out.append(Param(p.name, override.get(p.name, kinds_of(p.annotation)), default))
+        out.append(Param(p.name, override.get(p.name, kinds_of(p.annotation)), default,
+                         ENUM_PARAMS.get((method, p.name)) if method else None))
     return tuple(out)
 
 
@@ -131,6 +140,8 @@ def bind(method: str, params: tuple[Param, ...], args: list[Any] | dict[str, Any
                 raise _einval(f"{method}: missing param {p.name!r}")
             continue
         v = given[p.name]
+        if p.names is not None and isinstance(v, str):
+            v = from_names(method, p.name, p.names, v)
         if not any(_has_kind(v, k) for k in p.kinds):
             raise _einval(f"{method}: param {p.name!r} must be "
                           f"{' or '.join(sorted(p.kinds))}, not {_kind_name(v)}")

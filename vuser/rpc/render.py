@@ -46,6 +46,36 @@ def dumps_json(obj: Any) -> str:
                       default=lambda o: o.hex() if isinstance(o, (bytes, bytearray)) else str(o))
 
 
+#: Result fields that hold an address or a size, shown in hex by ``call_result``
+#: (a key matches itself and any ``*_KEY``: ``dst_iova``, ``page_size``).
+ADDRESS_KEYS = frozenset({"iova", "last", "addr", "gpa", "hpa", "start", "end", "base",
+                          "length", "size", "ptr", "pgtbl"})
+#: Methods whose bare integer result is an address (the IOVA a map chose).
+ADDRESS_RESULTS = frozenset({"ioas_map", "ioas_map_file", "ioas_copy"})
+
+
+def _is_address_key(key: Any) -> bool:
+    return isinstance(key, str) and (key in ADDRESS_KEYS
+                                     or key.rsplit("_", 1)[-1] in ADDRESS_KEYS)
+
+
+def _hex_addresses(v: Any, address: bool = False) -> Any:
+    if isinstance(v, dict):
+        return {k: _hex_addresses(x, _is_address_key(k)) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_hex_addresses(x, address) for x in v]
+    if address and isinstance(v, int) and not isinstance(v, bool):
+        return hx(v)
+    return v
+
+
+def call_result(method: str, value: Any) -> str:
+    """A ``ctl call`` result as JSON, its addresses and sizes as ``0x`` strings
+    (a bare address as it is: ``0x10000``)."""
+    shown = _hex_addresses(value, method in ADDRESS_RESULTS)
+    return shown if isinstance(shown, str) and isinstance(value, int) else dumps_json(shown)
+
+
 # -- views ---------------------------------------------------------------------------
 def _attach_text(a: dict[str, Any]) -> str:
     where = f"hwpt {a['hwpt']} ({'nested' if a['type'] == 'hwpt_nested' else 'paging'}"

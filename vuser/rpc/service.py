@@ -133,7 +133,7 @@ class Service:
         }
         for name in IoasidContext.UAPI_METHODS:
             fn = adapted.get(name) or getattr(ctx, name)
-            params = params_of(fn, skip=("on_response",))
+            params = params_of(fn, skip=("on_response",), method=name)
             self.methods[name] = Method(
                 name, fn, params, "uapi", _first_line(getattr(ctx, name)),
                 RESULT_SHAPES.get(name, to_wire))
@@ -145,7 +145,7 @@ class Service:
             if mark is None:
                 continue
             group, conn = mark
-            self.methods[attr] = Method(attr, fn, params_of(fn, skip=("conn",)), group,
+            self.methods[attr] = Method(attr, fn, params_of(fn, skip=("conn",), method=attr), group,
                                         _first_line(fn), to_wire, conn)
 
     # -- dispatch --------------------------------------------------------------------
