@@ -448,6 +448,10 @@ def test_run_options_reach_each_guest_launch(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "kernel args: " in err and "foo=1 bar;" in err
     assert "vuser: trace /tmp/run.2.trace (vuser ctl trace summary /tmp/run.2.trace)" in err
+    # a guest without devices has no server, so no trace: said, not claimed
+    assert specs["environment"].devices == ()
+    assert ("vuser: no trace /tmp/run.1.trace: this guest has no devices, so no server ran"
+            in err)
 
 
 def test_run_append_reaches_the_guest_and_trace_covers_the_run(image_ready, short_tmp):

@@ -293,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
         return dict(devices=devices, timeout=guest_timeout, memory_mib=args.memory,
                     accel=args.accel, qemu=qemu, qemu_extra=list(args.qemu_arg),
                     extra_server_args=server_args + (["--trace", trace] if trace else []),
-                    on_ready=lambda info: _on_ready(info, verbose, control),
+                    on_ready=lambda info: _on_ready(info, verbose, control if devices else None),
                     kernel_iommu=kernel_iommu, kernel_args=(*append, *extra_append))
 
     def mode(kernel_iommu: bool, append: tuple[str, ...] = ()) -> str:
@@ -331,8 +331,11 @@ def run(args: argparse.Namespace) -> int:
         result = launch(image, console_echo=None if args.quiet else echo,
                         **launch_args(list(plan.devices), guest_timeout, plan.kernel_iommu,
                                       plan.append, trace))
-        if trace is not None:
+        if trace is not None and plan.devices:
             print(f"vuser: trace {trace} (vuser ctl trace summary {trace})", file=sys.stderr)
+        elif trace is not None:  # no devices: the launcher starts no server
+            print(f"vuser: no trace {trace}: this guest has no devices, so no server ran",
+                  file=sys.stderr)
         status, error, found = _report(result, args.quiet)
         programs += found
         worst = max(worst, status)
