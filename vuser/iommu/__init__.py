@@ -28,7 +28,11 @@ from .pagetable.reasons import VtdFaultReason, parse_reason, reason_text, vtd_re
 from .pagetable.results import Access, Fault, FaultKind, Stage, Translation
 from .registry import IommuDevice, IommuGroup, IommuRegistry
 from .trace import TraceEvent
-from .uapi import IoasMapFlags
+from .uapi import (
+    DirtyBitmapFlags, FaultPerm, HwInfoType, HwptAllocFlags, HwptDataType,
+    HwptInvalidateDataType, IoasMapFlags, OptionId, OptionOp, PageResponseCode,
+    VeventqType, ViommuType,
+)
 
 __all__ = [
     "Access", "AtsTranslation", "Fault", "FaultKind", "Gpa", "HostOffset", "IoasidContext",
@@ -36,4 +40,8 @@ __all__ = [
     "TraceEvent", "Translation", "VtdFaultReason", "parse_reason", "reason_text", "vtd_reason",
     # for the control RPC, which sees the model through this list only
     "DEFAULT_PROT", "FIRST_STAGE_LEVELS", "FaultInjector", "IoasMapFlags", "check_range",
+    # the uAPI's flag and enum types, whose names the control RPC accepts
+    "DirtyBitmapFlags", "FaultPerm", "HwInfoType", "HwptAllocFlags", "HwptDataType",
+    "HwptInvalidateDataType", "OptionId", "OptionOp", "PageResponseCode", "VeventqType",
+    "ViommuType",
 ]

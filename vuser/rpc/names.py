@@ -14,9 +14,8 @@ import enum
 import errno
 
 from vuser.errors import RemoteProtocolError
-from vuser.iommu.pagetable.results import Access
-from vuser.iommu.uapi import (
-    DirtyBitmapFlags, FaultPerm, HwInfoType, HwptAllocFlags, HwptDataType,
+from vuser.iommu import (
+    Access, DirtyBitmapFlags, FaultPerm, HwInfoType, HwptAllocFlags, HwptDataType,
     HwptInvalidateDataType, IoasMapFlags, OptionId, OptionOp, PageResponseCode,
     VeventqType, ViommuType,
 )
