@@ -55,33 +55,7 @@ static enum vt_result driver_info(void)
 
 static int kmemcpy(unsigned q, size_t len, unsigned seed, struct vuser_dma_memcpy *m)
 {
-	uint8_t *src = malloc(len), *dst = malloc(len);
-	int ret;
-
-	if (!src || !dst) {
-		free(src);
-		free(dst);
-		return vt_fail(ENOMEM, "malloc %zu", len);
-	}
-	for (size_t i = 0; i < len; i++)
-		src[i] = (uint8_t)(i * 7 + seed);
-	memset(dst, 0, len);
-	memset(m, 0, sizeof(*m));
-	m->src = (uintptr_t)src;
-	m->dst = (uintptr_t)dst;
-	m->len = len;
-	m->queue = q;
-	m->timeout_ms = 20000;
-	ret = vdma_kmod_memcpy(fd, m);
-	if (!ret && m->status != VDMA_COMPLETION_STATUS_SUCCESS)
-		ret = vt_fail(EIO, "memcpy %zu on queue %u: status %u (%s), fault_addr %#llx", len, q,
-			      m->status, vdma_status_name(m->status),
-			      (unsigned long long)m->fault_addr);
-	if (!ret && memcmp(src, dst, len))
-		ret = vt_fail(EIO, "memcpy %zu on queue %u: the copy differs", len, q);
-	free(src);
-	free(dst);
-	return ret;
+	return vdma_kmod_copy(fd, m, q, 0, len, seed, "memcpy");
 }
 
 static enum vt_result memcpy_dma_api(void)

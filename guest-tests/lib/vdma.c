@@ -323,6 +323,41 @@ int vdma_kmod_memcpy(int fd, struct vuser_dma_memcpy *m)
 	return kioctl(fd, VUSER_DMA_IOC_MEMCPY, m, "MEMCPY");
 }
 
+int vdma_kmod_copy(int fd, struct vuser_dma_memcpy *m, unsigned q, unsigned flags, size_t len,
+		   unsigned seed, const char *what)
+{
+	uint8_t *src = malloc(len), *dst = malloc(len);
+	int ret;
+
+	if (!src || !dst) {
+		free(src);
+		free(dst);
+		return vt_fail(ENOMEM, "malloc %zu", len);
+	}
+	for (size_t i = 0; i < len; i++)
+		src[i] = (uint8_t)(i * 13 + seed);
+	memset(dst, 0, len);
+	memset(m, 0, sizeof(*m));
+	m->src = (uintptr_t)src;
+	m->dst = (uintptr_t)dst;
+	m->len = len;
+	m->queue = q;
+	m->flags = flags;
+	m->timeout_ms = 20000;
+	ret = vdma_kmod_memcpy(fd, m);
+	if (!ret && m->status != VDMA_COMPLETION_STATUS_SUCCESS)
+		ret = vt_fail(EIO, "%s of %zu on queue %u: status %u (%s), fault_addr %#llx", what,
+			      len, q, m->status, vdma_status_name(m->status),
+			      (unsigned long long)m->fault_addr);
+	for (size_t i = 0; !ret && i < len; i++)
+		if (src[i] != dst[i])
+			ret = vt_fail(EIO, "%s of %zu on queue %u: byte %zu is %#x, want %#x", what,
+				      len, q, i, dst[i], src[i]);
+	free(src);
+	free(dst);
+	return ret;
+}
+
 int vdma_kmod_submit(int fd, struct vuser_dma_submit *s)
 {
 	return kioctl(fd, VUSER_DMA_IOC_SUBMIT, s, "SUBMIT");

@@ -678,6 +678,11 @@ int vt_nested_run_gpa(struct vt_nested *e, struct vdma_desc *d,
 int vdma_kmod_open(unsigned index, int *fd);
 int vdma_kmod_info(int fd, struct vuser_dma_info *info);
 int vdma_kmod_memcpy(int fd, struct vuser_dma_memcpy *m);
+/* MEMCPY `len` patterned bytes between two fresh buffers on queue `q` with
+ * `flags`; fails unless it completes with SUCCESS and every byte arrived.
+ * `m` keeps the driver's report (IOVAs, physical addresses). */
+int vdma_kmod_copy(int fd, struct vuser_dma_memcpy *m, unsigned q, unsigned flags, size_t len,
+		   unsigned seed, const char *what);
 int vdma_kmod_submit(int fd, struct vuser_dma_submit *s);
 int vdma_kmod_irq_counts(int fd, struct vuser_dma_irq_counts *c);
 int vdma_kmod_mask(int fd, unsigned vector, int masked);

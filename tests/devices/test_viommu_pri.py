@@ -11,13 +11,12 @@ import asyncio
 
 import pytest
 
-from vuser.devices.sample import SampleDevice
 from vuser.devices.viommu import VECTOR_PAGE_REQUEST
 from vuser.devices.vtd_layout import VtdFaultReason, Prs, Reg
 from vuser.iommu import Access, Fault
 from vuser.iommu.uapi import PageResponseCode
 
-from viommu_guest import P, Rig, page_response, pasid_cache
+from viommu_guest import P, Rig, translating_rig, page_response, pasid_cache
 
 LABEL = 0x0310
 IOVA = 0x5555_0000
@@ -25,10 +24,7 @@ IOVA = 0x5555_0000
 
 @pytest.fixture
 async def rig(tmp_path):
-    r = Rig()
-    await r.start(tmp_path, (LABEL,), lambda label: SampleDevice(label=label))
-    await r.drv.init()
-    await r.drv.enable_translation()
+    r = await translating_rig(tmp_path, LABEL)
     yield r
     await r.close()
 

@@ -9,14 +9,13 @@ import struct
 
 import pytest
 
-from vuser.devices.sample import SampleDevice
 from vuser.devices.vtd_layout import VtdFaultReason
 from vuser.iommu import Access, Fault
 from vuser.pci.caps_ext import Ats, AtsCtl
 from vuser.rpc import Service, render
 from vuser.rpc.tracing import TraceRecorder, read_trace, summarize
 
-from viommu_guest import P, Rig, context_cache, page_response, pasid_cache, pdevtlb, piotlb
+from viommu_guest import P, Rig, translating_rig, context_cache, page_response, pasid_cache, pdevtlb, piotlb
 
 LABEL = 0x0230
 IOVA = 0x5100_0000
@@ -24,10 +23,7 @@ IOVA = 0x5100_0000
 
 @pytest.fixture
 async def rig(tmp_path):
-    r = Rig()
-    await r.start(tmp_path, (LABEL,), lambda label: SampleDevice(label=label))
-    await r.drv.init()
-    await r.drv.enable_translation()
+    r = await translating_rig(tmp_path, LABEL)
     yield r
     await r.close()
 

@@ -467,3 +467,15 @@ class Rig:
         for fd in self.efds:
             os.close(fd)
         self.ram.close()
+
+
+async def translating_rig(tmp_path, *labels: int) -> Rig:
+    """A ``Rig`` of sample devices with ``labels``, the unit initialised and
+    translation on (GCMD.TE); the caller closes it."""
+    from vuser.devices.sample import SampleDevice
+
+    r = Rig()
+    await r.start(tmp_path, labels, lambda label: SampleDevice(label=label))
+    await r.drv.init()
+    await r.drv.enable_translation()
+    return r

@@ -56,3 +56,31 @@ def read_until(fd: int, pattern: bytes, timeout: float, buf: bytearray) -> bool:
                 return pattern in buf
             buf += data
     return pattern in buf
+
+
+def exit_shell(fd: int, pid: int, buf: bytearray, timeout: float = 60) -> None:
+    """Leave a ``vuser run --shell`` guest on the pty ``fd`` and reap ``pid``; the run
+    must end with status 0 (/init powers off through isa-debug-exit 0). Closes ``fd``
+    and kills ``pid`` whatever happens."""
+    try:
+        os.write(fd, b"exit\r")
+        deadline = time.monotonic() + timeout
+        status = None
+        while time.monotonic() < deadline and status is None:
+            read_until(fd, b"\0never", 0.5, buf)
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = os.waitstatus_to_exitcode(st)
+        assert status == 0, buf[-2000:].decode(errors="replace")
+    finally:
+        kill_shell(fd, pid)
+
+
+def kill_shell(fd: int, pid: int) -> None:
+    """Stop a ``vuser run --shell`` child at once and close its pty."""
+    try:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+    os.close(fd)

@@ -13,7 +13,7 @@ import pytest
 
 from vuser.errors import UserError
 
-from qemu_helpers import read_until, run_vuser
+from qemu_helpers import exit_shell, kill_shell, read_until, run_vuser
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -57,22 +57,10 @@ def test_kernel_iommu_shell_shows_dmar0_and_the_vuser_dma_in_a_group(image_ready
         # vuser-dma (device 0x0002) at 02:00.0, in a DMA-API IOMMU group.
         assert re.search(r"^group \d+ 0000:02:00\.0 DMA(-FQ)?$", text, re.M), text[-3000:]
         assert re.search(r"^0x0002$", text, re.M)
-        os.write(fd, b"exit\r")  # /init then powers off through isa-debug-exit 0
-        deadline = time.monotonic() + 60
-        status = None
-        while time.monotonic() < deadline and status is None:
-            read_until(fd, b"\0never", 0.5, buf)
-            done, st = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = os.waitstatus_to_exitcode(st)
-        assert status == 0, buf[-2000:].decode(errors="replace")
-    finally:
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+    except BaseException:
+        kill_shell(fd, pid)
+        raise
+    exit_shell(fd, pid, buf)
 
 
 def test_run_kernel_iommu_runs_the_kernel_owned_program(image_ready):

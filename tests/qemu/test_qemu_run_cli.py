@@ -15,7 +15,7 @@ import pytest
 from vuser.qemu import kvm
 
 from qemu_helpers import read_until as _read_until
-from qemu_helpers import run_vuser
+from qemu_helpers import exit_shell, kill_shell, run_vuser
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -207,22 +207,10 @@ def test_run_shell_is_an_interactive_guest_console(image_ready):
         time.sleep(1.0)  # let the shell start and print its prompt
         os.write(fd, b"echo vuser-$((40 + 2))\r")
         assert _read_until(fd, b"vuser-42", 60, buf), buf[-2000:].decode(errors="replace")
-        os.write(fd, b"exit\r")  # /init then powers off through isa-debug-exit 0
-        deadline = time.monotonic() + 60
-        status = None
-        while time.monotonic() < deadline and status is None:
-            _read_until(fd, b"\0never", 0.5, buf)
-            done, st = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = os.waitstatus_to_exitcode(st)
-        assert status == 0, buf[-2000:].decode(errors="replace")
-    finally:
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+    except BaseException:
+        kill_shell(fd, pid)
+        raise
+    exit_shell(fd, pid, buf)
 
 
 def test_shell_needs_a_terminal():
