@@ -190,7 +190,8 @@ class _Run:
                  ready_timeout: float, on_ready: Callable[[LaunchInfo], None] | None,
                  qemu_extra: Sequence[str], kernel_iommu: bool = False,
                  probe_cache: Path | None = None,
-                 until: Callable[[Path], bool] | None = None) -> None:
+                 until: Callable[[Path], bool] | None = None,
+                 overlays: Sequence[Any] = ()) -> None:
         self.image = image
         self.devices = list(devices)
         self.timeout = timeout
@@ -209,6 +210,7 @@ class _Run:
         self.kernel_iommu = kernel_iommu
         self.probe_cache = probe_cache
         self.until = until
+        self.overlays = list(overlays)
         self.notes: list[str] = []
         self.topology: Any = None
         self._probe_key: str | None = None
@@ -297,6 +299,10 @@ class _Run:
                 table = self.workdir / "dmar.bin"
                 table.write_bytes(self._dmar)
                 extra += ["-acpitable", f"file={table}"]
+            if initrd is not None and any(self.overlays):
+                from vuser.guest import overlay
+
+                initrd = overlay.concatenate(initrd, self.overlays, self.workdir / "initrd.img")
             if self.devices:
                 self._start_server(sockets)
             cfg = cmdline.GuestConfig(
@@ -535,7 +541,7 @@ def launch(image: Any, devices: Sequence[str] = ("sample",), timeout: float = 12
            server_command: Sequence[str] | None = None, ready_timeout: float = 20.0,
            on_ready: Callable[[LaunchInfo], None] | None = None,
            qemu_extra: Sequence[str] = (), kernel_iommu: bool = False,
-           probe_cache: Path | None = None) -> GuestResult:
+           probe_cache: Path | None = None, overlays: Sequence[Any] = ()) -> GuestResult:
     """Boot ``image`` (``.kernel``, ``.initrd``, ``.append``) against vuser ``devices``.
 
     - ``kernel_args``: words appended to the kernel command line (``vuser.tests=a,b``).
@@ -548,6 +554,8 @@ def launch(image: Any, devices: Sequence[str] = ("sample",), timeout: float = 12
       ``devices`` (module doc); ``probe_cache`` is where firmware probes are
       cached (default ``<cache>/probes``). ``result.notes`` says where the
       register base came from.
+    - ``overlays``: ``vuser.guest.overlay.Overlay`` archives appended to the
+      image's initrd for this run only (the cached image is not touched).
 
     Startup failures raise ``UserError``; everything after QEMU started is
     reported in the ``GuestResult``. Nothing is left running or on disk.
@@ -556,7 +564,8 @@ def launch(image: Any, devices: Sequence[str] = ("sample",), timeout: float = 12
                 extra_server_args=extra_server_args, kernel_args=kernel_args,
                 console_echo=console_echo, console_input=console_input, qemu=qemu,
                 server_command=server_command, ready_timeout=ready_timeout, on_ready=on_ready,
-                qemu_extra=qemu_extra, kernel_iommu=kernel_iommu, probe_cache=probe_cache).run()
+                qemu_extra=qemu_extra, kernel_iommu=kernel_iommu, probe_cache=probe_cache,
+                overlays=overlays).run()
 
 
 @dataclass(frozen=True)
