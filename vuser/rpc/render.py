@@ -249,15 +249,22 @@ def faults(f: dict[str, Any]) -> str:
     return out
 
 
-_INV_NAMES = {"inv-context-cache": "context-cache", "inv-pasid-cache": "PASID-cache",
+INV_NAMES = {"inv-context-cache": "context-cache", "inv-pasid-cache": "PASID-cache",
               "inv-iotlb": "IOTLB", "inv-piotlb": "PASID-IOTLB", "inv-devtlb": "device-TLB"}
-_GRANULARITY = {
+GRANULARITY = {
     "inv-context-cache": {1: "global", 2: "domain", 3: "device"},
     "inv-pasid-cache": {0: "domain", 1: "PASID", 3: "global"},
     "inv-iotlb": {1: "global", 2: "domain", 3: "pages"},
     "inv-piotlb": {2: "PASID", 3: "pages"},
 }
 _U64_MAX = (1 << 64) - 1
+
+
+def invalidation_granularity(kind: str, info: dict[str, Any]) -> str | None:
+    """A vIOMMU invalidation descriptor's granularity in words (VT-d 6.5.2), or None."""
+    if kind == "inv-devtlb":
+        return "all PASIDs" if info.get("all_pasids") else "PASID"
+    return GRANULARITY.get(kind, {}).get(info.get("g"))
 
 
 def _range(iova: int, length: int) -> str:
@@ -273,9 +280,9 @@ def trace_detail(e: dict[str, Any]) -> str:
         return reason_name(e["fault"], e.get("vtd"))
     if kind == "invalidate":
         return f"IOTLB: {e['count']} entries dropped, {_range(e['iova'], e['length'])}"
-    if kind in _INV_NAMES:
-        out = f"{_INV_NAMES[kind]} invalidation"
-        g = _GRANULARITY.get(kind, {}).get(info.get("g"))
+    if kind in INV_NAMES:
+        out = f"{INV_NAMES[kind]} invalidation"
+        g = GRANULARITY.get(kind, {}).get(info.get("g"))
         if g:
             out += f" ({g})"
         if "did" in info:
@@ -326,7 +333,7 @@ def trace_summary(s: dict[str, Any], header: dict[str, Any], footer: dict[str, A
             ["IOTLB hit rate", rate], ["faults", s["faults"]],
             ["invalidations", s["invalidations"]],
             ["invalidated IOTLB entries", s["invalidated_entries"]],
-            *[[f"{_INV_NAMES.get(k, k)} invalidation descriptors", n]
+            *[[f"{INV_NAMES.get(k, k)} invalidation descriptors", n]
               for k, n in sorted(s.get("invalidation_descriptors", {}).items())],
             *([["page requests", s["page_requests"]], ["page responses", s["page_responses"]]]
               if s.get("page_requests") or s.get("page_responses") else []),
