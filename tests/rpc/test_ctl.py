@@ -40,7 +40,7 @@ def test_every_ctl_help_is_meaningful(capsys: pytest.CaptureFixture[str]) -> Non
     expected = {"devices", "pasids", "ioas", "stats", "faults", "trace", "inject"}
     assert expected <= {p[1] for p in paths if len(p) > 1}
     assert {p[2] for p in paths if len(p) > 2 and p[1] == "trace"} == {
-        "record", "show", "summary", "plot"}
+        "record", "show", "summary", "plot", "export"}
     for path in paths:
         with pytest.raises(SystemExit) as ei:
             main(path + ["--help"])

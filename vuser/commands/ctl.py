@@ -30,6 +30,7 @@ prints the raw result for scripts. Addresses may be given in hex (0x...).
   vuser ctl completions --follow --label 0x1
   vuser ctl trace record /tmp/t.trace --duration 10
   vuser ctl trace summary /tmp/t.trace ; vuser ctl trace plot /tmp/t.trace
+  vuser ctl trace export /tmp/t.trace -o /tmp/t.json   # for ui.perfetto.dev
   vuser ctl inject fault --label 1 --pasid 5 --iova 0x400000 --length 0x1000 --count 3
   vuser ctl call ioas_alloc
 """
@@ -136,11 +137,13 @@ def _configure_events(sub: Any) -> None:
 
 
 def _configure_trace(sub: Any) -> None:
-    """trace record, show, summary, plot."""
-    p = _sub(sub, "trace", "record, show, summarise and plot translation traces",
+    """trace record, show, summary, plot, export."""
+    p = _sub(sub, "trace", "record, show, summarise, plot and export translation traces",
              "Traces hold every translation (time, label, PASID, IOVA, GPA, stage,\n"
              "IOTLB hit or miss), fault and invalidation, as a msgpack stream.\n"
-             "`record` asks the server to write one; the others read the file.")
+             "`record` asks the server to write one; the others read the file\n"
+             "(`vuser run --trace` and `vuser serve --trace` write one too).\n"
+             "`export` writes it for a trace viewer (ui.perfetto.dev).")
     tsub = p.add_subparsers(dest="trace_command", metavar="ACTION", required=True)
     t = _sub(tsub, "record", "record a trace on the server into FILE",
              "Start recording into FILE (the server writes it; give a path it can\n"
@@ -174,6 +177,27 @@ def _configure_trace(sub: Any) -> None:
              "matplotlib (pip install 'vuser[plot]').")
     t.add_argument("file", help="a trace file")
     t.add_argument("--out", "-o", metavar="PNG", help="output file (default FILE.png)")
+    t = _sub(tsub, "export", "export a trace file for a trace viewer (Perfetto, chrome://tracing)",
+             "Write FILE as a Chrome/Perfetto JSON trace (the Trace Event Format):\n"
+             "one process per device label and one thread per (label, PASID) lane:\n"
+             "the RID, each PASID, and \"all PASIDs\" for invalidations of every PASID;\n"
+             "invalidation descriptors that name no device are on the lanes of\n"
+             "\"vIOMMU (no device named)\". Each event is an instant on its lane:\n"
+             "translations (category hit, or walk with the stage that answered),\n"
+             "faults (with the VT-d reason), invalidations (by granularity), page\n"
+             "requests and page responses; its args hold the IOVA, GPA, range, group.\n"
+             "A counter per device shows translations per millisecond (hits, walks).\n\n"
+             "To look at it, open the JSON file in https://ui.perfetto.dev (\"Open\n"
+             "trace file\"; the file stays in the browser) or in Chrome's\n"
+             "chrome://tracing (\"Load\"). Timestamps are microseconds since the\n"
+             "trace started.\n\n"
+             "  vuser run --test dma_nested --trace /tmp/run.trace\n"
+             "  vuser ctl trace export /tmp/run.trace -o /tmp/run.json")
+    t.add_argument("file", help="a trace file")
+    t.add_argument("--format", "-f", choices=("perfetto", "chrome"), default="perfetto",
+                   help="perfetto or chrome: the same JSON, which both viewers open "
+                        "(default perfetto)")
+    t.add_argument("--out", "-o", metavar="JSON", help="output file (default FILE.json)")
 
 
 def _configure_inject(sub: Any) -> None:
@@ -481,8 +505,24 @@ def _trace_offline(args: argparse.Namespace) -> int:
     if args.trace_command == "summary":
         s = summarize(trace.events, t0)
         return _print(args, s, lambda v: render.trace_summary(v, trace.header, trace.footer))
+    if args.trace_command == "export":
+        from vuser.rpc.trace_export import write_chrome
+
+        out = args.out or (os.path.splitext(args.file)[0] + ".json")
+        try:
+            doc = write_chrome(trace, out, source=os.path.abspath(args.file))
+        except OSError as e:
+            raise UserError(f"cannot write {out}: {e.strerror}") from None
+        lanes = sum(1 for e in doc["traceEvents"] if e["name"] == "thread_name")
+        print(f"wrote {out}: {len(trace.events)} events on {lanes} lanes "
+              f"(open it in https://ui.perfetto.dev or chrome://tracing)")
+        return 0
     out = args.out or (os.path.splitext(args.file)[0] + ".png")
-    plot_trace(trace.events, out, title=os.path.basename(args.file))
+    try:
+        plot_trace(trace.events, out, title=os.path.basename(args.file),
+                   t0=trace.header.get("t0"))
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror}") from None
     print(f"wrote {out}")
     return 0
 

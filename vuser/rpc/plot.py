@@ -7,9 +7,13 @@ one line the CLI prints; tables are printed either way.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from vuser.errors import UserError
+
+from .timeline import CATEGORIES, Lane, Timeline, timeline
 
 INSTALL_HINT = "matplotlib is not installed; no plot written (pip install 'vuser[plot]')"
 
@@ -29,65 +33,124 @@ def pyplot() -> Any:
     return plt
 
 
-def _hex(v: int | None) -> str:
-    return "-" if v is None else f"{v:#x}"
+@dataclass
+class TracePlot:
+    """What ``plot_trace`` drew: the timeline's lanes (top to bottom), the
+    times of each category's marks per lane, and the hit-rate line as its
+    unbroken segments (a bin without translations ends a segment)."""
+
+    out: str
+    lanes: list[Lane]
+    marks: dict[Lane, dict[str, list[float]]]
+    rate_segments: list[list[tuple[float, float]]]
+    bin_width: float
+    top_pages: list[tuple[str, int]] = field(default_factory=list)
 
 
-def hit_rate_series(events: list[dict[str, Any]], bins: int = 50
-                    ) -> tuple[list[float], list[float | None]]:
-    """IOTLB hit rate of translate events in ``bins`` equal time slices."""
-    tr = [e for e in events if e["kind"] == "translate"]
-    if not tr:
-        return [], []
-    t0, t1 = tr[0]["time"], tr[-1]["time"]
-    width = (t1 - t0) / bins or 1.0
-    hits = [0] * bins
-    total = [0] * bins
-    for e in tr:
-        i = min(int((e["time"] - t0) / width), bins - 1)
-        total[i] += 1
-        hits[i] += bool(e["hit"])
-    xs = [(i + 0.5) * width for i in range(bins)]
-    return xs, [h / t if t else None for h, t in zip(hits, total)]
+#: How each category is drawn on the timeline: y offset in its lane, marker, colour, size.
+STYLE = {
+    "hit": (-0.30, "|", "0.6", 40),
+    "walk": (-0.15, "|", "tab:blue", 60),
+    "invalidate": (0.0, "D", "tab:orange", 22),
+    "page-request": (0.15, "^", "tab:green", 36),
+    "page-response": (0.15, "v", "tab:purple", 36),
+    "fault": (0.30, "X", "tab:red", 70),
+    "other": (0.0, ".", "k", 10),
+}
+LEGEND = {"hit": "translation: IOTLB hit", "walk": "translation: walk",
+          "invalidate": "invalidation", "page-request": "page request",
+          "page-response": "page response", "fault": "fault", "other": "other"}
+
+
+def hit_rate_segments(tl: Timeline, bins: int = 200
+                      ) -> tuple[list[list[tuple[float, float]]], float]:
+    """The IOTLB hit rate in ``bins`` equal slices of the timeline, as runs
+    of consecutive slices with translations: an idle slice breaks the line.
+    Returns (segments of (slice middle, rate), slice width)."""
+    times = [m.time for m in tl.marks]
+    if not times:
+        return [], 0.0
+    span = max(times) - min(times)
+    width = span / bins if span > 0 else 1.0
+    t0 = min(times)
+    per: dict[int, list[int]] = {}
+    for m in tl.marks:
+        if m.category in ("hit", "walk"):
+            b = per.setdefault(min(int((m.time - t0) / width), bins - 1), [0, 0])
+            b[0] += m.category == "hit"
+            b[1] += 1
+    segments: list[list[tuple[float, float]]] = []
+    prev = None
+    for i in sorted(per):
+        if prev is None or i != prev + 1:
+            segments.append([])
+        hits, total = per[i]
+        segments[-1].append((t0 + (i + 0.5) * width, hits / total))
+        prev = i
+    return segments, width
+
+
+def trace_plot_data(events: list[dict[str, Any]], t0: float | None = None, *,
+                    top: int = 20, out: str = "") -> TracePlot:
+    """The data ``plot_trace`` draws (no matplotlib needed)."""
+    tl = timeline(events, t0)
+    marks: dict[Lane, dict[str, list[float]]] = {ln: {} for ln in tl.lanes}
+    for m in tl.marks:
+        marks[m.lane].setdefault(m.category, []).append(m.time)
+    segments, width = hit_rate_segments(tl)
+    per_page = Counter((m.lane, int(m.args["iova"], 16) >> 12) for m in tl.marks
+                       if m.category in ("hit", "walk")).most_common(top)
+    return TracePlot(out, tl.lanes, marks, segments, width,
+                     [(f"{lane.short}:{pg << 12:#x}", n) for (lane, pg), n in per_page])
 
 
 def plot_trace(events: list[dict[str, Any]], out: str, title: str = "vuser trace",
-               top: int = 30) -> str:
-    """Three panels: IOTLB hit rate over time, translations per PASID, per page."""
-    from collections import Counter
-
+               top: int = 20, t0: float | None = None) -> TracePlot:
+    """Three panels: the timeline (one lane per (label, PASID), a mark per
+    translation, fault, invalidation, page request and response), the IOTLB
+    hit rate over time (broken where nothing translated), the busiest pages."""
     plt = pyplot()
-    fig, axes = plt.subplots(3, 1, figsize=(9, 10))
-    xs, ys = hit_rate_series(events)
-    pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+    data = trace_plot_data(events, t0, top=top, out=out)
+    lanes = data.lanes
+    fig, axes = plt.subplots(3, 1, figsize=(11, 4 + 0.45 * len(lanes) + 6),
+                             gridspec_kw={"height_ratios": [max(len(lanes), 2) * 0.45 + 1, 2, 2]})
     ax = axes[0]
-    if pts:
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker=".")
-    ax.set_xlabel("time since the first translation (s)")
+    ys = {lane: len(lanes) - 1 - i for i, lane in enumerate(lanes)}
+    for cat in CATEGORIES:
+        dy, marker, colour, size = STYLE[cat]
+        xs = [t for lane in lanes for t in data.marks[lane].get(cat, [])]
+        yv = [ys[lane] + dy for lane in lanes for _t in data.marks[lane].get(cat, [])]
+        if xs:
+            ax.scatter(xs, yv, marker=marker, c=colour, s=size,
+                       label=f"{LEGEND[cat]} ({len(xs)})", zorder=3 if cat == "fault" else 2)
+    ax.set_yticks([ys[ln] for ln in lanes], [ln.short for ln in lanes], fontsize=8)
+    ax.set_ylim(-0.6, len(lanes) - 0.4)
+    for lane in lanes:
+        ax.axhline(ys[lane] - 0.5, color="0.9", lw=0.5)
+    ax.set_xlabel("time since the trace started (s)")
+    ax.set_ylabel("label:PASID")
+    ax.set_title(f"{title}: timeline")
+    if lanes:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax = axes[1]
+    for seg in data.rate_segments:
+        ax.plot([x for x, _y in seg], [100 * y for _x, y in seg], marker=".", color="tab:blue")
+    ax.set_xlim(axes[0].get_xlim())
+    ax.set_xlabel("time since the trace started (s)")
     ax.set_ylabel("IOTLB hit rate (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title(f"{title}: IOTLB hit rate over time")
-    tr = [e for e in events if e["kind"] == "translate"]
-    per_pasid = Counter((e["label"], e["pasid"]) for e in tr)
-    ax = axes[1]
-    names = [f"{_hex(lbl)}:{'RID' if p is None else p}" for (lbl, p) in per_pasid]
-    ax.bar(range(len(names)), list(per_pasid.values()))
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("translations")
-    ax.set_title("translations per (label:PASID)")
-    per_page = Counter((e["label"], e["pasid"], e["iova"] >> 12) for e in tr).most_common(top)
+    ax.set_title(f"IOTLB hit rate per {data.bin_width * 1e3:.3g} ms "
+                 "(no line where nothing translated)")
     ax = axes[2]
-    ax.bar(range(len(per_page)), [n for _k, n in per_page])
-    ax.set_xticks(range(len(per_page)),
-                  [f"{_hex(lbl)}:{'R' if p is None else p}:{pg << 12:#x}"
-                   for (lbl, p, pg), _n in per_page],
+    ax.bar(range(len(data.top_pages)), [n for _k, n in data.top_pages])
+    ax.set_xticks(range(len(data.top_pages)), [k for k, _n in data.top_pages],
                   rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("translations")
     ax.set_title(f"translations per page (top {top})")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
-    return out
+    return data
 
 
 def plot_xy(out: str, title: str, xlabel: str, ylabel: str,

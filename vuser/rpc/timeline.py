@@ -177,8 +177,9 @@ def mark_of(e: dict[str, Any], t0: float) -> Mark:
 
 def timeline(events: list[dict[str, Any]], t0: float | None = None) -> Timeline:
     """Every event as a mark, lanes ordered by label then PASID (RID first)."""
-    if t0 is None:
-        t0 = min((e["time"] for e in events), default=0.0)
+    first = min((e["time"] for e in events), default=0.0)
+    if t0 is None or first < t0:    # no header time, or a clock before it: start at the first
+        t0 = first
     marks = sorted((mark_of(e, t0) for e in events), key=lambda m: m.time)
     lanes = sorted({m.lane for m in marks}, key=Lane.sort_key)
     return Timeline(t0, lanes, marks)
