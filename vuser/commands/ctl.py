@@ -256,8 +256,20 @@ def _configure_call(sub: Any) -> None:
              "  vuser ctl call hwpt_invalidate 7 '[{\"addr\":0,\"npages\":1,\"flags\":0}]'")
     p.add_argument("method", help="method name")
     p.add_argument("args", nargs="*", metavar="ARG", help="positional values or name=value")
-    _sub(sub, "methods", "list the control methods and their parameters",
-         "Every method the server answers, with its group and parameters.")
+    p = _sub(sub, "methods", "list the control methods, their parameters and results",
+             "Every method the server answers: its signature, what it does, each\n"
+             "parameter with its kinds, default, the uAPI flag or enum names it takes\n"
+             "and what it means, what it returns, and its checks and errnos.\n"
+             "--offline lists this vuser's methods without asking a server;\n"
+             "--markdown writes them as docs/control.md is written.\n\n"
+             "  vuser ctl methods hwpt_alloc ioas_map\n"
+             "  vuser ctl methods --offline --brief")
+    p.add_argument("names", nargs="*", metavar="METHOD", help="only these methods")
+    p.add_argument("--brief", action="store_true",
+                   help="one line per method: group, signature, what it does")
+    p.add_argument("--markdown", action="store_true", help="Markdown (docs/control.md)")
+    p.add_argument("--offline", action="store_true",
+                   help="this vuser's methods, without a server (no --socket needed)")
 
 
 # -- plumbing ---------------------------------------------------------------------------
@@ -360,6 +372,8 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "call":
         pos, named = _call_params(args.args)
         return asyncio.run(_with_client(args, lambda c: _call(c, args, pos, named)))
+    if cmd == "methods" and args.offline:
+        return _print_methods(args, _offline_methods())
     if cmd == "methods":
         return asyncio.run(_with_client(args, lambda c: _methods(c, args)))
     raise UserError(f"unknown ctl subcommand {cmd!r}")  # argparse prevents this
@@ -572,14 +586,35 @@ async def _call(c: Any, args: argparse.Namespace, pos: list[Any], named: dict[st
 
 
 async def _methods(c: Any, args: argparse.Namespace) -> int:
-    from vuser.rpc import render
-
     ms = await asyncio.wait_for(c.rpc_methods(), args.timeout)
+    return _print_methods(args, ms)
 
-    def human(ms: list[dict[str, Any]]) -> str:
-        rows = []
-        for m in ms:
-            params = ", ".join(p["name"] + ("" if p["required"] else "?") for p in m["params"])
-            rows.append([m["group"], f"{m['name']}({params})", m["doc"][:70]])
-        return render.table(["GROUP", "METHOD", "DOC"], rows)
-    return _print(args, ms, human)
+
+def _offline_methods() -> list[dict[str, Any]]:
+    """``rpc_methods`` of a server-less service over an empty model."""
+    from vuser.iommu import IoasidContext, IommuRegistry
+    from vuser.rpc import Service
+
+    svc = Service(IoasidContext(IommuRegistry()))
+    try:
+        return svc.rpc_methods()
+    finally:
+        svc.close()
+
+
+def _print_methods(args: argparse.Namespace, ms: list[dict[str, Any]]) -> int:
+    from vuser.rpc import method_docs, render
+
+    if args.names:
+        unknown = sorted(set(args.names) - {m["name"] for m in ms})
+        if unknown:
+            raise UserError(f"no method {', '.join(unknown)} (`vuser ctl methods --brief` "
+                            f"lists them)")
+        ms = [m for m in ms if m["name"] in args.names]
+    if args.markdown:
+        print(method_docs.markdown(ms), end="")
+        return 0
+    if args.brief:
+        return _print(args, ms, lambda v: render.table(["GROUP", "METHOD", "DOC"],
+                                                       method_docs.brief(v)))
+    return _print(args, ms, method_docs.text)

@@ -41,6 +41,7 @@ from . import views
 from .convert import RESULT_SHAPES, to_wire
 from .events import TOPICS, Hub
 from .injection import FaultInjector, S2Holes
+from .method_docs import doc_of
 from .params import Param, bind, params_of
 from .tracing import DEFAULT_MAX_BYTES, TraceRecorder
 
@@ -59,15 +60,26 @@ class Method:
     doc: str
     shape: Callable[[Any], Any] = to_wire
     needs_conn: bool = False
+    details: str = ""
 
     def describe(self) -> dict[str, Any]:
+        """Name, group, doc (its first paragraph), details (the rest), what it
+        returns and each parameter with its meaning (``method_docs``)."""
+        returns, meaning = doc_of(self.name)
         return {"name": self.name, "group": self.group, "doc": self.doc,
-                "params": [p.describe() for p in self.params]}
+                "details": self.details, "returns": returns,
+                "params": [dict(p.describe(), doc=meaning.get(p.name)) for p in self.params]}
 
 
 def _first_line(fn: Callable[..., Any]) -> str:
     doc = inspect.getdoc(fn) or ""
     return " ".join(doc.split("\n\n", 1)[0].split())
+
+
+def _details(fn: Callable[..., Any]) -> str:
+    """A docstring after its first paragraph, each paragraph on one line."""
+    paras = (inspect.getdoc(fn) or "").split("\n\n")[1:]
+    return "\n\n".join(" ".join(p.split()) for p in paras if p.strip())
 
 
 def rpc(group: str, *, conn: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -134,9 +146,11 @@ class Service:
         for name in IoasidContext.UAPI_METHODS:
             fn = adapted.get(name) or getattr(ctx, name)
             params = params_of(fn, skip=("on_response",), method=name)
+            # An adapted method's first line says what the RPC takes; the model's
+            # docstring says the rest (its checks and errnos).
             self.methods[name] = Method(
-                name, fn, params, "uapi", _first_line(getattr(ctx, name)),
-                RESULT_SHAPES.get(name, to_wire))
+                name, fn, params, "uapi", _first_line(fn), RESULT_SHAPES.get(name, to_wire),
+                details=_details(getattr(ctx, name)))
 
     def _add_own(self) -> None:
         for attr in dir(type(self)):
@@ -146,7 +160,7 @@ class Service:
                 continue
             group, conn = mark
             self.methods[attr] = Method(attr, fn, params_of(fn, skip=("conn",), method=attr), group,
-                                        _first_line(fn), to_wire, conn)
+                                        _first_line(fn), to_wire, conn, _details(fn))
 
     # -- dispatch --------------------------------------------------------------------
     def call(self, conn: Any, method: str, params: list[Any] | dict[str, Any]) -> Any:
@@ -211,7 +225,8 @@ class Service:
     # -- meta ----------------------------------------------------------------------
     @rpc("meta")
     def rpc_methods(self) -> list[dict[str, Any]]:
-        """Every method with its group, parameters and one line of doc."""
+        """Every method with its group, doc, what it returns, and its parameters with
+        their kinds, defaults, the uAPI names they take and what they mean."""
         return [m.describe() for m in sorted(self.methods.values(), key=lambda m: m.name)]
 
     @rpc("meta")
