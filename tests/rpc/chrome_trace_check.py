@@ -16,7 +16,8 @@ from vuser's exporter, for the tests of ``vuser.rpc.trace_export``.
 - timestamps never go back on a lane (a (pid, tid) thread) nor on a counter
   (pid, name), in file order;
 - every pid an event uses has a ``process_name``, every (pid, tid) a
-  ``thread_name``, and a tid belongs to one pid only.
+  ``thread_name``, and a tid belongs to one pid only (an event without a
+  tid is on the thread tid == pid, as viewers read it).
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ def problems(doc: Any) -> list[str]:
         if needs_tid and (not isinstance(tid, int) or isinstance(tid, bool)):
             out.append(f"{where}: {ph} without an int tid")
             continue
-        if isinstance(tid, int):
-            if owner.setdefault(tid, pid) != pid:
-                out.append(f"{where}: tid {tid} in pid {pid} and pid {owner[tid]}")
+        # A viewer reads a missing tid as tid == pid (Perfetto's JSON importer does).
+        thread = tid if isinstance(tid, int) else pid
+        if owner.setdefault(thread, pid) != pid:
+            out.append(f"{where}: tid {thread} in pid {pid} and pid {owner[thread]}")
         args = e.get("args", {})
         if not isinstance(args, dict):
             out.append(f"{where}: args is not an object")

@@ -155,6 +155,12 @@ def test_the_checker_catches_broken_documents(trace: Trace) -> None:
         "in pid": lambda d: d["traceEvents"][first_i].update(pid=d["traceEvents"][first_i]["pid"]
                                                               + 1000),
     }
+    # A lane whose tid is another process's pid: that process's events without a
+    # tid (its name, its counters) are on that thread too.
+    other_pid = next(e["pid"] for e in ev if e["name"] == "process_name"
+                     and e["pid"] != ev[first_i]["pid"])
+    breaks[f"tid {other_pid} in pid {ev[first_i]['pid']} and pid {other_pid}"] = (
+        lambda d: d["traceEvents"][first_i].update(tid=other_pid))
     for what, brk in breaks.items():
         doc = copy.deepcopy(good)
         brk(doc)

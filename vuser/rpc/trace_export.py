@@ -6,7 +6,8 @@ chrome://tracing): ``{"traceEvents": [...], "displayTimeUnit": "ms",
 "otherData": {...}}``.
 
 - Each device label is a process (``pid``), each of its (label, PASID)
-  lanes a thread (``tid``, unique over the whole file); ``process_name`` and
+  lanes a thread (``tid``, unique over the whole file and never a pid);
+  ``process_name`` and
   ``thread_name`` metadata events (``ph`` "M") name them, and
   ``process_sort_index``/``thread_sort_index`` keep the order of
   ``timeline.Lane.sort_key`` (the RID first, then PASIDs, "all PASIDs" last;
@@ -54,10 +55,13 @@ def to_chrome(trace: Trace, *, source: str | None = None) -> dict[str, Any]:
     """The JSON object of ``trace`` in the Trace Event Format."""
     tl: Timeline = timeline(trace.events, trace.header.get("t0"))
     pids = _pids(tl.lanes)
-    tids = {lane: i + 1 for i, lane in enumerate(tl.lanes)}
+    # A viewer gives an event without a tid (a counter, a process_name) the
+    # thread tid == pid: lanes' tids start after the last pid so that thread
+    # is never one of another process's lanes.
+    tids = {lane: len(pids) + i + 1 for i, lane in enumerate(tl.lanes)}
     out: list[dict[str, Any]] = []
     for label, pid in pids.items():
-        name = tl.lanes[[ln.label for ln in tl.lanes].index(label)].device
+        name = next(ln.device for ln in tl.lanes if ln.label == label)
         out.append({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": name}})
         out.append({"name": "process_sort_index", "ph": "M", "pid": pid,
                     "args": {"sort_index": pid}})
