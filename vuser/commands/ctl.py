@@ -172,9 +172,12 @@ def _configure_trace(sub: Any) -> None:
              "reason, invalidations, translations per PASID and the busiest pages.")
     t.add_argument("file", help="a trace file")
     t = _sub(tsub, "plot", "plot a trace file to PNG (needs matplotlib: vuser[plot])",
-             "Write a PNG with three panels: IOTLB hit rate over time,\n"
-             "translations per (label, PASID), and the busiest pages. Needs\n"
-             "matplotlib (pip install 'vuser[plot]').")
+             "Write a PNG with three panels: the timeline, one lane per (label,\n"
+             "PASID) with a mark per translation (IOTLB hit or walk), fault,\n"
+             "invalidation, page request and page response (the lanes of `trace\n"
+             "export`); the IOTLB hit rate over time, with no line where nothing\n"
+             "translated; and the busiest pages. Needs matplotlib\n"
+             "(pip install 'vuser[plot]').")
     t.add_argument("file", help="a trace file")
     t.add_argument("--out", "-o", metavar="PNG", help="output file (default FILE.png)")
     t = _sub(tsub, "export", "export a trace file for a trace viewer (Perfetto, chrome://tracing)",
