@@ -179,10 +179,17 @@ def test_plot_data_has_the_same_lanes_and_breaks_the_rate_line(trace: Trace) -> 
     assert len(data.marks[Lane(LABEL, PASID)]["page-request"]) == 2
     # No device named: the HWPT invalidations (twice), the context-cache descriptor, the global one.
     assert len(data.marks[Lane(None, ALL)]["invalidate"]) == 4
-    # Translations before and after the idle half second are separate segments.
-    assert len(data.rate_segments) >= 2
-    gap_start = max(t for seg in data.rate_segments[:1] for t, _r in seg)
-    assert all(t - gap_start > 0.4 for seg in data.rate_segments[1:] for t, _r in seg)
+    # The idle half second is cut short on the time axis, and no segment of
+    # the hit-rate line crosses it.
+    (a, b), = [(a, b) for a, b in data.axis.gaps if b - a > 0.4]
+    sides = {("before" if max(t for t, _r in seg) <= a else
+              "after" if min(t for t, _r in seg) >= b else "across")
+             for seg in data.rate_segments}
+    assert sides == {"before", "after"}
+    ax = data.axis
+    assert ax.x(b) - ax.x(a) == pytest.approx(ax.shown) and ax.shown < (b - a) / 10
+    for t in (0.0, a / 2, a, (a + b) / 2, b, b + 0.001):
+        assert ax.t(ax.x(t)) == pytest.approx(t)
 
 
 @pytest.mark.skipif(not HAVE_MPL, reason="prerequisite missing: matplotlib (vuser[plot])")

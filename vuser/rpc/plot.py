@@ -33,15 +33,62 @@ def pyplot() -> Any:
     return plt
 
 
+@dataclass(frozen=True)
+class TimeAxis:
+    """Time (seconds since the trace started) -> x on the timeline: each idle
+    gap of ``gaps`` (no event from its start to its end) is drawn ``shown``
+    wide, so a boot's few early events do not squeeze the run into a corner."""
+
+    gaps: tuple[tuple[float, float], ...] = ()
+    shown: float = 0.0
+    #: The first event's time.
+    first: float = 0.0
+
+    def x(self, t: float) -> float:
+        cut = 0.0
+        for a, b in self.gaps:
+            if t <= a:
+                break
+            if t < b:
+                return a - cut + (t - a) / (b - a) * self.shown
+            cut += (b - a) - self.shown
+        return t - cut
+
+    def t(self, x: float) -> float:
+        """The inverse of ``x``."""
+        cut = 0.0
+        for a, b in self.gaps:
+            if x <= a - cut:
+                break
+            if x < a - cut + self.shown:
+                return a + (x - (a - cut)) / self.shown * (b - a)
+            cut += (b - a) - self.shown
+        return x + cut
+
+
+def time_axis(times: list[float], *, min_share: float = 0.1) -> TimeAxis:
+    """Cut every idle gap longer than ``min_share`` of the trace (and 50 ms)."""
+    ts = sorted(set(times))
+    if len(ts) < 2:
+        return TimeAxis(first=ts[0] if ts else 0.0)
+    span = ts[-1] - ts[0]
+    min_gap = max(span * min_share, 0.05)
+    gaps = tuple((a, b) for a, b in zip(ts, ts[1:]) if b - a > min_gap)
+    active = span - sum(b - a for a, b in gaps)
+    return TimeAxis(gaps, max(active, span * 0.01) * 0.04 if gaps else 0.0, ts[0])
+
+
 @dataclass
 class TracePlot:
     """What ``plot_trace`` drew: the timeline's lanes (top to bottom), the
-    times of each category's marks per lane, and the hit-rate line as its
-    unbroken segments (a bin without translations ends a segment)."""
+    times of each category's marks per lane (seconds since the trace
+    started), the idle gaps cut short, and the hit-rate line as its unbroken
+    segments of (time, rate): a slice without translations ends a segment."""
 
     out: str
     lanes: list[Lane]
     marks: dict[Lane, dict[str, list[float]]]
+    axis: TimeAxis
     rate_segments: list[list[tuple[float, float]]]
     bin_width: float
     top_pages: list[tuple[str, int]] = field(default_factory=list)
@@ -62,21 +109,20 @@ LEGEND = {"hit": "translation: IOTLB hit", "walk": "translation: walk",
           "page-response": "page response", "fault": "fault", "other": "other"}
 
 
-def hit_rate_segments(tl: Timeline, bins: int = 200
+def hit_rate_segments(tl: Timeline, axis: TimeAxis, bins: int = 200
                       ) -> tuple[list[list[tuple[float, float]]], float]:
-    """The IOTLB hit rate in ``bins`` equal slices of the timeline, as runs
-    of consecutive slices with translations: an idle slice breaks the line.
-    Returns (segments of (slice middle, rate), slice width)."""
-    times = [m.time for m in tl.marks]
-    if not times:
+    """The IOTLB hit rate in ``bins`` equal slices of the drawn time axis, as
+    runs of consecutive slices with translations: an idle slice breaks the
+    line. Returns (segments of (slice middle in seconds, rate), slice width)."""
+    xs = [axis.x(m.time) for m in tl.marks]
+    if not xs:
         return [], 0.0
-    span = max(times) - min(times)
+    x0, span = min(xs), max(xs) - min(xs)
     width = span / bins if span > 0 else 1.0
-    t0 = min(times)
     per: dict[int, list[int]] = {}
-    for m in tl.marks:
+    for m, x in zip(tl.marks, xs):
         if m.category in ("hit", "walk"):
-            b = per.setdefault(min(int((m.time - t0) / width), bins - 1), [0, 0])
+            b = per.setdefault(min(int((x - x0) / width), bins - 1), [0, 0])
             b[0] += m.category == "hit"
             b[1] += 1
     segments: list[list[tuple[float, float]]] = []
@@ -85,7 +131,7 @@ def hit_rate_segments(tl: Timeline, bins: int = 200
         if prev is None or i != prev + 1:
             segments.append([])
         hits, total = per[i]
-        segments[-1].append((t0 + (i + 0.5) * width, hits / total))
+        segments[-1].append((axis.t(x0 + (i + 0.5) * width), hits / total))
         prev = i
     return segments, width
 
@@ -97,28 +143,50 @@ def trace_plot_data(events: list[dict[str, Any]], t0: float | None = None, *,
     marks: dict[Lane, dict[str, list[float]]] = {ln: {} for ln in tl.lanes}
     for m in tl.marks:
         marks[m.lane].setdefault(m.category, []).append(m.time)
-    segments, width = hit_rate_segments(tl)
+    axis = time_axis([m.time for m in tl.marks])
+    segments, width = hit_rate_segments(tl, axis)
     per_page = Counter((m.lane, int(m.args["iova"], 16) >> 12) for m in tl.marks
                        if m.category in ("hit", "walk")).most_common(top)
-    return TracePlot(out, tl.lanes, marks, segments, width,
+    return TracePlot(out, tl.lanes, marks, axis, segments, width,
                      [(f"{lane.short}:{pg << 12:#x}", n) for (lane, pg), n in per_page])
+
+
+def _time_ticks(ax: Any, axis: TimeAxis) -> None:
+    """Label x in seconds since the start (a tick where each stretch of activity
+    starts, none inside an idle gap), and shade the idle gaps cut short."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
+
+    lo, hi = ax.get_xlim()
+    near = (hi - lo) / 15
+    ticks: list[float] = []
+    starts = [axis.x(axis.first)] + [axis.x(b) for _a, b in axis.gaps]
+    for x in starts + [x for x in MaxNLocator(8).tick_values(lo, hi) if lo <= x <= hi]:
+        if all(abs(x - k) > near for k in ticks) and not any(
+                axis.x(a) < x < axis.x(b) for a, b in axis.gaps):
+            ticks.append(x)
+    ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{axis.t(x):.3g}"))
+    ax.set_xlim(lo, hi)
+    for a, b in axis.gaps:
+        ax.axvspan(axis.x(a), axis.x(b), color="0.92", hatch="//", lw=0, zorder=0)
 
 
 def plot_trace(events: list[dict[str, Any]], out: str, title: str = "vuser trace",
                top: int = 20, t0: float | None = None) -> TracePlot:
     """Three panels: the timeline (one lane per (label, PASID), a mark per
-    translation, fault, invalidation, page request and response), the IOTLB
-    hit rate over time (broken where nothing translated), the busiest pages."""
+    translation, fault, invalidation, page request and response; idle gaps
+    cut short and shaded), the IOTLB hit rate over time (broken where nothing
+    translated), the busiest pages."""
     plt = pyplot()
     data = trace_plot_data(events, t0, top=top, out=out)
-    lanes = data.lanes
+    lanes, axis = data.lanes, data.axis
     fig, axes = plt.subplots(3, 1, figsize=(11, 4 + 0.45 * len(lanes) + 6),
                              gridspec_kw={"height_ratios": [max(len(lanes), 2) * 0.45 + 1, 2, 2]})
     ax = axes[0]
     ys = {lane: len(lanes) - 1 - i for i, lane in enumerate(lanes)}
     for cat in CATEGORIES:
         dy, marker, colour, size = STYLE[cat]
-        xs = [t for lane in lanes for t in data.marks[lane].get(cat, [])]
+        xs = [axis.x(t) for lane in lanes for t in data.marks[lane].get(cat, [])]
         yv = [ys[lane] + dy for lane in lanes for _t in data.marks[lane].get(cat, [])]
         if xs:
             ax.scatter(xs, yv, marker=marker, c=colour, s=size,
@@ -127,16 +195,23 @@ def plot_trace(events: list[dict[str, Any]], out: str, title: str = "vuser trace
     ax.set_ylim(-0.6, len(lanes) - 0.4)
     for lane in lanes:
         ax.axhline(ys[lane] - 0.5, color="0.9", lw=0.5)
-    ax.set_xlabel("time since the trace started (s)")
+    for a, b in axis.gaps:
+        ax.text((axis.x(a) + axis.x(b)) / 2, len(lanes) - 0.45, f"idle {b - a:.2g} s",
+                rotation=90, ha="center", va="top", fontsize=7, color="0.4")
+    gaps = " (hatched: idle, cut short)" if axis.gaps else ""
+    ax.set_xlabel(f"time since the trace started (s){gaps}")
     ax.set_ylabel("label:PASID")
     ax.set_title(f"{title}: timeline")
     if lanes:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _time_ticks(ax, axis)
     ax = axes[1]
     for seg in data.rate_segments:
-        ax.plot([x for x, _y in seg], [100 * y for _x, y in seg], marker=".", color="tab:blue")
+        ax.plot([axis.x(t) for t, _y in seg], [100 * y for _t, y in seg], marker=".",
+                color="tab:blue")
     ax.set_xlim(axes[0].get_xlim())
-    ax.set_xlabel("time since the trace started (s)")
+    _time_ticks(ax, axis)
+    ax.set_xlabel(f"time since the trace started (s){gaps}")
     ax.set_ylabel("IOTLB hit rate (%)")
     ax.set_ylim(-2, 102)
     ax.set_title(f"IOTLB hit rate per {data.bin_width * 1e3:.3g} ms "
