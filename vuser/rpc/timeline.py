@@ -21,7 +21,6 @@ lanes of the vIOMMU. Its PASID is ``None`` for the RID (untagged DMA) and
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +36,7 @@ U64_MAX = (1 << 64) - 1
 CATEGORIES = ("hit", "walk", "fault", "invalidate", "page-request", "page-response", "other")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Lane:
     """(label, PASID): ``label`` None is the vIOMMU's own lane (no device named)."""
 
@@ -84,16 +83,12 @@ class Mark:
 
 @dataclass
 class Timeline:
+    """``t0`` (the trace's start, on the server's monotonic clock), the lanes
+    in drawing order, and the marks in time order."""
+
     t0: float
     lanes: list[Lane] = field(default_factory=list)
     marks: list[Mark] = field(default_factory=list)
-
-    def on(self, lane: Lane, category: str | None = None) -> list[Mark]:
-        return [m for m in self.marks if m.lane == lane
-                and (category is None or m.category == category)]
-
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(m.category for m in self.marks))
 
 
 def _hx(v: int | None) -> str | None:
