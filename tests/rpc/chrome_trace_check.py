@@ -6,7 +6,8 @@ from vuser's exporter, for the tests of ``vuser.rpc.trace_export``.
 
 - the top level is an object with a ``traceEvents`` list; ``displayTimeUnit``,
   when present, is "ms" or "ns"; the whole is JSON without NaN/Infinity;
-- every event is an object with a string ``name`` and a known ``ph``, and the
+- every event is an object with no array at its top level (Perfetto's JSON
+  tokenizer cannot read one), a string ``name`` and a known ``ph``, and the
   keys its phase requires: ``pid`` everywhere; ``tid`` on thread events
   (B, E, X, i/I) and thread metadata; ``ts`` (a finite number >= 0, in
   microseconds) on every non-metadata event; ``dur`` >= 0 on X; ``s`` of an
@@ -57,6 +58,8 @@ def problems(doc: Any) -> list[str]:
         if not isinstance(e, dict):
             out.append(f"{where}: not an object")
             continue
+        if any(isinstance(v, list) for v in e.values()):
+            out.append(f"{where}: an array at the event's top level")
         ph, name = e.get("ph"), e.get("name")
         if ph not in PHASES:
             out.append(f"{where}: unknown ph {ph!r}")

@@ -152,6 +152,7 @@ def test_the_checker_catches_broken_documents(trace: Trace) -> None:
         "counter args": lambda d: next(e for e in d["traceEvents"]
                                        if e["ph"] == "C")["args"].update(hits="many"),
         "not strict JSON": lambda d: d["traceEvents"][first_i].update(ts=float("nan")),
+        "array at the event": lambda d: d["traceEvents"][first_i].update(stack=[1, 2]),
         "in pid": lambda d: d["traceEvents"][first_i].update(pid=d["traceEvents"][first_i]["pid"]
                                                               + 1000),
     }

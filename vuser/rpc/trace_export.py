@@ -2,7 +2,7 @@
 
 The output is the "JSON Object Format" of the Trace Event Format (the
 Chrome trace-viewer document, also read by ui.perfetto.dev and
-chrome://tracing): ``{"traceEvents": [...], "displayTimeUnit": "ms",
+chrome://tracing): ``{"displayTimeUnit": "ms", "traceEvents": [...],
 "otherData": {...}}``.
 
 - Each device label is a process (``pid``), each of its (label, PASID)
@@ -15,7 +15,9 @@ chrome://tracing): ``{"traceEvents": [...], "displayTimeUnit": "ms",
 - Every trace event is one thread-scoped instant event (``ph`` "i", ``s``
   "t") on its lane, ``cat`` its ``timeline`` category (hit, walk, fault,
   invalidate, page-request, page-response), ``args`` what it was (IOVA,
-  GPA, reason, granularity, range, group) with addresses as hex strings.
+  GPA, reason, granularity, range, group) with addresses as hex strings;
+  no event has an array at its top level (Perfetto's JSON tokenizer reads
+  each event's ``ts`` with a scanner that refuses one).
 - Counters (``ph`` "C") per device: translations per millisecond, as hits
   and walks; a millisecond without translations after one with some gets an
   explicit 0, so a viewer does not hold the last value across idle time.
@@ -74,7 +76,8 @@ def to_chrome(trace: Trace, *, source: str | None = None) -> dict[str, Any]:
     for m in tl.marks:
         out.append({"name": m.name, "cat": m.category, "ph": "i", "s": "t", "ts": _us(m.time),
                     "pid": pids[m.lane.label], "tid": tids[m.lane],
-                    "args": {"kind": m.kind, **m.args}})
+                    "args": {"kind": m.kind, **{k: v for k, v in m.args.items()
+                                                if v is not None}}})
     for label, pid in pids.items():
         out.extend(_counters(tl, label, pid))
     summary = summarize(trace.events, tl.t0)
@@ -86,7 +89,8 @@ def to_chrome(trace: Trace, *, source: str | None = None) -> dict[str, Any]:
              "summary": {k: summary[k] for k in (
                  "events", "translations", "hits", "walks_ok", "faults", "invalidations",
                  "invalidation_descriptors", "page_requests", "page_responses", "kinds")}}
-    return {"traceEvents": out, "displayTimeUnit": "ms", "otherData": other}
+    # displayTimeUnit first: Perfetto looks for it in the file's first chunk.
+    return {"displayTimeUnit": "ms", "traceEvents": out, "otherData": other}
 
 
 def _counters(tl: Timeline, label: int | None, pid: int) -> list[dict[str, Any]]:
