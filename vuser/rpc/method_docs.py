@@ -26,7 +26,8 @@ _ACCESS = "READ 1, WRITE 2, EXEC 4, PRIV 8 (|-joined names or a number)"
 _IOAS = "an IOAS id (ioas_alloc; `vuser ctl ioas` lists them)"
 _LABEL = "a device label (its source-id; `vuser ctl devices` lists them)"
 _HWPT = "a HWPT id (hwpt_alloc; `vuser ctl hwpts` lists them)"
-_MAPFLAGS = "READABLE 4 | WRITEABLE 2 (the default: both)"
+_MAPFLAGS = ("READABLE 4 | WRITEABLE 2 (the default: both); FIXED_IOVA 1 is implied when an "
+             "iova is given")
 _FAULTQ = "a fault queue id (fault_queue_alloc)"
 _RANGE_PASID = ("nil: the RID; -1 (ALL_PASIDS): every PASID and the RID; "
                 "else one PASID")
@@ -97,7 +98,8 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
         "flags": "NO_CLEAR 1 keeps the dirty record; 0 clears it"}),
     "get_hw_info": ("map {data_type, data (VT-d cap/ecap), capabilities, max_pasid_log2}", {
         "dev_id": _DEV,
-        "in_data_type": "nil, DEFAULT 0 or INTEL_VTD 1 (another type is EOPNOTSUPP)"}),
+        "in_data_type": "nil, NONE 0 (the uAPI's DEFAULT) or INTEL_VTD 1 (another type is "
+                        "EOPNOTSUPP)"}),
     "device_bind": ("int: the dev_id", {
         "device": _LABEL}),
     "device_unbind": ("nil", {"dev_id": _DEV}),
