@@ -162,13 +162,13 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
                       "{fault}", {
                           "dev_id": _DEV, "pasid": _PASID,
                           "iova": "an address in the page to translate",
-                          "access": _ACCESS + "; default READ"}),
+                          "access": _ACCESS}),
     "read": ("map {data: bytes or nil, fault: nil or the fault}", {
         "dev_id": _DEV, "pasid": _PASID, "iova": "first address", "length": "bytes",
-        "access": _ACCESS + "; default READ"}),
+        "access": _ACCESS}),
     "write": ("map {fault: nil or the fault} (nil: all bytes written)", {
         "dev_id": _DEV, "pasid": _PASID, "iova": "first address", "data": "the bytes",
-        "access": _ACCESS + "; default WRITE"}),
+        "access": _ACCESS}),
     "page_request": ("bool: true when queued (or held for the group's last request), false "
                      "when answered at once", {
                          "dev_id": _DEV, "pasid": _PASID,
@@ -195,7 +195,7 @@ DOCS: dict[str, tuple[str, dict[str, str]]] = {
     "fail_nth": ("nil", {"n": "fail the n-th allocation or step from now with ENOMEM; 0: off"}),
     # -- meta ---------------------------------------------------------------------------
     "rpc_methods": ("list of maps {name, group, doc, details, returns, params: [{name, kinds, "
-                    "required, default, names, doc}]}", {}),
+                    "required, default, names, values, doc}]}", {}),
     "server_info": ("map {version, pid, topics, platform, devices}", {}),
     # -- views ----------------------------------------------------------------------------
     "devices": ("list of maps {label, name, type, group, vm, context, bound, dev_id, "
@@ -275,10 +275,24 @@ def signature(m: dict[str, Any]) -> str:
     return f"{m['name']}({', '.join(ps)})"
 
 
+def _default_names(p: dict[str, Any]) -> str:
+    """`` = NAME`` (or ``A|B`` for flags) when a default has names; else ""."""
+    d, values = p.get("default"), p.get("values")
+    if not values or not isinstance(d, int) or isinstance(d, bool):
+        return ""
+    exact = [n for n, v in values.items() if v == d]
+    if exact:
+        return f" = {exact[0]}"
+    bits = [n for n, v in values.items() if v and v & (v - 1) == 0 and d & v]
+    if d and sum(values[n] for n in bits) == d:
+        return " = " + "|".join(bits)
+    return ""
+
+
 def param_line(p: dict[str, Any]) -> str:
     kinds = " or ".join("nil" if k == "none" else k for k in p["kinds"])
     out = f"{p['name']} ({kinds}; " + ("required" if p["required"] else
-                                       f"default {_default(p)}") + ")"
+                                       f"default {_default(p)}{_default_names(p)}") + ")"
     if p.get("doc"):
         out += f": {p['doc']}"
     if p.get("names"):

@@ -95,6 +95,7 @@ class Param:
                 self.default, (int, str, bool, type(None))) else repr(self.default)
         if self.names is not None:
             d["names"] = list(self.names[0].__members__)
+            d["values"] = {n: int(m) for n, m in self.names[0].__members__.items()}
         return d
 
 
