@@ -240,3 +240,17 @@ def test_ctl_trace_export(trace: Trace, tmp_path: object) -> None:
     assert r.returncode == 1 and "no trace file" in r.stderr and r.stderr.count("\n") == 1
     r = _cli("ctl", "trace", "export", "--help")
     assert "ui.perfetto.dev" in r.stdout and "chrome://tracing" in r.stdout
+
+
+def test_a_cut_short_trace_exports_what_it_holds(trace: Trace, tmp_path: object) -> None:
+    src = os.path.join(str(tmp_path), "x.trace")
+    with open(src, "rb") as f:
+        data = f.read()
+    cut = os.path.join(str(tmp_path), "cut.trace")
+    with open(cut, "wb") as f:
+        f.write(data[:len(data) * 2 // 3])
+    t = read_trace(cut)
+    assert t.truncated and 0 < len(t.events) < len(trace.events)
+    doc = to_chrome(t)
+    assert problems(doc) == [] and doc["otherData"]["truncated"] is True
+    assert sum(e["ph"] == "i" for e in doc["traceEvents"]) == len(t.events)
