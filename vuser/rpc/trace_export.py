@@ -115,5 +115,5 @@ def write_chrome(trace: Trace, out: str | os.PathLike[str], *, source: str | Non
     """Write ``to_chrome(trace)`` to ``out``; returns the object written."""
     doc = to_chrome(trace, source=source)
     with open(out, "w") as f:
-        json.dump(doc, f, separators=(",", ":"))
+        json.dump(doc, f, separators=(",", ":"), default=str)
     return doc
