@@ -181,9 +181,9 @@ def _configure_trace(sub: Any) -> None:
     t.add_argument("file", help="a trace file")
     t.add_argument("--out", "-o", metavar="PNG", help="output file (default FILE.png)")
     t = _sub(tsub, "export", "export a trace file for a trace viewer (Perfetto, chrome://tracing)",
-             "Write FILE as a Chrome/Perfetto JSON trace (the Trace Event Format):\n"
-             "one process per device label and one thread per (label, PASID) lane:\n"
-             "the RID, each PASID, and \"all PASIDs\" for invalidations of every PASID;\n"
+             "Write FILE as a Chrome/Perfetto JSON trace (the Trace Event Format),\n"
+             "with one process per device label and one thread per (label, PASID)\n"
+             "lane: the RID, each PASID, and \"all PASIDs\" for invalidations of all;\n"
              "invalidation descriptors that name no device are on the lanes of\n"
              "\"vIOMMU (no device named)\". Each event is an instant on its lane:\n"
              "translations (category hit, or walk with the stage that answered),\n"
