@@ -203,6 +203,30 @@ def test_manifest_and_programs_must_match(guest, pytester):
     assert "lists [ghost] but there is no guest-tests/ghost.c" in out
 
 
+def test_a_broken_program_fails_only_its_own_items(guest, pytester, monkeypatch, tmp_path):
+    """A guest-tests/*.c that does not compile: one failing item per table that runs it,
+    with the compiler's message; every other program collects and runs."""
+    from vuser.guest import paths
+
+    scripts, launches, declared, all_ok = guest
+    src = tmp_path / "guest-tests"
+    shutil.copytree(paths.GUEST_TESTS, src)
+    (src / "broken.c").write_text('#include "lib/vuser.h"\nint main(void) { return nope_x; }\n')
+    monkeypatch.setattr(paths, "GUEST_TESTS", src)
+    (pytester.path / "guest_tests.toml").write_text(
+        '[environment]\ndevices = []\n[broken]\ndevices = []\n'
+        '[broken_again]\ndevices = []\nprogram = "broken"\n'
+        + "".join(f'[{n}]\ndevices = []\nopt_in = true\n' for n in declared if n != "environment"))
+    scripts["environment"] = all_ok("environment")
+    res = run(pytester)
+    res.assert_outcomes(passed=len(declared["environment"]) + 1, failed=2)
+    out = res.stdout.str()
+    assert "FAILED guest_tests.toml::broken - building guest test broken.c failed:" in out
+    assert "FAILED guest_tests.toml::broken_again - building guest test broken.c failed:" in out
+    assert "guest-tests/broken.c" in out and "nope_x" in out
+    assert [ln[0] for ln in launches] == ["environment"]  # the broken one never boots
+
+
 def test_bad_manifest_is_a_collection_error(guest, pytester):
     (pytester.path / "guest_tests.toml").write_text('[enumerate]\ndevices = "sample"\n')
     res = run(pytester)

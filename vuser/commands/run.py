@@ -319,7 +319,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     worst, programs, error = 0, [], None
-    plans = _plan(args)
+    plans, programs = _buildable(_plan(args))
+    worst = 1 if programs else 0
     for plan, trace in zip(plans, trace_paths(args.trace, len(plans))):
         image = build_image(tests=list(plan.programs) if plan.programs else None, progress=True,
                             kernel=plan.kernel)
@@ -401,6 +402,28 @@ def _plan(args: argparse.Namespace):
         plans.insert(0, manifest.BootPlan(KERNEL_IOMMU_DEVICES if kernel else DEFAULT_DEVICES,
                                           tuple(unlisted), 300.0, iommu))
     return plans
+
+
+def _buildable(plans: list) -> tuple[list, list[ProgramResult]]:
+    """Build the programs the plans run, each on its own; one that does not
+    build is reported (the compiler's message) and left out, and so is a
+    guest left with nothing to run. Returns (plans, the failed programs)."""
+    from dataclasses import replace
+
+    from vuser.guest import paths, programs
+
+    names = [n for p in plans for n in p.programs]
+    if not names:  # the image builder builds what it needs (e.g. --shell)
+        return plans, []
+    built = programs.build_programs(
+        names, paths.GUEST_TESTS, status=lambda text: print(f"vuser: {text}", file=sys.stderr))
+    for name, why in built.failed.items():
+        print(f"vuser: guest test {name} does not build, left out:\n{why}", file=sys.stderr)
+    failed = [ProgramResult(n, "fail", "does not build (the compiler's message is above)")
+              for n in built.failed]
+    kept = [replace(p, programs=tuple(n for n in p.programs if n not in built.failed))
+            for p in plans]
+    return [p for p in kept if p.programs], failed
 
 
 def _report(result, quiet: bool) -> tuple[int, str | None, list[ProgramResult]]:

@@ -14,9 +14,12 @@ A manifest (``tests/guest/guest_tests.toml``) names each guest test program
 
 (``vuser.guest.manifest`` reads it.) Items are named after the table, so one
 program can run in two tables (say, once on each kernel).
-Collection builds the programs (host gcc, cached) and reads the cases each
-declares from its ``.vuser_cases`` ELF section, so every case is an item
-before anything boots: ``guest_tests.toml::enumerate::find_device``.
+Collection builds the listed programs, each on its own (host gcc, each cached
+by its own inputs), and reads the cases each declares from its
+``.vuser_cases`` ELF section, so every case is an item before anything
+boots: ``guest_tests.toml::enumerate::find_device``. A program that does not
+compile is one failing item per table that runs it, carrying the compiler's
+message; the other programs collect and run.
 
 Programs with the same devices, ``iommu``, ``append`` and ``kernel`` share one
 guest (a *boot group*): the
@@ -46,7 +49,7 @@ from typing import Any
 import pytest
 
 from vuser.errors import UserError
-from vuser.guest import ktap, programs
+from vuser.guest import ktap, paths, programs
 from vuser.guest.manifest import ProgramSpec, load_manifest
 
 __all__ = ["MANIFEST_NAME", "pytest_collect_file", "GuestManifest", "GuestProgramNode", "BootGroup",
@@ -88,7 +91,10 @@ class GuestManifest(pytest.File):
     def collect(self):
         specs = load_manifest(self.path)
         try:
-            progs = programs.build_programs()
+            names = programs.program_names(paths.GUEST_TESTS)
+            wanted = sorted({s.program_name for s in specs.values() if not s.opt_in} & set(names))
+            # Each on its own: a broken one fails alone.
+            progs = programs.build_programs(wanted, paths.GUEST_TESTS)
         except UserError as e:
             if "gcc not found" in str(e):
                 yield _SkipItem.from_parent(self, name="build_guest_tests",
@@ -97,7 +103,7 @@ class GuestManifest(pytest.File):
             raise
         groups: dict[tuple[str, ...], BootGroup] = {}
         listed = {spec.program_name for spec in specs.values()}
-        for name in sorted(set(progs.tests) - listed):
+        for name in sorted(set(names) - listed):
             yield _ErrorItem.from_parent(
                 self, name=name,
                 message=f"guest test {name} is not in {self.path.name}: add a [{name}] "
@@ -107,9 +113,11 @@ class GuestManifest(pytest.File):
                 continue
             prog = progs.tests.get(spec.program_name)
             if prog is None:
+                why = progs.failed.get(spec.program_name)
                 yield _ErrorItem.from_parent(
-                    self, name=name, message=f"{self.path.name} lists [{name}] but there is no "
-                                             f"guest-tests/{spec.program_name}.c")
+                    self, name=name,
+                    message=why or f"{self.path.name} lists [{name}] but there is no "
+                                   f"guest-tests/{spec.program_name}.c")
                 continue
             group = groups.setdefault(spec.boot_key(), BootGroup(spec.devices, spec))
             node = GuestProgramNode.from_parent(self, name=name, spec=spec, cases=prog.cases,
@@ -161,7 +169,8 @@ class BootGroup:
             run = _Run(skip=f"prerequisite missing: no QEMU with vfio-user-pci: {e}")
             return dict.fromkeys(names, run)
         try:
-            image = build_image(tests=progs, progress=False, kernel=self.kernel)
+            image = build_image(tests=progs, progress=False, kernel=self.kernel,
+                                guest_tests=paths.GUEST_TESTS)
             result = launch(image, devices=list(self.devices),
                             timeout=sum(n.spec.timeout for n in members), qemu=qemu,
                             kernel_iommu=self.kernel_iommu, kernel_args=self.append)

@@ -210,7 +210,8 @@ class _Run:
         self.kernel_iommu = kernel_iommu
         self.probe_cache = probe_cache
         self.until = until
-        self.overlays = list(overlays)
+        # The image's own per-run files (its test programs) first, then the caller's.
+        self.overlays = [*getattr(image, "overlays", ()), *overlays]
         self.notes: list[str] = []
         self.topology: Any = None
         self._probe_key: str | None = None
