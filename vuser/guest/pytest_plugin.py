@@ -49,7 +49,7 @@ from typing import Any
 import pytest
 
 from vuser.errors import UserError
-from vuser.guest import ktap, paths, programs
+from vuser.guest import klog, ktap, paths, postmortem, programs
 from vuser.guest.manifest import ProgramSpec, load_manifest
 
 __all__ = ["MANIFEST_NAME", "pytest_collect_file", "GuestManifest", "GuestProgramNode", "BootGroup",
@@ -213,7 +213,13 @@ def _report(run: _Run, headline: str, details: list[str] = ()) -> str:
     if r.server_died or (r.error and r.server_log):
         tail = "\n".join(r.server_log.rstrip().splitlines()[-15:])
         parts.append(f"--- server log (tail) ---\n{tail}")
-    parts.append(f"--- console (last {CONSOLE_TAIL} lines) ---\n{r.console_tail(CONSOLE_TAIL)}")
+    console = r.console
+    if getattr(r, "task_dump", "") and (at := console.find(r.task_dump)) >= 0:
+        console = console[:at]  # the dump has its own section
+    parts.append(f"--- console (last {CONSOLE_TAIL} lines, boot messages left out) ---\n"
+                 f"{klog.tail(console, CONSOLE_TAIL)}")
+    if tasks := postmortem.user_tasks(getattr(r, "task_dump", "")):
+        parts.append(f"--- guest user tasks when it was stopped (SysRq t, l) ---\n{tasks}")
     return "\n".join(parts)
 
 
@@ -248,10 +254,9 @@ class GuestCaseItem(_GuestItem):
         run = self._outcome()
         case = run.program.find(self.name) if run.program else None
         if case is None or case.status is None:
-            where = ("the program never started" if run.program is None
-                     else "the program stopped before reporting it")
-            raise GuestFailure(_report(run, f"case {self.name} was declared but never "
-                                            f"reported ({where})"))
+            raise GuestFailure(_report(run, _unreported(run, self.parent.cases,
+                                                        self.parent.spec.program_name,
+                                                        self.name)))
         if case.status is ktap.Status.PASS:
             return
         if case.status is ktap.Status.SKIP:
@@ -261,6 +266,22 @@ class GuestCaseItem(_GuestItem):
         details = [f"  # {d}" for d in case.diagnostics] + [f"  | {o}" for o in case.output]
         raise GuestFailure(_report(run, f"not ok {case.number} {self.name}"
                                         + (f" # {case.reason}" if case.reason else ""), details))
+
+
+def _unreported(run: _Run, declared: tuple[str, ...], program: str, case: str) -> str:
+    """Why ``case`` has no KTAP line: the program died or hung in it, or before it."""
+    prog = run.program
+    if prog is None:
+        return f"case {case} was declared but never reported (the program never started)"
+    running = postmortem.running_case(declared, prog)
+    if run.result.timed_out and not prog.complete:
+        how, what = "the guest timed out", "still running"
+    else:
+        how = (postmortem.program_death(declared, prog) or "stopped").split(" during case ")[0]
+        how, what = f"program {program} {how}", "running"
+    if case == running:
+        return f"case {case} was {what} when {how}"
+    return f"case {case} never ran: {how} during case {running}"
 
 
 class GuestExitItem(_GuestItem):
@@ -281,10 +302,13 @@ class GuestExitItem(_GuestItem):
             others = f" and the {len(ran) - 1} other program(s) of its guest" if len(ran) > 1 else ""
             raise GuestFailure(_report(run, f"exit status {r.exit_status} disagrees with the "
                                             f"program's result ({prog.status.value}){others}"))
+        if failed and (death := postmortem.program_death(self.parent.cases, prog)):
+            raise GuestFailure(_report(run, f"program {self.parent.spec.program_name} {death}"))
         if failed and all(c.status in (ktap.Status.PASS, ktap.Status.SKIP) for c in prog.subtests):
-            diag = "; ".join(prog.diagnostics[-3:])
+            diag = "; ".join(d for d in prog.diagnostics[-3:] if not d.startswith("dmesg:"))
             raise GuestFailure(_report(run, f"every case passed but the program failed: "
-                                            f"{prog.reason or 'no reason'} {diag}".rstrip()))
+                                            f"{postmortem.describe_exit(prog.reason or 'no reason')}"
+                                            f" {diag}".rstrip()))
 
 
 class _SkipItem(pytest.Item):

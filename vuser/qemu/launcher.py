@@ -79,6 +79,7 @@ class GuestResult:
     stopped: bool = False  # the launcher's ``until`` condition ended the run
     notes: list[str] = field(default_factory=list)  # one-line facts about the run (probe, kernel)
     topology: Any = None  # kernel_iommu: the vuser.qemu.topology.Topology the guest booted with
+    task_dump: str = ""  # timed out: the guest's SysRq task dump (vuser.qemu.sysrq), if any
 
     @property
     def ok(self) -> bool:
@@ -419,6 +420,10 @@ class _Run:
             if now > deadline:
                 result.timed_out = True
                 result.guest_state = _guest_state(qmp_path)
+                if result.guest_state == "running" and self.image is not None and self.console:
+                    from vuser.qemu import sysrq
+
+                    result.task_dump = sysrq.dump(qmp_path, self.console.text)
                 break
             if self.detached.is_set():
                 break
