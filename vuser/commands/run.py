@@ -337,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
         elif trace is not None:  # no devices: the launcher starts no server
             print(f"vuser: no trace {trace}: this guest has no devices, so no server ran",
                   file=sys.stderr)
-        status, error, found = _report(result, args.quiet)
+        status, error, found = _report(result, args.quiet, image.tests)
         programs += found
         worst = max(worst, status)
         if error:  # the guest crashed, hung or lied: stop here
@@ -426,17 +426,42 @@ def _buildable(plans: list) -> tuple[list, list[ProgramResult]]:
     return [p for p in kept if p.programs], failed
 
 
-def _report(result, quiet: bool) -> tuple[int, str | None, list[ProgramResult]]:
+def _explain(programs: list[ProgramResult], declared: dict, console: str) -> None:
+    """Name the case a program died or hung in, and decode a signal's exit status."""
+    from vuser.guest import ktap, postmortem
+
+    doc = ktap.parse(console)
+    for p in programs:
+        cases = declared.get(p.name) if isinstance(declared, dict) else None
+        if not cases or p.status in ("pass", "skip", "xfail"):
+            continue
+        death = postmortem.program_death(tuple(cases), doc.find(p.name))
+        p.reason = death if death else postmortem.describe_exit(p.reason)
+
+
+def _report(result, quiet: bool, declared: dict | None = None
+            ) -> tuple[int, str | None, list[ProgramResult]]:
     """One guest's outcome: (exit status, error or None, its programs)."""
+    from vuser.guest import klog, postmortem
+
     programs = _results(result.console)
+    _explain(programs, declared or {}, result.console)
     for line in result.qemu_log.splitlines():
         if line.strip():
             print(f"vuser: QEMU: {line.strip()}", file=sys.stderr)
     if result.error:
         # A crash or a hang: the test failed; show how the console ended.
+        dump = getattr(result, "task_dump", "")
         if quiet or result.timed_out:
-            tail = result.console_tail(15)
-            print("vuser: last console lines:\n" + (tail or "(none)"), file=sys.stderr)
+            console = result.console
+            if dump and (at := console.find(dump)) >= 0:
+                console = console[:at]
+            tail = klog.tail(console, 15)
+            print("vuser: last console lines (boot messages left out):\n" + (tail or "(none)"),
+                  file=sys.stderr)
+        if tasks := postmortem.user_tasks(dump):
+            print("vuser: the guest's user tasks when it was stopped (SysRq t, l):\n" + tasks,
+                  file=sys.stderr)
         return 1, result.error, programs
     if not programs:
         return 1, f"the guest printed no KTAP results (exit status {result.exit_status})", programs
