@@ -55,6 +55,11 @@ def test_user_tasks_of_a_sysrq_dump():
     assert "native_safe_halt" not in tasks  # the idle CPU's backtrace says nothing
     assert "Sched Debug" not in tasks and "[   22." not in tasks
     assert postmortem.user_tasks("") == ""
+    # a CPU busy in a user task: its backtrace is kept
+    busy = ("[ 1.0] NMI backtrace for cpu 0\n[ 1.0] CPU: 0 PID: 102 Comm: spin Not tainted\n"
+            "[ 1.0] RIP: 0033:0x401000\n[ 1.1] Sched Debug Version: v0.11\n")
+    assert postmortem.user_tasks(busy).splitlines() == [
+        "NMI backtrace for cpu 0", "CPU: 0 PID: 102 Comm: spin Not tainted", "RIP: 0033:0x401000"]
 
 
 def test_kernel_log_tail_without_boot_chatter():
@@ -151,3 +156,37 @@ def test_a_real_hang_dumps_the_guest_tasks(guest_with):
     assert "task:hangs" in tasks and "pause" in tasks, tasks
     doc = ktap.parse(result.console)
     assert postmortem.running_case(prog.cases, doc.find("hangs")) == "blocks_for_ever"
+
+
+def test_run_builds_only_what_it_runs_and_leaves_a_broken_program_out(tmp_path, monkeypatch,
+                                                                      capsys):
+    """`vuser run`: --test X builds X alone; a program that does not build is reported
+    with the compiler's message and left out, and the other programs still run."""
+    need_gcc()
+    from vuser.commands.run import _buildable
+    from vuser.guest import paths
+    from vuser.guest.manifest import BootPlan
+
+    src = tmp_path / "guest-tests"
+    shutil.copytree(paths.GUEST_TESTS, src)
+    (src / "broken.c").write_text('#include "lib/vuser.h"\nint main(void) { return nope_y; }\n')
+    monkeypatch.setattr(paths, "GUEST_TESTS", src)
+    monkeypatch.setenv("VUSER_CACHE", str(tmp_path / "cache"))
+    built = []
+    real = __import__("vuser.guest.programs", fromlist=["x"]).build_programs
+
+    def spy(names, *a, **kw):
+        built.append(list(names))
+        return real(names, *a, **kw)
+
+    monkeypatch.setattr("vuser.guest.programs.build_programs", spy)
+    plans = [BootPlan((), ("environment",), 300.0)]
+    assert _buildable(plans) == (plans, []) and built == [["environment"]]
+    plans = [BootPlan(("sample",), ("broken", "environment"), 300.0),
+             BootPlan((), ("broken",), 300.0)]
+    kept, failed = _buildable(plans)
+    assert [p.programs for p in kept] == [("environment",)]
+    assert [(f.name, f.status) for f in failed] == [("broken", "fail")]
+    err = capsys.readouterr().err
+    assert "vuser: guest test broken does not build, left out:" in err
+    assert "guest-tests/broken.c" in err and "nope_y" in err

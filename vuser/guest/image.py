@@ -366,7 +366,7 @@ def status(cache: Path | None = None) -> dict[str, Any]:
         st["problem"] = str(e)
         return st
     if progs is not None:
-        st["tests_built"] = True
+        st["tests_built"] = bool(progs.tests)
         st["tests"] = {n: len(p.cases) for n, p in progs.tests.items()}
     tree = debian.Tree.load(_tree_dir(recipe, cache))
     if tree is None:

@@ -25,6 +25,8 @@ _EXIT = re.compile(r"exit status (\d+)")
 _TASK = re.compile(r"task:(\S+)\s+state:\S+.*?\bpid:\s*(\d+)\s+ppid:\s*(\d+)")
 _NMI = re.compile(r"NMI backtrace for cpu \d+")
 _STAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
+# What follows the task blocks in a dump: the end of a block.
+_END = re.compile(r"$|sysrq:|Sched Debug|runnable tasks:|Showing busy|\s*[SRDIT]\s+\S+\s+\d+\s+\d")
 
 
 def exit_signal(status: int) -> str | None:
@@ -72,23 +74,27 @@ def program_death(declared: Sequence[str], result: ktap.KtapResult | None) -> st
 def user_tasks(dump: str) -> str:
     """The user tasks' blocks (and non-idle CPU backtraces) of a SysRq dump, timestamps dropped."""
     out: list[str] = []
+    block: list[str] = []
     keep = False
+
+    def close() -> None:
+        idle = block and _NMI.search(block[0]) and any("swapper" in ln for ln in block[:3])
+        if keep and not idle:  # an idle CPU's backtrace says nothing
+            out.extend(block)
+        block.clear()
+
     for raw in dump.splitlines():
         line = _STAMP.sub("", raw.rstrip())
         if m := _TASK.search(line):
-            pid, ppid = int(m.group(2)), int(m.group(3))
-            keep = pid != 2 and ppid != 2
+            close()
+            keep = int(m.group(2)) != 2 and int(m.group(3)) != 2  # not kthreadd or its children
         elif _NMI.search(line):
+            close()
             keep = True
-            start = len(out)
-        elif not line.strip() or line.startswith(("sysrq:", "Sched Debug")) or re.match(r"\s*(?:S|R|D|I|T)\s+\S+\s+\d+\s+\d", line) \
-                or line.startswith(("runnable tasks:", "Showing busy", "cpu#", "rt_rq", "cfs_rq",
-                                    "dl_rq", " ---", "  S ", "  I ")):
+        elif _END.match(line):
+            close()
             keep = False
         if keep:
-            out.append(line)
-        if keep and line.startswith("CPU:") and "swapper" in line and out and \
-                _NMI.search(out[start]):
-            del out[start:]  # an idle CPU's backtrace says nothing
-            keep = False
+            block.append(line)
+    close()
     return "\n".join(out)

@@ -4,7 +4,8 @@
 process group, waits until every device socket exists, then starts QEMU (see
 ``vuser.qemu.cmdline``) in its own session with the serial console on a pipe.
 It returns when the guest writes ``isa-debug-exit``, powers off, hangs past the
-timeout, or its server dies; in every case QEMU (QMP ``quit``, then SIGTERM,
+timeout (first asked for its task stacks with SysRq, ``vuser.qemu.sysrq``;
+``GuestResult.task_dump``), or its server dies; in every case QEMU (QMP ``quit``, then SIGTERM,
 then SIGKILL) and the server's process group are stopped, and the private
 working directory with the sockets is removed. Both children also die with the
 launcher itself (QEMU's ``-run-with exit-with-parent=on``; the server's
