@@ -457,7 +457,7 @@ def _report(result, quiet: bool, declared: dict | None = None
             if dump and (at := console.find(dump)) >= 0:
                 console = console[:at]
             tail = klog.tail(console, 15)
-            print("vuser: last console lines (boot messages left out):\n" + (tail or "(none)"),
+            print("vuser: last console lines:\n" + (tail or "(none)"),
                   file=sys.stderr)
         if tasks := postmortem.user_tasks(dump):
             print("vuser: the guest's user tasks when it was stopped (SysRq t, l):\n" + tasks,

@@ -28,7 +28,11 @@ first item of any of them builds the image and boots the guest once
 a selected item, one after the other (timeout: the sum of theirs). Each item
 then reads its case's KTAP line: ``ok`` passes, ``not ok`` fails, ``# SKIP``
 skips, ``# TODO`` xfails. A case that was declared but never reported fails,
-with the guest's end and the console tail. One more item per program,
+saying whether it was the one running when the program died (and how: a
+signal is decoded from ``/init``'s exit status) or the guest timed out, or
+which case was; with the guest's end, the console tail without boot
+messages (``vuser.guest.klog``) and, for a hung guest, its user tasks' stacks
+(SysRq, ``vuser.guest.postmortem``). One more item per program,
 ``guest_exit``, fails when the guest did not end cleanly through
 isa-debug-exit with a status that agrees with the results of the programs it
 ran (timeout, server death, panic, crash after the last case).
