@@ -38,6 +38,9 @@ def test_the_case_running_when_a_program_died():
     assert postmortem.running_case(cases, prog) == "segfaults"
     assert postmortem.program_death(cases, prog) == \
         "killed by SIGSEGV (exit status 139) during case segfaults"
+    unfinished = ktap.parse(transcript("hangs")).find("hangs")
+    assert postmortem.program_death(("before_the_hang", "blocks_for_ever"), unfinished,
+                                    timed_out=True) == "timed out during case blocks_for_ever"
     assert postmortem.running_case(cases, None) == "before_the_crash"
     assert postmortem.program_death(cases, None) == "never started; its first case is " \
         "before_the_crash"
@@ -156,6 +159,8 @@ def test_a_real_hang_dumps_the_guest_tasks(guest_with):
     assert "task:hangs" in tasks and "pause" in tasks, tasks
     doc = ktap.parse(result.console)
     assert postmortem.running_case(prog.cases, doc.find("hangs")) == "blocks_for_ever"
+    assert postmortem.program_death(prog.cases, doc.find("hangs"), timed_out=True) == \
+        "timed out during case blocks_for_ever"
 
 
 def test_run_builds_only_what_it_runs_and_leaves_a_broken_program_out(tmp_path, monkeypatch,

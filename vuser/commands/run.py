@@ -426,7 +426,8 @@ def _buildable(plans: list) -> tuple[list, list[ProgramResult]]:
     return [p for p in kept if p.programs], failed
 
 
-def _explain(programs: list[ProgramResult], declared: dict, console: str) -> None:
+def _explain(programs: list[ProgramResult], declared: dict, console: str,
+             timed_out: bool = False) -> None:
     """Name the case a program died or hung in, and decode a signal's exit status."""
     from vuser.guest import ktap, postmortem
 
@@ -435,7 +436,7 @@ def _explain(programs: list[ProgramResult], declared: dict, console: str) -> Non
         cases = declared.get(p.name) if isinstance(declared, dict) else None
         if not cases or p.status in ("pass", "skip", "xfail"):
             continue
-        death = postmortem.program_death(tuple(cases), doc.find(p.name))
+        death = postmortem.program_death(tuple(cases), doc.find(p.name), timed_out)
         p.reason = death if death else postmortem.describe_exit(p.reason)
 
 
@@ -445,7 +446,7 @@ def _report(result, quiet: bool, declared: dict | None = None
     from vuser.guest import klog, postmortem
 
     programs = _results(result.console)
-    _explain(programs, declared or {}, result.console)
+    _explain(programs, declared or {}, result.console, bool(getattr(result, "timed_out", False)))
     for line in result.qemu_log.splitlines():
         if line.strip():
             print(f"vuser: QEMU: {line.strip()}", file=sys.stderr)

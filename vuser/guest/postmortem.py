@@ -54,13 +54,17 @@ def running_case(declared: Sequence[str], result: ktap.KtapResult | None) -> str
     return next((c for c in declared[last + 1:] if c not in reported), None)
 
 
-def program_death(declared: Sequence[str], result: ktap.KtapResult | None) -> str | None:
+def program_death(declared: Sequence[str], result: ktap.KtapResult | None,
+                  timed_out: bool = False) -> str | None:
     """One line for a program that stopped before reporting every declared case
-    (``killed by SIGSEGV (exit status 139) during case segfaults``), else None."""
+    (``killed by SIGSEGV (exit status 139) during case segfaults``), else None.
+    ``timed_out``: the guest was stopped at its timeout."""
     case = running_case(declared, result)
     if case is None:
         return None
-    if result is not None and result.complete and result.reason:
+    if timed_out and result is not None and not result.complete:
+        how = "timed out"
+    elif result is not None and result.complete and result.reason:
         how = describe_exit(result.reason)
     elif result is not None and result.complete:
         how = f"ended ({result.status.value})"
