@@ -22,6 +22,8 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 
 . /etc/vuser/image.conf
+VUSER_TESTS_ALL=$(ls /tests 2>/dev/null | tr '\n' ' ')    # added by the run's overlay
+echo 1 > /proc/sys/kernel/sysrq    # every sysrq: the launcher dumps a hung guest's tasks
 
 mount -t hugetlbfs hugetlbfs /dev/hugepages
 echo "$VUSER_HUGEPAGES" > /proc/sys/vm/nr_hugepages

@@ -76,8 +76,12 @@ def test_image_contents(offline):
     assert "VUSER_OWN_MODULES=vuser_dma" in conf  # packed, loaded by the tests that use it
     assert kmod.vermagic(names["lib/modules/vuser_dma.ko"].data).startswith("6.1.0-99-cloud-amd64")
     assert "sbin/vuser-debug-exit" in names
+    # The programs are not in the image: they come with each run, in its overlay.
+    assert not [n for n in names if n.startswith("tests/")]
+    files = img.overlays[0].files
     for name, cases in img.tests.items():
-        assert names[f"tests/{name}"].data.startswith(b"\x7fELF") and cases
+        data, mode = files[f"tests/{name}"]
+        assert data.startswith(b"\x7fELF") and mode == 0o755 and cases
     assert "enumerate" in img.tests and "find_device" in img.tests["enumerate"]
     assert img.append.startswith("console=ttyS0")
     assert f"vuser.tests={','.join(img.tests)}" in img.append.split()
@@ -117,8 +121,14 @@ def test_cache_key_follows_the_inputs(offline, tmp_path):
     shutil.copytree(paths.IMAGES, recipe_dir)
     base = build_image(progress=False, cache=cache, guest_tests=src, images=recipe_dir)
 
+    # The image holds no test program: a changed library changes the programs, not the image.
     header = src / "lib" / "vuser.h"
     header.write_text(header.read_text() + "\n/* changed */\n")
+    same = build_image(progress=False, cache=cache, guest_tests=src, images=recipe_dir)
+    assert same.key == base.key
+    assert same.overlays[0].files["tests/enumerate"] == base.overlays[0].files["tests/enumerate"]
+    tool = src / "tools" / "debug-exit.c"
+    tool.write_text(tool.read_text() + "\n/* changed */\n")
     changed_lib = build_image(progress=False, cache=cache, guest_tests=src, images=recipe_dir)
     assert changed_lib.key != base.key
 
@@ -129,13 +139,66 @@ def test_cache_key_follows_the_inputs(offline, tmp_path):
     assert entries(changed_init)["init"].data.endswith(b"# changed\n")
 
 
-def test_source_digest_changes_with_any_source(tmp_path):
+def test_each_program_is_keyed_by_its_own_inputs(tmp_path):
+    need_gcc()
     src = tmp_path / "guest-tests"
     shutil.copytree(paths.GUEST_TESTS, src)
-    one = programs.source_digest(src, "gcc 12")
-    assert programs.source_digest(src, "gcc 13") != one
+
+    def digests():
+        b = programs._Builder(src, tmp_path / "cache")
+        return {n: b.program_digest(n) for n in programs.program_names(src)}, b.tools_digest
+
+    one, tools = digests()
+    (src / "enumerate.c").write_text((src / "enumerate.c").read_text() + "\n/* changed */\n")
+    two, _ = digests()
+    assert two["enumerate"] != one["enumerate"]
+    assert {n: d for n, d in two.items() if n != "enumerate"} == \
+        {n: d for n, d in one.items() if n != "enumerate"}
+    # A top-level file included by another program is one of its inputs.
+    (src / "kernel_lazy.c").write_text((src / "kernel_lazy.c").read_text() + "\n/* x */\n")
+    three, _ = digests()
+    assert three["kernel_strict"] != two["kernel_strict"] and three["demo"] == two["demo"]
+    # The library and its headers are every program's input, not the tools'.
+    (src / "lib" / "vuser.h").write_text((src / "lib" / "vuser.h").read_text() + "\n/* y */\n")
+    four, tools4 = digests()
+    assert all(four[n] != three[n] for n in four) and tools4 == tools
     (src / "tools" / "debug-exit.c").write_text("int main(void) { return 0; }\n")
-    assert programs.source_digest(src, "gcc 12") != one
+    assert digests()[1] != tools
+
+
+BROKEN = "#include \"lib/vuser.h\"\nint main(void) { return undeclared_thing; }\n"
+
+
+def test_a_broken_program_fails_alone(tmp_path):
+    """One guest-tests/*.c that does not compile stops neither the others nor an image."""
+    need_gcc()
+    src = tmp_path / "guest-tests"
+    shutil.copytree(paths.GUEST_TESTS, src)
+    (src / "broken.c").write_text(BROKEN)
+    cache = tmp_path / "cache"
+    built = programs.build_programs(["broken", "environment"], src, cache)
+    assert list(built.tests) == ["environment"] and list(built.failed) == ["broken"]
+    why = built.failed["broken"]
+    assert why.startswith("building guest test broken.c failed:")
+    assert "guest-tests/broken.c" in why and "undeclared_thing" in why and "error" in why
+    assert str(src) not in why  # the compiler's paths, shown relative to guest-tests
+    with pytest.raises(programs.BuildFailed, match="undeclared_thing"):
+        programs.build_program("broken", src, cache)
+    assert programs.build_program("environment", src, cache).cases
+
+
+def test_image_of_a_tree_with_a_broken_program(offline, tmp_path):
+    cache, _ = offline
+    src = tmp_path / "guest-tests"
+    shutil.copytree(paths.GUEST_TESTS, src)
+    (src / "broken.c").write_text(BROKEN)
+    img = build_image(tests=["environment"], progress=False, cache=cache, guest_tests=src)
+    assert list(img.tests) == ["environment"] and set(img.overlays[0].files) == {
+        "tests/environment"}
+    with pytest.raises(programs.BuildFailed, match="broken.c failed:(.|\n)*undeclared_thing"):
+        build_image(tests=["broken"], progress=False, cache=cache, guest_tests=src)
+    everything = build_image(progress=False, cache=cache, guest_tests=src)  # all: left out
+    assert "broken" not in everything.tests and "environment" in everything.tests
 
 
 def test_kernel_without_what_the_guest_needs(offline, monkeypatch):
@@ -174,7 +237,8 @@ def test_damaged_programs_cache_is_rebuilt(tmp_path, built_programs):
     progs = programs.build_programs(cache=cache)
     victim = progs.tests["enumerate"].path
     victim.write_bytes(victim.read_bytes()[:200])  # truncated: no longer a readable ELF
-    assert programs.cached_programs(cache=cache) is None
+    cached = programs.cached_programs(cache=cache)
+    assert "enumerate" not in cached.tests and "environment" in cached.tests
     again = programs.build_programs(cache=cache)
     assert again.tests["enumerate"].cases == progs.tests["enumerate"].cases
     assert again.tests["enumerate"].path.stat().st_size > 200

@@ -149,7 +149,12 @@ def test_fail_skip_unreported_and_dead_guest(guest, pytester):
     out = res.stdout.str()
     assert f"not ok 2 {first[1]}" in out and "# STATUS 0x4" in out
     assert "guest: no uio device" in out
-    assert f"case {declared['enumerate'][3]} was declared but never reported" in out
+    running = declared["enumerate"][3]
+    assert f"case {running} was running when program enumerate never finished (the guest " \
+        "stopped)" in out
+    if len(declared["enumerate"]) > 4:
+        assert f"case {declared['enumerate'][4]} never ran: program enumerate never finished " \
+            f"(the guest stopped) during case {running}" in out
     assert "Kernel panic - not syncing" in out  # the console tail
     assert "the guest did not end cleanly" in out
 
@@ -171,7 +176,51 @@ def test_program_that_crashed_after_its_cases(guest, pytester):
         exit_status=1, console=ktap("environment", lines, "not ok 1 environment # exit status 139"))
     res = run(pytester, "-k", "environment")
     res.assert_outcomes(passed=len(declared["environment"]), failed=1)
-    assert "every case passed but the program failed: exit status 139" in res.stdout.str()
+    assert "every case passed but the program failed: killed by SIGSEGV (exit status 139)" \
+        in res.stdout.str()
+
+
+def test_a_program_that_segfaults_mid_case(guest, pytester):
+    """The case it died in is named, and the status is decoded (139: SIGSEGV)."""
+    scripts, _, declared, all_ok = guest
+    cases = declared["environment"]
+    lines = [f"ok 1 {cases[0]}", "# about to crash"]
+    console = (ktap("environment", lines, None) + "Segmentation fault\n"
+               "# dmesg: [    3.883079] Run /init as init process\n"
+               "# dmesg: [    5.101229] environment[102]: segfault at 8 ip 00000000004016d4\n"
+               "not ok 1 environment # exit status 139\n")
+    scripts["environment"] = GuestResult(exit_status=1, console=console)
+    res = run(pytester, "-k", "environment")
+    res.assert_outcomes(passed=1, failed=len(cases))  # the rest, and guest_exit
+    out = res.stdout.str()
+    assert f"case {cases[1]} was running when program environment killed by SIGSEGV " \
+        "(exit status 139)" in out
+    assert f"case {cases[2]} never ran: program environment killed by SIGSEGV (exit status " \
+        f"139) during case {cases[1]}" in out
+    assert f"program environment killed by SIGSEGV (exit status 139) during case {cases[1]}" \
+        in out
+    assert "every case passed" not in out
+    assert "segfault at 8" in out and "[... 1 line(s) of boot messages left out]" in out
+
+
+def test_a_hung_guest_reports_its_user_tasks(guest, pytester):
+    """A timed-out guest: the case still running, and the user tasks of its SysRq dump."""
+    from pathlib import Path
+
+    scripts, _, declared, all_ok = guest
+    cases = declared["environment"]
+    transcript = (Path(__file__).parent / "data" / "console_hangs.txt").read_text()
+    dump = transcript[transcript.index("[   21.818743] sysrq"):]
+    console = ktap("environment", [f"ok 1 {cases[0]}"], None) + dump
+    scripts["environment"] = GuestResult(exit_status=None, console=console, timed_out=True,
+                                         error="guest timed out after 25 s, guest running",
+                                         task_dump=dump)
+    res = run(pytester, "-k", "environment")
+    out = res.stdout.str()
+    assert f"case {cases[1]} was still running when the guest timed out" in out
+    assert "--- guest user tasks when it was stopped (SysRq t, l) ---" in out
+    assert "task:hangs" in out and "__do_sys_pause" in out
+    assert "task:kthreadd" not in out.split("Captured guest console")[0]
 
 
 def test_no_qemu_skips_with_the_reason(guest, pytester, monkeypatch):
@@ -201,6 +250,30 @@ def test_manifest_and_programs_must_match(guest, pytester):
     out = res.stdout.str()
     assert "guest test environment is not in guest_tests.toml" in out
     assert "lists [ghost] but there is no guest-tests/ghost.c" in out
+
+
+def test_a_broken_program_fails_only_its_own_items(guest, pytester, monkeypatch, tmp_path):
+    """A guest-tests/*.c that does not compile: one failing item per table that runs it,
+    with the compiler's message; every other program collects and runs."""
+    from vuser.guest import paths
+
+    scripts, launches, declared, all_ok = guest
+    src = tmp_path / "guest-tests"
+    shutil.copytree(paths.GUEST_TESTS, src)
+    (src / "broken.c").write_text('#include "lib/vuser.h"\nint main(void) { return nope_x; }\n')
+    monkeypatch.setattr(paths, "GUEST_TESTS", src)
+    (pytester.path / "guest_tests.toml").write_text(
+        '[environment]\ndevices = []\n[broken]\ndevices = []\n'
+        '[broken_again]\ndevices = []\nprogram = "broken"\n'
+        + "".join(f'[{n}]\ndevices = []\nopt_in = true\n' for n in declared if n != "environment"))
+    scripts["environment"] = all_ok("environment")
+    res = run(pytester)
+    res.assert_outcomes(passed=len(declared["environment"]) + 1, failed=2)
+    out = res.stdout.str()
+    assert "FAILED guest_tests.toml::broken - building guest test broken.c failed:" in out
+    assert "FAILED guest_tests.toml::broken_again - building guest test broken.c failed:" in out
+    assert "guest-tests/broken.c" in out and "nope_x" in out
+    assert [ln[0] for ln in launches] == ["environment"]  # the broken one never boots
 
 
 def test_bad_manifest_is_a_collection_error(guest, pytester):

@@ -319,7 +319,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     worst, programs, error = 0, [], None
-    plans = _plan(args)
+    plans, programs = _buildable(_plan(args))
+    worst = 1 if programs else 0
     for plan, trace in zip(plans, trace_paths(args.trace, len(plans))):
         image = build_image(tests=list(plan.programs) if plan.programs else None, progress=True,
                             kernel=plan.kernel)
@@ -336,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
         elif trace is not None:  # no devices: the launcher starts no server
             print(f"vuser: no trace {trace}: this guest has no devices, so no server ran",
                   file=sys.stderr)
-        status, error, found = _report(result, args.quiet)
+        status, error, found = _report(result, args.quiet, image.tests)
         programs += found
         worst = max(worst, status)
         if error:  # the guest crashed, hung or lied: stop here
@@ -403,17 +404,65 @@ def _plan(args: argparse.Namespace):
     return plans
 
 
-def _report(result, quiet: bool) -> tuple[int, str | None, list[ProgramResult]]:
+def _buildable(plans: list) -> tuple[list, list[ProgramResult]]:
+    """Build the programs the plans run, each on its own; one that does not
+    build is reported (the compiler's message) and left out, and so is a
+    guest left with nothing to run. Returns (plans, the failed programs)."""
+    from dataclasses import replace
+
+    from vuser.guest import paths, programs
+
+    names = [n for p in plans for n in p.programs]
+    if not names:  # the image builder builds what it needs (e.g. --shell)
+        return plans, []
+    built = programs.build_programs(
+        names, paths.GUEST_TESTS, status=lambda text: print(f"vuser: {text}", file=sys.stderr))
+    for name, why in built.failed.items():
+        print(f"vuser: guest test {name} does not build, left out:\n{why}", file=sys.stderr)
+    failed = [ProgramResult(n, "fail", "does not build (the compiler's message is above)")
+              for n in built.failed]
+    kept = [replace(p, programs=tuple(n for n in p.programs if n not in built.failed))
+            for p in plans]
+    return [p for p in kept if p.programs], failed
+
+
+def _explain(programs: list[ProgramResult], declared: dict, console: str,
+             timed_out: bool = False) -> None:
+    """Name the case a program died or hung in, and decode a signal's exit status."""
+    from vuser.guest import ktap, postmortem
+
+    doc = ktap.parse(console)
+    for p in programs:
+        cases = declared.get(p.name) if isinstance(declared, dict) else None
+        if not cases or p.status in ("pass", "skip", "xfail"):
+            continue
+        death = postmortem.program_death(tuple(cases), doc.find(p.name), timed_out)
+        p.reason = death if death else postmortem.describe_exit(p.reason)
+
+
+def _report(result, quiet: bool, declared: dict | None = None
+            ) -> tuple[int, str | None, list[ProgramResult]]:
     """One guest's outcome: (exit status, error or None, its programs)."""
+    from vuser.guest import klog, postmortem
+
     programs = _results(result.console)
+    _explain(programs, declared or {}, result.console, bool(getattr(result, "timed_out", False)))
     for line in result.qemu_log.splitlines():
         if line.strip():
             print(f"vuser: QEMU: {line.strip()}", file=sys.stderr)
     if result.error:
         # A crash or a hang: the test failed; show how the console ended.
+        dump = getattr(result, "task_dump", "")
         if quiet or result.timed_out:
-            tail = result.console_tail(15)
-            print("vuser: last console lines:\n" + (tail or "(none)"), file=sys.stderr)
+            console = result.console
+            if dump and (at := console.find(dump)) >= 0:
+                console = console[:at]
+            tail = klog.tail(console, 15)
+            print("vuser: last console lines:\n" + (tail or "(none)"),
+                  file=sys.stderr)
+        if tasks := postmortem.user_tasks(dump):
+            print("vuser: the guest's user tasks when it was stopped (SysRq t, l):\n" + tasks,
+                  file=sys.stderr)
         return 1, result.error, programs
     if not programs:
         return 1, f"the guest printed no KTAP results (exit status {result.exit_status})", programs

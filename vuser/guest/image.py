@@ -9,7 +9,7 @@ Inputs (all hashed into the image's cache key):
   the metapackage also pulls in an initramfs generator, which is not needed);
 - ``images/init.sh``: the guest's ``/init``;
 - the Debian packages (name and version), fetched by ``vuser.debian``;
-- the guest test programs (``vuser.guest.programs``: sources, compiler, flags);
+- the guest tools (``vuser.guest.programs``: ``guest-tests/tools``, compiler, flags);
 - the guest kernel modules (``vuser.guest.kmod``: ``guest-tests/kmod``, built
   against the kernel's own headers, vermagic checked);
 - ``BUILDER_VERSION``, bumped when this module changes what it writes.
@@ -22,8 +22,11 @@ The initramfs holds ``/init``, ``/bin/busybox`` (applet links are made by
 ``/init``), ``/dev/console`` (c 5 1, opened by the kernel before ``/init``),
 ``/lib/modules/<name>.ko`` for the module closure and for our own modules
 (which ``/init`` does not load: the test programs that drive them do, with
-``finit_module``), ``/tests/<name>`` and ``/sbin/vuser-debug-exit``, and
-``/etc/vuser/image.conf`` for ``/init``.
+``finit_module``), ``/sbin/vuser-debug-exit``, and ``/etc/vuser/image.conf``
+for ``/init``. The test programs are not in it: each run builds the ones it
+runs (``vuser.guest.programs``, each cached on its own) and adds them as
+``/tests/<name>`` in a per-run overlay (``GuestImage.overlays``, appended by
+the launcher), so a program that does not build stops only itself.
 """
 
 from __future__ import annotations
@@ -49,11 +52,12 @@ from vuser.errors import UserError
 from vuser.guest import elfcases, kmod, paths, programs
 from vuser.guest.kernel import KernelTree
 from vuser.guest.newc import write_gzip
+from vuser.guest.overlay import Overlay
 
 __all__ = ["BUILDER_VERSION", "GuestImage", "Recipe", "build_image", "kernel_suite", "status",
            "load_recipe"]
 
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 MANIFEST = "image.json"
 DEBUG_EXIT = "sbin/vuser-debug-exit"
 #: What a guest needs of another suite's kernel closure (besides busybox).
@@ -71,6 +75,7 @@ class GuestImage:
     kernel_release: str
     key: str
     kernel_config: Path | None = None  # the kernel package's boot/config-<release>
+    overlays: tuple[Overlay, ...] = ()  # per-run files: /tests/<name>; the launcher appends them
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,7 @@ def _load_manifest(out: Path) -> dict[str, Any] | None:
             f = m["files"][name]
             if (out / name).stat().st_size != f["size"] or _sha256(out / name) != f["sha256"]:
                 return None
-        if not isinstance(m["tests"], dict) or not isinstance(m["kernel_release"], str):
+        if not isinstance(m["kernel_release"], str):
             return None
         return m
     except (OSError, ValueError, KeyError, TypeError):
@@ -215,16 +220,29 @@ def build_image(tests: Sequence[str] | None = None, progress: bool = True, *,
     """The guest image, built if it is not in the cache.
 
     ``tests`` selects the test programs the guest runs (default: all); they
-    go on the kernel command line as ``vuser.tests=``. ``shell`` makes
+    go on the kernel command line as ``vuser.tests=``. Only those are built,
+    and they reach the guest through ``overlays``. A named program that does
+    not build is a ``programs.BuildFailed`` with the compiler's message; with
+    the default (all), such programs are left out, saying so. ``shell`` makes
     ``/init`` give an interactive shell instead. ``kernel`` is
     ``debian:<suite>`` (default: the recipe's suite). Errors are ``UserError``.
     """
     cache = cache or paths.cache_root()
     steps = _Steps(progress)
     recipe = load_recipe(images).for_kernel(kernel)
-    progs = programs.build_programs(guest_tests, cache,
+    names = _select(dict.fromkeys(programs.program_names(guest_tests)), tests)
+    progs = programs.build_programs(names, guest_tests, cache,
                                     status=steps.note if progress else None)
-    selected = _select({n: list(p.cases) for n, p in progs.tests.items()}, tests)
+    if progs.failed and tests is not None:
+        raise programs.BuildFailed("\n".join(progs.failed.values()))
+    for why in progs.failed.values():
+        steps.note(f"[yellow]left out: {why}")
+    selected = {n: list(p.cases) for n, p in progs.tests.items()}
+    if not selected:
+        raise UserError("no guest test builds:\n" + "\n".join(progs.failed.values()))
+    tests_overlay = Overlay()
+    for n, p in progs.tests.items():
+        tests_overlay.add_file(f"tests/{n}", p.path.read_bytes(), 0o755)
     tree = debian.fetch(recipe.suite, [recipe.kernel_package, recipe.busybox_package],
                         _tree_dir(recipe, cache), show_progress=progress, keep=recipe.keep)
     kmods = kmod.build_modules(tree, recipe.suite, root=guest_tests / "kmod", cache=cache,
@@ -246,7 +264,8 @@ def build_image(tests: Sequence[str] | None = None, progress: bool = True, *,
     config = KernelTree.find(tree.root).config
     return GuestImage(kernel=out / "vmlinuz", initrd=out / "initrd.img", append=" ".join(words),
                       tests=selected, kernel_release=manifest["kernel_release"], key=key,
-                      kernel_config=config if config.is_file() else None)
+                      kernel_config=config if config.is_file() else None,
+                      overlays=(tests_overlay,))
 
 
 def _busybox(root: Path) -> bytes:
@@ -260,11 +279,9 @@ def _busybox(root: Path) -> bytes:
     return path.read_bytes()
 
 
-def _image_conf(recipe: Recipe, modules: list[str], tests: list[str],
-                own_modules: list[str] = ()) -> bytes:
+def _image_conf(recipe: Recipe, modules: list[str], own_modules: list[str] = ()) -> bytes:
     return (f"VUSER_MODULES={shlex.quote(' '.join(modules))}\n"
             f"VUSER_OWN_MODULES={shlex.quote(' '.join(own_modules))}\n"
-            f"VUSER_TESTS_ALL={shlex.quote(' '.join(tests))}\n"
             f"VUSER_HUGEPAGES={recipe.hugepages}\n"
             f"VUSER_IOMMU_ID={_iommu_id()}\n").encode()
 
@@ -285,7 +302,6 @@ def _build(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet, key: s
     modules = kernel.closure(list(recipe.modules))
     if "debug-exit" not in progs.tools:
         raise UserError("guest-tests/tools/debug-exit.c is missing: /init needs it to exit")
-    test_names = sorted(progs.tests)
     clash = sorted(set(kmods.modules) & set(modules))
     if clash:
         raise UserError(f"guest-tests/kmod builds {', '.join(clash)}, which the kernel ships too")
@@ -299,13 +315,11 @@ def _build(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet, key: s
         w.add_file("bin/busybox", _busybox(tree.root), 0o755)
         w.add_symlink("bin/sh", "busybox")
         w.add_file("etc/vuser/image.conf",
-                   _image_conf(recipe, modules, test_names, sorted(kmods.modules)))
+                   _image_conf(recipe, modules, sorted(kmods.modules)))
         for m in modules:
             w.add_file(f"lib/modules/{m}.ko", kernel.module_bytes(m))
         for m, ko in sorted(kmods.modules.items()):
             w.add_file(f"lib/modules/{m}.ko", ko.read_bytes())
-        for name in test_names:
-            w.add_file(f"tests/{name}", progs.tests[name].path.read_bytes(), 0o755)
         w.add_file(DEBUG_EXIT, progs.tools["debug-exit"].read_bytes(), 0o755)
 
     initrd = write_gzip(fill)
@@ -321,7 +335,6 @@ def _build(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet, key: s
                          if p.name in (recipe.busybox_package, f"linux-image-{kernel.release}")},
             "modules": modules,
             "own_modules": sorted(kmods.modules),
-            "tests": {n: list(progs.tests[n].cases) for n in test_names},
             "files": {n: {"size": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
                       for n in ("vmlinuz", "initrd.img")},
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -353,7 +366,7 @@ def status(cache: Path | None = None) -> dict[str, Any]:
         st["problem"] = str(e)
         return st
     if progs is not None:
-        st["tests_built"] = True
+        st["tests_built"] = bool(progs.tests)
         st["tests"] = {n: len(p.cases) for n, p in progs.tests.items()}
     tree = debian.Tree.load(_tree_dir(recipe, cache))
     if tree is None:

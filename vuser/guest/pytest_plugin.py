@@ -14,9 +14,12 @@ A manifest (``tests/guest/guest_tests.toml``) names each guest test program
 
 (``vuser.guest.manifest`` reads it.) Items are named after the table, so one
 program can run in two tables (say, once on each kernel).
-Collection builds the programs (host gcc, cached) and reads the cases each
-declares from its ``.vuser_cases`` ELF section, so every case is an item
-before anything boots: ``guest_tests.toml::enumerate::find_device``.
+Collection builds the listed programs, each on its own (host gcc, each cached
+by its own inputs), and reads the cases each declares from its
+``.vuser_cases`` ELF section, so every case is an item before anything
+boots: ``guest_tests.toml::enumerate::find_device``. A program that does not
+compile is one failing item per table that runs it, carrying the compiler's
+message; the other programs collect and run.
 
 Programs with the same devices, ``iommu``, ``append`` and ``kernel`` share one
 guest (a *boot group*): the
@@ -25,7 +28,11 @@ first item of any of them builds the image and boots the guest once
 a selected item, one after the other (timeout: the sum of theirs). Each item
 then reads its case's KTAP line: ``ok`` passes, ``not ok`` fails, ``# SKIP``
 skips, ``# TODO`` xfails. A case that was declared but never reported fails,
-with the guest's end and the console tail. One more item per program,
+saying whether it was the one running when the program died (and how: a
+signal is decoded from ``/init``'s exit status) or the guest timed out, or
+which case was; with the guest's end, the console tail without boot
+messages (``vuser.guest.klog``) and, for a hung guest, its user tasks' stacks
+(SysRq, ``vuser.guest.postmortem``). One more item per program,
 ``guest_exit``, fails when the guest did not end cleanly through
 isa-debug-exit with a status that agrees with the results of the programs it
 ran (timeout, server death, panic, crash after the last case).
@@ -46,7 +53,7 @@ from typing import Any
 import pytest
 
 from vuser.errors import UserError
-from vuser.guest import ktap, programs
+from vuser.guest import klog, ktap, paths, postmortem, programs
 from vuser.guest.manifest import ProgramSpec, load_manifest
 
 __all__ = ["MANIFEST_NAME", "pytest_collect_file", "GuestManifest", "GuestProgramNode", "BootGroup",
@@ -88,7 +95,10 @@ class GuestManifest(pytest.File):
     def collect(self):
         specs = load_manifest(self.path)
         try:
-            progs = programs.build_programs()
+            names = programs.program_names(paths.GUEST_TESTS)
+            wanted = sorted({s.program_name for s in specs.values() if not s.opt_in} & set(names))
+            # Each on its own: a broken one fails alone.
+            progs = programs.build_programs(wanted, paths.GUEST_TESTS)
         except UserError as e:
             if "gcc not found" in str(e):
                 yield _SkipItem.from_parent(self, name="build_guest_tests",
@@ -97,7 +107,7 @@ class GuestManifest(pytest.File):
             raise
         groups: dict[tuple[str, ...], BootGroup] = {}
         listed = {spec.program_name for spec in specs.values()}
-        for name in sorted(set(progs.tests) - listed):
+        for name in sorted(set(names) - listed):
             yield _ErrorItem.from_parent(
                 self, name=name,
                 message=f"guest test {name} is not in {self.path.name}: add a [{name}] "
@@ -107,9 +117,11 @@ class GuestManifest(pytest.File):
                 continue
             prog = progs.tests.get(spec.program_name)
             if prog is None:
+                why = progs.failed.get(spec.program_name)
                 yield _ErrorItem.from_parent(
-                    self, name=name, message=f"{self.path.name} lists [{name}] but there is no "
-                                             f"guest-tests/{spec.program_name}.c")
+                    self, name=name,
+                    message=why or f"{self.path.name} lists [{name}] but there is no "
+                                   f"guest-tests/{spec.program_name}.c")
                 continue
             group = groups.setdefault(spec.boot_key(), BootGroup(spec.devices, spec))
             node = GuestProgramNode.from_parent(self, name=name, spec=spec, cases=prog.cases,
@@ -161,7 +173,8 @@ class BootGroup:
             run = _Run(skip=f"prerequisite missing: no QEMU with vfio-user-pci: {e}")
             return dict.fromkeys(names, run)
         try:
-            image = build_image(tests=progs, progress=False, kernel=self.kernel)
+            image = build_image(tests=progs, progress=False, kernel=self.kernel,
+                                guest_tests=paths.GUEST_TESTS)
             result = launch(image, devices=list(self.devices),
                             timeout=sum(n.spec.timeout for n in members), qemu=qemu,
                             kernel_iommu=self.kernel_iommu, kernel_args=self.append)
@@ -204,7 +217,13 @@ def _report(run: _Run, headline: str, details: list[str] = ()) -> str:
     if r.server_died or (r.error and r.server_log):
         tail = "\n".join(r.server_log.rstrip().splitlines()[-15:])
         parts.append(f"--- server log (tail) ---\n{tail}")
-    parts.append(f"--- console (last {CONSOLE_TAIL} lines) ---\n{r.console_tail(CONSOLE_TAIL)}")
+    console = r.console
+    if getattr(r, "task_dump", "") and (at := console.find(r.task_dump)) >= 0:
+        console = console[:at]  # the dump has its own section
+    parts.append(f"--- console (last {CONSOLE_TAIL} lines, boot messages left out) ---\n"
+                 f"{klog.tail(console, CONSOLE_TAIL)}")
+    if tasks := postmortem.user_tasks(getattr(r, "task_dump", "")):
+        parts.append(f"--- guest user tasks when it was stopped (SysRq t, l) ---\n{tasks}")
     return "\n".join(parts)
 
 
@@ -239,10 +258,9 @@ class GuestCaseItem(_GuestItem):
         run = self._outcome()
         case = run.program.find(self.name) if run.program else None
         if case is None or case.status is None:
-            where = ("the program never started" if run.program is None
-                     else "the program stopped before reporting it")
-            raise GuestFailure(_report(run, f"case {self.name} was declared but never "
-                                            f"reported ({where})"))
+            raise GuestFailure(_report(run, _unreported(run, self.parent.cases,
+                                                        self.parent.spec.program_name,
+                                                        self.name)))
         if case.status is ktap.Status.PASS:
             return
         if case.status is ktap.Status.SKIP:
@@ -252,6 +270,22 @@ class GuestCaseItem(_GuestItem):
         details = [f"  # {d}" for d in case.diagnostics] + [f"  | {o}" for o in case.output]
         raise GuestFailure(_report(run, f"not ok {case.number} {self.name}"
                                         + (f" # {case.reason}" if case.reason else ""), details))
+
+
+def _unreported(run: _Run, declared: tuple[str, ...], program: str, case: str) -> str:
+    """Why ``case`` has no KTAP line: the program died or hung in it, or before it."""
+    prog = run.program
+    if prog is None:
+        return f"case {case} was declared but never reported (the program never started)"
+    running = postmortem.running_case(declared, prog)
+    if run.result.timed_out and not prog.complete:
+        how, what = "the guest timed out", "still running"
+    else:
+        how = (postmortem.program_death(declared, prog) or "stopped").split(" during case ")[0]
+        how, what = f"program {program} {how}", "running"
+    if case == running:
+        return f"case {case} was {what} when {how}"
+    return f"case {case} never ran: {how} during case {running}"
 
 
 class GuestExitItem(_GuestItem):
@@ -272,10 +306,13 @@ class GuestExitItem(_GuestItem):
             others = f" and the {len(ran) - 1} other program(s) of its guest" if len(ran) > 1 else ""
             raise GuestFailure(_report(run, f"exit status {r.exit_status} disagrees with the "
                                             f"program's result ({prog.status.value}){others}"))
+        if failed and (death := postmortem.program_death(self.parent.cases, prog)):
+            raise GuestFailure(_report(run, f"program {self.parent.spec.program_name} {death}"))
         if failed and all(c.status in (ktap.Status.PASS, ktap.Status.SKIP) for c in prog.subtests):
-            diag = "; ".join(prog.diagnostics[-3:])
+            diag = "; ".join(d for d in prog.diagnostics[-3:] if not d.startswith("dmesg:"))
             raise GuestFailure(_report(run, f"every case passed but the program failed: "
-                                            f"{prog.reason or 'no reason'} {diag}".rstrip()))
+                                            f"{postmortem.describe_exit(prog.reason or 'no reason')}"
+                                            f" {diag}".rstrip()))
 
 
 class _SkipItem(pytest.Item):

@@ -4,7 +4,8 @@
 process group, waits until every device socket exists, then starts QEMU (see
 ``vuser.qemu.cmdline``) in its own session with the serial console on a pipe.
 It returns when the guest writes ``isa-debug-exit``, powers off, hangs past the
-timeout, or its server dies; in every case QEMU (QMP ``quit``, then SIGTERM,
+timeout (first asked for its task stacks with SysRq, ``vuser.qemu.sysrq``;
+``GuestResult.task_dump``), or its server dies; in every case QEMU (QMP ``quit``, then SIGTERM,
 then SIGKILL) and the server's process group are stopped, and the private
 working directory with the sockets is removed. Both children also die with the
 launcher itself (QEMU's ``-run-with exit-with-parent=on``; the server's
@@ -79,6 +80,7 @@ class GuestResult:
     stopped: bool = False  # the launcher's ``until`` condition ended the run
     notes: list[str] = field(default_factory=list)  # one-line facts about the run (probe, kernel)
     topology: Any = None  # kernel_iommu: the vuser.qemu.topology.Topology the guest booted with
+    task_dump: str = ""  # timed out: the guest's SysRq task dump (vuser.qemu.sysrq), if any
 
     @property
     def ok(self) -> bool:
@@ -210,7 +212,8 @@ class _Run:
         self.kernel_iommu = kernel_iommu
         self.probe_cache = probe_cache
         self.until = until
-        self.overlays = list(overlays)
+        # The image's own per-run files (its test programs) first, then the caller's.
+        self.overlays = [*getattr(image, "overlays", ()), *overlays]
         self.notes: list[str] = []
         self.topology: Any = None
         self._probe_key: str | None = None
@@ -418,6 +421,10 @@ class _Run:
             if now > deadline:
                 result.timed_out = True
                 result.guest_state = _guest_state(qmp_path)
+                if result.guest_state == "running" and self.image is not None and self.console:
+                    from vuser.qemu import sysrq
+
+                    result.task_dump = sysrq.dump(qmp_path, self.console.text)
                 break
             if self.detached.is_set():
                 break
