@@ -34,7 +34,7 @@
 
 #include "vuser_agent.h"
 
-#define FRAME_TIMEOUT_MS 5000 /* a started frame must arrive within this */
+#define FRAME_TIMEOUT_MS 2000 /* a started frame must arrive within this */
 
 static int chan = -1;
 static int exit_on_eof;

@@ -172,6 +172,15 @@ class ExecResult:
     def ok(self) -> bool:
         return self.status == 0
 
+    @property
+    def out(self) -> str:
+        """``stdout`` decoded (UTF-8, undecodable bytes replaced)."""
+        return self.stdout.decode(errors="replace")
+
+    @property
+    def err(self) -> str:
+        return self.stderr.decode(errors="replace")
+
     def describe(self) -> str:
         """'exit status 3', 'killed by SIGKILL (timed out)', ..."""
         if self.status is not None:
