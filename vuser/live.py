@@ -140,7 +140,8 @@ def boot(devices: Sequence[str] = ("sample",), *, kernel_iommu: bool = False,
          kernel: str | None = None, append: str | Sequence[str] = (), memory_mib: int = 512,
          shares: Sequence[str | Path] = (), timeout: float = 3600.0, boot_timeout: float = 180.0,
          accel: str = "tcg", smp: int = 1, trace: str | Path | None = None,
-         qemu_args: Sequence[str] = (), progress: bool = False) -> Guest:
+         qemu_args: Sequence[str] = (), control: str | Path | None = None,
+         server_args: Sequence[str] = (), qemu=None, progress: bool = False) -> Guest:
     """Start a vuser server with ``devices``, boot a guest against it, wait for its agent.
 
     - ``devices``: ``TYPE[,key=value...]`` as for ``vuser run --device`` (none: no server).
@@ -151,6 +152,10 @@ def boot(devices: Sequence[str] = ("sample",), *, kernel_iommu: bool = False,
       (9p when QEMU and kernel have it, else copied in: ``guest.notes`` says which).
     - ``timeout``: the guest's whole life; ``boot_timeout``: until the agent answers.
     - ``trace``: record a model trace of the whole run into this file.
+    - ``control``: a fixed path for the control socket (default: one in a
+      private directory, ``guest.control_path``); ``server_args``: more
+      ``vuser serve`` arguments; ``qemu_args``: more QEMU arguments;
+      ``qemu``: a ``vuser.qemu.find.QemuBinary`` (default: ``find_qemu()``).
 
     Raises ``UserError`` (``BootError`` when the guest boots but its agent never
     answers); nothing is left running then.
@@ -163,12 +168,15 @@ def boot(devices: Sequence[str] = ("sample",), *, kernel_iommu: bool = False,
     from vuser.qemu.launcher import launch_in_background
 
     words = user_append(append if isinstance(append, str) else " ".join(append))
-    qemu = find_qemu(show_progress=progress)
+    qemu = qemu or find_qemu(show_progress=progress)
     image = build_image(tests=None, progress=progress, kernel=kernel)
     setup = runsetup.plan(image, agent=True, shares=list(shares), qemu=qemu)
     own = rundir.create()  # the control socket; swept if this process dies
-    control = str(own / "control.sock") if devices else None
-    server_args = ["--control", control] if control else []
+    if not devices:
+        control = None
+    else:
+        control = str(control) if control is not None else str(own / "control.sock")
+    server_args = [*(["--control", control] if control else []), *server_args]
     if trace is not None:
         server_args += ["--trace", str(Path(trace).resolve())]
     try:

@@ -13,9 +13,10 @@ before it runs tests or a shell. ``plan()`` writes that script with:
   ``virtio-9p-pci`` and the guest kernel has ``CONFIG_9P_FS`` and
   ``CONFIG_NET_9P_VIRTIO`` — it is mounted there (``-virtfs``, tag
   ``vshare<N>``, read-write, ``security_model=none``). Otherwise its files are
-  copied into the run's initramfs at that path: a snapshot, and what the guest
-  writes there stays in the guest. Debian's cloud kernels have no 9p, so the
-  default image copies;
+  copied into the run's initramfs (``/.vuser/vshare<N>``) and bind-mounted at
+  that path (so a share under ``/tmp`` is not hidden by ``/init``'s tmpfs): a
+  snapshot, and what the guest writes there stays in the guest. Debian's
+  cloud kernels have no 9p, so the default image copies;
 - **the agent** (``vuser.agent=1`` on the kernel command line): ``/init``
   starts ``/sbin/vuser-agent`` on the virtio-serial port ``org.vuser.agent``
   (``vuser.guest.agent``) and waits on it instead of running tests.
@@ -43,6 +44,7 @@ AGENT_SOCKET = "@WORKDIR@/agent.sock"
 AGENT_MODULES = ("virtio_pci", "virtio_console")
 NINEP_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 RUN_SCRIPT = "etc/vuser/run.sh"
+COPY_DIR = ".vuser"  # copied shares: /.vuser/vshare<N>, bind-mounted at their path
 MSIZE = 512 * 1024
 
 
@@ -118,8 +120,7 @@ def plan_shares(dirs: list[str | Path], use_9p: bool) -> list[Share]:
             if path.is_relative_to(other) or other.is_relative_to(path):
                 raise UserError(f"--share {d}: overlaps the share {other}")
         seen.add(path)
-        shares.append(Share(path, str(path), "9p" if use_9p else "copy",
-                            f"vshare{i}" if use_9p else ""))
+        shares.append(Share(path, str(path), "9p" if use_9p else "copy", f"vshare{i}"))
     return shares
 
 
@@ -144,6 +145,9 @@ def _script(modules: list[str], shares: list[Share], agent: bool) -> bytes:
                   '\tout=$(insmod "/lib/modules/run/$m.ko" 2>&1) || notes="$notes|insmod $m: $out"',
                   "done"]
     for s in shares:
+        if s.how == "copy":
+            lines.append(f"mkdir -p {q(s.guest)} && mount -o bind /{COPY_DIR}/{s.tag} {q(s.guest)} || "
+                         f"notes=\"$notes|--share: cannot bind /{COPY_DIR}/{s.tag} on {s.guest}\"")
         if s.how == "9p":
             lines.append(f"mkdir -p {q(s.guest)} && mount -t 9p -o trans=virtio,version=9p2000.L,"
                          f"msize={MSIZE} {s.tag} {q(s.guest)} || "
@@ -191,7 +195,7 @@ def plan(image, *, agent: bool = False, shares: list[str | Path] = (), qemu=None
         setup.overlay.add_file(f"lib/modules/run/{m}.ko", kernel.module_bytes(m))
     for s in setup.shares:
         if s.how == "copy":
-            size = setup.overlay.add_tree(s.host, s.guest)
+            size = setup.overlay.add_tree(s.host, f"{COPY_DIR}/{s.tag}")
             setup.notes.append(f"--share {s.host}: copied into the initramfs at {s.guest} "
                                f"({size / 1e6:.1f} MB; {why_not}: guest changes stay in "
                                "the guest)")
