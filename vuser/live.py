@@ -30,6 +30,8 @@ from vuser.guest.agent_wire import ExecResult
 
 __all__ = ["AgentError", "BootError", "CommandFailed", "ExecResult", "Guest", "boot"]
 
+STOP_GRACE_S = 5.0
+
 
 class BootError(UserError):
     """The guest did not come up (its agent never answered) or ended early."""
@@ -197,12 +199,17 @@ def boot(devices: Sequence[str] = ("sample",), *, kernel_iommu: bool = False,
     except BaseException as e:
         if agent is not None:
             agent.close()
+        if isinstance(e, AgentGone):
+            bg.wait(STOP_GRACE_S)  # the guest ended: let the launcher see how
         result = bg.stop()
         shutil.rmtree(own, ignore_errors=True)
-        if isinstance(e, (AgentTimeout, AgentGone)):
-            why = result.error or "the guest is still running"
-            raise BootError(f"the guest agent did not answer ({e}); {why}; last console lines:\n"
-                            f"{result.console_tail(15)}") from None
+        tail = f"; last console lines:\n{result.console_tail(15)}"
+        if isinstance(e, AgentGone):
+            raise BootError(f"the guest ended before its agent answered: {result.error}{tail}") \
+                from None
+        if isinstance(e, AgentTimeout):
+            raise BootError(f"the guest agent did not answer within {boot_timeout:g} s{tail}") \
+                from None
         raise
     return Guest(bg, agent, control, own, notes)
 
@@ -215,7 +222,7 @@ def _wait_for_agent(agent: AgentClient, bg, timeout: float) -> None:
             return
         except AgentTimeout:
             if not bg.running:
-                raise AgentGone("the guest ended during boot") from None
+                raise AgentGone("the guest ended") from None
             if time.monotonic() > deadline:
                 raise AgentTimeout(f"no answer within {timeout:g} s") from None
 

@@ -112,6 +112,10 @@ def plan_shares(dirs: list[str | Path], use_9p: bool) -> list[Share]:
         path = Path(d).expanduser().resolve()
         if not path.is_dir():
             raise UserError(f"--share {d}: not a directory")
+        bad = set(str(path)) & set('"$`\\|\n')
+        if bad:
+            raise UserError(f"--share {d}: the path holds {''.join(sorted(bad))!r}, which the "
+                            "guest's setup script cannot quote")
         if path == Path("/"):
             raise UserError("--share /: share a directory, not the whole root")
         if path in seen:
@@ -146,12 +150,14 @@ def _script(modules: list[str], shares: list[Share], agent: bool) -> bytes:
                   "done"]
     for s in shares:
         if s.how == "copy":
-            lines.append(f"mkdir -p {q(s.guest)} && mount -o bind /{COPY_DIR}/{s.tag} {q(s.guest)} || "
-                         f"notes=\"$notes|--share: cannot bind /{COPY_DIR}/{s.tag} on {s.guest}\"")
+            lines.append(f"if mkdir -p {q(s.guest)} && mount -o bind /{COPY_DIR}/{s.tag} {q(s.guest)}; "
+                         f"then notes=\"$notes|share {s.guest}: a copy\"; "
+                         f"else notes=\"$notes|share {s.guest}: cannot bind-mount its copy\"; fi")
         if s.how == "9p":
-            lines.append(f"mkdir -p {q(s.guest)} && mount -t 9p -o trans=virtio,version=9p2000.L,"
-                         f"msize={MSIZE} {s.tag} {q(s.guest)} || "
-                         f"notes=\"$notes|--share: cannot mount 9p {s.tag} on {s.guest}\"")
+            lines.append(f"if mkdir -p {q(s.guest)} && mount -t 9p -o trans=virtio,version=9p2000.L,"
+                         f"msize={MSIZE} {s.tag} {q(s.guest)}; "
+                         f"then notes=\"$notes|share {s.guest}: 9p {s.tag}\"; "
+                         f"else notes=\"$notes|share {s.guest}: cannot mount 9p {s.tag}\"; fi")
     if agent:
         lines += [f"if grep -qw {AGENT_ARG} /proc/cmdline; then",
                   "\techo \"$notes\" | tr '|' '\\n' | sed '/^$/d; s/^/vuser guest: /'",

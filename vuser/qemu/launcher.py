@@ -626,6 +626,11 @@ class BackgroundLaunch:
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the guest to end by itself; True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def console(self) -> str:
         """What the serial console printed so far."""
         stream = self._run.console
