@@ -162,14 +162,16 @@ def boot(devices: Sequence[str] = ("sample",), *, kernel_iommu: bool = False,
     Raises ``UserError`` (``BootError`` when the guest boots but its agent never
     answers); nothing is left running then.
     """
-    from vuser.commands.run import user_append
     from vuser.guest import runsetup
     from vuser.guest.image import build_image
     from vuser.qemu import rundir
     from vuser.qemu.find import find_qemu
     from vuser.qemu.launcher import launch_in_background
 
-    words = user_append(append if isinstance(append, str) else " ".join(append))
+    words = tuple((append if isinstance(append, str) else " ".join(append)).split())
+    taken = [w for w in words if w.startswith("vuser.")]
+    if taken:
+        raise UserError(f"append must not set vuser.* (the launcher does): {taken[0]}")
     qemu = qemu or find_qemu(show_progress=progress)
     image = build_image(tests=None, progress=progress, kernel=kernel)
     setup = runsetup.plan(image, agent=True, shares=list(shares), qemu=qemu)

@@ -128,3 +128,8 @@ def test_a_guest_that_cannot_boot_is_a_boot_error(qemu_bin, image, monkeypatch):
                      "writing isa-debug-exit (reboot, power-off or panic); last console lines:")
     assert "Kernel panic" in str(ei.value)
     assert seen and not _alive(seen[0].qemu_pid) and not seen[0].workdir.exists()
+
+
+def test_append_may_not_set_vuser_options():
+    with pytest.raises(UserError, match=r"append must not set vuser\.\* .*vuser\.shell=1"):
+        boot(devices=[], append="quiet vuser.shell=1")
