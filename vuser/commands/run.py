@@ -86,7 +86,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "iommu = \"kernel\" in the manifest")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="stop a guest that runs longer (default: the manifest's timeout "
-                             "of its tests, 300 s with --device; none with --shell)")
+                             "of its tests, 300 s with --device; none with --shell; with "
+                             "--exec: the command's, 300 s)")
     parser.add_argument("--memory", type=int, default=512, metavar="MIB", help="guest RAM (default 512)")
     parser.add_argument("--accel", choices=("tcg", "kvm"), default="tcg",
                         help="accelerator (default tcg; see `vuser doctor` for KVM)")

@@ -132,19 +132,6 @@ class AgentClient:
     def ping(self, timeout: float = 5.0) -> PingReply:
         return self._request(Kind.PING, encode_ping, (), timeout)
 
-    def wait_ready(self, timeout: float) -> PingReply:
-        """Ping until the agent answers (it starts late in the guest's boot)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.ping(timeout=min(1.0, max(deadline - time.monotonic(), 0.05)))
-            except AgentTimeout:
-                if time.monotonic() > deadline:
-                    raise AgentTimeout(f"the guest agent did not answer within {timeout:g} s") \
-                        from None
-                # A ping the agent has not read yet would be answered later: its
-                # stale reply is skipped by id.
-
     def exec(self, command: str, timeout: float | None = None) -> ExecResult:
         """Run ``/bin/sh -c command`` in the guest. With ``timeout`` the agent
         kills it after that long (``result.timed_out``); the reply is awaited
