@@ -19,6 +19,7 @@ stops QEMU and the server and removes every file the run made.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from vuser.errors import UserError
 from vuser.guest.agent import AgentClient, AgentError, AgentGone, AgentTimeout
-from vuser.guest.agent_wire import ExecResult
+from vuser.guest.agent_wire import MAX_REQUEST, ExecResult, WriteRequest
 
 __all__ = ["AgentError", "BootError", "CommandFailed", "ExecResult", "Guest", "boot"]
 
@@ -83,6 +84,10 @@ class Guest:
             file_mode = mode if mode is not None else src.stat().st_mode & 0o7777
         except OSError as e:
             raise UserError(f"copy_in {src}: {e.strerror}") from None
+        room = MAX_REQUEST - WriteRequest.SIZE - len(os.fsencode(guest_path))
+        if len(data) > room:
+            raise UserError(f"copy_in {src}: {len(data)} bytes, the agent takes at most {room} "
+                            "in one file (share its directory instead: shares=[...])")
         self._agent.write_file(guest_path, data, file_mode)
 
     def read_file(self, guest_path: str) -> bytes:

@@ -78,6 +78,11 @@ def test_copy_in_and_read_back(guest, tmp_path):
 def test_copy_in_errors(guest, tmp_path):
     with pytest.raises(UserError, match="copy_in .*missing"):
         guest.copy_in(tmp_path / "missing", "/tmp/x")
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(64 << 20)
+    with pytest.raises(UserError, match=r"at most \d+ in one file \(share its directory instead"):
+        guest.copy_in(big, "/tmp/big")
     (tmp_path / "f").write_bytes(b"x")
     from vuser.guest.agent import AgentError
 
