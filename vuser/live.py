@@ -171,7 +171,7 @@ def boot(devices: Sequence[str] = ("sample",), *, kernel_iommu: bool = False,
     from vuser.guest.image import build_image
     from vuser.qemu import rundir
     from vuser.qemu.find import find_qemu
-    from vuser.qemu.launcher import launch_in_background
+    from vuser.qemu.launcher import WORKDIR_MARK, launch_in_background
 
     words = tuple((append if isinstance(append, str) else " ".join(append)).split())
     taken = [w for w in words if w.startswith("vuser.")]
@@ -200,7 +200,7 @@ def boot(devices: Sequence[str] = ("sample",), *, kernel_iommu: bool = False,
     notes = [*setup.notes, *bg.info.notes]
     agent = None
     try:
-        sock = Path(runsetup.AGENT_SOCKET.replace("@WORKDIR@", str(bg.info.workdir)))
+        sock = Path(runsetup.AGENT_SOCKET.replace(WORKDIR_MARK, str(bg.info.workdir)))
         agent = AgentClient.connect(sock, timeout=30.0)
         _wait_for_agent(agent, bg, boot_timeout)
     except BaseException as e:

@@ -41,6 +41,9 @@ AGENT_DIR = paths.SOURCE_ROOT / "guest-agent"
 AGENT_SOURCES = (AGENT_DIR / "vuser-agent.c", AGENT_DIR / "vuser_agent.h")
 GUEST_PATH = "sbin/vuser-agent"
 CFLAGS = ("-static", "-O2", "-g0", "-Wall", "-Wextra", "-std=gnu11")
+#: How much longer than a command's timeout its reply is awaited (the agent
+#: kills the command at its timeout, then collects and sends what it printed).
+EXEC_REPLY_SLACK_S = 10.0
 
 
 class AgentTimeout(TimeoutError):
@@ -137,7 +140,7 @@ class AgentClient:
         kills it after that long (``result.timed_out``); the reply is awaited
         a little longer than that."""
         ms = 0 if timeout is None else max(1, int(timeout * 1000))
-        wait = None if timeout is None else timeout + 10.0
+        wait = None if timeout is None else timeout + EXEC_REPLY_SLACK_S
         return self._request(Kind.EXEC, encode_exec, (command, ms), wait)
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644, timeout: float = 60.0) -> None:

@@ -33,6 +33,7 @@ from vuser.errors import UserError
 from vuser.guest.agent import GUEST_PATH as AGENT_PATH, build_agent, qemu_args as agent_qemu_args
 from vuser.guest.kernel import KernelTree
 from vuser.guest.overlay import Overlay
+from vuser.qemu.launcher import WORKDIR_MARK
 
 __all__ = ["AGENT_ARG", "AGENT_SOCKET", "AGENT_MODULES", "NINEP_MODULES", "RunSetup", "Share",
            "kernel_has_9p", "kernel_tree_of", "plan", "plan_shares", "qemu_has_9p",
@@ -40,7 +41,7 @@ __all__ = ["AGENT_ARG", "AGENT_SOCKET", "AGENT_MODULES", "NINEP_MODULES", "RunSe
 
 AGENT_ARG = "vuser.agent=1"
 #: The agent's socket, in the launcher's run directory (``launcher.WORKDIR_MARK``).
-AGENT_SOCKET = "@WORKDIR@/agent.sock"
+AGENT_SOCKET = f"{WORKDIR_MARK}/agent.sock"
 AGENT_MODULES = ("virtio_pci", "virtio_console")
 NINEP_MODULES = ("virtio_pci", "9pnet_virtio", "9p")
 RUN_SCRIPT = "etc/vuser/run.sh"
