@@ -59,6 +59,10 @@ if [ "$iommu" = kernel ]; then
 	[ "$found" = 1 ] || notes="$notes|vuser.iommu=kernel: found $found vuser-iommu functions, not 1"
 fi
 
+# a run's own setup from its initramfs overlay: modules, shares, the agent
+# (vuser/guest/runsetup.py); with vuser.agent=1 it serves the agent and never returns
+[ -f /etc/vuser/run.sh ] && . /etc/vuser/run.sh
+
 if [ "$shell" = 1 ]; then
 	echo "vuser guest: tests are in /tests (${VUSER_TESTS_ALL}); exit the shell to power off"
 	echo "$notes" | tr '|' '\n' | sed '/^$/d'

@@ -44,6 +44,10 @@ vIOMMU mode and kernel arguments share a guest.
   vuser run --test environment --append foo=1 --trace run.trace --control /tmp/v.ctl
                                      kernel options, a trace and a fixed control socket
   vuser run --shell                  an interactive guest shell (Ctrl-] leaves)
+  vuser run --exec 'lspci -n'        one shell command in the guest (through the
+                                     guest agent, not the console); its status
+  vuser run --share ~/src/drv --exec 'ls ~/src/drv'
+                                     a host directory at the same path in the guest
   vuser run --kernel-iommu --shell   a shell in a guest whose kernel owns vuser-iommu
   vuser run --kernel-iommu           the kernel-owned demo programs
 """
@@ -82,7 +86,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "iommu = \"kernel\" in the manifest")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="stop a guest that runs longer (default: the manifest's timeout "
-                             "of its tests, 300 s with --device; none with --shell)")
+                             "of its tests, 300 s with --device; none with --shell; with "
+                             "--exec: the command's, 300 s)")
     parser.add_argument("--memory", type=int, default=512, metavar="MIB", help="guest RAM (default 512)")
     parser.add_argument("--accel", choices=("tcg", "kvm"), default="tcg",
                         help="accelerator (default tcg; see `vuser doctor` for KVM)")
@@ -101,6 +106,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="record a model trace of each guest's whole run into FILE (`vuser "
                              "serve --trace`); with several guests one file each, the guest's "
                              "number inserted before the suffix (run.1.trace, run.2.trace, ...)")
+    parser.add_argument("--exec", "-e", dest="exec_cmd", metavar="CMD",
+                        help="run the shell command CMD in the guest through the guest agent "
+                             "(a virtio-serial port, not the console), show its output and exit "
+                             "with its status (devices: --device, else sample; vuser-iommu and "
+                             "vuser-dma with --kernel-iommu)")
+    parser.add_argument("--share", action="append", default=[], metavar="DIR",
+                        help="make the host directory DIR visible in the guest at the same "
+                             "absolute path (repeatable): 9p when QEMU and the guest kernel "
+                             "have it, else copied into the initramfs (a snapshot; says so)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="do not stream the console (its tail is shown on failure)")
 
@@ -258,6 +272,10 @@ def run(args: argparse.Namespace) -> int:
     from vuser.qemu.find import find_qemu
     from vuser.qemu.launcher import launch
 
+    exec_cmd = getattr(args, "exec_cmd", None)
+    if exec_cmd is not None and (args.shell or args.test or args.all):
+        other = "--shell" if args.shell else "--test" if args.test else "--all"
+        raise UserError(f"--exec and {other} do not go together")
     if args.shell and (args.test or args.all):
         raise UserError(f"--shell and {'--test' if args.test else '--all'} do not go together")
     if args.test and args.all:
@@ -288,10 +306,16 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    if exec_cmd is not None:
+        return _run_exec(args, exec_cmd, qemu, extra_append, control, server_args)
+
     def launch_args(devices: list[str], guest_timeout: float, kernel_iommu: bool = False,
-                    append: tuple[str, ...] = (), trace: str | None = None) -> dict:
+                    append: tuple[str, ...] = (), trace: str | None = None,
+                    image=None) -> dict:
+        setup = _share_setup(args, image, qemu)
         return dict(devices=devices, timeout=guest_timeout, memory_mib=args.memory,
-                    accel=args.accel, qemu=qemu, qemu_extra=list(args.qemu_arg),
+                    accel=args.accel, qemu=qemu, qemu_extra=[*setup.qemu_args, *args.qemu_arg],
+                    overlays=[setup.overlay],
                     extra_server_args=server_args + (["--trace", trace] if trace else []),
                     on_ready=lambda info: _on_ready(info, verbose, control if devices else None),
                     kernel_iommu=kernel_iommu, kernel_args=(*append, *extra_append))
@@ -312,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
         with _raw_terminal(fd):
             result = launch(image, console_echo=echo, console_input=fd,
                             **launch_args(devices, timeout, args.kernel_iommu,
-                                          trace=trace_paths(args.trace, 1)[0]))
+                                          trace=trace_paths(args.trace, 1)[0], image=image))
         print(file=sys.stderr)
         if result.error and not result.error.startswith("console session ended"):
             raise UserError(result.error)
@@ -331,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
               f"tests: {', '.join(image.tests)}", file=sys.stderr)
         result = launch(image, console_echo=None if args.quiet else echo,
                         **launch_args(list(plan.devices), guest_timeout, plan.kernel_iommu,
-                                      plan.append, trace))
+                                      plan.append, trace, image=image))
         if trace is not None and plan.devices:
             print(f"vuser: trace {trace} (vuser ctl trace summary {trace})", file=sys.stderr)
         elif trace is not None:  # no devices: the launcher starts no server
@@ -351,6 +375,60 @@ def run(args: argparse.Namespace) -> int:
         print(f"vuser: that was the demo ({_and(shown)}); `vuser run --all` runs "
               "every guest test, `vuser run --test NAME` one", file=sys.stderr)
     return worst
+
+
+def _share_setup(args: argparse.Namespace, image, qemu):
+    """The --share overlay and QEMU arguments for a --test or --shell guest (none: empty)."""
+    from vuser.guest import runsetup
+
+    setup = runsetup.plan(image, shares=list(getattr(args, "share", []) or []), qemu=qemu)
+    for note in setup.notes:
+        print(f"vuser: {note}", file=sys.stderr)
+    return setup
+
+
+def _run_exec(args: argparse.Namespace, command: str, qemu, append: tuple[str, ...],
+              control: str, server_args: list[str]) -> int:
+    """--exec: boot a guest with its agent, run ``command``, show its output,
+    return its exit status (128 + N for a command killed by signal N)."""
+    from vuser.errors import UserError
+    from vuser.live import boot
+
+    devices = args.device or list(KERNEL_IOMMU_DEVICES if args.kernel_iommu else DEFAULT_DEVICES)
+    kernel = getattr(args, "kernel", None)
+    print(f"vuser: booting a guest{f' ({kernel})' if kernel else ''} with QEMU {qemu.version}, "
+          f"{args.accel}, devices: {', '.join(devices)}"
+          f"{', kernel-owned vIOMMU' if args.kernel_iommu else ''}; then: {command}",
+          file=sys.stderr)
+    server_args = [a for i, a in enumerate(server_args)  # boot() passes --control itself
+                   if a != "--control" and (i == 0 or server_args[i - 1] != "--control")
+                   and not a.startswith("--control=")]
+    with boot(devices, kernel_iommu=args.kernel_iommu, kernel=kernel, append=" ".join(append),
+              memory_mib=args.memory, shares=args.share, accel=args.accel, qemu=qemu,
+              qemu_args=args.qemu_arg, control=control, server_args=server_args,
+              trace=args.trace, timeout=24 * 3600.0, progress=True) as guest:
+        for note in guest.notes:
+            print(f"vuser: {note}", file=sys.stderr)
+        if guest.control_path:
+            print(f"vuser: control socket {guest.control_path} (vuser ctl --socket "
+                  f"{guest.control_path} ...)", file=sys.stderr, flush=True)
+        result = guest.run(command, timeout=args.timeout if args.timeout is not None else 300.0)
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    sys.stderr.flush()
+    if args.trace is not None and devices:
+        print(f"vuser: trace {args.trace} (vuser ctl trace summary {args.trace})", file=sys.stderr)
+    if result.stdout_truncated or result.stderr_truncated:
+        print("vuser: the command's output was cut at 16 MiB per stream", file=sys.stderr)
+    if result.ok:
+        return 0
+    print(f"vuser: guest command failed: {result.describe()}: {command}", file=sys.stderr)
+    if result.status is None:
+        return 128 + result.signal
+    if not 0 < result.status < 256:
+        raise UserError(f"guest command ended with {result.describe()}")
+    return result.status
 
 
 def _and(names: list[str]) -> str:

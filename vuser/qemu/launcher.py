@@ -56,6 +56,9 @@ STOP_WAIT_S = 3.0
 #: The server's environment names the launcher's pid: the server then dies with it
 #: (``vuser serve`` sets PR_SET_PDEATHSIG, see ``vuser.commands.serve``).
 PARENT_ENV = "VUSER_PARENT_PID"
+#: In ``qemu_extra``, replaced by the run's private working directory (which the
+#: firmware probe key does not see, so a path there keeps the probe cached).
+WORKDIR_MARK = "@WORKDIR@"
 
 
 @dataclass
@@ -297,7 +300,8 @@ class _Run:
             sockets = tuple(self.workdir / f"{i}-{dev.split(',', 1)[0]}.sock"
                             for i, dev in enumerate(self.devices))
             qmp_path = self.workdir / "qmp.sock"
-            extra = list(self.qemu_extra)
+            # WORKDIR_MARK: a path in this run's directory (the guest agent's socket)
+            extra = [a.replace(WORKDIR_MARK, str(self.workdir)) for a in self.qemu_extra]
             if self._dmar is not None:
                 table = self.workdir / "dmar.bin"
                 table.write_bytes(self._dmar)
@@ -584,3 +588,91 @@ class Image:
     append: str = ""
     kernel_config: Path | None = None  # its .config, checked in kernel_iommu mode
     kernel_release: str = ""
+
+
+class BackgroundLaunch:
+    """A launch running in a thread (``launch_in_background``): the guest runs
+    until ``stop()``, its timeout, or its own end."""
+
+    def __init__(self, run: _Run) -> None:
+        self._run = run
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self.info: LaunchInfo | None = None
+        self.result: GuestResult | None = None
+        self._error: BaseException | None = None
+        run.until = lambda _qmp: self._stop.is_set()
+        user_hook = run.on_ready
+
+        def ready(info: LaunchInfo) -> None:
+            self.info = info
+            if user_hook:
+                user_hook(info)
+            self._ready.set()
+        run.on_ready = ready
+        self._thread = threading.Thread(target=self._main, name="vuser-launch", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            self.result = self._run.run()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller of start()/stop()
+            self._error = e
+        finally:
+            self._ready.set()
+
+    def start(self) -> LaunchInfo:
+        """Start; return once QEMU runs. Startup errors are raised here."""
+        self._thread.start()
+        self._ready.wait()
+        if self.info is None:
+            self._thread.join()
+            raise self._error or UserError("the launch ended before QEMU started")
+        return self.info
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the guest to end by itself; True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def console(self) -> str:
+        """What the serial console printed so far."""
+        stream = self._run.console
+        return stream.text().replace("\r\n", "\n") if stream else ""
+
+    def stop(self) -> GuestResult:
+        """End the guest (if it still runs) and tear everything down; the run's result."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self.result is not None
+        return self.result
+
+
+def launch_in_background(image: Any, devices: Sequence[str] = ("sample",), timeout: float = 3600.0,
+                         memory_mib: int = 512, accel: str = "tcg", *,
+                         extra_server_args: Sequence[str] = (), kernel_args: Sequence[str] = (),
+                         qemu: QemuBinary | None = None, smp: int = 1,
+                         server_command: Sequence[str] | None = None, ready_timeout: float = 20.0,
+                         on_ready: Callable[[LaunchInfo], None] | None = None,
+                         qemu_extra: Sequence[str] = (), kernel_iommu: bool = False,
+                         probe_cache: Path | None = None, overlays: Sequence[Any] = (),
+                         console_echo: Callable[[str], None] | None = None) -> BackgroundLaunch:
+    """``launch()`` without waiting: returns a started ``BackgroundLaunch``
+    (``.info`` once QEMU runs); ``.stop()`` ends the guest the same way a run
+    ends (QMP quit, server stopped, working directory removed) and returns its
+    ``GuestResult`` (``stopped`` True when ``stop()`` ended it)."""
+    bg = BackgroundLaunch(_Run(image, devices, timeout=timeout, memory_mib=memory_mib, accel=accel,
+                               smp=smp, extra_server_args=extra_server_args,
+                               kernel_args=kernel_args, console_echo=console_echo,
+                               console_input=None, qemu=qemu, server_command=server_command,
+                               ready_timeout=ready_timeout, on_ready=on_ready,
+                               qemu_extra=qemu_extra, kernel_iommu=kernel_iommu,
+                               probe_cache=probe_cache, overlays=overlays))
+    bg.start()
+    return bg
