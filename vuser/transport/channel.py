@@ -3,9 +3,15 @@
 Plain asyncio streams drop SCM_RIGHTS fds, so the channel reads with
 ``recvmsg`` from a ``loop.add_reader`` callback and writes with ``sendmsg``,
 queuing what the socket does not take (fds go with the first byte only).
-It never reads past the end of the message being received: the kernel would
-glue an earlier fd-less message to the one that carries fds, and the fds could
-no longer be told apart (``Connection.bytes_needed``).
+It never reads past the end of the message being received
+(``Connection.bytes_needed``), except between messages, where it reads up to
+``BOUNDARY_READ`` (32) bytes, so that a REGION_READ request (32 bytes) costs
+one ``recvmsg``. Linux hands fds out with the bytes of the ``sendmsg`` that
+carried them and ends that read there, gluing any earlier fd-less bytes in
+front. So fds in a 32-byte read that holds the end of a first message (16 to
+31 bytes: no message that may carry fds is that short) and the start of a
+second belong to the second, and the channel feeds them with it; any longer
+read could hold two candidates and is never made.
 Every complete message is handed to ``on_event`` from the reader callback, in
 order, before the next one is parsed: a server answers synchronous requests
 without ever awaiting, so requests are processed strictly in order and a
@@ -35,8 +41,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vuser.protocol.connection import Connection, close_fds
-from vuser.protocol.consts import SCM_MAX_FD
+from vuser.protocol.consts import HEADER_SIZE, SCM_MAX_FD
 from vuser.protocol.events import NEED_DATA, ConnectionClosed, ErrorReply, Event, Reply, Request
+from vuser.protocol.messages import HEADER_CODEC
 from vuser.protocol.state import ConnState
 from vuser.transport.trace import describe
 
@@ -44,7 +51,14 @@ log = logging.getLogger(__name__)
 trace_log = logging.getLogger("vuser.trace")
 
 RECV_SIZE = 256 << 10
+#: recvmsg calls one readable callback may make (see ``_readable``).
+READS_PER_WAKEUP = 4
+#: The most read between messages (module doc): two headers' worth.
+BOUNDARY_READ = 2 * HEADER_SIZE
 _CMSG_SPACE = socket.CMSG_SPACE(SCM_MAX_FD * array.array("i").itemsize)
+# Plain ints: socket's IntFlag members cost an enum operation per message.
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 #: Stop reading while this much output is queued (a peer that does not read
 #: its replies must not make us buffer without bound).
 OUT_HIGH_WATER = 8 << 20
@@ -122,6 +136,9 @@ class Channel:
         re-checked when the current timer fires."""
         if self.closed:
             return
+        if (self._msg_since is None and self._out_since is None and self.timeouts.idle is None
+                and self.conn.state is ConnState.READY):
+            return  # the common case between messages: no deadline applies
         deadline = self._deadline()
         if deadline is None:
             return
@@ -222,35 +239,59 @@ class Channel:
             self._reading = True
 
     def _readable(self) -> None:
+        # Read on while a message is incomplete and the socket has more: the
+        # header and the rest of a message cost one wakeup, not two. Bounded,
+        # so that a peer streaming a huge message does not starve the others.
+        for _ in range(READS_PER_WAKEUP):
+            if not self._read_once() or self.closed or not self.conn.mid_message:
+                break
+        if not self.closed:
+            mid = self.conn.mid_message
+            if not mid:
+                self._msg_since = None
+            elif self._msg_since is None:
+                self._msg_since = self._loop.time()
+            self._arm()
+
+    def _read_once(self) -> bool:
+        """One recvmsg of at most the message in progress, its events handed
+        out; False when the socket had nothing (or the channel closed)."""
         try:
             # CLOEXEC: received fds must not leak into processes we start.
-            want = min(self.conn.bytes_needed(), RECV_SIZE)
-            data, ancdata, msg_flags, _ = self.sock.recvmsg(want, _CMSG_SPACE,
-                                                            socket.MSG_CMSG_CLOEXEC)
+            boundary = not self.conn.mid_message
+            want = BOUNDARY_READ if boundary else min(self.conn.bytes_needed(), RECV_SIZE)
+            data, ancdata, msg_flags, _ = self.sock.recvmsg(want, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as e:
             if e.errno not in (errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE):
                 log.warning("%s: receive failed: %s", self.name, e)
             data, ancdata, msg_flags = b"", [], 0
-        fds = fds_from_ancdata(ancdata)
-        if msg_flags & socket.MSG_CTRUNC:
+        fds = fds_from_ancdata(ancdata) if ancdata else []
+        if msg_flags & _MSG_CTRUNC:
             # The kernel dropped fds it had no room for: the message is unusable
             # and we cannot tell where it ends with any certainty. Hang up.
             close_fds(fds)
             log.warning("%s: control data truncated; closing the connection", self.name)
             self._finish(ConnectionClosed(partial=True, pending=self.conn.awaiting_replies))
-            return
+            return False
         if self.trace > 1 and data:
             trace_log.debug("%s ← %d bytes %s fds=%s", self.name, len(data), data[:64].hex(), fds)
-        self.conn.receive_data(data, fds)
+        first = len(data)
+        if fds and boundary and len(data) > HEADER_SIZE:
+            first = max(HEADER_CODEC.unpack_from(data)[2], HEADER_SIZE)
+        if first < len(data):   # the fds came with the second message (module doc)
+            self.conn.receive_data(data[:first])
+            self.conn.receive_data(data[first:], fds)
+        else:
+            self.conn.receive_data(data, fds)
         while not self.closed:
             try:
                 event = self.conn.next_event()
             except Exception:  # a bug of ours: never leave the peer hanging
                 log.exception("%s: cannot parse the input; closing the connection", self.name)
                 self._finish(ConnectionClosed(partial=True, pending=self.conn.awaiting_replies))
-                return
+                return False
             if event is NEED_DATA:
                 break
             self._last_message = self._loop.time()
@@ -260,13 +301,7 @@ class Channel:
                 self._finish(event)
                 break
             self.on_event(event)
-        if not self.closed:
-            mid = self.conn.mid_message
-            if not mid:
-                self._msg_since = None
-            elif self._msg_since is None:
-                self._msg_since = self._loop.time()
-            self._arm()
+        return bool(data)
 
     def _finish(self, event: ConnectionClosed) -> None:
         self.close()
