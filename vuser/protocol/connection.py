@@ -176,6 +176,8 @@ class Connection:
     def next_event(self) -> Event | NeedData:
         if self.state is ConnState.CLOSED:
             return ConnectionClosed()
+        if not self._buf and not self._discard and not self._eof:
+            return NEED_DATA
         if self._serves_regions and self.state is ConnState.READY and not self._fd_marks \
                 and not self._discard:
             event = self._region_request()

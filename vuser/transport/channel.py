@@ -294,7 +294,8 @@ class Channel:
                 return False
             if event is NEED_DATA:
                 break
-            self._last_message = self._loop.time()
+            if self.timeouts.idle is not None:   # only the idle deadline reads it
+                self._last_message = self._loop.time()
             if self.trace:
                 trace_log.debug("%s ← %s", self.name, describe(event))
             if isinstance(event, ConnectionClosed):
