@@ -231,7 +231,7 @@ def figures(n: int, rounds: int, with_uvloop: bool) -> list[dict]:
     (cpu, rtt), (fcpu, frtt) = best(ours, 0, True), best(floor, 0, True)
     vuser_cpu = cpu
     out.append({
-        "name": "guest MMIO read round trip, vuser-dma BAR0: server-side cost, host only",
+        "name": "guest MMIO read round trip: vuser server cost/msg, host only",
         "value": round(cpu, 2), "unit": "µs/msg",
         "reference": "host-only floor: minimal asyncio REGION_READ server",
         "reference_value": round(fcpu, 2), "ratio": round(cpu / fcpu, 2),
@@ -259,7 +259,7 @@ def figures(n: int, rounds: int, with_uvloop: bool) -> list[dict]:
         uv = [asyncio.run(cost_per_read("vuser", n, uvloop=True)) for _ in range(rounds)]
         ucpu, urtt = best(uv, 0, True)
         out.append({
-            "name": "guest MMIO read round trip, vuser on uvloop: server-side cost (report only)",
+            "name": "guest MMIO read round trip: the same on uvloop (report only)",
             "value": round(ucpu, 2), "unit": "µs/msg",
             "reference": "vuser on asyncio's default loop",
             "reference_value": round(vuser_cpu, 2), "ratio": round(ucpu / vuser_cpu, 2), "target": None, "met": None,
