@@ -372,7 +372,7 @@ def _checked_data(count: int, data: bytes, what: str) -> bytes:
     return data
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RegionData:
     """REGION_WRITE request and REGION_READ reply: access head, then data."""
 
