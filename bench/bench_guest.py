@@ -100,7 +100,7 @@ def figures() -> list[dict]:
     ratio = round(boot / previous, 2) if boot and previous else None
     out.append({
         "name": BOOT_FIGURE, "value": round(boot, 2) if boot else None, "unit": "s",
-        "reference": "previous make bench (bench/results.json)", "reference_value": previous,
+        "reference": "the previous make bench", "reference_value": previous,
         "ratio": ratio, "target": "report; no regression (<= 1.2x the previous)",
         "met": None if ratio is None else ratio <= 1.2,
         "extra": {"error": error.splitlines()[0]} if error and boot is None else {},
