@@ -5,13 +5,14 @@ Plain asyncio streams drop SCM_RIGHTS fds, so the channel reads with
 queuing what the socket does not take (fds go with the first byte only).
 It never reads past the end of the message being received
 (``Connection.bytes_needed``), except between messages, where it reads up to
-``BOUNDARY_READ`` (32) bytes, so that a REGION_READ request (32 bytes) costs
-one ``recvmsg``. Linux hands fds out with the bytes of the ``sendmsg`` that
-carried them and ends that read there, gluing any earlier fd-less bytes in
-front. So fds in a 32-byte read that holds the end of a first message (16 to
-31 bytes: no message that may carry fds is that short) and the start of a
-second belong to the second, and the channel feeds them with it; any longer
-read could hold two candidates and is never made.
+``BOUNDARY_READ`` (36) bytes, so that a REGION_READ request (32 bytes) or a
+4-byte REGION_WRITE (36) costs one ``recvmsg``. Linux hands fds out with the
+bytes of the ``sendmsg`` that carried them and ends that read there, gluing
+any earlier fd-less bytes in front. No message shorter than 36 bytes may
+carry fds (SET_IRQS is the shortest that may), so in such a read every
+message but the last one that starts in it is fd-less, and fds that came
+with the read belong to that last one: the channel feeds them with it. A
+longer read could hold two messages that may carry fds, and is never made.
 Every complete message is handed to ``on_event`` from the reader callback, in
 order, before the next one is parsed: a server answers synchronous requests
 without ever awaiting, so requests are processed strictly in order and a
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 from vuser.protocol.connection import Connection, close_fds
 from vuser.protocol.consts import HEADER_SIZE, SCM_MAX_FD
 from vuser.protocol.events import NEED_DATA, ConnectionClosed, ErrorReply, Event, Reply, Request
-from vuser.protocol.messages import HEADER_CODEC
+from vuser.protocol.messages import HEADER_CODEC, VfioIrqSet
 from vuser.protocol.state import ConnState
 from vuser.transport.trace import describe
 
@@ -53,8 +54,9 @@ trace_log = logging.getLogger("vuser.trace")
 RECV_SIZE = 256 << 10
 #: recvmsg calls one readable callback may make (see ``_readable``).
 READS_PER_WAKEUP = 4
-#: The most read between messages (module doc): two headers' worth.
-BOUNDARY_READ = 2 * HEADER_SIZE
+#: The most read between messages (module doc): the shortest message that
+#: may carry fds, SET_IRQS (header and ``vfio_irq_set``).
+BOUNDARY_READ = HEADER_SIZE + VfioIrqSet.SIZE
 _CMSG_SPACE = socket.CMSG_SPACE(SCM_MAX_FD * array.array("i").itemsize)
 # Plain ints: socket's IntFlag members cost an enum operation per message.
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
@@ -84,6 +86,18 @@ def fds_from_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
             usable = len(data) - len(data) % fds.itemsize
             fds.frombytes(data[:usable])
     return list(fds)
+
+
+def _last_message_start(data: bytes) -> int:
+    """Offset of the last message that starts in ``data``, read between
+    messages (a size under 16 counts as 16, as ``Connection`` consumes it)."""
+    pos = 0
+    while pos + HEADER_SIZE <= len(data):
+        end = pos + max(HEADER_CODEC.unpack_from(data, pos)[2], HEADER_SIZE)
+        if end >= len(data):
+            break
+        pos = end
+    return pos
 
 
 class Channel:
@@ -277,12 +291,10 @@ class Channel:
             return False
         if self.trace > 1 and data:
             trace_log.debug("%s ← %d bytes %s fds=%s", self.name, len(data), data[:64].hex(), fds)
-        first = len(data)
-        if fds and boundary and len(data) > HEADER_SIZE:
-            first = max(HEADER_CODEC.unpack_from(data)[2], HEADER_SIZE)
-        if first < len(data):   # the fds came with the second message (module doc)
-            self.conn.receive_data(data[:first])
-            self.conn.receive_data(data[first:], fds)
+        last = _last_message_start(data) if fds and boundary else 0
+        if last:                # the fds came with a later message (module doc)
+            self.conn.receive_data(data[:last])
+            self.conn.receive_data(data[last:], fds)
         else:
             self.conn.receive_data(data, fds)
         while not self.closed:
