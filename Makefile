@@ -9,13 +9,16 @@ FUZZ_EXAMPLES ?= 2000
 #: minutes of guest DMA for `make soak`
 MINUTES ?= 2
 
-.PHONY: setup provision test fuzz soak run clean help
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+.PHONY: setup provision test fuzz soak bench run clean help
 
 help:
 	@echo "make run    provision what is missing and run the demo"
 	@echo "make test   provision what is missing and run the whole test suite"
 	@echo "make fuzz   long fuzz campaign: FUZZ_EXAMPLES (default $(FUZZ_EXAMPLES)) per vfio-user command and control-RPC target"
 	@echo "make soak   MINUTES (default $(MINUTES)) of guest DMA with invalidations and PRI faults; the server's RSS and fds must stay bounded"
+	@echo "make bench  the benchmark suite (bench/run.py, under 10 minutes): one table of every figure against its reference and target, and bench/results.json"
 	@echo "make setup  create $(VENV) with vuser (editable), its test dependencies and the plot extra"
 	@echo "make provision  QEMU with vfio-user-pci and the guest image, into the cache (idempotent)"
 
@@ -43,6 +46,15 @@ fuzz: setup
 soak: setup provision
 	VUSER_SOAK_MINUTES=$(MINUTES) $(BIN)/python -m pytest tests/soak/soak_run.py -q -s \
 		-p no:cacheprovider $(PYTEST_ARGS)
+
+# bench/run.py: every bench script with --json, one table, bench/results.json.
+# The bench extra adds pyinstrument (bench_mmio.py --profile) and uvloop (measured only).
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot,bench]'
+	touch $@
+
+bench: setup provision $(BENCH_STAMP)
+	$(BIN)/python bench/run.py
 
 run: setup provision
 	$(BIN)/vuser run

@@ -9,13 +9,17 @@
 3. DMA: 1 MiB device ``dma_write`` into a memfd mapping, against
    ``os.pwrite`` of 1 MiB into the same memfd.
 
-Run: ``.venv/bin/python bench/bench_protocol.py [--n N]``.
+No targets of their own (report only): the issue's MMIO targets are in
+``bench_mmio.py``; these isolate the protocol core and the in-process path.
+
+Run: ``.venv/bin/python bench/bench_protocol.py [--n N] [--json FILE]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import struct
@@ -147,13 +151,23 @@ async def bench_dma(rounds: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000, help="round trips per measurement")
+    parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     args = parser.parse_args()
-    rows = [("sans-IO REGION_READ 4 B", *bench_sans_io(args.n), "msg/s"),
-            ("socket REGION_READ 4 B", *asyncio.run(bench_socket(args.n // 4)), "msg/s"),
-            ("DMA write 1 MiB (mmap)", *asyncio.run(bench_dma(200)), "MiB/s")]
+    rows = [("sans-IO REGION_READ 4 B, both ends in one process", *bench_sans_io(args.n),
+             "msg/s", "struct pack/unpack of the same messages"),
+            ("in-process socket REGION_READ 4 B, Client to DeviceServer",
+             *asyncio.run(bench_socket(args.n // 4)), "msg/s", "asyncio 32-byte ping-pong"),
+            ("DMA write 1 MiB into a memfd mapping", *asyncio.run(bench_dma(200)), "MiB/s",
+             "os.pwrite")]
+    if args.json:
+        figs = [{"name": name, "value": round(ours), "unit": unit, "reference": ref_name,
+                 "reference_value": round(ref), "ratio": round(ours / ref, 3),
+                 "target": None, "met": None} for name, ours, ref, unit, ref_name in rows]
+        with open(args.json, "w") as fp:
+            json.dump({"script": "bench_protocol.py", "figures": figs}, fp, indent=1)
     print(f"{'measurement':28} {'vuser':>12} {'reference':>12} {'ratio':>7}")
-    for name, ours, ref, unit in rows:
-        print(f"{name:28} {ours:12.0f} {ref:12.0f} {ours / ref:7.2f}  ({unit})")
+    for name, ours, ref, unit, _ in rows:
+        print(f"{name[:28]:28} {ours:12.0f} {ref:12.0f} {ours / ref:7.2f}  ({unit})")
 
 
 if __name__ == "__main__":

@@ -320,3 +320,48 @@ async def test_fds_stay_with_their_message_when_messages_arrive_together(served)
     assert maps[0x10000].file is None and maps[0x20000].file is not None
     sock.close()
     await asyncio.wait_for(server.wait_idle(), TIMEOUT)
+
+
+@pytest.mark.parametrize("first", [
+    [message(Command.DEVICE_RESET, msg_id=2)],                        # 16 bytes
+    [message(Command.REGION_READ, bytes(8), msg_id=2)],               # 24 bytes, EINVAL
+    [message(Command.REGION_READ, bytes(16), msg_id=2)],              # 32 bytes, a read
+    [message(Command.DEVICE_RESET, msg_id=2), message(Command.DEVICE_RESET, msg_id=4)],
+], ids=["reset-16B", "short-read-24B", "read-32B", "two-resets"])
+async def test_fds_go_to_the_last_message_of_a_boundary_read(served, first):
+    """Between messages the channel reads 36 bytes (one recvmsg per REGION_READ
+    or 4-byte REGION_WRITE). Messages shorter than that, queued right before a
+    DMA_MAP with an fd, put the map's head and its fd into that read: the fd
+    must go to the map, and the short messages are answered on their own."""
+    server, backend, path = served
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    memfd = sealed_memfd("ram", 4096)
+    sock.sendall(message(Command.VERSION, Version().encode(), msg_id=1))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def replies(n: int) -> list[tuple[int, int, int]]:
+        got, out = b"", []
+        while len(out) < n:
+            got += await asyncio.wait_for(loop.sock_recv(sock, 4096), TIMEOUT)
+            while len(got) >= 16 and len(got) >= struct.unpack_from("<I", got, 4)[0]:
+                msg_id, _, size, flags, err = struct.unpack_from("<HHIII", got)
+                out.append((msg_id, flags, err))
+                got = got[size:]
+        return out
+
+    await replies(1)                  # VERSION: the server is between messages now
+    for m in first:
+        sock.sendall(m)
+    sock.sendmsg([message(Command.DMA_MAP, VfioUserDmaMap(
+        argsz=32, flags=3, addr=0x20000, size=4096).pack(), msg_id=3)],
+        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", memfd))])
+    os.close(memfd)
+    got = await replies(len(first) + 1)
+    assert [r[0] for r in got] == [struct.unpack_from("<H", m)[0] for m in first] + [3]
+    assert not got[-1][1] & 0x20, f"DMA_MAP failed with errno {got[-1][2]}"
+    maps = {m.addr: m for m in server.session.dma.mappings}
+    assert maps[0x20000].file is not None
+    sock.close()
+    await asyncio.wait_for(server.wait_idle(), TIMEOUT)

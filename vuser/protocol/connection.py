@@ -25,12 +25,20 @@ What it checks (spec "Header"; QEMU 11's checks in ``hw/vfio-user/proxy.c``):
 
 Fds travel with the bytes they arrived with: fds received together with a
 chunk belong to the message that contains the chunk's first byte.
+
+REGION_READ/WRITE, the messages of every guest MMIO access, have a fast path
+each way (``_region_request``, ``_region_reply``): one precompiled struct for
+header and access head, no payload copy for a read, no codec table. It takes
+only messages that the general path would accept, with the same results;
+anything else (fds, a bad size or count, a state or role that does not
+serve them) falls through to the general path and its errno.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +53,9 @@ from vuser.protocol.consts import (
 from vuser.protocol.events import (
     NEED_DATA, BadMessage, ConnectionClosed, ErrorReply, Event, NeedData, Reply, Request,
 )
-from vuser.protocol.messages import Header, Kind, Version, decode, encode
+from vuser.protocol.messages import (
+    REGION_HEAD_CODEC, Header, Kind, RegionData, Version, VfioUserRegionAccess, decode, encode,
+)
 from vuser.protocol.state import ConnState, Role, Trigger, advance, can
 
 __all__ = ["Connection", "Role", "ConnState", "close_fds"]
@@ -60,7 +70,11 @@ def close_fds(fds: Any) -> None:
             pass
 
 
-@dataclass
+_REGION_HEAD = REGION_HEAD_CODEC.size
+_REGION_READ, _REGION_WRITE = Command.REGION_READ, Command.REGION_WRITE
+
+
+@dataclass(slots=True)
 class _Pending:
     """A request waiting for its reply (ours or the peer's)."""
 
@@ -119,6 +133,7 @@ class Connection:
         self._pending_out: dict[int, _Pending] = {}
         self._proposed: Capabilities | None = None   # server: the client's VERSION caps
         self._next_id = 0
+        self._serves_regions = role is Role.SERVER
 
     # --- input ---------------------------------------------------------------
 
@@ -161,6 +176,13 @@ class Connection:
     def next_event(self) -> Event | NeedData:
         if self.state is ConnState.CLOSED:
             return ConnectionClosed()
+        if not self._buf and not self._discard and not self._eof:
+            return NEED_DATA
+        if self._serves_regions and self.state is ConnState.READY and not self._fd_marks \
+                and not self._discard:
+            event = self._region_request()
+            if event is not None:
+                return event
         if self._discard:
             n = min(self._discard, len(self._buf))
             close_fds(self._consume(n)[1])
@@ -187,6 +209,39 @@ class Connection:
         if hdr.flags & VFIO_USER_F_TYPE_MASK == VFIO_USER_F_TYPE_REPLY:
             return self._receive_reply(hdr, payload, fds)
         return self._receive_request(hdr, payload, fds)
+
+    def _region_request(self) -> Request | None:
+        """A complete, valid REGION_READ/WRITE request at the head of the
+        buffer (server, READY, no fds buffered), or None for the general path."""
+        buf = self._buf
+        if len(buf) < _REGION_HEAD:
+            return None
+        msg_id, command, size, flags, _, offset, region, count = \
+            REGION_HEAD_CODEC.unpack_from(buf)
+        if flags & VFIO_USER_F_TYPE_MASK != VFIO_USER_F_TYPE_COMMAND or len(buf) < size:
+            return None
+        if command == _REGION_READ:
+            if size != _REGION_HEAD:
+                return None
+            cmd, limit = _REGION_READ, _REGION_HEAD + count
+            body: Any = VfioUserRegionAccess(offset, region, count)
+        elif command == _REGION_WRITE:
+            if size - _REGION_HEAD != count or size > self.max_msg_size:
+                return None
+            cmd, limit = _REGION_WRITE, size
+            body = RegionData(VfioUserRegionAccess(offset, region, count),
+                              bytes(buf[_REGION_HEAD:size]))
+        else:
+            return None
+        del buf[:size]
+        self._base += size
+        no_reply = bool(flags & VFIO_USER_F_NO_REPLY)
+        if not no_reply:
+            queue = self._pending_in.get(msg_id)
+            if queue is None:
+                queue = self._pending_in[msg_id] = deque()
+            queue.append(_Pending(cmd, size, limit))
+        return Request(msg_id, cmd, body, (), no_reply, size)
 
     def _consume(self, n: int) -> tuple[bytearray, list[int]]:
         raw = self._buf[:n]
@@ -386,7 +441,42 @@ class Connection:
             del self._pending_in[msg_id]
         return pending
 
+    def _region_reply(self, rep: Reply) -> bytes | None:
+        """The REGION_READ/WRITE reply built in one pack, or None for the
+        general path (which raises ``LocalProtocolError`` on what it rejects)."""
+        queue = self._pending_in.get(rep.msg_id)
+        if not queue or rep.fds or queue[0].command != rep.command:
+            return None
+        body, pending = rep.body, queue[0]
+        try:
+            if rep.command == _REGION_READ and body.__class__ is RegionData:
+                a, data = body.access, body.data
+                size = _REGION_HEAD + len(data)
+                if a.count != len(data) or size > pending.reply_limit:
+                    return None
+                out = REGION_HEAD_CODEC.pack(rep.msg_id, _REGION_READ, size,
+                                             VFIO_USER_F_TYPE_REPLY, 0, a.offset, a.region,
+                                             a.count) + data
+            elif rep.command == _REGION_WRITE and body.__class__ is VfioUserRegionAccess:
+                if _REGION_HEAD > pending.reply_limit:
+                    return None
+                out = REGION_HEAD_CODEC.pack(rep.msg_id, _REGION_WRITE, _REGION_HEAD,
+                                             VFIO_USER_F_TYPE_REPLY, 0, body.offset,
+                                             body.region, body.count)
+            else:
+                return None
+        except struct.error:
+            return None
+        queue.popleft()
+        if not queue:
+            del self._pending_in[rep.msg_id]
+        return out
+
     def _send_reply(self, rep: Reply) -> tuple[bytes, list[int]]:
+        if rep.command == _REGION_READ or rep.command == _REGION_WRITE:
+            out = self._region_reply(rep)
+            if out is not None:
+                return out, []
         command = Command(rep.command)
         queue = self._pending_in.get(rep.msg_id)
         if not queue or queue[0].command != command:

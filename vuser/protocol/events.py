@@ -1,4 +1,5 @@
-"""What a ``Connection`` hands out and takes in (h11-style events).
+"""What a ``Connection`` hands out and takes in (h11-style events; slotted, since
+one or two are built per message).
 
 Received events own the file descriptors they carry: whoever takes a
 ``Request`` or ``Reply`` from ``next_event()`` must pass its ``fds`` on or close
@@ -26,7 +27,7 @@ class NeedData(Enum):
 NEED_DATA = NeedData.NEED_DATA
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """A command message. ``body`` is the decoded payload (see ``messages``);
     ``no_reply`` is the header's NO_REPLY flag (a posted write); ``size`` is
@@ -40,7 +41,7 @@ class Request:
     size: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reply:
     """A successful reply to the request with the same ``msg_id``."""
 
@@ -50,7 +51,7 @@ class Reply:
     fds: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ErrorReply:
     """A header-only reply with the ERROR flag and a positive errno. A peer may
     send errno 0 (spec: "may be zero"); we never do."""
@@ -60,7 +61,7 @@ class ErrorReply:
     errno: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BadMessage:
     """A message with intact framing but invalid content, already consumed and
     its fds closed. ``errno`` is what to answer when ``reply_expected``; for a
@@ -74,7 +75,7 @@ class BadMessage:
     reply_expected: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The peer closed the stream; ``partial`` if it stopped inside a message."""
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import json
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -163,6 +164,15 @@ class VfioUserRegionAccess(Struct, size=16):
     offset: u64
     region: u32
     count: u32
+
+
+#: The REGION_READ/WRITE fast path (``connection.py``) parses and builds the
+#: header and the access head with one precompiled struct, made from the two
+#: declared layouts above (no second declaration of either).
+HEADER_CODEC: struct.Struct = Header._codec
+REGION_HEAD_CODEC = struct.Struct("<" + Header._codec.format.lstrip("<")
+                                  + VfioUserRegionAccess._codec.format.lstrip("<"))
+assert REGION_HEAD_CODEC.size == HEADER_SIZE + VfioUserRegionAccess.SIZE
 
 
 class VfioUserDmaRw(Struct, size=16):
@@ -362,7 +372,7 @@ def _checked_data(count: int, data: bytes, what: str) -> bytes:
     return data
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RegionData:
     """REGION_WRITE request and REGION_READ reply: access head, then data."""
 

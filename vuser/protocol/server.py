@@ -138,7 +138,8 @@ class ServerCore:
             log.exception("msg %#x %s: the device failed", event.msg_id, event.command.name)
             reply = ErrorReply(event.msg_id, event.command, errno.EIO)
         finally:
-            close_fds(fds)
+            if fds:
+                close_fds(fds)
         if event.no_reply:
             if isinstance(reply, ErrorReply):
                 log.warning("msg %#x %s (no reply wanted) failed: errno %d",
@@ -164,7 +165,9 @@ class ServerCore:
     def _check_access(self, index: int, offset: int, count: int, need: int) -> None:
         if count > self.caps.max_data_xfer_size:
             raise RemoteProtocolError(errno.E2BIG, f"access of {count} bytes")
-        info = self._region(index)
+        info = self._regions.get(index)     # cached: an index already checked in range
+        if info is None:
+            info = self._region(index)
         if offset + count > info.size:
             raise _invalid(f"access {offset:#x}+{count} beyond region {index} "
                            f"of {info.size:#x} bytes")

@@ -3,9 +3,16 @@
 Plain asyncio streams drop SCM_RIGHTS fds, so the channel reads with
 ``recvmsg`` from a ``loop.add_reader`` callback and writes with ``sendmsg``,
 queuing what the socket does not take (fds go with the first byte only).
-It never reads past the end of the message being received: the kernel would
-glue an earlier fd-less message to the one that carries fds, and the fds could
-no longer be told apart (``Connection.bytes_needed``).
+It never reads past the end of the message being received
+(``Connection.bytes_needed``), except between messages, where it reads up to
+``BOUNDARY_READ`` (36) bytes, so that a REGION_READ request (32 bytes) or a
+4-byte REGION_WRITE (36) costs one ``recvmsg``. Linux hands fds out with the
+bytes of the ``sendmsg`` that carried them and ends that read there, gluing
+any earlier fd-less bytes in front. No message shorter than 36 bytes may
+carry fds (SET_IRQS is the shortest that may), so in such a read every
+message but the last one that starts in it is fd-less, and fds that came
+with the read belong to that last one: the channel feeds them with it. A
+longer read could hold two messages that may carry fds, and is never made.
 Every complete message is handed to ``on_event`` from the reader callback, in
 order, before the next one is parsed: a server answers synchronous requests
 without ever awaiting, so requests are processed strictly in order and a
@@ -35,8 +42,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vuser.protocol.connection import Connection, close_fds
-from vuser.protocol.consts import SCM_MAX_FD
+from vuser.protocol.consts import HEADER_SIZE, SCM_MAX_FD
 from vuser.protocol.events import NEED_DATA, ConnectionClosed, ErrorReply, Event, Reply, Request
+from vuser.protocol.messages import HEADER_CODEC, VfioIrqSet
 from vuser.protocol.state import ConnState
 from vuser.transport.trace import describe
 
@@ -44,7 +52,15 @@ log = logging.getLogger(__name__)
 trace_log = logging.getLogger("vuser.trace")
 
 RECV_SIZE = 256 << 10
+#: recvmsg calls one readable callback may make (see ``_readable``).
+READS_PER_WAKEUP = 4
+#: The most read between messages (module doc): the shortest message that
+#: may carry fds, SET_IRQS (header and ``vfio_irq_set``).
+BOUNDARY_READ = HEADER_SIZE + VfioIrqSet.SIZE
 _CMSG_SPACE = socket.CMSG_SPACE(SCM_MAX_FD * array.array("i").itemsize)
+# Plain ints: socket's IntFlag members cost an enum operation per message.
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 #: Stop reading while this much output is queued (a peer that does not read
 #: its replies must not make us buffer without bound).
 OUT_HIGH_WATER = 8 << 20
@@ -70,6 +86,18 @@ def fds_from_ancdata(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
             usable = len(data) - len(data) % fds.itemsize
             fds.frombytes(data[:usable])
     return list(fds)
+
+
+def _last_message_start(data: bytes) -> int:
+    """Offset of the last message that starts in ``data``, read between
+    messages (a size under 16 counts as 16, as ``Connection`` consumes it)."""
+    pos = 0
+    while pos + HEADER_SIZE <= len(data):
+        end = pos + max(HEADER_CODEC.unpack_from(data, pos)[2], HEADER_SIZE)
+        if end >= len(data):
+            break
+        pos = end
+    return pos
 
 
 class Channel:
@@ -122,6 +150,9 @@ class Channel:
         re-checked when the current timer fires."""
         if self.closed:
             return
+        if (self._msg_since is None and self._out_since is None and self.timeouts.idle is None
+                and self.conn.state is ConnState.READY):
+            return  # the common case between messages: no deadline applies
         deadline = self._deadline()
         if deadline is None:
             return
@@ -222,44 +253,12 @@ class Channel:
             self._reading = True
 
     def _readable(self) -> None:
-        try:
-            # CLOEXEC: received fds must not leak into processes we start.
-            want = min(self.conn.bytes_needed(), RECV_SIZE)
-            data, ancdata, msg_flags, _ = self.sock.recvmsg(want, _CMSG_SPACE,
-                                                            socket.MSG_CMSG_CLOEXEC)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            if e.errno not in (errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE):
-                log.warning("%s: receive failed: %s", self.name, e)
-            data, ancdata, msg_flags = b"", [], 0
-        fds = fds_from_ancdata(ancdata)
-        if msg_flags & socket.MSG_CTRUNC:
-            # The kernel dropped fds it had no room for: the message is unusable
-            # and we cannot tell where it ends with any certainty. Hang up.
-            close_fds(fds)
-            log.warning("%s: control data truncated; closing the connection", self.name)
-            self._finish(ConnectionClosed(partial=True, pending=self.conn.awaiting_replies))
-            return
-        if self.trace > 1 and data:
-            trace_log.debug("%s ← %d bytes %s fds=%s", self.name, len(data), data[:64].hex(), fds)
-        self.conn.receive_data(data, fds)
-        while not self.closed:
-            try:
-                event = self.conn.next_event()
-            except Exception:  # a bug of ours: never leave the peer hanging
-                log.exception("%s: cannot parse the input; closing the connection", self.name)
-                self._finish(ConnectionClosed(partial=True, pending=self.conn.awaiting_replies))
-                return
-            if event is NEED_DATA:
+        # Read on while a message is incomplete and the socket has more: the
+        # header and the rest of a message cost one wakeup, not two. Bounded,
+        # so that a peer streaming a huge message does not starve the others.
+        for _ in range(READS_PER_WAKEUP):
+            if not self._read_once() or self.closed or not self.conn.mid_message:
                 break
-            self._last_message = self._loop.time()
-            if self.trace:
-                trace_log.debug("%s ← %s", self.name, describe(event))
-            if isinstance(event, ConnectionClosed):
-                self._finish(event)
-                break
-            self.on_event(event)
         if not self.closed:
             mid = self.conn.mid_message
             if not mid:
@@ -267,6 +266,55 @@ class Channel:
             elif self._msg_since is None:
                 self._msg_since = self._loop.time()
             self._arm()
+
+    def _read_once(self) -> bool:
+        """One recvmsg of at most the message in progress, its events handed
+        out; False when the socket had nothing (or the channel closed)."""
+        try:
+            # CLOEXEC: received fds must not leak into processes we start.
+            boundary = not self.conn.mid_message
+            want = BOUNDARY_READ if boundary else min(self.conn.bytes_needed(), RECV_SIZE)
+            data, ancdata, msg_flags, _ = self.sock.recvmsg(want, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as e:
+            if e.errno not in (errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE):
+                log.warning("%s: receive failed: %s", self.name, e)
+            data, ancdata, msg_flags = b"", [], 0
+        fds = fds_from_ancdata(ancdata) if ancdata else []
+        if msg_flags & _MSG_CTRUNC:
+            # The kernel dropped fds it had no room for: the message is unusable
+            # and we cannot tell where it ends with any certainty. Hang up.
+            close_fds(fds)
+            log.warning("%s: control data truncated; closing the connection", self.name)
+            self._finish(ConnectionClosed(partial=True, pending=self.conn.awaiting_replies))
+            return False
+        if self.trace > 1 and data:
+            trace_log.debug("%s ← %d bytes %s fds=%s", self.name, len(data), data[:64].hex(), fds)
+        last = _last_message_start(data) if fds and boundary else 0
+        if last:                # the fds came with a later message (module doc)
+            self.conn.receive_data(data[:last])
+            self.conn.receive_data(data[last:], fds)
+        else:
+            self.conn.receive_data(data, fds)
+        while not self.closed:
+            try:
+                event = self.conn.next_event()
+            except Exception:  # a bug of ours: never leave the peer hanging
+                log.exception("%s: cannot parse the input; closing the connection", self.name)
+                self._finish(ConnectionClosed(partial=True, pending=self.conn.awaiting_replies))
+                return False
+            if event is NEED_DATA:
+                break
+            if self.timeouts.idle is not None:   # only the idle deadline reads it
+                self._last_message = self._loop.time()
+            if self.trace:
+                trace_log.debug("%s ← %s", self.name, describe(event))
+            if isinstance(event, ConnectionClosed):
+                self._finish(event)
+                break
+            self.on_event(event)
+        return bool(data)
 
     def _finish(self, event: ConnectionClosed) -> None:
         self.close()

@@ -32,7 +32,9 @@ from vuser.backend import DmaError, ServerBackend
 from vuser.protocol.caps import Capabilities
 from vuser.protocol.connection import Connection, close_fds
 from vuser.protocol.consts import Command
-from vuser.protocol.events import BadMessage, ConnectionClosed, ErrorReply, Event, Reply
+from vuser.protocol.events import (
+    BadMessage, ConnectionClosed, ErrorReply, Event, Reply, Request,
+)
 from vuser.protocol.messages import DmaData, VfioUserDmaRw
 from vuser.protocol.server import ServerCore
 from vuser.protocol.state import ConnState, Role
@@ -151,7 +153,11 @@ class _Session:
 
     def _on_event(self, event: Event) -> None:
         try:
-            if isinstance(event, ConnectionClosed):
+            if event.__class__ is Request:  # the common case first: MMIO
+                reply = self.core.handle(event)
+                if reply is not None:
+                    self.channel.send(reply)
+            elif isinstance(event, ConnectionClosed):
                 self.end("mid-message" if event.partial else "")
             elif isinstance(event, (Reply, ErrorReply)) or (
                     isinstance(event, BadMessage) and event.is_reply):
