@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 HELP = "boot a Linux guest against vuser devices and run the demo, guest tests or a shell"
 DESCRIPTION = """\
@@ -46,6 +46,17 @@ vIOMMU mode and kernel arguments share a guest.
   vuser run --shell                  an interactive guest shell (Ctrl-] leaves)
   vuser run --kernel-iommu --shell   a shell in a guest whose kernel owns vuser-iommu
   vuser run --kernel-iommu           the kernel-owned demo programs
+  vuser run --kernel debian:trixie --test environment   on Debian 13's 6.12 kernel
+  vuser run --kernel ~/linux/arch/x86/boot/bzImage --test environment
+                                     on your own kernel (its build tree: modules,
+                                     .config, vuser_dma.ko)
+  vuser run --kernel ROOT/boot/vmlinuz-R --modules ROOT --all
+
+--kernel PATH checks each program's kernel options (the config embedded in
+the bzImage with CONFIG_IKCONFIG, gzip/xz/lzma/bzip2-compressed; else the build
+tree's .config or a config-RELEASE beside the kernel or its modules) and
+refuses, in one line each, the programs the kernel lacks an option for; the
+others still run.
 """
 
 DEFAULT_DEVICES = ("sample",)
@@ -80,6 +91,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the guest kernel's intel_iommu owns the vuser-iommu (DMAR, BDF "
                              "labels, intel_iommu=on,sm_on intremap=off); only programs with "
                              "iommu = \"kernel\" in the manifest")
+    parser.add_argument("--kernel", metavar="KERNEL", default=None,
+                        help="the guest kernel: debian:bookworm (6.1, the default), "
+                             "debian:trixie (6.12), debian:sid (7.x) -- that suite's cloud "
+                             "kernel, fetched and imaged on first use -- or PATH, a bzImage of "
+                             "your own (its release is read from its header; see --modules). "
+                             "Default: each program's manifest kernel (bookworm unless its "
+                             "table says kernel = ...)")
+    parser.add_argument("--modules", metavar="DIR", default=None,
+                        help="the modules of --kernel PATH: DIR/lib/modules/RELEASE (make "
+                             "modules_install INSTALL_MOD_PATH=DIR), that folder itself, or a "
+                             "kernel build tree; only the modules the run needs go into the "
+                             "guest. Default: beside the kernel (ROOT/boot/vmlinuz-R -> "
+                             "ROOT/lib/modules/R; TREE/arch/x86/boot/bzImage -> TREE)")
+    parser.add_argument("--kernel-build", metavar="DIR", default=None,
+                        help="a build tree (or headers) of --kernel PATH to build vuser_dma.ko "
+                             "against with the host's gcc (default: a build tree given as "
+                             "--modules, or lib/modules/RELEASE/build); without one the "
+                             "programs that need vuser_dma.ko are skipped, saying so")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="stop a guest that runs longer (default: the manifest's timeout "
                              "of its tests, 300 s with --device; none with --shell)")
@@ -279,6 +308,11 @@ def run(args: argparse.Namespace) -> int:
     if args.trace is not None and any(a == "--trace" or a.startswith("--trace=")
                                       for a in args.server_arg):
         raise UserError("--trace and --server-arg --trace do not go together")
+    from vuser.guest.kernel_choice import choose
+
+    kernel = choose(args.kernel, args.modules, args.kernel_build)
+    for note in kernel.notes():
+        print(f"vuser: {note}", file=sys.stderr)
     _exit_on_sigterm()
 
     qemu = find_qemu(show_progress=True)  # first: its problems are found without a build
@@ -303,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
     if args.shell:
         devices = args.device or list(KERNEL_IOMMU_DEVICES if args.kernel_iommu
                                       else DEFAULT_DEVICES)
-        image = build_image(tests=None, progress=True, shell=True)
+        image = kernel.image(None, shell=True)
         print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} "
               f"({qemu.source}), {args.accel}, devices: {', '.join(devices)}"
               f"{mode(args.kernel_iommu, extra_append)}", file=sys.stderr)
@@ -320,9 +354,20 @@ def run(args: argparse.Namespace) -> int:
 
     worst, programs, error = 0, [], None
     plans = _plan(args)
+    if kernel.given:
+        from vuser.guest.kernel_choice import merge_plans
+
+        plans = merge_plans(plans)
     for plan, trace in zip(plans, trace_paths(args.trace, len(plans))):
-        image = build_image(tests=list(plan.programs) if plan.programs else None, progress=True,
-                            kernel=plan.kernel)
+        refused = kernel.refusals(plan.programs, plan.kernel_iommu)
+        for name, (status, line) in refused.items():
+            print(f"vuser: {line}", file=sys.stderr)
+            programs.append(ProgramResult(name, status, line.split(": ", 1)[-1]))
+            worst = max(worst, int(status == "fail"))
+        plan = replace(plan, programs=tuple(p for p in plan.programs if p not in refused))
+        if not plan.programs:
+            continue
+        image = kernel.image(list(plan.programs), table_kernel=plan.kernel)
         guest_timeout = args.timeout if args.timeout is not None else plan.timeout
         print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} "
               f"({qemu.source}), {args.accel}, devices: {', '.join(plan.devices) or 'none'}"

@@ -278,11 +278,18 @@ def _iommu_id() -> str:
 
 
 def _build(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet, key: str,
-           out: Path, kmods: kmod.KmodSet = kmod.KmodSet("", {})) -> None:
-    """Write the image into a fresh folder, then move it to ``out``."""
-    kernel = KernelTree.find(tree.root)
-    kernel.check_config(recipe.require)
-    modules = kernel.closure(list(recipe.modules))
+           out: Path, kmods: kmod.KmodSet = kmod.KmodSet("", {}), *,
+           kernel: KernelTree | None = None, modules: list[str] | None = None,
+           extra: dict[str, str] | None = None) -> None:
+    """Write the image into a fresh folder, then move it to ``out``. ``kernel``
+    (default: the tree's own) and ``modules`` (default: the recipe's closure) come
+    from ``vuser.guest.custom_image`` for a user's kernel; ``extra`` goes into
+    ``image.json``."""
+    if kernel is None:
+        kernel = KernelTree.find(tree.root)
+        kernel.check_config(recipe.require)
+    if modules is None:
+        modules = kernel.closure(list(recipe.modules))
     if "debug-exit" not in progs.tools:
         raise UserError("guest-tests/tools/debug-exit.c is missing: /init needs it to exit")
     test_names = sorted(progs.tests)
@@ -325,6 +332,7 @@ def _build(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet, key: s
             "files": {n: {"size": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
                       for n in ("vmlinuz", "initrd.img")},
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(extra or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         shutil.rmtree(out, ignore_errors=True)
