@@ -4,7 +4,8 @@
   serial console, initramfs, devtmpfs, hugetlbfs, pagemap, PCIe with
   MSI/ATS/PRI/PASID, ``UIO_PCI_GENERIC``).
 - A kernel-owned guest (``iommu = "kernel"``): ``INTEL_IOMMU=y`` (the stock
-  driver owns vuser-iommu) and ``PCI_MSI=y``.
+  driver owns vuser-iommu) and ``PCI_MSI=y``, but not ``UIO``/``UIO_PCI_GENERIC``
+  (no program there drives a device from userspace).
 - SVA programs (those calling ``vdma_kmod_sva_bind``): ``INTEL_IOMMU_SVM=y``.
 - Programs that use ``vuser_dma.ko`` (``vdma_kmod_*`` in their source): the
   module, built for that kernel, and ``MODULES=y``.
@@ -25,6 +26,8 @@ __all__ = ["KERNEL_IOMMU_OPTIONS", "SVA_OPTIONS", "needs_kmod", "needs_sva", "pr
 KERNEL_IOMMU_OPTIONS = {"INTEL_IOMMU": ["y"], "PCI_MSI": ["y"]}
 SVA_OPTIONS = {"INTEL_IOMMU_SVM": ["y"]}
 KMOD_OPTIONS = {"MODULES": ["y"]}
+#: Base options only userspace-owned guests need (their programs drive devices through uio).
+USERSPACE_ONLY = ("UIO", "UIO_PCI_GENERIC")
 
 
 def _source(program: str, guest_tests: Path) -> str:
@@ -48,7 +51,9 @@ def program_options(program: str, kernel_iommu: bool, base: dict[str, list[str]]
                     guest_tests: Path = paths.GUEST_TESTS) -> dict[str, list[str]]:
     """The config options (name -> allowed values) ``program`` needs (module doc)."""
     want = dict(base)
-    if kernel_iommu:
+    if kernel_iommu:  # the kernel's own driver owns the devices: no uio
+        for k in USERSPACE_ONLY:
+            want.pop(k, None)
         want.update(KERNEL_IOMMU_OPTIONS)
     if needs_kmod(program, guest_tests):
         want.update(KMOD_OPTIONS)
