@@ -362,7 +362,8 @@ def run(args: argparse.Namespace) -> int:
         refused = kernel.refusals(plan.programs, plan.kernel_iommu)
         for name, (status, line) in refused.items():
             print(f"vuser: {line}", file=sys.stderr)
-            programs.append(ProgramResult(name, status, line.split(": ", 1)[-1]))
+            programs.append(ProgramResult(name, status,
+                                          line.removeprefix(f"{name}: ").removeprefix(f"{name} ")))
             worst = max(worst, int(status == "fail"))
         plan = replace(plan, programs=tuple(p for p in plan.programs if p not in refused))
         if not plan.programs:
