@@ -23,6 +23,7 @@ from vuser import debian
 from vuser.errors import UserError
 from vuser.guest import kmod, paths
 from vuser.guest.custom_image import build_custom_image
+from vuser.guest.image import build_image
 from vuser.guest.kernel import KernelTree
 from vuser.guest.localkernel import LocalKernel
 
@@ -129,6 +130,8 @@ def test_own_kernel_and_modules_run_environment(generic):
     assert kos == ["lib/modules/uio.ko", "lib/modules/uio_pci_generic.ko"]
     assert json.loads((img.initrd.parent / "image.json").read_text())["kernel_path"] == \
         str(generic.vmlinuz)
+    # the same image from Python: build_image(kernel=PATH) (modules found beside it)
+    assert build_image(["environment"], progress=False, kernel=str(generic.vmlinuz)).key == img.key
 
 
 @pytest.mark.guest

@@ -211,14 +211,23 @@ def _select(all_tests: dict[str, list[str]], tests: Sequence[str] | None) -> dic
 def build_image(tests: Sequence[str] | None = None, progress: bool = True, *,
                 shell: bool = False, cache: Path | None = None,
                 images: Path = paths.IMAGES, guest_tests: Path = paths.GUEST_TESTS,
-                kernel: str | None = None) -> GuestImage:
+                kernel: Any = None) -> GuestImage:
     """The guest image, built if it is not in the cache.
 
     ``tests`` selects the test programs the guest runs (default: all); they
     go on the kernel command line as ``vuser.tests=``. ``shell`` makes
     ``/init`` give an interactive shell instead. ``kernel`` is
-    ``debian:<suite>`` (default: the recipe's suite). Errors are ``UserError``.
+    ``debian:<suite>`` (default: the recipe's suite), or a bzImage path or a
+    ``vuser.guest.localkernel.LocalKernel`` (a user's kernel, imaged by
+    ``vuser.guest.custom_image``). Errors are ``UserError``.
     """
+    if kernel is not None and not (isinstance(kernel, str) and kernel.startswith("debian:")):
+        from vuser.guest.custom_image import build_custom_image
+        from vuser.guest.localkernel import LocalKernel
+
+        local = kernel if isinstance(kernel, LocalKernel) else LocalKernel.find(kernel)
+        return build_custom_image(local, tests, progress, shell=shell, cache=cache,
+                                  images=images, guest_tests=guest_tests)
     cache = cache or paths.cache_root()
     steps = _Steps(progress)
     recipe = load_recipe(images).for_kernel(kernel)
