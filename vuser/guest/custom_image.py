@@ -13,7 +13,7 @@ on the host (busybox ``insmod`` cannot); ``.ko.zst`` is refused by name
 and ``kmod_note`` says why.
 
 Cached under ``<cache>/guest/images/<key>/`` like the Debian images, keyed by
-the bzImage's bytes, the name and bytes of every module put in, the built
+the bzImage's bytes, its config, the name and bytes of every module put in, the built
 ``vuser_dma.ko``, the programs and the recipe. The kernel's config, when found,
 is copied next to it as ``config`` for the kernel-owned vIOMMU check.
 """
@@ -69,6 +69,7 @@ def build_custom_image(local: LocalKernel, tests: Sequence[str] | None = None,
     h = hashlib.sha256(f"vuser custom image v{image.BUILDER_VERSION}\0{recipe.digest}\0"
                        f"{progs.digest}\0{kmods.digest}\0".encode())
     h.update(hashlib.sha256(local.bzimage.data).digest())
+    h.update(hashlib.sha256((local.config_text or "").encode()).digest())
     for m in modules:
         h.update(f"{m}\0".encode() + hashlib.sha256(local.module_bytes(m)).digest())
     for p in sorted(tree.packages, key=lambda p: p.name):
