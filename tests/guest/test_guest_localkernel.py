@@ -179,6 +179,13 @@ def test_program_requirements():
     assert out["kernel_sva"].endswith("CONFIG_INTEL_IOMMU_SVM=n (needs y)")
     assert "INTEL_IOMMU=" in requirements.refusals([("demo_kernel", True)], REL,
                                                    {"HUGETLBFS": "y"}, base)["demo_kernel"]
+    # a module of the kernel, but no modules tree to take it from
+    full = {**opts, "UIO_PCI_GENERIC": "m"}
+    assert requirements.refusals([("environment", False)], REL, full, base) == {}
+    assert requirements.refusals([("environment", False), ("kernel_iommu", True)], REL, full,
+                                 base, have_modules=False) == {
+        "environment": f"environment needs CONFIG_UIO_PCI_GENERIC, a module (=m) of kernel "
+                       f"{REL}, but no modules tree was given (--modules DIR)"}
     assert requirements.needs_kmod("kmod_dma") and not requirements.needs_kmod("dma_nested")
     assert requirements.needs_sva("kernel_sva") and not requirements.needs_sva("kernel_iommu")
 

@@ -81,7 +81,7 @@ class KernelChoice:
         if k.config_text is not None:
             for name, line in requirements.refusals(
                     [(p, kernel_iommu) for p in programs], k.release, k.config_options(),
-                    load_recipe().require).items():
+                    load_recipe().require, k.modules_given).items():
                 out[name] = ("fail", line)
         if k.build_tree is None:
             for p in programs:

@@ -63,10 +63,11 @@ def program_options(program: str, kernel_iommu: bool, base: dict[str, list[str]]
 
 
 def refusals(programs: list[tuple[str, bool]], release: str, options: dict[str, str],
-             base: dict[str, list[str]],
+             base: dict[str, list[str]], have_modules: bool = True,
              guest_tests: Path = paths.GUEST_TESTS) -> dict[str, str]:
     """``{program: one line}`` for each (program, kernel_iommu) whose options
-    the kernel (config ``options``) lacks."""
+    the kernel (config ``options``) lacks; without a modules tree
+    (``have_modules`` false), also those needing an option the kernel has as a module."""
     out = {}
     for name, kernel_iommu in programs:
         want = program_options(name, kernel_iommu, base, guest_tests)
@@ -75,4 +76,9 @@ def refusals(programs: list[tuple[str, bool]], release: str, options: dict[str, 
             got = ", ".join(f"CONFIG_{k}={options.get(k, 'n')} (needs {'/'.join(want[k])})"
                             for k in bad)
             out[name] = f"{name} needs kernel options that kernel {release} lacks: {got}"
+            continue
+        as_module = [k for k in want if options.get(k) == "m"]
+        if as_module and not have_modules:
+            out[name] = (f"{name} needs {', '.join(f'CONFIG_{k}' for k in as_module)}, a module "
+                         f"(=m) of kernel {release}, but no modules tree was given (--modules DIR)")
     return out
