@@ -365,10 +365,12 @@ def run(args: argparse.Namespace) -> int:
             programs.append(ProgramResult(name, status,
                                           line.removeprefix(f"{name}: ").removeprefix(f"{name} ")))
             worst = max(worst, int(status == "fail"))
-        plan = replace(plan, programs=tuple(p for p in plan.programs if p not in refused))
-        if not plan.programs:
-            continue
-        image = kernel.image(list(plan.programs), table_kernel=plan.kernel)
+        if refused:
+            plan = replace(plan, programs=tuple(p for p in plan.programs if p not in refused))
+            if not plan.programs:
+                continue
+        image = kernel.image(list(plan.programs) if plan.programs else None,
+                             table_kernel=plan.kernel)
         guest_timeout = args.timeout if args.timeout is not None else plan.timeout
         print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} "
               f"({qemu.source}), {args.accel}, devices: {', '.join(plan.devices) or 'none'}"
