@@ -195,7 +195,9 @@ def test_choice_refuses_in_one_line(kernel, tmp_path, work):
                       (("debian:sid", "/m"), "--modules goes with --kernel PATH, not with "
                                              "debian:sid"),
                       (("debian:", None), "expected debian:<suite>"),
-                      ((str(tmp_path / "no-bzImage"), None), "does not exist")]:
+                      ((str(tmp_path / "no-bzImage"), None), "does not exist$"),
+                      (("trixie", None), r"^kernel trixie does not exist \(a Debian kernel is "
+                                         r"debian:trixie\)$")]:
         with pytest.raises(UserError, match=msg):
             kernel_choice.choose(*args)
     assert kernel_choice.choose("debian:trixie").spec == "debian:trixie"

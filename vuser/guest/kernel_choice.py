@@ -107,8 +107,13 @@ def choose(kernel: str | None, modules: str | None = None,
             raise UserError(f"{'--modules' if modules else '--kernel-build'} goes with "
                             f"--kernel PATH, not with {kernel} (its modules come with it)")
         return KernelChoice(spec=kernel)
+    import re
+    from pathlib import Path
+
     from vuser.guest.localkernel import LocalKernel
 
+    if not Path(kernel).exists() and re.fullmatch(r"[a-z][a-z0-9-]*", kernel):
+        raise UserError(f"kernel {kernel} does not exist (a Debian kernel is debian:{kernel})")
     return KernelChoice(local=LocalKernel.find(kernel, modules, kernel_build))
 
 
