@@ -11,12 +11,19 @@ MINUTES ?= 2
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: setup provision test fuzz soak bench run clean help
+#: every guest test program that makes sense on Debian's newer kernels (make test-kernels);
+#: kernel_sva only on sid (trixie's 6.12 refuses SVA, and its setup expects 6.1's PRI handling)
+KERNEL_TESTS := enumerate demo environment dma_passthrough interrupts dma_nested invalidation \
+	page_fault isolation kmod_dma kernel_iommu kernel_dma_api kernel_isolation kernel_lazy \
+	kernel_strict demo_kernel
+
+.PHONY: setup provision test test-kernels fuzz soak bench run clean help
 
 help:
 	@echo "make run    provision what is missing and run the demo"
 	@echo "make test   provision what is missing and run the whole test suite"
 	@echo "make fuzz   long fuzz campaign: FUZZ_EXAMPLES (default $(FUZZ_EXAMPLES)) per vfio-user command and control-RPC target"
+	@echo "make test-kernels  every guest test program on Debian trixie's 6.12 and sid's 7.x kernels"
 	@echo "make soak   MINUTES (default $(MINUTES)) of guest DMA with invalidations and PRI faults; the server's RSS and fds must stay bounded"
 	@echo "make bench  the benchmark suite (bench/run.py, under 10 minutes): one table of every figure against its reference and target, and bench/results.json"
 	@echo "make setup  create $(VENV) with vuser (editable), its test dependencies and the plot extra"
@@ -36,6 +43,12 @@ provision: setup
 
 test: setup provision
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Opt-in: the guest programs `make test` runs only on bookworm's kernel, on trixie's and sid's
+# too (vuser run --kernel; the first run fetches those kernels and their toolchains).
+test-kernels: setup provision
+	$(BIN)/vuser run -q --kernel debian:trixie $(addprefix --test ,$(KERNEL_TESTS))
+	$(BIN)/vuser run -q --kernel debian:sid $(addprefix --test ,$(KERNEL_TESTS) kernel_sva)
 
 # Opt-in: the bounded fuzz of tests/fuzz, with many more examples per target.
 fuzz: setup

@@ -6,6 +6,7 @@
  */
 #include <sys/mount.h>
 #include <sys/statfs.h>
+#include <sys/utsname.h>
 
 #include <stdlib.h>
 
@@ -20,6 +21,10 @@ static struct vt_dmabuf buf;
 
 static enum vt_result running_as_root(void)
 {
+	struct utsname u;
+
+	if (uname(&u) == 0)
+		ktap_diag("kernel %s", u.release);
 	VT_CHECK(getuid() == 0 && geteuid() == 0, "uid %d euid %d", (int)getuid(), (int)geteuid());
 	VT_CHECK(getpid() != 1, "running as pid 1, not under /init");
 	return VT_PASS;

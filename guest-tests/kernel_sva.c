@@ -181,10 +181,10 @@ static enum vt_result bind(void)
 {
 	vt_require("features");
 	if (bind_errno == -EOPNOTSUPP)
-		VT_SKIP_BECAUSE("the guest kernel refuses SVA: Debian 6.1.164+ "
-				"iommu_sva_bind_device() returns -EOPNOTSUPP on x86 "
-				"(CVE-2025-71089); kernel_sva_sid runs these cases on a "
-				"kernel that allows SVA");
+		/* at most 159 characters (the runner's reason buffer) */
+		VT_SKIP_BECAUSE("the guest kernel refuses SVA: iommu_sva_bind_device() is "
+				"-EOPNOTSUPP on x86 (the CVE-2025-71089 fix, 6.1.164+ and 6.12); "
+				"kernel_sva_sid runs these cases");
 	VT_CHECK(bind_errno == 0, "SVA_BIND: %s (see the kernel log)", vt_err());
 	pasid = bound.pasid;
 	ktap_diag("pid %d's mm bound: PASID %#x", getpid(), pasid);

@@ -144,7 +144,8 @@ class Guest:
 
 
 def boot(devices: Sequence[str] = ("sample",), *, kernel_iommu: bool = False,
-         kernel: str | None = None, append: str | Sequence[str] = (), memory_mib: int = 512,
+         kernel: str | None = None, modules: str | Path | None = None,
+         kernel_build: str | Path | None = None, append: str | Sequence[str] = (), memory_mib: int = 512,
          shares: Sequence[str | Path] = (), timeout: float = 3600.0, boot_timeout: float = 180.0,
          accel: str = "tcg", smp: int = 1, trace: str | Path | None = None,
          qemu_args: Sequence[str] = (), control: str | Path | None = None,
@@ -153,7 +154,10 @@ def boot(devices: Sequence[str] = ("sample",), *, kernel_iommu: bool = False,
 
     - ``devices``: ``TYPE[,key=value...]`` as for ``vuser run --device`` (none: no server).
     - ``kernel_iommu``: the guest kernel's intel_iommu owns the one vuser-iommu.
-    - ``kernel``: ``"debian:<suite>"`` (default: the image recipe's, bookworm).
+    - ``kernel``: ``"debian:<suite>"`` (default: the image recipe's, bookworm), or
+      the path of your own bzImage, with ``modules`` (its modules tree) and
+      ``kernel_build`` (a build tree, for ``vuser_dma.ko``) as for
+      ``vuser run --kernel PATH --modules DIR --kernel-build DIR``.
     - ``append``: extra kernel options (``vuser.*`` is refused).
     - ``shares``: host directories, seen at the same absolute path in the guest
       (9p when QEMU and kernel have it, else copied in: ``guest.notes`` says which).
@@ -168,7 +172,7 @@ def boot(devices: Sequence[str] = ("sample",), *, kernel_iommu: bool = False,
     answers); nothing is left running then.
     """
     from vuser.guest import runsetup
-    from vuser.guest.image import build_image
+    from vuser.guest.kernel_choice import choose
     from vuser.qemu import rundir
     from vuser.qemu.find import find_qemu
     from vuser.qemu.launcher import WORKDIR_MARK, launch_in_background
@@ -178,7 +182,8 @@ def boot(devices: Sequence[str] = ("sample",), *, kernel_iommu: bool = False,
     if taken:
         raise UserError(f"append must not set vuser.* (the launcher does): {taken[0]}")
     qemu = qemu or find_qemu(show_progress=progress)
-    image = build_image(tests=None, progress=progress, kernel=kernel)
+    image = choose(None if kernel is None else str(kernel), modules,
+                   kernel_build).image(None, progress=progress)
     setup = runsetup.plan(image, agent=True, shares=list(shares), qemu=qemu)
     own = rundir.create()  # the control socket; swept if this process dies
     if not devices:

@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 HELP = "boot a Linux guest against vuser devices and run the demo, guest tests or a shell"
 DESCRIPTION = """\
@@ -50,6 +50,17 @@ vIOMMU mode and kernel arguments share a guest.
                                      a host directory at the same path in the guest
   vuser run --kernel-iommu --shell   a shell in a guest whose kernel owns vuser-iommu
   vuser run --kernel-iommu           the kernel-owned demo programs
+  vuser run --kernel debian:trixie --test environment   on Debian 13's 6.12 kernel
+  vuser run --kernel ~/linux/arch/x86/boot/bzImage --test environment
+                                     on your own kernel (its build tree: modules,
+                                     .config, vuser_dma.ko)
+  vuser run --kernel ROOT/boot/vmlinuz-R --modules ROOT --all
+
+--kernel PATH checks each program's kernel options (the config embedded in
+the bzImage with CONFIG_IKCONFIG, gzip/xz/lzma/bzip2-compressed; else the build
+tree's .config or a config-RELEASE beside the kernel or its modules) and
+refuses, in one line each, the programs the kernel lacks an option for; the
+others still run.
 """
 
 DEFAULT_DEVICES = ("sample",)
@@ -84,6 +95,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the guest kernel's intel_iommu owns the vuser-iommu (DMAR, BDF "
                              "labels, intel_iommu=on,sm_on intremap=off); only programs with "
                              "iommu = \"kernel\" in the manifest")
+    parser.add_argument("--kernel", metavar="KERNEL", default=None,
+                        help="the guest kernel: debian:bookworm (6.1, the default), "
+                             "debian:trixie (6.12), debian:sid (7.x) -- that suite's cloud "
+                             "kernel, fetched and imaged on first use -- or PATH, a bzImage of "
+                             "your own (its release is read from its header; see --modules). "
+                             "Default: each program's manifest kernel (bookworm unless its "
+                             "table says kernel = ...)")
+    parser.add_argument("--modules", metavar="DIR", default=None,
+                        help="the modules of --kernel PATH: DIR/lib/modules/RELEASE (make "
+                             "modules_install INSTALL_MOD_PATH=DIR), that folder itself, or a "
+                             "kernel build tree; only the modules the run needs go into the "
+                             "guest. Default: beside the kernel (ROOT/boot/vmlinuz-R -> "
+                             "ROOT/lib/modules/R; TREE/arch/x86/boot/bzImage -> TREE)")
+    parser.add_argument("--kernel-build", metavar="DIR", default=None,
+                        help="a build tree (or headers) of --kernel PATH to build vuser_dma.ko "
+                             "against with the host's gcc (default: a build tree given as "
+                             "--modules, or lib/modules/RELEASE/build); without one the "
+                             "programs that need vuser_dma.ko are skipped, saying so")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="stop a guest that runs longer (default: the manifest's timeout "
                              "of its tests, 300 s with --device; none with --shell; with "
@@ -268,7 +297,6 @@ def _exit_on_sigterm() -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vuser.errors import UserError
-    from vuser.guest.image import build_image
     from vuser.qemu.find import find_qemu
     from vuser.qemu.launcher import launch
 
@@ -297,6 +325,11 @@ def run(args: argparse.Namespace) -> int:
     if args.trace is not None and any(a == "--trace" or a.startswith("--trace=")
                                       for a in args.server_arg):
         raise UserError("--trace and --server-arg --trace do not go together")
+    from vuser.guest.kernel_choice import choose
+
+    kernel = choose(args.kernel, args.modules, args.kernel_build)
+    for note in kernel.notes():
+        print(f"vuser: {note}", file=sys.stderr)
     _exit_on_sigterm()
 
     qemu = find_qemu(show_progress=True)  # first: its problems are found without a build
@@ -327,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
     if args.shell:
         devices = args.device or list(KERNEL_IOMMU_DEVICES if args.kernel_iommu
                                       else DEFAULT_DEVICES)
-        image = build_image(tests=None, progress=True, shell=True)
+        image = kernel.image(None, shell=True)
         print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} "
               f"({qemu.source}), {args.accel}, devices: {', '.join(devices)}"
               f"{mode(args.kernel_iommu, extra_append)}", file=sys.stderr)
@@ -343,11 +376,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     worst, programs, error = 0, [], None
-    plans, programs = _buildable(_plan(args))
+    plans = _plan(args)
+    if kernel.given:
+        from vuser.guest.kernel_choice import merge_plans
+
+        plans = merge_plans(plans)
+    plans, programs = _buildable(plans)
     worst = 1 if programs else 0
     for plan, trace in zip(plans, trace_paths(args.trace, len(plans))):
-        image = build_image(tests=list(plan.programs) if plan.programs else None, progress=True,
-                            kernel=plan.kernel)
+        refused = kernel.refusals(plan.programs, plan.kernel_iommu)
+        for name, (status, line) in refused.items():
+            print(f"vuser: {line}", file=sys.stderr)
+            programs.append(ProgramResult(name, status,
+                                          line.removeprefix(f"{name}: ").removeprefix(f"{name} ")))
+            worst = max(worst, int(status == "fail"))
+        if refused:
+            plan = replace(plan, programs=tuple(p for p in plan.programs if p not in refused))
+            if not plan.programs:
+                continue
+        image = kernel.image(list(plan.programs) if plan.programs else None,
+                             table_kernel=plan.kernel)
         guest_timeout = args.timeout if args.timeout is not None else plan.timeout
         print(f"vuser: booting kernel {image.kernel_release} with QEMU {qemu.version} "
               f"({qemu.source}), {args.accel}, devices: {', '.join(plan.devices) or 'none'}"
@@ -403,7 +451,9 @@ def _run_exec(args: argparse.Namespace, command: str, qemu, append: tuple[str, .
     server_args = [a for i, a in enumerate(server_args)  # boot() passes --control itself
                    if a != "--control" and (i == 0 or server_args[i - 1] != "--control")
                    and not a.startswith("--control=")]
-    with boot(devices, kernel_iommu=args.kernel_iommu, kernel=kernel, append=" ".join(append),
+    with boot(devices, kernel_iommu=args.kernel_iommu, kernel=kernel,
+              modules=getattr(args, "modules", None),
+              kernel_build=getattr(args, "kernel_build", None), append=" ".join(append),
               memory_mib=args.memory, shares=args.share, accel=args.accel, qemu=qemu,
               qemu_args=args.qemu_arg, control=control, server_args=server_args,
               trace=args.trace, timeout=24 * 3600.0, progress=True) as guest:

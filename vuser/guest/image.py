@@ -213,23 +213,11 @@ def _select(all_tests: dict[str, list[str]], tests: Sequence[str] | None) -> dic
     return {t: all_tests[t] for t in dict.fromkeys(tests)}
 
 
-def build_image(tests: Sequence[str] | None = None, progress: bool = True, *,
-                shell: bool = False, cache: Path | None = None,
-                images: Path = paths.IMAGES, guest_tests: Path = paths.GUEST_TESTS,
-                kernel: str | None = None) -> GuestImage:
-    """The guest image, built if it is not in the cache.
-
-    ``tests`` selects the test programs the guest runs (default: all); they
-    go on the kernel command line as ``vuser.tests=``. Only those are built,
-    and they reach the guest through ``overlays``. A named program that does
-    not build is a ``programs.BuildFailed`` with the compiler's message; with
-    the default (all), such programs are left out, saying so. ``shell`` makes
-    ``/init`` give an interactive shell instead. ``kernel`` is
-    ``debian:<suite>`` (default: the recipe's suite). Errors are ``UserError``.
-    """
-    cache = cache or paths.cache_root()
-    steps = _Steps(progress)
-    recipe = load_recipe(images).for_kernel(kernel)
+def build_selected(tests: Sequence[str] | None, guest_tests: Path, cache: Path,
+                   steps: _Steps, progress: bool
+                   ) -> tuple[programs.ProgramSet, dict[str, list[str]], Overlay]:
+    """Build the programs ``tests`` names (default: all) and the overlay that
+    puts them at ``/tests/<name>``; see ``build_image`` for what a broken one does."""
     names = _select(dict.fromkeys(programs.program_names(guest_tests)), tests)
     progs = programs.build_programs(names, guest_tests, cache,
                                     status=steps.note if progress else None)
@@ -240,9 +228,39 @@ def build_image(tests: Sequence[str] | None = None, progress: bool = True, *,
     selected = {n: list(p.cases) for n, p in progs.tests.items()}
     if not selected:
         raise UserError("no guest test builds:\n" + "\n".join(progs.failed.values()))
-    tests_overlay = Overlay()
+    overlay = Overlay()
     for n, p in progs.tests.items():
-        tests_overlay.add_file(f"tests/{n}", p.path.read_bytes(), 0o755)
+        overlay.add_file(f"tests/{n}", p.path.read_bytes(), 0o755)
+    return progs, selected, overlay
+
+
+def build_image(tests: Sequence[str] | None = None, progress: bool = True, *,
+                shell: bool = False, cache: Path | None = None,
+                images: Path = paths.IMAGES, guest_tests: Path = paths.GUEST_TESTS,
+                kernel: Any = None) -> GuestImage:
+    """The guest image, built if it is not in the cache.
+
+    ``tests`` selects the test programs the guest runs (default: all); they
+    go on the kernel command line as ``vuser.tests=``. Only those are built,
+    and they reach the guest through ``overlays``. A named program that does
+    not build is a ``programs.BuildFailed`` with the compiler's message; with
+    the default (all), such programs are left out, saying so. ``shell`` makes
+    ``/init`` give an interactive shell instead. ``kernel`` is
+    ``debian:<suite>`` (default: the recipe's suite), or a bzImage path or a
+    ``vuser.guest.localkernel.LocalKernel`` (a user's kernel, imaged by
+    ``vuser.guest.custom_image``). Errors are ``UserError``.
+    """
+    if kernel is not None and not (isinstance(kernel, str) and kernel.startswith("debian:")):
+        from vuser.guest.custom_image import build_custom_image
+        from vuser.guest.localkernel import LocalKernel
+
+        local = kernel if isinstance(kernel, LocalKernel) else LocalKernel.find(kernel)
+        return build_custom_image(local, tests, progress, shell=shell, cache=cache,
+                                  images=images, guest_tests=guest_tests)
+    cache = cache or paths.cache_root()
+    steps = _Steps(progress)
+    recipe = load_recipe(images).for_kernel(kernel)
+    progs, selected, tests_overlay = build_selected(tests, guest_tests, cache, steps, progress)
     tree = debian.fetch(recipe.suite, [recipe.kernel_package, recipe.busybox_package],
                         _tree_dir(recipe, cache), show_progress=progress, keep=recipe.keep)
     kmods = kmod.build_modules(tree, recipe.suite, root=guest_tests / "kmod", cache=cache,
@@ -295,11 +313,18 @@ def _iommu_id() -> str:
 
 
 def _build(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet, key: str,
-           out: Path, kmods: kmod.KmodSet = kmod.KmodSet("", {})) -> None:
-    """Write the image into a fresh folder, then move it to ``out``."""
-    kernel = KernelTree.find(tree.root)
-    kernel.check_config(recipe.require)
-    modules = kernel.closure(list(recipe.modules))
+           out: Path, kmods: kmod.KmodSet = kmod.KmodSet("", {}), *,
+           kernel: KernelTree | None = None, modules: list[str] | None = None,
+           extra: dict[str, str] | None = None) -> None:
+    """Write the image into a fresh folder, then move it to ``out``. ``kernel``
+    (default: the tree's own) and ``modules`` (default: the recipe's closure) come
+    from ``vuser.guest.custom_image`` for a user's kernel; ``extra`` goes into
+    ``image.json``."""
+    if kernel is None:
+        kernel = KernelTree.find(tree.root)
+        kernel.check_config(recipe.require)
+    if modules is None:
+        modules = kernel.closure(list(recipe.modules))
     if "debug-exit" not in progs.tools:
         raise UserError("guest-tests/tools/debug-exit.c is missing: /init needs it to exit")
     clash = sorted(set(kmods.modules) & set(modules))
@@ -338,6 +363,7 @@ def _build(recipe: Recipe, tree: debian.Tree, progs: programs.ProgramSet, key: s
             "files": {n: {"size": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
                       for n in ("vmlinuz", "initrd.img")},
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(extra or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         shutil.rmtree(out, ignore_errors=True)

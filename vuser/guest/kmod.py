@@ -49,7 +49,7 @@ from vuser.errors import UserError
 from vuser.guest import paths, toolchain
 from vuser.guest.kernel import KernelError, KernelTree, modinfo
 
-__all__ = ["KMOD_DIR", "KmodError", "KmodSet", "build_modules", "header_packages",
+__all__ = ["KMOD_DIR", "KmodError", "KmodSet", "build_for_tree", "build_modules", "header_packages",
            "kmod_digest", "module_sources", "prepare_headers", "vermagic"]
 
 KMOD_DIR = paths.GUEST_TESTS / "kmod"
@@ -272,6 +272,15 @@ def build_modules(image_tree: debian.Tree, suite: str, *, root: Path = KMOD_DIR,
         except UserError as e:
             raise KmodError(f"the guest kernel's toolchain (Debian {suite}): {e}") from None
         arch, bin_dir = tc.arch, tc.bin
+    _build_into(out, digest, names, root, arch, gcc, bin_dir, want)
+    return load()
+
+
+def _build_into(out: Path, digest: str, names: list[str], root: Path, arch: Path,
+                gcc: str | None, bin_dir: Path | None, want: str | None,
+                release: str = "") -> None:
+    """kbuild the modules of ``root`` against ``arch`` in a fresh folder, check
+    each one's vermagic (``want``, or only its release when None), move it to ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     build = tmp / "build"
@@ -284,7 +293,7 @@ def build_modules(image_tree: debian.Tree, suite: str, *, root: Path = KMOD_DIR,
             ko = build / f"{n}.ko"
             if not ko.is_file():
                 raise KmodError(f"kbuild succeeded but produced no {n}.ko")
-            check_vermagic(ko.read_bytes(), n, want)
+            _check(ko.read_bytes(), n, want, release)
             shutil.copy2(ko, tmp / ko.name)
         shutil.rmtree(build)
         (tmp / _STAMP).write_text(digest + "\n")
@@ -292,4 +301,56 @@ def build_modules(image_tree: debian.Tree, suite: str, *, root: Path = KMOD_DIR,
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return load()
+
+
+def _check(ko: bytes, name: str, want: str | None, release: str) -> None:
+    if want is not None:
+        check_vermagic(ko, name, want)
+        return
+    got = vermagic(ko, name).split()
+    if not got or got[0] != release:
+        raise KmodError(f"module {name} was built for {got[0] if got else '?'}, not for the "
+                        f"guest kernel {release}: the build tree is another kernel's")
+
+
+def build_for_tree(build_tree: Path, kernel: KernelTree, *, root: Path = KMOD_DIR,
+                   cache: Path | None = None,
+                   status: Callable[[str], None] | None = None) -> KmodSet:
+    """Build every module of ``root/Kbuild`` against a user's kernel build tree
+    (``make -C build_tree M=...``, the tree's own ``CC``, else the host's gcc);
+    cached by the sources, the tree's ``.config`` and ``Module.symvers``, and the
+    host's gcc. The vermagic must be that of the kernel's own modules (or,
+    without any, start with its release)."""
+    names = module_names(root)
+    if not names:
+        return KmodSet("", {})
+    cache = cache or paths.cache_root()
+    want = kernel_vermagic(kernel) if kernel.index() else None
+    h = hashlib.sha256(f"{_RECIPE}\0tree\0{kernel.release}\0{want}\0{build_tree.resolve()}"
+                       f"\0{_host_gcc()}\0".encode())
+    for f in (".config", "Module.symvers", "Makefile"):
+        p = build_tree / f
+        h.update(hashlib.sha256(p.read_bytes()).digest() if p.is_file() else b"-")
+    for p in module_sources(root):
+        h.update(f"{p.name}\0".encode() + hashlib.sha256(p.read_bytes()).digest())
+    digest = h.hexdigest()
+    out = cache / "kmod" / digest[:20]
+    if (out / _STAMP).is_file():
+        try:
+            for n in names:
+                _check((out / f"{n}.ko").read_bytes(), n, want, kernel.release)
+            return KmodSet(digest, {n: out / f"{n}.ko" for n in names})
+        except (OSError, KmodError):
+            shutil.rmtree(out, ignore_errors=True)
+    if status:
+        status(f"building guest kernel module(s) {', '.join(names)} against {build_tree}")
+    _build_into(out, digest, names, root, build_tree, None, None, want, kernel.release)
+    return KmodSet(digest, {n: out / f"{n}.ko" for n in names})
+
+
+def _host_gcc() -> str:
+    gcc = shutil.which("gcc")
+    if not gcc:
+        return "no gcc"
+    p = subprocess.run([gcc, "-dumpfullversion"], capture_output=True, text=True)
+    return f"gcc {p.stdout.strip()}"
