@@ -52,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
+    # QMP's own connection chatter ("Task.Reader: end-of-file" as QEMU quits) only with -v.
+    logging.getLogger("qemu.qmp").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args._run(args) or 0)
     except UserError as e:
