@@ -49,7 +49,8 @@ from .dma_layout import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DmaEngine", "Outcome", "PriPort", "MAX_PAGE_REQUESTS", "gather", "scatter"]
+__all__ = ["DmaEngine", "Outcome", "PriPort", "MAX_PAGE_REQUESTS", "copy_views", "gather",
+           "scatter"]
 
 PAGE = 4096
 R, W = int(Access.READ), int(Access.WRITE)
@@ -121,6 +122,35 @@ def scatter(views: Views, data: bytes | memoryview) -> None:
         n = len(v)
         v[:] = data[pos:pos + n]
         pos += n
+
+
+def copy_views(dst: Views, src: Views) -> None:
+    """Copy ``src`` into ``dst`` (the same number of bytes), slice to slice.
+
+    The pieces need not line up: each step copies the overlap of the current
+    source and destination views, so no intermediate ``bytes`` is built.
+    """
+    if len(src) == 1 and len(dst) == 1:
+        dst[0][:] = src[0]
+        return
+    si = di = so = do = 0
+    s, d = src[0], dst[0]
+    ns, nd = len(s), len(d)
+    while True:
+        n = min(ns - so, nd - do)
+        d[do:do + n] = s[so:so + n]
+        so += n
+        do += n
+        if so == ns:
+            si += 1
+            if si == len(src):
+                return
+            s, so = src[si], 0
+            ns = len(s)
+        if do == nd:
+            di += 1
+            d, do = dst[di], 0
+            nd = len(d)
 
 
 def pattern_bytes(pattern: int, phase: int, n: int) -> bytes:
