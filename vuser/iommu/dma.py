@@ -106,16 +106,37 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
     tlb = ctx._iotlb
     get, touch = tlb.fast_path
     probe = tlb.levels
+    runs = tlb.runs
     trace = ctx._trace
     segs: list[Segment] = []
     addr = iova
     while True:
+        # A DMA that leaves its 4 KiB page first asks for a run of pages
+        # (``iotlb.Run``); tracing sees every page, so it takes the page path.
+        if runs and end - addr > 4096 - (addr & 4095) and trace is None:
+            r = runs.get((dev_id, pasid, addr >> 12))
+            if r is not None and (r.ok >> access) & 1:
+                off = addr - r.iova
+                n = r.size - off
+                if n > end - addr:
+                    n = end - addr
+                stats.hits += ((addr + n - 1) >> 12) - (addr >> 12) + 1
+                segs.append(_new_tuple(Segment, (addr, r.gpa + off, r.mem[off:off + n])))
+                if access & _W and r.s2.dirty_tracking:
+                    r.s2.mark_dirty(r.gpa + off, n)
+                addr += n
+                if addr >= end:
+                    return segs
+                continue
         e = None
         for shift, level in probe:
             e = get((dev_id, pasid, addr >> shift, level))
             if e is not None:
                 break
         if e is not None and (e.ok >> access) & 1:
+            if e.level == 1 and e.run is None and trace is None \
+                    and end - addr > 4096 - (addr & 4095) and tlb.build_run(e) is not None:
+                continue  # served by the new run
             touch(e.key)
             stats.hits += 1
             if trace is not None:
@@ -196,8 +217,9 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
         size >>= 9
     base_gpa = gpa & ~(size - 1)
     off = area.offset + (base_gpa - area.iova)
+    base = area.pages.mem
     e = IotlbEntry(dev_id, pasid, hwpt.id, s2, addr & ~(size - 1), size, base_gpa,
-                   area.pages.mem[off:off + size], ok & s2ok)
+                   base[off:off + size], ok & s2ok, base, off)
     ctx._iotlb.insert(e)
     if ctx._trace is not None:
         _trace_translate(ctx, e, addr, stage, False)

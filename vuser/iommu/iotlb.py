@@ -9,8 +9,17 @@ ever re-reads guest tables (docs/architecture.md "The model", invalidation).
 
 Eviction is LRU (``capacity`` entries). Invalidation is by attached HWPT and
 IOVA range (HWPT_INVALIDATE), by (device, PASID) (attach changes, per-PASID
-flushes), by stage-2 HWPT and GPA range (host unmaps), or global. There is no
-paging-structure cache: every miss walks from the root.
+flushes), by stage-2 HWPT and GPA range (host unmaps), or global.
+
+*Runs.* Consecutive 4 KiB entries of one (device, PASID) whose IOVAs, GPAs
+and host memory are all contiguous, with the same rights and the same HWPT,
+can be served as one ``Run`` (one memoryview slice over all of them) so that
+a DMA over many pages costs one lookup instead of one per page. A run is
+derived from its entries and never outlives one: dropping, replacing,
+evicting or invalidating any entry kills its run, so a run never holds a
+translation the per-page entries would not. Runs stay inside one 2 MiB IOVA
+block (at most 512 pages). Using a run does not refresh its entries' LRU
+positions.
 """
 
 from __future__ import annotations
@@ -22,22 +31,54 @@ from typing import NamedTuple
 from .uapi import U64_MAX
 
 _LEVEL_SHIFT = {1: 12, 2: 21, 3: 30}
+_PAGE = 4096
+#: Runs never cross a 2 MiB IOVA boundary.
+_RUN_BLOCK = 1 << 21
 
 Key = tuple[int, int | None, int, int]
+RunKey = tuple[int, int | None, int]
 
 
 class IotlbEntry:
-    """One cached translation of a ``size``-byte IOVA page."""
+    """One cached translation of a ``size``-byte IOVA page.
+
+    ``mem`` is ``base[boff:boff + size]``: ``base`` is the pinned buffer the
+    page lies in (so that neighbours can be joined into a ``Run``).
+    """
 
     __slots__ = ("key", "dev_id", "pasid", "hwpt_id", "s2", "iova", "size", "gpa", "mem",
-                 "ok", "level")
+                 "ok", "level", "base", "boff", "run")
 
     def __init__(self, dev_id: int, pasid: int | None, hwpt_id: int, s2: object, iova: int,
-                 size: int, gpa: int, mem: memoryview, ok: int) -> None:
+                 size: int, gpa: int, mem: memoryview, ok: int,
+                 base: memoryview | None = None, boff: int = 0) -> None:
         self.level = {4096: 1, 1 << 21: 2, 1 << 30: 3}[size]
         self.key: Key = (dev_id, pasid, iova >> _LEVEL_SHIFT[self.level], self.level)
         self.dev_id, self.pasid, self.hwpt_id, self.s2 = dev_id, pasid, hwpt_id, s2
         self.iova, self.size, self.gpa, self.mem, self.ok = iova, size, gpa, mem, ok
+        self.base, self.boff = base, boff
+        self.run: Run | None = None
+
+
+class Run:
+    """Consecutive 4 KiB entries served as one translation (see module doc)."""
+
+    __slots__ = ("iova", "size", "gpa", "mem", "ok", "s2", "entries")
+
+    def __init__(self, entries: list[IotlbEntry]) -> None:
+        first = entries[0]
+        self.entries = entries
+        self.iova, self.gpa, self.ok, self.s2 = first.iova, first.gpa, first.ok, first.s2
+        self.size = len(entries) * _PAGE
+        assert first.base is not None
+        self.mem = first.base[first.boff:first.boff + self.size]
+
+
+def _joins(a: IotlbEntry, b: IotlbEntry) -> bool:
+    """Whether 4 KiB entry ``b`` continues ``a`` in IOVA, GPA and host memory."""
+    return (b.level == 1 and b.hwpt_id == a.hwpt_id and b.ok == a.ok and b.base is a.base
+            and b.base is not None and b.iova == a.iova + _PAGE and b.gpa == a.gpa + _PAGE
+            and b.boff == a.boff + _PAGE)
 
 
 class FastPath(NamedTuple):
@@ -74,6 +115,8 @@ class Iotlb:
         self._by_hwpt: dict[int, dict[Key, IotlbEntry]] = {}
         self._by_s2: dict[int, dict[Key, IotlbEntry]] = {}
         self.evictions = 0
+        #: Runs by ``(dev_id, pasid, iova >> 12)`` of each of their pages.
+        self.runs: dict[RunKey, Run] = {}
         #: Bound lookups for the DMA path's warm loop (see ``FastPath``).
         self.fast_path = FastPath(self._map.get, self._map.move_to_end)
 
@@ -107,7 +150,56 @@ class Iotlb:
         if self._per_level[e.level] == 1:
             self._levels_changed()
 
+    # -- runs ------------------------------------------------------------------
+    def build_run(self, e: IotlbEntry) -> Run | None:
+        """Join cached 4 KiB entries around ``e`` into a ``Run``; None if none joins.
+
+        The run is the longest chain of entries present now, contiguous with
+        ``e`` (``_joins``) and inside ``e``'s 2 MiB IOVA block. Runs its
+        entries belonged to are killed first.
+        """
+        if e.level != 1 or e.base is None:
+            return None
+        m, dev_id, pasid = self._map, e.dev_id, e.pasid
+        block = e.iova & ~(_RUN_BLOCK - 1)
+        chain = [e]
+        cur = e
+        while cur.iova > block:
+            prev = m.get((dev_id, pasid, (cur.iova >> 12) - 1, 1))
+            if prev is None or not _joins(prev, cur):
+                break
+            chain.append(prev)
+            cur = prev
+        chain.reverse()
+        cur = e
+        while cur.iova + _PAGE < block + _RUN_BLOCK:
+            nxt = m.get((dev_id, pasid, (cur.iova >> 12) + 1, 1))
+            if nxt is None or not _joins(cur, nxt):
+                break
+            chain.append(nxt)
+            cur = nxt
+        if len(chain) < 2:
+            return None
+        for c in chain:
+            if c.run is not None:
+                self._kill_run(c.run)
+        r = Run(chain)
+        runs = self.runs
+        for c in chain:
+            c.run = r
+            runs[(dev_id, pasid, c.iova >> 12)] = r
+        return r
+
+    def _kill_run(self, r: Run) -> None:
+        runs = self.runs
+        for c in r.entries:
+            c.run = None
+            runs.pop((c.dev_id, c.pasid, c.iova >> 12), None)
+        r.entries = []
+
     def _unindex(self, e: IotlbEntry) -> None:
+        if e.run is not None:
+            self._kill_run(e.run)
         for index, k in ((self._by_hwpt, e.hwpt_id), (self._by_s2, id(e.s2))):
             d = index.get(k)
             if d is not None:
@@ -155,6 +247,9 @@ class Iotlb:
 
     def invalidate_all(self) -> int:
         n = len(self._map)
+        for e in self._map.values():
+            e.run = None
+        self.runs.clear()
         self._map.clear()
         self._by_hwpt.clear()
         self._by_s2.clear()
