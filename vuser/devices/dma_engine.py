@@ -65,11 +65,10 @@ _F_BLOCK = int(DescFlags.BLOCK_ON_FAULT)
 _PASID_VALID, _PASID_MASK = DescPasid.VALID.mask, DescPasid.PASID.mask
 _PASID_FIELDS = _PASID_VALID | _PASID_MASK
 _OPCODES = frozenset(int(o) for o in Opcode)
-#: The addresses each opcode uses (checked for wrap-around).
-_OPERANDS: dict[int, Callable[[Descriptor], tuple[int, ...]]] = {
-    Opcode.NOP: lambda d: (), Opcode.DRAIN: lambda d: (), Opcode.FILL: lambda d: (d.dst,),
-    Opcode.MEMCPY: lambda d: (d.src, d.dst), Opcode.COMPARE: lambda d: (d.src, d.dst),
-}
+#: Opcodes using ``src`` and ``dst`` (FILL uses ``dst`` only; NOP and DRAIN
+#: none): each address + length must not wrap past 2^64.
+_TWO_OPERANDS = frozenset({int(Opcode.MEMCPY), int(Opcode.COMPARE)})
+_ADDR_END = 1 << 64
 
 
 class PriPort(Protocol):
@@ -93,12 +92,13 @@ class Outcome:
     fault_addr: int = 0
 
     def record(self) -> bytes:
-        return CompletionRecord(status=int(self.status), fault_info=self.fault_info,
-                                result=self.result, bytes_done=self.bytes_done,
-                                fault_addr=self.fault_addr).pack()
+        """The ``CompletionRecord`` bytes (reserved fields 0)."""
+        return _pack_record(int(self.status), self.fault_info, 0, self.result,
+                            self.bytes_done, self.fault_addr, 0)
 
 
 INVALID = Outcome(CompletionStatus.INVALID_DESC)
+_pack_record = CompletionRecord.pack_values
 
 
 def fault_outcome(f: Fault, at: int, done: int, access: int) -> Outcome:
@@ -159,6 +159,12 @@ def pattern_bytes(pattern: int, phase: int, n: int) -> bytes:
     return (unit * ((phase + n) // 8 + 1))[phase:phase + n]
 
 
+def _copy(_off: int, views: list[Views], _k: int) -> bool:
+    """MEMCPY's body: source leg to destination leg."""
+    copy_views(views[1], views[0])
+    return True
+
+
 class _Run:
     """Where a descriptor's walk over its legs stands (``DmaEngine._advance``)."""
 
@@ -201,9 +207,11 @@ class DmaEngine:
         """Host memory for ``[iova, iova + n)``, or the first ``Fault``."""
         if not self.ats_on:
             segs = self.iommu.translate(pasid, iova, n, access)
-            if isinstance(segs, Fault):
-                return segs
-            return [s.mem for s in segs]
+            if segs.__class__ is Fault:
+                return segs  # type: ignore[return-value]
+            if len(segs) == 1:
+                return [segs[0].mem]  # type: ignore[index]
+            return [s.mem for s in segs]  # type: ignore[union-attr]
         out: Views = []
         pos, end = iova, iova + n
         tlb = self.devtlb
@@ -295,11 +303,15 @@ class DmaEngine:
             if not self.pasid_on:
                 return INVALID
             pasid = d.pasid & _PASID_MASK
-        if d.length > MAX_LENGTH:
+        n = d.length
+        if n > MAX_LENGTH:
             return INVALID
-        for addr in _OPERANDS[d.opcode](d):
-            if addr + d.length > 1 << 64:
+        op = d.opcode
+        if op in _TWO_OPERANDS:
+            if d.src + n > _ADDR_END or d.dst + n > _ADDR_END:
                 return INVALID
+        elif op == Opcode.FILL and d.dst + n > _ADDR_END:
+            return INVALID
         return pasid
 
     def start(self, d: Descriptor, pasid: int | None,
@@ -318,11 +330,8 @@ class DmaEngine:
         if op == Opcode.DRAIN:
             return self._drained(drain)
         if op == Opcode.MEMCPY:
-            def copy(_off: int, views: list[Views], _k: int) -> bool:
-                copy_views(views[1], views[0])
-                return True
             run = _Run(pasid, bool(d.flags & _F_BLOCK), d.length, [(d.src, R), (d.dst, W)],
-                       copy)
+                       _copy)
         elif op == Opcode.FILL:
             def fill(off: int, views: list[Views], k: int) -> bool:
                 scatter(views[0], pattern_bytes(d.pattern, off % 8, k))
