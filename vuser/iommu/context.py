@@ -31,7 +31,7 @@ from .errors import fail
 from .fault import FaultQueue
 from .hwpt import HwptNested, HwptPaging
 from .ioas import Ioas
-from .iotlb import Iotlb
+from .iotlb import DEFAULT_PSC_CAPACITY, Iotlb
 from .objects import ObjectTable
 from .registry import IommuRegistry
 from .uapi import Stats
@@ -43,8 +43,9 @@ DEFAULT_IOTLB_CAPACITY = 4096
 class IoasidContext(ContextCore):
     """One iommufd context over the devices of ``registry``.
 
-    ``iotlb_capacity`` bounds the IOTLB (entries, LRU); ``clock`` stamps
-    trace events (``time.monotonic`` by default).
+    ``iotlb_capacity`` bounds the IOTLB (entries, LRU); ``psc_capacity``
+    the first-stage paging-structure cache (entries; 0 turns it off, see
+    ``iotlb``); ``clock`` stamps trace events (``time.monotonic`` by default).
     """
 
     #: The methods a control RPC may expose: plain arguments and results.
@@ -132,10 +133,11 @@ class IoasidContext(ContextCore):
     remove_miss_resolver = dma.remove_miss_resolver
 
     def __init__(self, registry: IommuRegistry, *, iotlb_capacity: int = DEFAULT_IOTLB_CAPACITY,
+                 psc_capacity: int = DEFAULT_PSC_CAPACITY,
                  clock: Callable[[], float] = default_clock) -> None:
         self.registry = registry
         self._objects = ObjectTable()
-        self._iotlb = Iotlb(iotlb_capacity)
+        self._iotlb = Iotlb(iotlb_capacity, psc_capacity)
         self._stats = Stats()
         self._trace = None
         self._fault_observers = []

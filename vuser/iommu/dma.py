@@ -31,7 +31,7 @@ from .errors import fail
 from .hwpt import HwptNested, HwptPaging
 from .invalidation import devtlb_flush, flush_dev, trace_inval
 from .io_pagetable import READABLE, WRITEABLE
-from .iotlb import IotlbEntry
+from .iotlb import IotlbEntry, PscFill
 from .pagetable.addresses import Gpa, Iova
 from .pagetable.results import Access, Fault, FaultKind, Stage
 from .pagetable.walker import second_stage_ok, walk_first_stage
@@ -189,12 +189,21 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
     if isinstance(hwpt, HwptNested):
         s2 = hwpt.parent
         stats.walks += 1
+        tlb = ctx._iotlb
+        # The paging-structure cache: resume below its deepest entry, and
+        # fill it from a successful walk (iotlb module doc).
+        fills: list[PscFill] | None = [] if tlb.psc_capacity else None
+        start = tlb.psc_lookup(dev_id, pasid, hwpt.id, addr, hwpt.levels) \
+            if fills is not None else None
         t = walk_first_stage(s2, addr, access, root=hwpt.pgtbl_addr, levels=hwpt.levels,
-                             sre=hwpt.sre, wpe=hwpt.wpe, eafe=hwpt.eafe)
+                             sre=hwpt.sre, wpe=hwpt.wpe, eafe=hwpt.eafe, start=start,
+                             tables=fills)
         stats.memory_reads += t.reads
         if isinstance(t, Fault):
             return _report(ctx, bd, pasid, t)
         stats.memory_writes += t.writes
+        if fills:
+            tlb.psc_fill(dev_id, pasid, hwpt.id, s2, addr, fills)
         gpa = t.output + (addr - t.iova)
         size, ok, stage = t.size, t.ok, Stage.S1
     else:
@@ -362,10 +371,13 @@ def iotlb_set_capacity(ctx: ContextCore, capacity: int) -> None:
 # -- inspection ---------------------------------------------------------------
 def stats(ctx: ContextCore) -> dict[str, int]:
     """Counters: translations, hits, misses, walks, faults, invalidations,
-    memory reads/writes of walks, evictions, and the IOTLB size."""
-    ctx._stats.evictions = ctx._iotlb.evictions
+    memory reads/writes of walks, evictions, paging-structure-cache hits, and
+    the sizes of the IOTLB and the paging-structure cache."""
+    tlb = ctx._iotlb
+    ctx._stats.evictions = tlb.evictions
     d = ctx._stats.to_dict()
-    d.update(iotlb_entries=len(ctx._iotlb), iotlb_capacity=ctx._iotlb.capacity)
+    d.update(iotlb_entries=len(tlb), iotlb_capacity=tlb.capacity, psc_hits=tlb.psc_hits,
+             psc_entries=tlb.psc_entries())
     return d
 
 
@@ -373,6 +385,7 @@ def stats_reset(ctx: ContextCore) -> None:
     """Zero every counter (the IOTLB keeps its entries)."""
     ctx._stats.__init__()  # type: ignore[misc]
     ctx._iotlb.evictions = 0
+    ctx._iotlb.psc_hits = 0
 
 
 def set_trace(ctx: ContextCore, hook: TraceHook | None) -> None:
