@@ -45,6 +45,10 @@ from .pagetable.formats import LEVEL_SHIFT
 from .uapi import U64_MAX
 
 _LEVEL_SHIFT = {1: 12, 2: 21, 3: 30}
+_SIZE_LEVEL = {4096: 1, 1 << 21: 2, 1 << 30: 3}
+#: ``Iotlb.levels`` for each set of non-empty levels (bit ``lv`` of the index).
+_LEVELS = tuple(tuple((_LEVEL_SHIFT[lv], lv) for lv in (1, 2, 3) if mask >> lv & 1)
+                for mask in range(16))
 _PAGE = 4096
 #: Runs never cross a 2 MiB IOVA boundary.
 _RUN_BLOCK = 1 << 21
@@ -74,7 +78,7 @@ class IotlbEntry:
     def __init__(self, dev_id: int, pasid: int | None, hwpt_id: int, s2: object, iova: int,
                  size: int, gpa: int, mem: memoryview, ok: int,
                  base: memoryview | None = None, boff: int = 0) -> None:
-        self.level = {4096: 1, 1 << 21: 2, 1 << 30: 3}[size]
+        self.level = _SIZE_LEVEL[size]
         self.key: Key = (dev_id, pasid, iova >> _LEVEL_SHIFT[self.level], self.level)
         self.dev_id, self.pasid, self.hwpt_id, self.s2 = dev_id, pasid, hwpt_id, s2
         self.iova, self.size, self.gpa, self.mem, self.ok = iova, size, gpa, mem, ok
@@ -165,7 +169,8 @@ class Iotlb:
         return None
 
     def _levels_changed(self) -> None:
-        self.levels = tuple((_LEVEL_SHIFT[lv], lv) for lv in (1, 2, 3) if self._per_level[lv])
+        pl = self._per_level
+        self.levels = _LEVELS[(pl[1] > 0) << 1 | (pl[2] > 0) << 2 | (pl[3] > 0) << 3]
 
     def insert(self, e: IotlbEntry) -> None:
         old = self._map.get(e.key)

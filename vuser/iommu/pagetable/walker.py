@@ -109,6 +109,16 @@ def _first_stage_denied(access: int, rw: bool, us: bool, xd: bool,
     return 0
 
 
+#: All-ones of the bits above the canonical top bit (47 or 56), by levels.
+_CANON_ONES = {4: (1 << (64 - 47)) - 1, 5: (1 << (64 - 56)) - 1}
+
+
+@lru_cache(maxsize=None)
+def _fs_constants(oaw: int) -> tuple[dict[tuple[int, bool], int], dict[int, int]]:
+    """Reserved-bit masks and output-address masks by level, for ``oaw``."""
+    return first_stage_reserved(oaw), {lv: leaf_address_mask(lv, oaw) for lv in range(1, 6)}
+
+
 def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
                      levels: int = 4, sre: bool = False, wpe: bool = False,
                      eafe: bool = False, oaw: int = DEFAULT_OAW,
@@ -126,10 +136,11 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
     accessed flags of the entries above ``start`` are not touched (they were
     set by the walk that cached them).
     """
-    if not is_canonical(iova, levels):
+    top = iova >> (47 if levels == 4 else 56)
+    if top and top != _CANON_ONES[levels]:
         return Fault(FaultKind.FS_NON_CANONICAL, Stage.S1, iova, access, level=levels)
-    rsvd = first_stage_reserved(oaw)
-    table_mask = leaf_address_mask(1, oaw)
+    rsvd, leaf_masks = _fs_constants(oaw)
+    table_mask = leaf_masks[1]
     reads = 0
     if start is None:
         level, table, rw, us, xd = levels, root & table_mask, True, True, False
@@ -191,13 +202,8 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
         tables.extend(nonleaf)
     size = 1 << LEVEL_SHIFT[level]
     leaf_pte = locs[last][2]
-    return Translation(
-        iova=iova & ~(size - 1),
-        output=leaf_pte & leaf_address_mask(level, oaw),
-        size=size, level=level,
-        ok=first_stage_ok(rw, us, xd, sre, wpe, dirty),
-        reads=reads, writes=writes, dirty=dirty, path=path,
-    )
+    return Translation(iova & ~(size - 1), leaf_pte & leaf_masks[level], size, level,
+                       first_stage_ok(rw, us, xd, sre, wpe, dirty), reads, writes, dirty, path)
 
 
 def walk_second_stage(mem: memoryview, addr: int, access: int, *, root: int,
