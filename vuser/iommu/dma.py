@@ -108,6 +108,19 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
     probe = tlb.levels
     runs = tlb.runs
     trace = ctx._trace
+    if trace is None:
+        # The common case first: one cached page holds the whole DMA.
+        for shift, level in probe:
+            e = get((dev_id, pasid, iova >> shift, level))
+            if e is not None:
+                if (e.ok >> access) & 1 and end - e.iova <= e.size:
+                    touch(e.key)
+                    stats.hits += 1
+                    off = iova - e.iova
+                    if access & _W and e.s2.dirty_tracking:
+                        e.s2.mark_dirty(e.gpa + off, length)
+                    return [_new_tuple(Segment, (iova, e.gpa + off, e.mem[off:off + length]))]
+                break
     segs: list[Segment] = []
     addr = iova
     while True:
