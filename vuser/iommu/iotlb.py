@@ -173,19 +173,27 @@ class Iotlb:
         self.levels = _LEVELS[(pl[1] > 0) << 1 | (pl[2] > 0) << 2 | (pl[3] > 0) << 3]
 
     def insert(self, e: IotlbEntry) -> None:
-        old = self._map.get(e.key)
+        m = self._map
+        key = e.key
+        old = m.get(key)
         if old is not None:
-            self._drop(old)
-        while len(self._map) >= self.capacity:
-            _k, victim = self._map.popitem(last=False)
-            self._unindex(victim)
+            del m[key]
+            self._unindex(old, False)
+        while len(m) >= self.capacity:
+            _k, victim = m.popitem(last=False)
+            self._unindex(victim, False)
             self.evictions += 1
-        self._map[e.key] = e
-        self._by_hwpt.setdefault(e.hwpt_id, {})[e.key] = e
-        self._by_s2.setdefault(id(e.s2), {})[e.key] = e
+        m[key] = e
+        d = self._by_hwpt.get(e.hwpt_id)
+        if d is None:
+            d = self._by_hwpt[e.hwpt_id] = {}
+        d[key] = e
+        d = self._by_s2.get(id(e.s2))
+        if d is None:
+            d = self._by_s2[id(e.s2)] = {}
+        d[key] = e
         self._per_level[e.level] += 1
-        if self._per_level[e.level] == 1:
-            self._levels_changed()
+        self._levels_changed()  # once, for the evictions too
 
     # -- paging-structure cache -------------------------------------------------
     def psc_lookup(self, dev_id: int, pasid: int | None, hwpt_id: int, iova: int,
@@ -286,17 +294,20 @@ class Iotlb:
             runs.pop((c.dev_id, c.pasid, c.iova >> 12), None)
         r.entries = []
 
-    def _unindex(self, e: IotlbEntry) -> None:
+    def _unindex(self, e: IotlbEntry, relevel: bool = True) -> None:
+        """Forget ``e`` everywhere but ``_map``; ``relevel=False`` leaves
+        ``levels`` for the caller to recompute."""
         if e.run is not None:
             self._kill_run(e.run)
+        key = e.key
         for index, k in ((self._by_hwpt, e.hwpt_id), (self._by_s2, id(e.s2))):
             d = index.get(k)
             if d is not None:
-                d.pop(e.key, None)
+                d.pop(key, None)
                 if not d:
                     del index[k]
         self._per_level[e.level] -= 1
-        if self._per_level[e.level] == 0:
+        if relevel and self._per_level[e.level] == 0:
             self._levels_changed()
 
     def _drop(self, e: IotlbEntry) -> None:
