@@ -445,7 +445,10 @@ class DmaEngine:
             if block and self.pri_eligible(v):  # type: ignore[arg-type]
                 return self._store_record_later(pasid, addr, out, v)  # type: ignore[arg-type]
             return v  # type: ignore[return-value]
-        scatter(v, out.record())  # type: ignore[arg-type]
+        if len(v) == 1:  # type: ignore[arg-type]
+            v[0][:] = out.record()  # type: ignore[index]
+        else:
+            scatter(v, out.record())  # type: ignore[arg-type]
         return None
 
     async def _store_record_later(self, pasid: int | None, addr: int, out: Outcome,

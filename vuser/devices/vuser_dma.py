@@ -64,6 +64,7 @@ _F_IRQ, _F_COMPLETION = int(DescFlags.IRQ), int(DescFlags.COMPLETION)
 _F_BLOCK, _F_RID = int(DescFlags.BLOCK_ON_FAULT), int(DescFlags.COMPLETION_RID)
 #: Descriptors a queue's worker runs before it lets the event loop run others.
 _STEPS_PER_TURN = 16
+_CTRL_ENABLE, _QCTRL_ENABLE = Ctrl.ENABLE.mask, QCtrl.ENABLE.mask
 
 
 def _int_option(name: str, value: int | str | None, default: int, lo: int, hi: int) -> int:
@@ -364,7 +365,8 @@ class VuserDma(PciDevice):
     async def _worker(self, q: _Queue) -> None:
         try:
             ran = 0
-            while self.enabled and q.enabled and not q.halted and q.head != q.tail:
+            while self.ctrl & _CTRL_ENABLE and q.ctrl & _QCTRL_ENABLE and not q.halted \
+                    and q.head != q.tail:
                 r = self._step(q)
                 if r.__class__ is not bool:
                     r = await r  # type: ignore[misc]
@@ -400,7 +402,7 @@ class VuserDma(PciDevice):
         if q.tail >= q.ring_size:
             self._halt(q, QueueError.TAIL)
             return False
-        d = self.engine.fetch(q.ring + q.head * Descriptor.SIZE)
+        d = self.engine.fetch((q.ring_hi << 32 | q.ring_lo) + q.head * Descriptor.SIZE)
         if d.__class__ is Fault:
             self._halt(q, QueueError.RING_FAULT)
             return False
