@@ -105,12 +105,10 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
     # The IOTLB's fast path: its own bound lookups, no call of ours per page.
     tlb = ctx._iotlb
     get, touch = tlb.fast_path
-    probe = tlb.levels
-    runs = tlb.runs
     trace = ctx._trace
     if trace is None:
         # The common case first: one cached page holds the whole DMA.
-        for shift, level in probe:
+        for shift, level in tlb.levels:
             e = get((dev_id, pasid, iova >> shift, level))
             if e is not None:
                 if (e.ok >> access) & 1 and end - e.iova <= e.size:
@@ -121,6 +119,8 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
                         e.s2.mark_dirty(e.gpa + off, length)
                     return [_new_tuple(Segment, (iova, e.gpa + off, e.mem[off:off + length]))]
                 break
+    probe = tlb.levels
+    runs = tlb.runs
     segs: list[Segment] = []
     addr = iova
     while True:
