@@ -123,7 +123,7 @@ class Bench:
         await self.dev.idle()
 
     async def run(self, size: int, pasid: int | None, rounds: int, batch: int,
-                  turns: int = 5) -> tuple[float, float]:
+                  turns: int = 15) -> tuple[float, float]:
         """Bytes per second of MEMCPY descriptors and of the reference copy of
         as many bytes, measured in turns (best of ``turns`` each)."""
         self.fill_ring(size, pasid)
@@ -181,7 +181,7 @@ async def main(rounds: int, batch: int, json_path: str | None) -> None:
         await b.start()
         try:
             print(f"vuser-dma MEMCPY through the vfio-user client: {rounds} rounds x "
-                  f"{batch} descriptors per doorbell, best of 5 turns against the reference")
+                  f"{batch} descriptors per doorbell, best of 15 turns against the reference")
             print(f"{'case':<28}{'size':>7}{'ours MB/s':>12}{'desc/s':>10}"
                   f"{'memoryview MB/s':>17}{'ratio':>8}")
             for size in (4096, 65536):
@@ -215,7 +215,7 @@ async def main(rounds: int, batch: int, json_path: str | None) -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
