@@ -8,7 +8,7 @@ from typing import Any, Callable
 import pytest
 
 from vuser.iommu import Access, Fault, IoasidContext, IommufdError, IommuRegistry
-from vuser.iommu.iotlb import DEFAULT_PSC_CAPACITY
+from vuser.iommu.psc import DEFAULT_PSC_CAPACITY
 from vuser.iommu.pagetable import PageTableBuilder
 from vuser.iommu.uapi import HwptAllocFlags, HwptDataType
 

@@ -31,8 +31,9 @@ from .errors import fail
 from .fault import FaultQueue
 from .hwpt import HwptNested, HwptPaging
 from .ioas import Ioas
-from .iotlb import DEFAULT_PSC_CAPACITY, Iotlb
+from .iotlb import Iotlb
 from .objects import ObjectTable
+from .psc import DEFAULT_PSC_CAPACITY
 from .registry import IommuRegistry
 from .uapi import Stats
 from .viommu import Vdevice, Veventq, Viommu

@@ -31,7 +31,8 @@ from .errors import fail
 from .hwpt import HwptNested, HwptPaging
 from .invalidation import devtlb_flush, flush_dev, trace_inval
 from .io_pagetable import READABLE, WRITEABLE
-from .iotlb import IotlbEntry, PscFill
+from .iotlb import IotlbEntry
+from .psc import PscFill
 from .pagetable.addresses import Gpa, Iova
 from .pagetable.results import Access, Fault, FaultKind, Stage
 from .pagetable.walker import second_stage_ok, walk_first_stage
@@ -202,11 +203,11 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
     if isinstance(hwpt, HwptNested):
         s2 = hwpt.parent
         stats.walks += 1
-        tlb = ctx._iotlb
+        psc = ctx._iotlb.psc
         # The paging-structure cache: resume below its deepest entry, and
-        # fill it from a successful walk (iotlb module doc).
-        fills: list[PscFill] | None = [] if tlb.psc_capacity else None
-        start = tlb.psc_lookup(dev_id, pasid, hwpt.id, addr, hwpt.levels) \
+        # fill it from a successful walk (the psc module doc).
+        fills: list[PscFill] | None = [] if psc.capacity else None
+        start = psc.lookup(dev_id, pasid, hwpt.id, addr, hwpt.levels) \
             if fills is not None else None
         t = walk_first_stage(s2, addr, access, root=hwpt.pgtbl_addr, levels=hwpt.levels,
                              sre=hwpt.sre, wpe=hwpt.wpe, eafe=hwpt.eafe, start=start,
@@ -216,7 +217,7 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
             return _report(ctx, bd, pasid, t)
         stats.memory_writes += t.writes
         if fills:
-            tlb.psc_fill(dev_id, pasid, hwpt.id, s2, addr, fills)
+            psc.fill(dev_id, pasid, hwpt.id, s2, addr, fills)
         gpa = t.output + (addr - t.iova)
         size, ok, stage = t.size, t.ok, Stage.S1
     else:
@@ -389,8 +390,8 @@ def stats(ctx: ContextCore) -> dict[str, int]:
     tlb = ctx._iotlb
     ctx._stats.evictions = tlb.evictions
     d = ctx._stats.to_dict()
-    d.update(iotlb_entries=len(tlb), iotlb_capacity=tlb.capacity, psc_hits=tlb.psc_hits,
-             psc_entries=tlb.psc_entries())
+    d.update(iotlb_entries=len(tlb), iotlb_capacity=tlb.capacity, psc_hits=tlb.psc.hits,
+             psc_entries=len(tlb.psc))
     return d
 
 
@@ -398,7 +399,7 @@ def stats_reset(ctx: ContextCore) -> None:
     """Zero every counter (the IOTLB keeps its entries)."""
     ctx._stats.__init__()  # type: ignore[misc]
     ctx._iotlb.evictions = 0
-    ctx._iotlb.psc_hits = 0
+    ctx._iotlb.psc.hits = 0
 
 
 def set_trace(ctx: ContextCore, hook: TraceHook | None) -> None:

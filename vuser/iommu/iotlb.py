@@ -21,18 +21,8 @@ translation the per-page entries would not. Runs stay inside one 2 MiB IOVA
 block (at most 512 pages). Using a run does not refresh its entries' LRU
 positions.
 
-*Paging-structure cache.* VT-d lets hardware cache first-stage
-paging-structure entries (the spec's "paging-structure caches": PML5E, PML4E,
-PDPE and PDE caches, tagged like the IOTLB), so that a walk resumes below the
-deepest cached entry. The model keeps, per (device, PASID), the present
-non-leaf entries of successful nested walks: the table each points to and the
-rights accumulated down to it (``psc_lookup``, ``psc_fill``). Like IOTLB
-entries they are never re-read, so a changed upper entry is used until
-invalidated. Every invalidation drops all of them for its whole scope
-(device and PASID, HWPT, stage 2, or everything), whatever its range and
-whatever its leaf-only hint (VT-d's IH, iommufd's ``IOMMU_VTD_INV_FLAGS_LEAF``,
-which would let them stay): never less than the spec requires. A full cache
-(``psc_capacity`` entries) is emptied; capacity 0 turns it off.
+The first-stage paging-structure cache (``psc``) lives beside the entries:
+every invalidation here drops its part of it too.
 """
 
 from __future__ import annotations
@@ -41,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
-from .pagetable.formats import LEVEL_SHIFT
+from .psc import DEFAULT_PSC_CAPACITY, PagingStructureCache
 from .uapi import U64_MAX
 
 _LEVEL_SHIFT = {1: 12, 2: 21, 3: 30}
@@ -55,14 +45,6 @@ _RUN_BLOCK = 1 << 21
 
 Key = tuple[int, int | None, int, int]
 RunKey = tuple[int, int | None, int]
-#: A paging-structure-cache hit: ``(level, table, rw, us, xd)``, the walk
-#: resumes reading ``level``'s entry in the table at GPA ``table`` with the
-#: rights accumulated above it.
-PscStart = tuple[int, int, bool, bool, bool]
-#: What the walker reports per non-leaf entry: ``(level, table, rw, us, xd)``.
-PscFill = tuple[int, int, bool, bool, bool]
-#: Default bound of the paging-structure cache (entries).
-DEFAULT_PSC_CAPACITY = 1024
 
 
 class IotlbEntry:
@@ -134,17 +116,9 @@ class Iotlb:
     def __init__(self, capacity: int = 4096, psc_capacity: int = DEFAULT_PSC_CAPACITY) -> None:
         if capacity < 1:
             raise ValueError(f"IOTLB capacity must be >= 1, not {capacity}")
-        if psc_capacity < 0:
-            raise ValueError(f"paging-structure cache capacity must be >= 0, not {psc_capacity}")
         self.capacity = capacity
-        self.psc_capacity = psc_capacity
-        #: ``(dev_id, pasid)`` -> ``(hwpt_id, level, iova >> shift)`` -> ``(table, rw, us, xd)``.
-        self._psc: dict[tuple[int, int | None], dict[tuple[int, int, int],
-                                                        tuple[int, bool, bool, bool]]] = {}
-        self._psc_by_hwpt: dict[int, set[tuple[int, int | None]]] = {}
-        self._psc_by_s2: dict[int, set[tuple[int, int | None]]] = {}
-        self._psc_size = 0
-        self.psc_hits = 0
+        #: The first-stage paging-structure cache, invalidated with the entries.
+        self.psc = PagingStructureCache(psc_capacity)
         self._map: OrderedDict[Key, IotlbEntry] = OrderedDict()
         self._per_level = [0, 0, 0, 0]
         self.levels: tuple[tuple[int, int], ...] = ()
@@ -194,58 +168,6 @@ class Iotlb:
         d[key] = e
         self._per_level[e.level] += 1
         self._levels_changed()  # once, for the evictions too
-
-    # -- paging-structure cache -------------------------------------------------
-    def psc_lookup(self, dev_id: int, pasid: int | None, hwpt_id: int, iova: int,
-                   levels: int) -> PscStart | None:
-        """The deepest cached non-leaf entry on ``iova``'s path, as a walk start."""
-        b = self._psc.get((dev_id, pasid))
-        if b is None:
-            return None
-        for level in range(2, levels + 1):
-            v = b.get((hwpt_id, level, iova >> LEVEL_SHIFT[level]))
-            if v is not None:
-                self.psc_hits += 1
-                return (level - 1, *v)
-        return None
-
-    def psc_fill(self, dev_id: int, pasid: int | None, hwpt_id: int, s2: object, iova: int,
-                 fills: list[PscFill]) -> None:
-        """Cache the non-leaf entries a successful walk of ``iova`` used."""
-        if self._psc_size + len(fills) > self.psc_capacity:
-            self.psc_flush()
-            if len(fills) > self.psc_capacity:
-                return
-        owner = (dev_id, pasid)
-        b = self._psc.get(owner)
-        if b is None:
-            b = self._psc[owner] = {}
-            self._psc_by_hwpt.setdefault(hwpt_id, set()).add(owner)
-            self._psc_by_s2.setdefault(id(s2), set()).add(owner)
-        elif owner not in self._psc_by_hwpt.get(hwpt_id, ()):
-            self._psc_by_hwpt.setdefault(hwpt_id, set()).add(owner)
-            self._psc_by_s2.setdefault(id(s2), set()).add(owner)
-        for level, table, rw, us, xd in fills:
-            key = (hwpt_id, level, iova >> LEVEL_SHIFT[level])
-            if key not in b:
-                self._psc_size += 1
-            b[key] = (table, rw, us, xd)
-
-    def _psc_drop(self, owners: object) -> None:
-        for owner in list(owners):  # type: ignore[call-overload]
-            b = self._psc.pop(owner, None)
-            if b is not None:
-                self._psc_size -= len(b)
-
-    def psc_flush(self) -> None:
-        """Drop every paging-structure-cache entry."""
-        self._psc.clear()
-        self._psc_by_hwpt.clear()
-        self._psc_by_s2.clear()
-        self._psc_size = 0
-
-    def psc_entries(self) -> int:
-        return self._psc_size
 
     # -- runs ------------------------------------------------------------------
     def build_run(self, e: IotlbEntry) -> Run | None:
@@ -326,7 +248,7 @@ class Iotlb:
     def invalidate_hwpt(self, hwpt_id: int, addr: int = 0, npages: int = U64_MAX) -> int:
         """Entries reached through ``hwpt_id`` overlapping the IOVA range (and
         every paging-structure-cache entry of the HWPT)."""
-        self._psc_drop(self._psc_by_hwpt.pop(hwpt_id, ()))
+        self.psc.drop_hwpt(hwpt_id)
         entries = list(self._by_hwpt.get(hwpt_id, {}).values())
         if npages == U64_MAX:
             return self._drop_where(entries, lambda e: True)
@@ -336,7 +258,7 @@ class Iotlb:
     def invalidate_s2(self, s2: object, first: int = 0, last: int = U64_MAX) -> int:
         """Entries whose stage-2 part (GPA range) lies in ``[first, last]`` of ``s2``
         (and every paging-structure-cache entry of walks through ``s2``)."""
-        self._psc_drop(self._psc_by_s2.pop(id(s2), ()))
+        self.psc.drop_s2(s2)
         entries = list(self._by_s2.get(id(s2), {}).values())
         return self._drop_where(entries, lambda e: e.gpa <= last and first <= e.gpa + e.size - 1)
 
@@ -344,8 +266,7 @@ class Iotlb:
                        addr: int = 0, npages: int = U64_MAX) -> int:
         """Entries of one device (one PASID, or ``"all"``) in an IOVA range (and
         every paging-structure-cache entry of that device or PASID)."""
-        self._psc_drop([o for o in self._psc
-                        if o[0] == dev_id and (pasid == "all" or o[1] == pasid)])
+        self.psc.drop_dev(dev_id, pasid)
         last = U64_MAX if npages == U64_MAX else addr + npages * 4096 - 1
         return self._drop_where(
             list(self._map.values()),
@@ -353,7 +274,7 @@ class Iotlb:
             and e.iova <= last and addr <= e.iova + e.size - 1)
 
     def invalidate_all(self) -> int:
-        self.psc_flush()
+        self.psc.flush()
         n = len(self._map)
         for e in self._map.values():
             e.run = None
