@@ -141,6 +141,7 @@ class IoasidContext(ContextCore):
         self._iotlb = Iotlb(iotlb_capacity, psc_capacity)
         self._stats = Stats()
         self._trace = None
+        self._inject = None   # an instance attribute: the DMA path reads it on every access
         self._fault_observers = []
         self._clock = clock
         self._fail_left = 0
