@@ -139,3 +139,18 @@ def test_a_full_cache_starts_again() -> None:
     rig.gpa_of(1 << 39)
     assert rig.ctx.stats()["psc_entries"] == 3         # emptied, then this walk's three
     assert rig.gpa_of(0) == DATA_GPA and rig.gpa_of(1 << 39) == DATA_GPA + P
+
+
+@pytest.mark.parametrize("levels", [4, 5])
+def test_a_large_page_walk_resumes_at_its_leaf_level(levels: int) -> None:
+    """2 MiB leaves sit at level 2: the cached entries end at the PDPTE, and a
+    second 2 MiB page under it is one read, at either paging depth."""
+    rig = NestedRig(levels=levels)
+    rig.pt.map(0, DATA_GPA, 4 * MB, page_size=2 * MB)
+    rig.data[2 * MB + 5] = 0x5A
+    assert rig.gpa_of(0) == DATA_GPA
+    s = rig.ctx.stats()
+    assert (s["memory_reads"], s["psc_entries"]) == (levels - 1, levels - 2)
+    assert rig.ctx.read(rig.dev_id, PASID, 2 * MB + 5, 1) == b"\x5a"
+    s = rig.ctx.stats()
+    assert (s["memory_reads"], s["psc_hits"]) == (levels, 1)
