@@ -142,6 +142,12 @@ class Struct:
         except struct.error:
             raise ValueError(self._explain(values)) from None
 
+    @classmethod
+    def pack_values(cls, *values: Any) -> bytes:
+        """Pack field values given in declaration order, without building an
+        instance (for hot paths; ``struct.error`` if one does not fit)."""
+        return cls._codec.pack(*values)
+
     def _explain(self, values: Any) -> str:
         for name, kind, v in zip(self._names, self._kinds, values):
             if isinstance(kind, Bytes):

@@ -175,7 +175,7 @@ async def test_a_device_model_error_is_reported_with_status_none(pasid1, ram, mo
 
     async def bug(*_a, **_k):
         raise RuntimeError("engine bug")
-    monkeypatch.setattr(dev.engine, "execute", bug)
+    monkeypatch.setattr(dev.engine, "start", bug)
     await drv.run(0, desc(Opcode.FILL, dst=m["src"], length=8, completion=drv.completion()))
     [r] = seen
     assert (r.index, r.status, r.halted) == (0, CompletionStatus.NONE, QueueError.INTERNAL)

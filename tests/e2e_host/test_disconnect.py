@@ -25,15 +25,17 @@ async def test_client_killed_during_a_dma_burst(rig, ram, caplog):
     await rig.add()
     await rig.add()
     victim, witness = await rig.connect(0, ram), await rig.connect(1, ram)
-    await victim.setup(queues=2)
+    # long rings: a worker runs several descriptors per turn of the event loop,
+    # and the burst must outlast the turns the server takes to see the death
+    await victim.setup(queues=2, ring_size=256)
     await witness.setup()
     baseline = fd_count()
     src, dst = ram.alloc(64 * PAGE), ram.alloc(64 * PAGE)
     ram.write(src, os.urandom(64 * PAGE))
-    burst = [desc(Opcode.MEMCPY, src=src + i * PAGE, dst=dst + i * PAGE, length=PAGE,
-                  completion=victim.completion()) for i in range(60)]
-    await victim.submit(0, *burst[:30])
-    await victim.submit(1, *burst[30:])
+    burst = [desc(Opcode.MEMCPY, src=src + i % 64 * PAGE, dst=dst + i % 64 * PAGE, length=PAGE,
+                  completion=victim.completion()) for i in range(400)]
+    await victim.submit(0, *burst[:200])
+    await victim.submit(1, *burst[200:])
     victim.client.channel.close()   # as a killed QEMU: the socket just closes, mid-burst
     await eventually(lambda: rig.servers[0].session is None, "the server saw the death")
     await asyncio.wait_for(victim.dev.idle(), 10)

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import pytest
 
 from vuser.iommu import Access, Fault, IoasidContext, IommufdError, IommuRegistry
+from vuser.iommu.psc import DEFAULT_PSC_CAPACITY
 from vuser.iommu.pagetable import PageTableBuilder
 from vuser.iommu.uapi import HwptAllocFlags, HwptDataType
 
@@ -36,12 +37,14 @@ def expect_errno(err: int, fn: Callable[..., Any], *args: Any, **kw: Any) -> Iom
 class Rig:
     """A registry, a context and one bound PASID-capable device."""
 
-    def __init__(self, *, pasid_width: int = 20, iotlb_capacity: int = 4096, **dev_kw: Any) -> None:
+    def __init__(self, *, pasid_width: int = 20, iotlb_capacity: int = 4096,
+                 psc_capacity: int = DEFAULT_PSC_CAPACITY, **dev_kw: Any) -> None:
         self.reg = IommuRegistry()
         dev_kw.setdefault("ats", True)
         dev_kw.setdefault("pri", True)
         self.dev = self.reg.register("dma0", pasid_width=pasid_width, **dev_kw)
-        self.ctx = IoasidContext(self.reg, iotlb_capacity=iotlb_capacity)
+        self.ctx = IoasidContext(self.reg, iotlb_capacity=iotlb_capacity,
+                                 psc_capacity=psc_capacity)
         self.dev_id = self.ctx.device_bind(self.dev)
         self.ioas = self.ctx.ioas_alloc()
 

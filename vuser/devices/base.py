@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 
 VUSER_VENDOR_ID = 0x5655  # "VU": experimental, see docs/sample-device.md
 _H = Type0Header.offset_of
+#: Offset of the Command register (read on every DMA descriptor: Bus Master Enable).
+_COMMAND = _H("command")
 
 if TYPE_CHECKING:
     from vuser.iommu import IommuDevice, IommuGroup
@@ -416,7 +418,7 @@ class PciDevice:
 
     @property
     def bus_master(self) -> bool:
-        return bool(Command.MASTER.get(self.config.peek(_H("command"), 2)))
+        return bool(Command.MASTER.get(self.config.peek(_COMMAND, 2)))
 
     def close(self) -> None:
         """Release every host resource (eventfds, memfds); the device is unusable after."""

@@ -49,7 +49,8 @@ from .dma_layout import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DmaEngine", "Outcome", "PriPort", "MAX_PAGE_REQUESTS", "gather", "scatter"]
+__all__ = ["DmaEngine", "Outcome", "PriPort", "MAX_PAGE_REQUESTS", "copy_views", "gather",
+           "scatter"]
 
 PAGE = 4096
 R, W = int(Access.READ), int(Access.WRITE)
@@ -64,11 +65,10 @@ _F_BLOCK = int(DescFlags.BLOCK_ON_FAULT)
 _PASID_VALID, _PASID_MASK = DescPasid.VALID.mask, DescPasid.PASID.mask
 _PASID_FIELDS = _PASID_VALID | _PASID_MASK
 _OPCODES = frozenset(int(o) for o in Opcode)
-#: The addresses each opcode uses (checked for wrap-around).
-_OPERANDS: dict[int, Callable[[Descriptor], tuple[int, ...]]] = {
-    Opcode.NOP: lambda d: (), Opcode.DRAIN: lambda d: (), Opcode.FILL: lambda d: (d.dst,),
-    Opcode.MEMCPY: lambda d: (d.src, d.dst), Opcode.COMPARE: lambda d: (d.src, d.dst),
-}
+#: Opcodes using ``src`` and ``dst`` (FILL uses ``dst`` only; NOP and DRAIN
+#: none): each address + length must not wrap past 2^64.
+_TWO_OPERANDS = frozenset({int(Opcode.MEMCPY), int(Opcode.COMPARE)})
+_ADDR_END = 1 << 64
 
 
 class PriPort(Protocol):
@@ -92,12 +92,13 @@ class Outcome:
     fault_addr: int = 0
 
     def record(self) -> bytes:
-        return CompletionRecord(status=int(self.status), fault_info=self.fault_info,
-                                result=self.result, bytes_done=self.bytes_done,
-                                fault_addr=self.fault_addr).pack()
+        """The ``CompletionRecord`` bytes (reserved fields 0)."""
+        return _pack_record(int(self.status), self.fault_info, 0, self.result,
+                            self.bytes_done, self.fault_addr, 0)
 
 
 INVALID = Outcome(CompletionStatus.INVALID_DESC)
+_pack_record = CompletionRecord.pack_values
 
 
 def fault_outcome(f: Fault, at: int, done: int, access: int) -> Outcome:
@@ -123,10 +124,66 @@ def scatter(views: Views, data: bytes | memoryview) -> None:
         pos += n
 
 
+def copy_views(dst: Views, src: Views) -> None:
+    """Copy ``src`` into ``dst`` (the same number of bytes), slice to slice.
+
+    The pieces need not line up: each step copies the overlap of the current
+    source and destination views, so no intermediate ``bytes`` is built.
+    """
+    if len(src) == 1 and len(dst) == 1:
+        dst[0][:] = src[0]
+        return
+    si = di = so = do = 0
+    s, d = src[0], dst[0]
+    ns, nd = len(s), len(d)
+    while True:
+        n = min(ns - so, nd - do)
+        d[do:do + n] = s[so:so + n]
+        so += n
+        do += n
+        if so == ns:
+            si += 1
+            if si == len(src):
+                return
+            s, so = src[si], 0
+            ns = len(s)
+        if do == nd:
+            di += 1
+            d, do = dst[di], 0
+            nd = len(d)
+
+
 def pattern_bytes(pattern: int, phase: int, n: int) -> bytes:
     """``n`` bytes of the 8-byte LE ``pattern`` starting at byte ``phase`` of it."""
     unit = pattern.to_bytes(8, "little")
     return (unit * ((phase + n) // 8 + 1))[phase:phase + n]
+
+
+def _copy(_off: int, views: list[Views], _k: int) -> bool:
+    """MEMCPY's body: source leg to destination leg."""
+    copy_views(views[1], views[0])
+    return True
+
+
+class _Run:
+    """Where a descriptor's walk over its legs stands (``DmaEngine._advance``)."""
+
+    __slots__ = ("pasid", "block", "n", "legs", "body", "done", "since_yield", "tries",
+                 "last_fault", "pending", "diff")
+
+    def __init__(self, pasid: int | None, block: bool, n: int, legs: list[tuple[int, int]],
+                 body: Callable[[int, list[Views], int], bool]) -> None:
+        self.pasid, self.block, self.n, self.legs, self.body = pasid, block, n, legs, body
+        self.done = self.since_yield = self.tries = 0
+        self.last_fault: tuple[int, int] | None = None
+        self.pending: tuple[Fault, int, int] | None = None
+        #: COMPARE: the offset of the first difference.
+        self.diff: int | None = None
+
+    def outcome(self, out: Outcome) -> Outcome:
+        if out.status == CompletionStatus.SUCCESS and self.diff is not None:
+            out.result, out.bytes_done = 1, self.diff
+        return out
 
 
 class DmaEngine:
@@ -150,9 +207,11 @@ class DmaEngine:
         """Host memory for ``[iova, iova + n)``, or the first ``Fault``."""
         if not self.ats_on:
             segs = self.iommu.translate(pasid, iova, n, access)
-            if isinstance(segs, Fault):
-                return segs
-            return [s.mem for s in segs]
+            if segs.__class__ is Fault:
+                return segs  # type: ignore[return-value]
+            if len(segs) == 1:
+                return [segs[0].mem]  # type: ignore[index]
+            return [s.mem for s in segs]  # type: ignore[union-attr]
         out: Views = []
         pos, end = iova, iova + n
         tlb = self.devtlb
@@ -173,19 +232,6 @@ class DmaEngine:
             out.append(e.mem[off:off + k])
             pos += k
         return out
-
-    async def resolve(self, pasid: int | None, iova: int, n: int, access: int,
-                      block: bool) -> Views | Fault:
-        """``translate``, with page requests for recoverable faults when ``block``."""
-        tries = 0
-        while True:
-            r = self.translate(pasid, iova, n, access)
-            if not isinstance(r, Fault):
-                return r
-            if not block or tries >= MAX_PAGE_REQUESTS or not await self.recover(r, pasid,
-                                                                                 access):
-                return r
-            tries += 1
 
     # -- PRI -------------------------------------------------------------------
     def pri_eligible(self, f: Fault) -> bool:
@@ -257,63 +303,79 @@ class DmaEngine:
             if not self.pasid_on:
                 return INVALID
             pasid = d.pasid & _PASID_MASK
-        if d.length > MAX_LENGTH:
+        n = d.length
+        if n > MAX_LENGTH:
             return INVALID
-        for addr in _OPERANDS[d.opcode](d):
-            if addr + d.length > 1 << 64:
+        op = d.opcode
+        if op in _TWO_OPERANDS:
+            if d.src + n > _ADDR_END or d.dst + n > _ADDR_END:
                 return INVALID
+        elif op == Opcode.FILL and d.dst + n > _ADDR_END:
+            return INVALID
         return pasid
 
-    async def execute(self, d: Descriptor, pasid: int | None,
-                      drain: Callable[[], Awaitable[None]]) -> Outcome:
-        """Run a checked descriptor."""
-        block = bool(d.flags & _F_BLOCK)
+    def start(self, d: Descriptor, pasid: int | None,
+              drain: Callable[[], Awaitable[None]]) -> Outcome | Awaitable[Outcome]:
+        """Run a checked descriptor as far as it goes without waiting.
+
+        Returns its ``Outcome`` when it completed here (the common case: every
+        address translated, or a fault nobody will fix), else an awaitable
+        that finishes it (DRAIN, a page request to wait for, a yield after
+        ``_YIELD_BYTES``), continuing where this call stopped, so that no
+        translation or fault report is repeated.
+        """
         op = d.opcode
         if op == Opcode.NOP:
             return Outcome(CompletionStatus.SUCCESS)
         if op == Opcode.DRAIN:
-            await drain()
-            return Outcome(CompletionStatus.SUCCESS)
+            return self._drained(drain)
         if op == Opcode.MEMCPY:
-            def copy(_off: int, views: list[Views], _k: int) -> bool:
-                src, dst = views
-                if len(src) == 1 and len(dst) == 1:
-                    dst[0][:] = src[0]
-                else:
-                    scatter(dst, gather(src))
-                return True
-            return await self._run(pasid, block, d.length, [(d.src, R), (d.dst, W)], copy)
-        if op == Opcode.FILL:
+            run = _Run(pasid, bool(d.flags & _F_BLOCK), d.length, [(d.src, R), (d.dst, W)],
+                       _copy)
+        elif op == Opcode.FILL:
             def fill(off: int, views: list[Views], k: int) -> bool:
                 scatter(views[0], pattern_bytes(d.pattern, off % 8, k))
                 return True
-            return await self._run(pasid, block, d.length, [(d.dst, W)], fill)
-        # COMPARE
-        state = {"diff": None}
+            run = _Run(pasid, bool(d.flags & _F_BLOCK), d.length, [(d.dst, W)], fill)
+        else:  # COMPARE
+            def compare(off: int, views: list[Views], k: int) -> bool:
+                a, b = gather(views[0]), gather(views[1])
+                if a == b:
+                    return True
+                run.diff = off + next(i for i in range(k) if a[i] != b[i])
+                return False
+            run = _Run(pasid, bool(d.flags & _F_BLOCK), d.length, [(d.src, R), (d.dst, R)],
+                       compare)
+        out = self._advance(run)
+        if out is None:
+            return self._finish_run(run)
+        return run.outcome(out)
 
-        def compare(off: int, views: list[Views], k: int) -> bool:
-            a, b = gather(views[0]), gather(views[1])
-            if a == b:
-                return True
-            state["diff"] = off + next(i for i in range(k) if a[i] != b[i])
-            return False
-        out = await self._run(pasid, block, d.length, [(d.src, R), (d.dst, R)], compare)
-        if out.status == CompletionStatus.SUCCESS and state["diff"] is not None:
-            out.result, out.bytes_done = 1, state["diff"]
-        return out
+    async def execute(self, d: Descriptor, pasid: int | None,
+                      drain: Callable[[], Awaitable[None]]) -> Outcome:
+        """Run a checked descriptor to its end (``start``, awaited if need be)."""
+        out = self.start(d, pasid, drain)
+        return out if isinstance(out, Outcome) else await out
 
-    async def _run(self, pasid: int | None, block: bool, n: int,
-                   legs: list[tuple[int, int]],
-                   body: Callable[[int, list[Views], int], bool]) -> Outcome:
-        """Walk ``n`` bytes of every leg ``(addr, access)`` in runs of clean translations.
+    @staticmethod
+    async def _drained(drain: Callable[[], Awaitable[None]]) -> Outcome:
+        await drain()
+        return Outcome(CompletionStatus.SUCCESS)
+
+    def _advance(self, run: _Run) -> Outcome | None:
+        """Walk ``run`` in runs of clean translations until it ends (its
+        ``Outcome``) or must wait (None: ``run.pending`` holds a fault to
+        page-request, or it is due a yield).
 
         ``body(offset, views per leg, k)`` handles ``k`` bytes; False stops early.
         """
-        done = 0
-        since_yield = 0
-        last_fault: tuple[int, int] | None = None
-        tries = 0
-        while done < n:
+        n, legs, pasid, body = run.n, run.legs, run.pasid, run.body
+        translate = self.translate
+        while run.done < n:
+            if run.since_yield >= _YIELD_BYTES:
+                run.since_yield = 0
+                return None
+            done = run.done
             k = n - done
             fault: tuple[Fault, int, int] | None = None   # (fault, leg address, access)
             views: list[Views] = []
@@ -321,52 +383,94 @@ class DmaEngine:
                 views = []
                 for addr, access in legs:
                     at = addr + done
-                    v = self.translate(pasid, at, k, access)
-                    if isinstance(v, Fault):
-                        fault = (v, at, access)
-                        k = (v.iova - at) if v.iova is not None and at <= v.iova < at + k else 0
+                    v = translate(pasid, at, k, access)
+                    if v.__class__ is Fault:
+                        fault = (v, at, access)  # type: ignore[assignment]
+                        k = (v.iova - at) if v.iova is not None and at <= v.iova < at + k \
+                            else 0  # type: ignore[union-attr]
                         break
-                    views.append(v)
+                    views.append(v)  # type: ignore[arg-type]
                 else:
                     break  # every leg is clean for k bytes
             if k:
                 if not body(done, views, k):
                     return Outcome(CompletionStatus.SUCCESS, bytes_done=done)
-                done += k
-                since_yield += k
-                if since_yield >= _YIELD_BYTES:
-                    since_yield = 0
-                    await asyncio.sleep(0)
+                run.done = done + k
+                run.since_yield += k
             if fault is None:
                 continue
             f, at, access = fault
             where = f.iova if f.iova is not None else at
             key = (where & ~(PAGE - 1), access)
-            tries = tries + 1 if key == last_fault else 1
-            last_fault = key
-            if not block or tries > MAX_PAGE_REQUESTS or not await self.recover(f, pasid,
-                                                                                access):
-                return fault_outcome(f, where, done, access)
+            run.tries = run.tries + 1 if key == run.last_fault else 1
+            run.last_fault = key
+            if not run.block or run.tries > MAX_PAGE_REQUESTS or not self.pri_eligible(f):
+                return fault_outcome(f, where, run.done, access)
+            run.pending = (f, where, access)
+            return None
         return Outcome(CompletionStatus.SUCCESS, bytes_done=n)
+
+    async def _finish_run(self, run: _Run) -> Outcome:
+        """The waiting half of ``start``: page requests and yields, then more ``_advance``."""
+        while True:
+            if run.pending is not None:
+                (f, where, access), run.pending = run.pending, None
+                if not await self.recover(f, run.pasid, access):
+                    return run.outcome(fault_outcome(f, where, run.done, access))
+            else:
+                await asyncio.sleep(0)
+            out = self._advance(run)
+            if out is not None:
+                return run.outcome(out)
 
     # -- rings and completion records ---------------------------------------------
     def fetch(self, addr: int) -> Descriptor | Fault:
         """Read one descriptor from the ring (untagged)."""
         v = self.translate(None, addr, Descriptor.SIZE, R)
-        if isinstance(v, Fault):
-            return v
-        return Descriptor.unpack(gather(v))
+        if v.__class__ is Fault:
+            return v  # type: ignore[return-value]
+        return Descriptor.unpack(v[0] if len(v) == 1 else gather(v))  # type: ignore[arg-type]
+
+    def store_record(self, pasid: int | None, addr: int, out: Outcome,
+                     block: bool) -> Fault | None | Awaitable[Fault | None]:
+        """Store the completion record at ``addr`` in the descriptor's space.
+
+        None when written, the ``Fault`` when it cannot be, or an awaitable
+        when a page request may fix the fault (``block``, PRI).
+        """
+        if addr + CompletionRecord.SIZE > 1 << 64:
+            return Fault(FaultKind.ADDR_BEYOND_MGAW, Stage.S1, addr, W, pasid=pasid)
+        v = self.translate(pasid, addr, CompletionRecord.SIZE, W)
+        if v.__class__ is Fault:
+            if block and self.pri_eligible(v):  # type: ignore[arg-type]
+                return self._store_record_later(pasid, addr, out, v)  # type: ignore[arg-type]
+            return v  # type: ignore[return-value]
+        if len(v) == 1:  # type: ignore[arg-type]
+            v[0][:] = out.record()  # type: ignore[index]
+        else:
+            scatter(v, out.record())  # type: ignore[arg-type]
+        return None
+
+    async def _store_record_later(self, pasid: int | None, addr: int, out: Outcome,
+                                  first: Fault) -> Fault | None:
+        tries, r = 0, first
+        while True:
+            if tries >= MAX_PAGE_REQUESTS or not await self.recover(r, pasid, W):
+                return r
+            tries += 1
+            v = self.translate(pasid, addr, CompletionRecord.SIZE, W)
+            if v.__class__ is not Fault:
+                scatter(v, out.record())  # type: ignore[arg-type]
+                return None
+            r = v  # type: ignore[assignment]
 
     async def write_record(self, pasid: int | None, addr: int, out: Outcome,
                            block: bool) -> Fault | None:
-        """Store the completion record at ``addr`` in the descriptor's space."""
-        if addr + CompletionRecord.SIZE > 1 << 64:
-            return Fault(FaultKind.ADDR_BEYOND_MGAW, Stage.S1, addr, W, pasid=pasid)
-        v = await self.resolve(pasid, addr, CompletionRecord.SIZE, W, block)
-        if isinstance(v, Fault):
-            return v
-        scatter(v, out.record())
-        return None
+        """``store_record``, awaited if need be."""
+        r = self.store_record(pasid, addr, out, block)
+        if r is None or r.__class__ is Fault:
+            return r  # type: ignore[return-value]
+        return await r  # type: ignore[misc]
 
     def stats(self) -> dict[str, object]:
         return {"page_requests": self.page_requests, "outstanding": self.outstanding,

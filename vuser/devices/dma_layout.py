@@ -133,6 +133,9 @@ class DescPasid(BitLayout, width=32):
     VALID = Bits(31)
 
 
+_ZERO16 = bytes(16)
+
+
 class Descriptor(Struct, size=64):
     """One ring entry."""
 
@@ -148,7 +151,7 @@ class Descriptor(Struct, size=64):
     _rsvd1: Bytes(16)   # must be 0
 
     def reserved_clear(self) -> bool:
-        return self._rsvd0 == 0 and self._rsvd1 == bytes(16)
+        return self._rsvd0 == 0 and self._rsvd1 == _ZERO16
 
 
 class CompletionStatus(enum.IntEnum):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,9 @@ X86_MSI_WINDOW = (0xFEE0_0000, 0xFEEF_FFFF)
 APERTURE = (0, (1 << 48) - 1)
 _F_IRQ, _F_COMPLETION = int(DescFlags.IRQ), int(DescFlags.COMPLETION)
 _F_BLOCK, _F_RID = int(DescFlags.BLOCK_ON_FAULT), int(DescFlags.COMPLETION_RID)
+#: Descriptors a queue's worker runs before it lets the event loop run others.
+_STEPS_PER_TURN = 16
+_CTRL_ENABLE, _QCTRL_ENABLE = Ctrl.ENABLE.mask, QCtrl.ENABLE.mask
 
 
 def _int_option(name: str, value: int | str | None, default: int, lo: int, hi: int) -> int:
@@ -361,10 +364,18 @@ class VuserDma(PciDevice):
 
     async def _worker(self, q: _Queue) -> None:
         try:
-            while self.enabled and q.enabled and not q.halted and q.head != q.tail:
-                if not await self._step(q):
+            ran = 0
+            while self.ctrl & _CTRL_ENABLE and q.ctrl & _QCTRL_ENABLE and not q.halted \
+                    and q.head != q.tail:
+                r = self._step(q)
+                if r.__class__ is not bool:
+                    r = await r  # type: ignore[misc]
+                if not r:
                     return
-                await asyncio.sleep(0)   # other queues, devices and messages get a turn
+                ran += 1
+                if ran >= _STEPS_PER_TURN:
+                    ran = 0
+                    await asyncio.sleep(0)   # other queues, devices and messages get a turn
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -378,36 +389,67 @@ class VuserDma(PciDevice):
             if q.task is asyncio.current_task():
                 q.task = None
 
-    async def _step(self, q: _Queue) -> bool:
-        """Run the descriptor at HEAD; False when the queue halted."""
+    def _step(self, q: _Queue) -> bool | Awaitable[bool]:
+        """Run the descriptor at HEAD; False when the queue halted.
+
+        Everything that needs no waiting happens here, synchronously; a
+        descriptor that must wait (DRAIN, a page request) returns an
+        awaitable that finishes the step.
+        """
         if not self.bus_master:
             self._halt(q, QueueError.BUS_MASTER)
             return False
         if q.tail >= q.ring_size:
             self._halt(q, QueueError.TAIL)
             return False
-        d = self.engine.fetch(q.ring + q.head * Descriptor.SIZE)
+        d = self.engine.fetch((q.ring_hi << 32 | q.ring_lo) + q.head * Descriptor.SIZE)
         if d.__class__ is Fault:
             self._halt(q, QueueError.RING_FAULT)
             return False
         assert isinstance(d, Descriptor)
         checked = self.engine.check(d)
-        if isinstance(checked, Outcome):
+        if checked.__class__ is Outcome:
             out, pasid = checked, self._record_pasid(d)
         else:
-            pasid = checked
+            pasid = checked  # type: ignore[assignment]
         q.current = (d, pasid)
         q.started += 1
-        if not isinstance(checked, Outcome):
-            out = await self.engine.execute(d, pasid, lambda: self._drain(q))
+        if checked.__class__ is not Outcome:
+            out = self.engine.start(d, pasid, lambda: self._drain(q))  # type: ignore[assignment]
+            if out.__class__ is not Outcome:
+                return self._step_later(q, d, pasid, out)  # type: ignore[arg-type]
+        return self._step_end(q, d, pasid, out)  # type: ignore[arg-type]
+
+    async def _step_later(self, q: _Queue, d: Descriptor, pasid: int | None,
+                          running: Awaitable[Outcome]) -> bool:
+        r = self._step_end(q, d, pasid, await running)
+        return r if r.__class__ is bool else await r  # type: ignore[return-value, misc]
+
+    def _step_end(self, q: _Queue, d: Descriptor, pasid: int | None,
+                  out: Outcome) -> bool | Awaitable[bool]:
+        """Write the completion record, retire the descriptor, interrupt."""
         if d.flags & _F_COMPLETION:
-            f = await self.engine.write_record(self._completion_space(d, pasid), d.completion,
-                                               out, bool(d.flags & _F_BLOCK))
+            f = self.engine.store_record(self._completion_space(d, pasid), d.completion, out,
+                                         bool(d.flags & _F_BLOCK))
+            if f is not None and f.__class__ is not Fault:
+                return self._record_later(q, d, pasid, out, f)  # type: ignore[arg-type]
             if f is not None:
-                q.current = None
-                self._halt(q, QueueError.COMPLETION_FAULT)
-                self._completed(q, q.head, d, pasid, out, QueueError.COMPLETION_FAULT)
-                return False
+                return self._record_fault(q, d, pasid, out)
+        return self._retired(q, d, pasid, out)
+
+    async def _record_later(self, q: _Queue, d: Descriptor, pasid: int | None, out: Outcome,
+                            storing: Awaitable[Fault | None]) -> bool:
+        if await storing is not None:
+            return self._record_fault(q, d, pasid, out)
+        return self._retired(q, d, pasid, out)
+
+    def _record_fault(self, q: _Queue, d: Descriptor, pasid: int | None, out: Outcome) -> bool:
+        q.current = None
+        self._halt(q, QueueError.COMPLETION_FAULT)
+        self._completed(q, q.head, d, pasid, out, QueueError.COMPLETION_FAULT)
+        return False
+
+    def _retired(self, q: _Queue, d: Descriptor, pasid: int | None, out: Outcome) -> bool:
         q.current = None
         index = q.head
         self._retire(q)

@@ -33,6 +33,7 @@ from .hwpt import HwptNested, HwptPaging
 from .ioas import Ioas
 from .iotlb import Iotlb
 from .objects import ObjectTable
+from .psc import DEFAULT_PSC_CAPACITY
 from .registry import IommuRegistry
 from .uapi import Stats
 from .viommu import Vdevice, Veventq, Viommu
@@ -43,8 +44,9 @@ DEFAULT_IOTLB_CAPACITY = 4096
 class IoasidContext(ContextCore):
     """One iommufd context over the devices of ``registry``.
 
-    ``iotlb_capacity`` bounds the IOTLB (entries, LRU); ``clock`` stamps
-    trace events (``time.monotonic`` by default).
+    ``iotlb_capacity`` bounds the IOTLB (entries, LRU); ``psc_capacity``
+    the first-stage paging-structure cache (entries; 0 turns it off, see
+    ``iotlb``); ``clock`` stamps trace events (``time.monotonic`` by default).
     """
 
     #: The methods a control RPC may expose: plain arguments and results.
@@ -132,12 +134,14 @@ class IoasidContext(ContextCore):
     remove_miss_resolver = dma.remove_miss_resolver
 
     def __init__(self, registry: IommuRegistry, *, iotlb_capacity: int = DEFAULT_IOTLB_CAPACITY,
+                 psc_capacity: int = DEFAULT_PSC_CAPACITY,
                  clock: Callable[[], float] = default_clock) -> None:
         self.registry = registry
         self._objects = ObjectTable()
-        self._iotlb = Iotlb(iotlb_capacity)
+        self._iotlb = Iotlb(iotlb_capacity, psc_capacity)
         self._stats = Stats()
         self._trace = None
+        self._inject = None   # an instance attribute: the DMA path reads it on every access
         self._fault_observers = []
         self._clock = clock
         self._fail_left = 0

@@ -32,6 +32,7 @@ from .hwpt import HwptNested, HwptPaging
 from .invalidation import devtlb_flush, flush_dev, trace_inval
 from .io_pagetable import READABLE, WRITEABLE
 from .iotlb import IotlbEntry
+from .psc import PscFill
 from .pagetable.addresses import Gpa, Iova
 from .pagetable.results import Access, Fault, FaultKind, Stage
 from .pagetable.walker import second_stage_ok, walk_first_stage
@@ -105,17 +106,51 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
     # The IOTLB's fast path: its own bound lookups, no call of ours per page.
     tlb = ctx._iotlb
     get, touch = tlb.fast_path
-    probe = tlb.levels
     trace = ctx._trace
+    if trace is None:
+        # The common case first: one cached page holds the whole DMA.
+        for shift, level in tlb.levels:
+            e = get((dev_id, pasid, iova >> shift, level))
+            if e is not None:
+                if (e.ok >> access) & 1 and end - e.iova <= e.size:
+                    touch(e.key)
+                    stats.hits += 1
+                    off = iova - e.iova
+                    if access & _W and e.s2.dirty_tracking:
+                        e.s2.mark_dirty(e.gpa + off, length)
+                    return [_new_tuple(Segment, (iova, e.gpa + off, e.mem[off:off + length]))]
+                break
+    probe = tlb.levels
+    runs = tlb.runs
     segs: list[Segment] = []
     addr = iova
     while True:
+        # A DMA that leaves its 4 KiB page first asks for a run of pages
+        # (``iotlb.Run``); tracing sees every page, so it takes the page path.
+        if runs and end - addr > 4096 - (addr & 4095) and trace is None:
+            r = runs.get((dev_id, pasid, addr >> 12))
+            if r is not None and (r.ok >> access) & 1:
+                off = addr - r.iova
+                n = r.size - off
+                if n > end - addr:
+                    n = end - addr
+                stats.hits += ((addr + n - 1) >> 12) - (addr >> 12) + 1
+                segs.append(_new_tuple(Segment, (addr, r.gpa + off, r.mem[off:off + n])))
+                if access & _W and r.s2.dirty_tracking:
+                    r.s2.mark_dirty(r.gpa + off, n)
+                addr += n
+                if addr >= end:
+                    return segs
+                continue
         e = None
         for shift, level in probe:
             e = get((dev_id, pasid, addr >> shift, level))
             if e is not None:
                 break
         if e is not None and (e.ok >> access) & 1:
+            if e.level == 1 and e.run is None and trace is None \
+                    and end - addr > 4096 - (addr & 4095) and tlb.build_run(e) is not None:
+                continue  # served by the new run
             touch(e.key)
             stats.hits += 1
             if trace is not None:
@@ -168,12 +203,21 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
     if isinstance(hwpt, HwptNested):
         s2 = hwpt.parent
         stats.walks += 1
+        psc = ctx._iotlb.psc
+        # The paging-structure cache: resume below its deepest entry, and
+        # fill it from a successful walk (the psc module doc).
+        fills: list[PscFill] | None = [] if psc.capacity else None
+        start = psc.lookup(dev_id, pasid, hwpt.id, addr, hwpt.levels) \
+            if fills is not None else None
         t = walk_first_stage(s2, addr, access, root=hwpt.pgtbl_addr, levels=hwpt.levels,
-                             sre=hwpt.sre, wpe=hwpt.wpe, eafe=hwpt.eafe)
+                             sre=hwpt.sre, wpe=hwpt.wpe, eafe=hwpt.eafe, start=start,
+                             tables=fills)
         stats.memory_reads += t.reads
         if isinstance(t, Fault):
             return _report(ctx, bd, pasid, t)
         stats.memory_writes += t.writes
+        if fills:
+            psc.fill(dev_id, pasid, hwpt.id, s2, addr, fills)
         gpa = t.output + (addr - t.iova)
         size, ok, stage = t.size, t.ok, Stage.S1
     else:
@@ -196,8 +240,9 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
         size >>= 9
     base_gpa = gpa & ~(size - 1)
     off = area.offset + (base_gpa - area.iova)
+    base = area.pages.mem
     e = IotlbEntry(dev_id, pasid, hwpt.id, s2, addr & ~(size - 1), size, base_gpa,
-                   area.pages.mem[off:off + size], ok & s2ok)
+                   base[off:off + size], ok & s2ok, base, off)
     ctx._iotlb.insert(e)
     if ctx._trace is not None:
         _trace_translate(ctx, e, addr, stage, False)
@@ -340,10 +385,13 @@ def iotlb_set_capacity(ctx: ContextCore, capacity: int) -> None:
 # -- inspection ---------------------------------------------------------------
 def stats(ctx: ContextCore) -> dict[str, int]:
     """Counters: translations, hits, misses, walks, faults, invalidations,
-    memory reads/writes of walks, evictions, and the IOTLB size."""
-    ctx._stats.evictions = ctx._iotlb.evictions
+    memory reads/writes of walks, evictions, paging-structure-cache hits, and
+    the sizes of the IOTLB and the paging-structure cache."""
+    tlb = ctx._iotlb
+    ctx._stats.evictions = tlb.evictions
     d = ctx._stats.to_dict()
-    d.update(iotlb_entries=len(ctx._iotlb), iotlb_capacity=ctx._iotlb.capacity)
+    d.update(iotlb_entries=len(tlb), iotlb_capacity=tlb.capacity, psc_hits=tlb.psc.hits,
+             psc_entries=len(tlb.psc))
     return d
 
 
@@ -351,6 +399,7 @@ def stats_reset(ctx: ContextCore) -> None:
     """Zero every counter (the IOTLB keeps its entries)."""
     ctx._stats.__init__()  # type: ignore[misc]
     ctx._iotlb.evictions = 0
+    ctx._iotlb.psc.hits = 0
 
 
 def set_trace(ctx: ContextCore, hook: TraceHook | None) -> None:

@@ -326,7 +326,7 @@ class FaultQueueStatus:
         return asdict(self)
 
 
-@dataclass
+@dataclass(slots=True)
 class Stats:
     """DMA-path counters of one context (``IoasidContext.stats()``)."""
 

@@ -109,21 +109,46 @@ def _first_stage_denied(access: int, rw: bool, us: bool, xd: bool,
     return 0
 
 
+#: All-ones of the bits above the canonical top bit (47 or 56), by levels.
+_CANON_ONES = {4: (1 << (64 - 47)) - 1, 5: (1 << (64 - 56)) - 1}
+
+
+@lru_cache(maxsize=None)
+def _fs_constants(oaw: int) -> tuple[dict[tuple[int, bool], int], dict[int, int]]:
+    """Reserved-bit masks and output-address masks by level, for ``oaw``."""
+    return first_stage_reserved(oaw), {lv: leaf_address_mask(lv, oaw) for lv in range(1, 6)}
+
+
 def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
                      levels: int = 4, sre: bool = False, wpe: bool = False,
-                     eafe: bool = False, oaw: int = DEFAULT_OAW) -> Translation | Fault:
-    """Translate ``iova`` (IOVA -> GPA) through the first-stage tables at ``root``."""
-    if not is_canonical(iova, levels):
+                     eafe: bool = False, oaw: int = DEFAULT_OAW,
+                     start: tuple[int, int, bool, bool, bool] | None = None,
+                     tables: list[tuple[int, int, bool, bool, bool]] | None = None,
+                     ) -> Translation | Fault:
+    """Translate ``iova`` (IOVA -> GPA) through the first-stage tables at ``root``.
+
+    A paging-structure cache (VT-d "paging-structure caches"; the model's is
+    in ``iotlb``) plugs in here: ``start = (level, table, rw, us, xd)``
+    resumes the walk at ``level``'s entry in the table at GPA ``table``, with
+    the rights accumulated above it; on success, ``tables`` (a list) gets
+    ``(level, table, rw, us, xd)`` for every non-leaf entry this walk read:
+    the table it points to and the rights accumulated down to it. The
+    accessed flags of the entries above ``start`` are not touched (they were
+    set by the walk that cached them).
+    """
+    top = iova >> (47 if levels == 4 else 56)
+    if top and top != _CANON_ONES[levels]:
         return Fault(FaultKind.FS_NON_CANONICAL, Stage.S1, iova, access, level=levels)
-    rsvd = first_stage_reserved(oaw)
-    table_mask = leaf_address_mask(1, oaw)
-    table = root & table_mask
+    rsvd, leaf_masks = _fs_constants(oaw)
+    table_mask = leaf_masks[1]
     reads = 0
-    rw = us = True
-    xd = False
+    if start is None:
+        level, table, rw, us, xd = levels, root & table_mask, True, True, False
+    else:
+        level, table, rw, us, xd = start
     path: list[int] = []
     locs: list[tuple[memoryview, int, int]] = []
-    level = levels
+    nonleaf: list[tuple[int, int, bool, bool, bool]] = []
     while True:
         gpa = table + ((iova >> LEVEL_SHIFT[level]) & 511) * 8
         got = s2.fetch(gpa, False)
@@ -148,6 +173,8 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
         if leaf:
             break
         table = pte & table_mask
+        if tables is not None:
+            nonleaf.append((level, table, rw, us, xd))
         level -= 1
     denied = _first_stage_denied(access, rw, us, xd, sre, wpe)
     if denied:
@@ -164,22 +191,19 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
         got = s2.fetch(path[i], True)
         if got.__class__ is Fault:
             return Fault(FaultKind.FS_BIT_UPDATE_FAILED, Stage.S2, iova, access, path[i],
-                         levels - i, s1_fetch=True, reads=reads)
+                         level + last - i, s1_fetch=True, reads=reads)
         wmem, woff, _n2 = got  # the locked update reuses the fetch's stage-2 translation
         cur = _QWORD.unpack_from(wmem, woff)[0]
         _QWORD.pack_into(wmem, woff, cur | want)
         writes += 1
         if i == last and want & _D:
             dirty = True
+    if tables is not None:
+        tables.extend(nonleaf)
     size = 1 << LEVEL_SHIFT[level]
     leaf_pte = locs[last][2]
-    return Translation(
-        iova=iova & ~(size - 1),
-        output=leaf_pte & leaf_address_mask(level, oaw),
-        size=size, level=level,
-        ok=first_stage_ok(rw, us, xd, sre, wpe, dirty),
-        reads=reads, writes=writes, dirty=dirty, path=path,
-    )
+    return Translation(iova & ~(size - 1), leaf_pte & leaf_masks[level], size, level,
+                       first_stage_ok(rw, us, xd, sre, wpe, dirty), reads, writes, dirty, path)
 
 
 def walk_second_stage(mem: memoryview, addr: int, access: int, *, root: int,
