@@ -171,3 +171,18 @@ def test_debian_kernels_run_environment(suite, major):
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"booting kernel {major}" in p.stderr
     assert re.search(rf"# kernel {re.escape(major)}\S+-cloud-amd64", p.stdout)
+
+
+def test_exec_with_a_live_9p_share_on_the_generic_flavour(generic, tmp_path):
+    """The generic flavour has 9p (the cloud one does not): --share mounts the host
+    directory itself, so what the guest writes there is on the host afterwards."""
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "in.txt").write_text("from the host\n")
+    p = vuser("run", "--kernel", str(generic.vmlinuz), "--modules", str(root_of(generic)),
+              "--share", str(share),
+              "--exec", f"cat {share}/in.txt && uname -r > {share}/out.txt", timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout == "from the host\n"
+    assert f"--share {share}: 9p mount at {share}" in p.stderr
+    assert (share / "out.txt").read_text().strip() == generic.release
