@@ -1,5 +1,5 @@
-"""Shared pytest configuration for vuser's host-side suite: real eventfds,
-closed at teardown if still open (used by the PCI and device tests)."""
+"""Shared pytest configuration for vuser's suite: real eventfds, closed at
+teardown if still open (the PCI and device tests), and the QEMU to boot."""
 
 from __future__ import annotations
 
@@ -27,3 +27,18 @@ def eventfds():
             continue
         if is_eventfd:
             os.close(fd)
+
+
+@pytest.fixture(scope="session")
+def qemu_bin():
+    """The QEMU the project uses (provisioned by ``make test`` before pytest runs)."""
+    from vuser.errors import UserError
+    from vuser.qemu.find import find_qemu
+
+    env = {k: os.environ.pop(k) for k in ("VUSER_QEMU", "VUSER_NO_PROVISION") if k in os.environ}
+    try:
+        return find_qemu(show_progress=False)
+    except UserError as e:
+        pytest.skip(f"prerequisite missing: no QEMU with vfio-user-pci and cannot provision one: {e}")
+    finally:
+        os.environ.update(env)
