@@ -102,11 +102,15 @@ class Qemu:
     """QEMU booting ``image`` against ``sockets``; the console in ``console``."""
 
     def __init__(self, image, sockets: list[Path], workdir: Path, seconds: int = 600) -> None:
+        from vuser.guest import overlay
         from vuser.qemu import cmdline
         from vuser.qemu.find import find_qemu
 
         cfg = cmdline.GuestConfig(
-            kernel=Path(image.kernel), initrd=Path(image.initrd),
+            kernel=Path(image.kernel),
+            # The image's programs come in its per-run overlay, as launch() adds them.
+            initrd=overlay.concatenate(Path(image.initrd), list(image.overlays),
+                                       workdir / "initrd.img"),
             append=cmdline.kernel_cmdline(image.append, [f"vuser.soak_s={seconds}"]),
             sockets=tuple(sockets), qmp=workdir / "qmp.sock", memory_mib=512, accel="tcg")
         self.proc = subprocess.Popen([*find_qemu().argv, *cmdline.qemu_args(cfg)],
