@@ -99,6 +99,7 @@ class Outcome:
 
 INVALID = Outcome(CompletionStatus.INVALID_DESC)
 _pack_record = CompletionRecord.pack_values
+_unpack_desc = Descriptor._codec.unpack
 
 
 def fault_outcome(f: Fault, at: int, done: int, access: int) -> Outcome:
@@ -161,7 +162,11 @@ def pattern_bytes(pattern: int, phase: int, n: int) -> bytes:
 
 def _copy(_off: int, views: list[Views], _k: int) -> bool:
     """MEMCPY's body: source leg to destination leg."""
-    copy_views(views[1], views[0])
+    src, dst = views
+    if len(src) == 1 and len(dst) == 1:
+        dst[0][:] = src[0]
+    else:
+        copy_views(dst, src)
     return True
 
 
@@ -206,7 +211,12 @@ class DmaEngine:
     def translate(self, pasid: int | None, iova: int, n: int, access: int) -> Views | Fault:
         """Host memory for ``[iova, iova + n)``, or the first ``Fault``."""
         if not self.ats_on:
-            segs = self.iommu.translate(pasid, iova, n, access)
+            iommu = self.iommu
+            ctx = iommu.ctx
+            # The model's translate straight from its context (IommuDevice.translate
+            # without its frame); an unbound device answers its blocked fault.
+            segs = ctx.translate(iommu.dev_id, pasid, iova, n, access) if ctx is not None \
+                else iommu.translate(pasid, iova, n, access)
             if segs.__class__ is Fault:
                 return segs  # type: ignore[return-value]
             if len(segs) == 1:
@@ -349,7 +359,7 @@ class DmaEngine:
         out = self._advance(run)
         if out is None:
             return self._finish_run(run)
-        return run.outcome(out)
+        return out if run.diff is None else run.outcome(out)
 
     async def execute(self, d: Descriptor, pasid: int | None,
                       drain: Callable[[], Awaitable[None]]) -> Outcome:
@@ -429,7 +439,8 @@ class DmaEngine:
         v = self.translate(None, addr, Descriptor.SIZE, R)
         if v.__class__ is Fault:
             return v  # type: ignore[return-value]
-        return Descriptor.unpack(v[0] if len(v) == 1 else gather(v))  # type: ignore[arg-type]
+        # ``translate`` returned exactly SIZE bytes: the declared codec, unchecked.
+        return Descriptor(*_unpack_desc(v[0] if len(v) == 1 else gather(v)))  # type: ignore
 
     def store_record(self, pasid: int | None, addr: int, out: Outcome,
                      block: bool) -> Fault | None | Awaitable[Fault | None]:
