@@ -98,7 +98,7 @@ class Outcome:
 
 
 INVALID = Outcome(CompletionStatus.INVALID_DESC)
-_pack_record = CompletionRecord.pack_values
+_pack_record = CompletionRecord._codec.pack
 _unpack_desc = Descriptor._codec.unpack
 
 
@@ -499,7 +499,9 @@ class DmaEngine:
                 return self._store_record_later(pasid, addr, out, v)  # type: ignore[arg-type]
             return v  # type: ignore[return-value]
         if len(v) == 1:  # type: ignore[arg-type]
-            v[0][:] = out.record()  # type: ignore[index]
+            # ``out.record()``, without its two frames
+            v[0][:] = _pack_record(out.status, out.fault_info, 0, out.result,  # type: ignore
+                                   out.bytes_done, out.fault_addr, 0)
         else:
             scatter(v, out.record())  # type: ignore[arg-type]
         return None
