@@ -190,7 +190,7 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
     stats.misses += 1
     if not 0 < access < 16:
         raise ValueError(f"bad access {access!r}")
-    bd = get_device(ctx, dev_id)
+    bd = ctx._objects.get(dev_id, BoundDevice)   # get_device, without its frame
     hwpt = bd.attach.get(pasid)
     if hwpt is None and ctx._miss_resolvers:
         label, vp = bd.dev.label, bd.vpasid(pasid)
