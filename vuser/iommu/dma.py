@@ -55,6 +55,8 @@ class Segment(NamedTuple):
 
 #: Builds a ``Segment`` without the Python-level ``__new__`` of named tuples.
 _new_tuple = tuple.__new__
+#: ``translate``: the first page has not been probed yet.
+_UNPROBED = object()
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,11 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
     tlb = ctx._iotlb
     get, touch = tlb.fast_path
     trace = ctx._trace
+    #: The first page's probe, made here, for the loop below (``_UNPROBED``: none).
+    first: Any = _UNPROBED
     if trace is None:
         # The common case first: one cached page holds the whole DMA.
+        first = None
         for shift, level in tlb.levels:
             e = get((dev_id, pasid, iova >> shift, level))
             if e is not None:
@@ -119,6 +124,7 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
                     if access & _W and e.s2.dirty_tracking:
                         e.s2.mark_dirty(e.gpa + off, length)
                     return [_new_tuple(Segment, (iova, e.gpa + off, e.mem[off:off + length]))]
+                first = e
                 break
     probe = tlb.levels
     runs = tlb.runs
@@ -134,6 +140,7 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
                 n = r.size - off
                 if n > end - addr:
                     n = end - addr
+                first = _UNPROBED
                 stats.hits += ((addr + n - 1) >> 12) - (addr >> 12) + 1
                 segs.append(_new_tuple(Segment, (addr, r.gpa + off, r.mem[off:off + n])))
                 if access & _W and r.s2.dirty_tracking:
@@ -142,11 +149,14 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
                 if addr >= end:
                     return segs
                 continue
-        e = None
-        for shift, level in probe:
-            e = get((dev_id, pasid, addr >> shift, level))
-            if e is not None:
-                break
+        if first is not _UNPROBED:   # the first page, probed above
+            e, first = first, _UNPROBED
+        else:
+            e = None
+            for shift, level in probe:
+                e = get((dev_id, pasid, addr >> shift, level))
+                if e is not None:
+                    break
         if e is not None and (e.ok >> access) & 1:
             if e.level == 1 and e.run is None and trace is None \
                     and end - addr > 4096 - (addr & 4095) and tlb.build_run(e) is not None:
