@@ -94,25 +94,26 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
     ``dev_id``; ``ValueError`` for a negative length or bad ``access``:
     both are bugs of the caller, not of the guest.
     """
-    if access.__class__ is not int:
-        access = int(access)
     stats = ctx._stats
     stats.translations += 1
     end = iova + length
     if length <= 0 or iova < 0 or end > _ADDR_END:
-        return _translate_edge(ctx, dev_id, pasid, iova, length, access)
-    if ctx._inject is not None:
-        f = ctx._inject(dev_id, pasid, iova, length, access)
-        if f is not None:
-            return _report(ctx, get_device(ctx, dev_id), pasid, f)
+        return _translate_edge(ctx, dev_id, pasid, iova, length, int(access))
     # The IOTLB's fast path: its own bound lookups, no call of ours per page.
     tlb = ctx._iotlb
     get, touch = tlb.fast_path
     trace = ctx._trace
     #: The first page's probe, made here, for the loop below (``_UNPROBED``: none).
     first: Any = _UNPROBED
+    if ctx._inject is not None:
+        if access.__class__ is not int:
+            access = int(access)
+        f = ctx._inject(dev_id, pasid, iova, length, access)
+        if f is not None:
+            return _report(ctx, get_device(ctx, dev_id), pasid, f)
     if trace is None:
         # The common case first: one cached page holds the whole DMA.
+        # (``access`` may still be an ``Access`` here: its shifts and masks are int's.)
         first = None
         for shift, level in tlb.levels:
             e = get((dev_id, pasid, iova >> shift, level))
@@ -126,6 +127,8 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
                     return [_new_tuple(Segment, (iova, e.gpa + off, e.mem[off:off + length]))]
                 first = e
                 break
+    if access.__class__ is not int:
+        access = int(access)
     probe = tlb.levels
     runs = tlb.runs
     segs: list[Segment] = []
