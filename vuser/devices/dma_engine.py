@@ -98,6 +98,8 @@ class Outcome:
 
 
 INVALID = Outcome(CompletionStatus.INVALID_DESC)
+#: The declared layouts' own codecs (``wire.Struct``), called directly on the
+#: per-descriptor path: exact sizes, no instance for the record.
 _pack_record = CompletionRecord._codec.pack
 _unpack_desc = Descriptor._codec.unpack
 
