@@ -32,6 +32,7 @@ attempt.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -98,6 +99,13 @@ class Outcome:
 
 
 INVALID = Outcome(CompletionStatus.INVALID_DESC)
+
+
+@functools.lru_cache(maxsize=64)
+def _success(n: int) -> Outcome:
+    """The SUCCESS outcome of ``n`` bytes, shared like ``INVALID`` (outcomes are
+    not changed once made, but for COMPARE's own, which never comes from here)."""
+    return Outcome(CompletionStatus.SUCCESS, 0, 0, n)
 #: The declared layouts' own codecs (``wire.Struct``), called directly on the
 #: per-descriptor path: exact sizes, no instance for the record.
 _pack_record = CompletionRecord._codec.pack
@@ -362,7 +370,7 @@ class DmaEngine:
                             b[0].mem[:] = a[0].mem  # type: ignore[index]
                         else:
                             copy_views([s.mem for s in b], [s.mem for s in a])  # type: ignore
-                        return Outcome(CompletionStatus.SUCCESS, 0, 0, n)
+                        return _success(n)
             run = _Run(pasid, bool(d.flags & _F_BLOCK), n, [(src, R), (dst, W)], _copy)
         elif op == Opcode.FILL:
             def fill(off: int, views: list[Views], k: int) -> bool:
