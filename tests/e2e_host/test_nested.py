@@ -102,3 +102,22 @@ async def test_stale_iotlb_until_pasid_invalidation(nested, ram, rig):
     ctx.hwpt_invalidate(sp["hwpt"], [{"addr": SRC, "npages": 1, "flags": 0}])
     await drv.run(0, desc(Opcode.MEMCPY, src=SRC, dst=DST, length=8, pasid=1, completion=COMP))
     assert ram.read(sp["dst"] + PAGE, 8) == b"new page"
+
+
+async def test_a_destination_fault_after_a_clean_source_is_reported_once(nested, ram, rig):
+    """MEMCPY's first pass translates both legs in full; the destination's
+    fault then goes through the same handling, reported to the model once."""
+    dev, drv, spaces = nested
+    seen = []
+    rig.platform.ctx.add_fault_observer(seen.append)
+    spaces[1]["pt"].unmap(DST + PAGE)
+    rig.platform.ctx.iotlb_invalidate(dev.iommu.dev_id, 1)
+    faults = rig.platform.ctx.stats()["faults"]
+    await drv.run(0, desc(Opcode.MEMCPY, src=SRC, dst=DST, length=2 * PAGE, pasid=1,
+                          completion=COMP))
+    rec = drv.record(spaces[1]["comp"])
+    assert (rec.status, rec.bytes_done, rec.fault_addr) == (CompletionStatus.PAGE_FAULT, PAGE,
+                                                           DST + PAGE)
+    [f] = seen
+    assert (f.pasid, f.iova, f.stage) == (1, DST + PAGE, Stage.S1)
+    assert rig.platform.ctx.stats()["faults"] == faults + 1

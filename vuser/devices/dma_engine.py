@@ -32,6 +32,7 @@ attempt.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -98,7 +99,17 @@ class Outcome:
 
 
 INVALID = Outcome(CompletionStatus.INVALID_DESC)
-_pack_record = CompletionRecord.pack_values
+
+
+@functools.lru_cache(maxsize=64)
+def _success(n: int) -> Outcome:
+    """The SUCCESS outcome of ``n`` bytes, shared like ``INVALID`` (outcomes are
+    not changed once made, but for COMPARE's own, which never comes from here)."""
+    return Outcome(CompletionStatus.SUCCESS, 0, 0, n)
+#: The declared layouts' own codecs (``wire.Struct``), called directly on the
+#: per-descriptor path: exact sizes, no instance for the record.
+_pack_record = CompletionRecord._codec.pack
+_unpack_desc = Descriptor._codec.unpack
 
 
 def fault_outcome(f: Fault, at: int, done: int, access: int) -> Outcome:
@@ -161,7 +172,11 @@ def pattern_bytes(pattern: int, phase: int, n: int) -> bytes:
 
 def _copy(_off: int, views: list[Views], _k: int) -> bool:
     """MEMCPY's body: source leg to destination leg."""
-    copy_views(views[1], views[0])
+    src, dst = views
+    if len(src) == 1 and len(dst) == 1:
+        dst[0][:] = src[0]
+    else:
+        copy_views(dst, src)
     return True
 
 
@@ -206,7 +221,12 @@ class DmaEngine:
     def translate(self, pasid: int | None, iova: int, n: int, access: int) -> Views | Fault:
         """Host memory for ``[iova, iova + n)``, or the first ``Fault``."""
         if not self.ats_on:
-            segs = self.iommu.translate(pasid, iova, n, access)
+            iommu = self.iommu
+            ctx = iommu.ctx
+            # The model's translate straight from its context (IommuDevice.translate
+            # without its frame); an unbound device answers its blocked fault.
+            segs = ctx.translate(iommu.dev_id, pasid, iova, n, access) if ctx is not None \
+                else iommu.translate(pasid, iova, n, access)
             if segs.__class__ is Fault:
                 return segs  # type: ignore[return-value]
             if len(segs) == 1:
@@ -329,9 +349,29 @@ class DmaEngine:
             return Outcome(CompletionStatus.SUCCESS)
         if op == Opcode.DRAIN:
             return self._drained(drain)
+        seed: tuple[Fault, int, int] | None = None
         if op == Opcode.MEMCPY:
-            run = _Run(pasid, bool(d.flags & _F_BLOCK), d.length, [(d.src, R), (d.dst, W)],
-                       _copy)
+            # ``_advance``'s first pass inline (the common case ends here): both
+            # legs for the whole length; a fault seeds ``_advance`` with it, so
+            # that it is handled exactly as there, and never reported twice.
+            n, src, dst = d.length, d.src, d.dst
+            ctx = self.iommu.ctx
+            if n and not self.ats_on and ctx is not None:
+                tr, dev = ctx.translate, self.iommu.dev_id
+                a = tr(dev, pasid, src, n, R)
+                if a.__class__ is Fault:
+                    seed = (a, src, R)  # type: ignore[assignment]
+                else:
+                    b = tr(dev, pasid, dst, n, W)
+                    if b.__class__ is Fault:
+                        seed = (b, dst, W)  # type: ignore[assignment]
+                    else:
+                        if len(a) == 1 and len(b) == 1:  # type: ignore[arg-type]
+                            b[0].mem[:] = a[0].mem  # type: ignore[index]
+                        else:
+                            copy_views([s.mem for s in b], [s.mem for s in a])  # type: ignore
+                        return _success(n)
+            run = _Run(pasid, bool(d.flags & _F_BLOCK), n, [(src, R), (dst, W)], _copy)
         elif op == Opcode.FILL:
             def fill(off: int, views: list[Views], k: int) -> bool:
                 scatter(views[0], pattern_bytes(d.pattern, off % 8, k))
@@ -346,10 +386,10 @@ class DmaEngine:
                 return False
             run = _Run(pasid, bool(d.flags & _F_BLOCK), d.length, [(d.src, R), (d.dst, R)],
                        compare)
-        out = self._advance(run)
+        out = self._advance(run, seed)
         if out is None:
             return self._finish_run(run)
-        return run.outcome(out)
+        return out if run.diff is None else run.outcome(out)
 
     async def execute(self, d: Descriptor, pasid: int | None,
                       drain: Callable[[], Awaitable[None]]) -> Outcome:
@@ -362,12 +402,15 @@ class DmaEngine:
         await drain()
         return Outcome(CompletionStatus.SUCCESS)
 
-    def _advance(self, run: _Run) -> Outcome | None:
+    def _advance(self, run: _Run, seed: tuple[Fault, int, int] | None = None
+                 ) -> Outcome | None:
         """Walk ``run`` in runs of clean translations until it ends (its
         ``Outcome``) or must wait (None: ``run.pending`` holds a fault to
         page-request, or it is due a yield).
 
         ``body(offset, views per leg, k)`` handles ``k`` bytes; False stops early.
+        ``seed``: the fault (fault, leg address, access) that the caller's own
+        first pass over the legs met, at offset 0 (``start``'s MEMCPY).
         """
         n, legs, pasid, body = run.n, run.legs, run.pasid, run.body
         translate = self.translate
@@ -379,6 +422,10 @@ class DmaEngine:
             k = n - done
             fault: tuple[Fault, int, int] | None = None   # (fault, leg address, access)
             views: list[Views] = []
+            if seed is not None:   # the first pass was made: its outcome
+                fault, seed = seed, None
+                v, at = fault[0], fault[1]
+                k = (v.iova - at) if v.iova is not None and at <= v.iova < at + k else 0
             while k:
                 views = []
                 for addr, access in legs:
@@ -426,10 +473,20 @@ class DmaEngine:
     # -- rings and completion records ---------------------------------------------
     def fetch(self, addr: int) -> Descriptor | Fault:
         """Read one descriptor from the ring (untagged)."""
-        v = self.translate(None, addr, Descriptor.SIZE, R)
-        if v.__class__ is Fault:
-            return v  # type: ignore[return-value]
-        return Descriptor.unpack(v[0] if len(v) == 1 else gather(v))  # type: ignore[arg-type]
+        ctx = self.iommu.ctx
+        if self.ats_on or ctx is None:
+            v = self.translate(None, addr, Descriptor.SIZE, R)
+            if v.__class__ is Fault:
+                return v  # type: ignore[return-value]
+            raw = v[0] if len(v) == 1 else gather(v)  # type: ignore[arg-type]
+        else:   # ``translate``'s non-ATS branch, without its frame
+            segs = ctx.translate(self.iommu.dev_id, None, addr, Descriptor.SIZE, R)
+            if segs.__class__ is Fault:
+                return segs  # type: ignore[return-value]
+            raw = segs[0].mem if len(segs) == 1 else b"".join(  # type: ignore[index]
+                [s.mem for s in segs])  # type: ignore[union-attr]
+        # Exactly SIZE bytes were translated: the declared codec, unchecked.
+        return Descriptor(*_unpack_desc(raw))
 
     def store_record(self, pasid: int | None, addr: int, out: Outcome,
                      block: bool) -> Fault | None | Awaitable[Fault | None]:
@@ -440,13 +497,21 @@ class DmaEngine:
         """
         if addr + CompletionRecord.SIZE > 1 << 64:
             return Fault(FaultKind.ADDR_BEYOND_MGAW, Stage.S1, addr, W, pasid=pasid)
-        v = self.translate(pasid, addr, CompletionRecord.SIZE, W)
+        ctx = self.iommu.ctx
+        if self.ats_on or ctx is None:
+            v = self.translate(pasid, addr, CompletionRecord.SIZE, W)
+        else:   # ``translate``'s non-ATS branch, without its frame
+            v = ctx.translate(self.iommu.dev_id, pasid, addr, CompletionRecord.SIZE, W)
+            if v.__class__ is not Fault:
+                v = [v[0].mem] if len(v) == 1 else [s.mem for s in v]  # type: ignore
         if v.__class__ is Fault:
             if block and self.pri_eligible(v):  # type: ignore[arg-type]
                 return self._store_record_later(pasid, addr, out, v)  # type: ignore[arg-type]
             return v  # type: ignore[return-value]
         if len(v) == 1:  # type: ignore[arg-type]
-            v[0][:] = out.record()  # type: ignore[index]
+            # ``out.record()``, without its two frames
+            v[0][:] = _pack_record(out.status, out.fault_info, 0, out.result,  # type: ignore
+                                   out.bytes_done, out.fault_addr, 0)
         else:
             scatter(v, out.record())  # type: ignore[arg-type]
         return None

@@ -55,6 +55,8 @@ class Segment(NamedTuple):
 
 #: Builds a ``Segment`` without the Python-level ``__new__`` of named tuples.
 _new_tuple = tuple.__new__
+#: ``translate``: the first page has not been probed yet.
+_UNPROBED = object()
 
 
 @dataclass(frozen=True)
@@ -92,23 +94,27 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
     ``dev_id``; ``ValueError`` for a negative length or bad ``access``:
     both are bugs of the caller, not of the guest.
     """
-    if access.__class__ is not int:
-        access = int(access)
     stats = ctx._stats
     stats.translations += 1
     end = iova + length
     if length <= 0 or iova < 0 or end > _ADDR_END:
-        return _translate_edge(ctx, dev_id, pasid, iova, length, access)
-    if ctx._inject is not None:
-        f = ctx._inject(dev_id, pasid, iova, length, access)
-        if f is not None:
-            return _report(ctx, get_device(ctx, dev_id), pasid, f)
+        return _translate_edge(ctx, dev_id, pasid, iova, length, int(access))
     # The IOTLB's fast path: its own bound lookups, no call of ours per page.
     tlb = ctx._iotlb
     get, touch = tlb.fast_path
     trace = ctx._trace
+    #: The first page's probe, made here, for the loop below (``_UNPROBED``: none).
+    first: Any = _UNPROBED
+    if ctx._inject is not None:
+        if access.__class__ is not int:
+            access = int(access)
+        f = ctx._inject(dev_id, pasid, iova, length, access)
+        if f is not None:
+            return _report(ctx, get_device(ctx, dev_id), pasid, f)
     if trace is None:
         # The common case first: one cached page holds the whole DMA.
+        # (``access`` may still be an ``Access`` here: its shifts and masks are int's.)
+        first = None
         for shift, level in tlb.levels:
             e = get((dev_id, pasid, iova >> shift, level))
             if e is not None:
@@ -119,7 +125,10 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
                     if access & _W and e.s2.dirty_tracking:
                         e.s2.mark_dirty(e.gpa + off, length)
                     return [_new_tuple(Segment, (iova, e.gpa + off, e.mem[off:off + length]))]
+                first = e
                 break
+    if access.__class__ is not int:
+        access = int(access)
     probe = tlb.levels
     runs = tlb.runs
     segs: list[Segment] = []
@@ -134,6 +143,7 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
                 n = r.size - off
                 if n > end - addr:
                     n = end - addr
+                first = _UNPROBED
                 stats.hits += ((addr + n - 1) >> 12) - (addr >> 12) + 1
                 segs.append(_new_tuple(Segment, (addr, r.gpa + off, r.mem[off:off + n])))
                 if access & _W and r.s2.dirty_tracking:
@@ -142,11 +152,14 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
                 if addr >= end:
                     return segs
                 continue
-        e = None
-        for shift, level in probe:
-            e = get((dev_id, pasid, addr >> shift, level))
-            if e is not None:
-                break
+        if first is not _UNPROBED:   # the first page, probed above
+            e, first = first, _UNPROBED
+        else:
+            e = None
+            for shift, level in probe:
+                e = get((dev_id, pasid, addr >> shift, level))
+                if e is not None:
+                    break
         if e is not None and (e.ok >> access) & 1:
             if e.level == 1 and e.run is None and trace is None \
                     and end - addr > 4096 - (addr & 4095) and tlb.build_run(e) is not None:
@@ -190,7 +203,7 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
     stats.misses += 1
     if not 0 < access < 16:
         raise ValueError(f"bad access {access!r}")
-    bd = get_device(ctx, dev_id)
+    bd = ctx._objects.get(dev_id, BoundDevice)   # get_device, without its frame
     hwpt = bd.attach.get(pasid)
     if hwpt is None and ctx._miss_resolvers:
         label, vp = bd.dev.label, bd.vpasid(pasid)

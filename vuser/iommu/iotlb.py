@@ -149,25 +149,27 @@ class Iotlb:
     def insert(self, e: IotlbEntry) -> None:
         m = self._map
         key = e.key
-        old = m.get(key)
+        old = m.pop(key, None)
         if old is not None:
-            del m[key]
             self._unindex(old, False)
         while len(m) >= self.capacity:
             _k, victim = m.popitem(last=False)
             self._unindex(victim, False)
             self.evictions += 1
         m[key] = e
-        d = self._by_hwpt.get(e.hwpt_id)
+        hwpt_id, s2 = e.hwpt_id, id(e.s2)
+        d = self._by_hwpt.get(hwpt_id)
         if d is None:
-            d = self._by_hwpt[e.hwpt_id] = {}
+            d = self._by_hwpt[hwpt_id] = {}
         d[key] = e
-        d = self._by_s2.get(id(e.s2))
+        d = self._by_s2.get(s2)
         if d is None:
-            d = self._by_s2[id(e.s2)] = {}
+            d = self._by_s2[s2] = {}
         d[key] = e
-        self._per_level[e.level] += 1
-        self._levels_changed()  # once, for the evictions too
+        pl = self._per_level
+        pl[e.level] += 1
+        # ``_levels_changed``, once for the evictions too (inline: every miss comes here)
+        self.levels = _LEVELS[(pl[1] > 0) << 1 | (pl[2] > 0) << 2 | (pl[3] > 0) << 3]
 
     # -- runs ------------------------------------------------------------------
     def build_run(self, e: IotlbEntry) -> Run | None:
@@ -222,14 +224,21 @@ class Iotlb:
         if e.run is not None:
             self._kill_run(e.run)
         key = e.key
-        for index, k in ((self._by_hwpt, e.hwpt_id), (self._by_s2, id(e.s2))):
-            d = index.get(k)
-            if d is not None:
-                d.pop(key, None)
-                if not d:
-                    del index[k]
-        self._per_level[e.level] -= 1
-        if relevel and self._per_level[e.level] == 0:
+        index, k = self._by_hwpt, e.hwpt_id
+        d = index.get(k)
+        if d is not None:
+            d.pop(key, None)
+            if not d:
+                del index[k]
+        index, k = self._by_s2, id(e.s2)
+        d = index.get(k)
+        if d is not None:
+            d.pop(key, None)
+            if not d:
+                del index[k]
+        pl, level = self._per_level, e.level
+        pl[level] -= 1
+        if relevel and pl[level] == 0:
             self._levels_changed()
 
     def _drop(self, e: IotlbEntry) -> None:

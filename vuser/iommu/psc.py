@@ -32,6 +32,8 @@ PscFill = tuple[int, int, bool, bool, bool]
 DEFAULT_PSC_CAPACITY = 1024
 
 Owner = tuple[int, "int | None"]       # (dev_id, pasid)
+#: ``lookup``'s probes for a table of ``levels`` levels: (level, shift), deepest first.
+_PROBES = {n: tuple((lv, LEVEL_SHIFT[lv]) for lv in range(2, n + 1)) for n in range(1, 6)}
 
 
 class PagingStructureCache:
@@ -42,7 +44,7 @@ class PagingStructureCache:
         if capacity < 0:
             raise ValueError(f"paging-structure cache capacity must be >= 0, not {capacity}")
         self.capacity = capacity
-        self._owners: dict[Owner, dict[tuple[int, int, int], tuple[int, bool, bool, bool]]] = {}
+        self._owners: dict[Owner, dict[tuple[int, int, int], PscStart]] = {}
         #: Owners holding entries of a HWPT / of walks through a stage 2 (by id).
         self._by_hwpt: dict[int, set[Owner]] = {}
         self._by_s2: dict[int, set[Owner]] = {}
@@ -58,11 +60,11 @@ class PagingStructureCache:
         b = self._owners.get((dev_id, pasid))
         if b is None:
             return None
-        for level in range(2, levels + 1):
-            v = b.get((hwpt_id, level, iova >> LEVEL_SHIFT[level]))
+        for level, shift in _PROBES[levels]:
+            v = b.get((hwpt_id, level, iova >> shift))
             if v is not None:
                 self.hits += 1
-                return (level - 1, *v)
+                return v
         return None
 
     def fill(self, dev_id: int, pasid: int | None, hwpt_id: int, s2: object, iova: int,
@@ -82,7 +84,7 @@ class PagingStructureCache:
             key = (hwpt_id, level, iova >> LEVEL_SHIFT[level])
             if key not in b:
                 self._size += 1
-            b[key] = (table, rw, us, xd)
+            b[key] = (level - 1, table, rw, us, xd)   # stored as the walk start it gives
 
     # -- invalidation (called by the IOTLB's) --------------------------------
     def drop_dev(self, dev_id: int, pasid: int | None | str) -> None:

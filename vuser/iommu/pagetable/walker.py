@@ -176,8 +176,12 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
         if tables is not None:
             nonleaf.append((level, table, rw, us, xd))
         level -= 1
-    denied = _first_stage_denied(access, rw, us, xd, sre, wpe)
-    if denied:
+    # Allowed once D is set (``first_stage_ok`` with dirty) is exactly "not
+    # denied": the reason is looked for only when it is not.
+    ok_dirty = first_stage_ok(rw, us, xd, sre, wpe, True)
+    if not (ok_dirty >> access) & 1:
+        denied = _first_stage_denied(access, rw, us, xd, sre, wpe)
+        assert denied
         return Fault(denied, Stage.S1, iova, access, level=level, reads=reads)
     # Accessed/dirty updates, through stage 2 with write permission.
     writes = 0
@@ -203,7 +207,8 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
     size = 1 << LEVEL_SHIFT[level]
     leaf_pte = locs[last][2]
     return Translation(iova & ~(size - 1), leaf_pte & leaf_masks[level], size, level,
-                       first_stage_ok(rw, us, xd, sre, wpe, dirty), reads, writes, dirty, path)
+                       ok_dirty if dirty else first_stage_ok(rw, us, xd, sre, wpe, False),
+                       reads, writes, dirty, path)
 
 
 def walk_second_stage(mem: memoryview, addr: int, access: int, *, root: int,
