@@ -1,0 +1,110 @@
+"""Python calls the vuser server makes per REGION_READ/WRITE, counted in process.
+
+A ``DeviceServer`` for vuser-dma runs on this thread's event loop; a raw
+blocking client on another thread negotiates, maps RAM (so the device is
+bound) and then sends ``--n`` 4-byte REGION_READs of ID, or non-posted
+4-byte REGION_WRITEs of queue 0's RING_LO, one at a time.
+``sys.setprofile`` on the server thread only counts, over those messages,
+the Python function calls and the C function calls (builtins and methods)
+the server makes, event loop included, and prints them per message.
+
+Run: ``.venv/bin/python bench/mmio_calls.py [--n N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import tempfile
+import threading
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_mmio import RAM, raw_messages, raw_vuser_socket  # noqa: E402
+from vuser.devices.vuser_dma import VuserDma  # noqa: E402
+from vuser.memory.seals import sealed_memfd  # noqa: E402
+from vuser.transport.server import DeviceServer  # noqa: E402
+
+
+def count(n: int, which: str, top: int) -> tuple[float, float, list]:
+    read, rsize, write, wsize = raw_messages()
+    req, size = (read, rsize) if which == "read" else (write, wsize)
+    counts = {"call": 0, "c_call": 0}
+    where: Counter = Counter()
+    start, done = threading.Event(), threading.Event()
+
+    def prof(frame, event, arg):
+        if event == "call":
+            counts["call"] += 1
+            if top:
+                where[f"{frame.f_code.co_name} ({os.path.basename(frame.f_code.co_filename)})"] += 1
+        elif event == "c_call":
+            counts["c_call"] += 1
+            if top:
+                where[f"C {getattr(arg, '__qualname__', arg)}"] += 1
+
+    async def main() -> None:
+        tmp = tempfile.mkdtemp(prefix="vuser-calls-")
+        path = os.path.join(tmp, "d.sock")
+        dev = VuserDma()
+        srv = DeviceServer(dev, path)
+        await srv.start()
+        loop = asyncio.get_running_loop()
+
+        def client() -> None:
+            fd = sealed_memfd("calls-ram", RAM)
+            sock = raw_vuser_socket(path, fd)
+            for _ in range(200):
+                sock.send(req)
+                sock.recv(size, socket.MSG_WAITALL)
+            loop.call_soon_threadsafe(sys.setprofile, prof)
+            start.wait()
+            for _ in range(n):
+                sock.send(req)
+                if len(sock.recv(size, socket.MSG_WAITALL)) != size:
+                    raise RuntimeError("short reply")
+            loop.call_soon_threadsafe(sys.setprofile, None)
+            loop.call_soon_threadsafe(done.set)
+            sock.close()
+            os.close(fd)
+
+        def started() -> None:
+            start.set()
+
+        t = threading.Thread(target=client)
+        t.start()
+        while sys.getprofile() is None:
+            await asyncio.sleep(0.001)
+        counts["call"] = counts["c_call"] = 0
+        where.clear()
+        started()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+        t.join()
+        await srv.close()
+        dev.close()
+        os.rmdir(tmp)
+
+    asyncio.run(main())
+    # the sleep(0.01) polls above add a few calls each: negligible over n messages
+    return counts["call"] / n, counts["c_call"] / n, where.most_common(top)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=5000)
+    p.add_argument("--top", type=int, default=0, help="also list the N most called")
+    args = p.parse_args()
+    for which in ("read", "write"):
+        py, c, top = count(args.n, which, args.top)
+        print(f"REGION_{which.upper()} 4 B: {py:.1f} Python calls, {c:.1f} C calls per message")
+        for name, k in top:
+            print(f"    {k / args.n:6.2f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
