@@ -17,6 +17,10 @@ Every complete message is handed to ``on_event`` from the reader callback, in
 order, before the next one is parsed: a server answers synchronous requests
 without ever awaiting, so requests are processed strictly in order and a
 reply can never wait on anything the client has yet to send.
+With ``serve_region`` (a server's ``ServerCore.region_access``), REGION_READ
+and REGION_WRITE are answered inside the read by ``Connection.serve_region``,
+with no event and the reply sent at once; tracing turns that off, so that a
+trace shows every message as an event.
 
 ``Timeouts`` bound how long a peer may hold the channel without progress
 (issue 14: a client sending one byte a second, or announcing 4 GiB and
@@ -41,7 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vuser.protocol.connection import Connection, close_fds
+from vuser.protocol.connection import Connection, RegionAccess, close_fds
 from vuser.protocol.consts import HEADER_SIZE, SCM_MAX_FD
 from vuser.protocol.events import NEED_DATA, ConnectionClosed, ErrorReply, Event, Reply, Request
 from vuser.protocol.messages import HEADER_CODEC, VfioIrqSet
@@ -109,16 +113,19 @@ class Channel:
 
     def __init__(self, sock: socket.socket, conn: Connection,
                  on_event: Callable[[Event], None], *, name: str = "vfio-user",
-                 trace: int = 0, timeouts: Timeouts = NO_TIMEOUTS) -> None:
+                 trace: int = 0, timeouts: Timeouts = NO_TIMEOUTS,
+                 serve_region: RegionAccess | None = None) -> None:
         sock.setblocking(False)
         self.sock, self.conn, self.on_event = sock, conn, on_event
         self.name, self.trace = name, trace
         self.timeouts = timeouts
+        self._serve_region = None if trace else serve_region
         self.closed = False
         self._loop = asyncio.get_running_loop()
         self._out: deque[tuple[memoryview, list[int]]] = deque()
         self._out_bytes = 0
         self._reading = False
+        self._mid = False       # conn.mid_message after the last read
         self._fd = sock.fileno()
         now = self._loop.time()
         self._started = self._last_message = now
@@ -188,6 +195,19 @@ class Channel:
                 trace_log.debug("%s → %s", self.name, data[:64].hex())
         self._write(memoryview(data), fds)
 
+    def _send_reply(self, data: bytes) -> None:
+        """Reply bytes of ``Connection.serve_region``: sent now if nothing is
+        queued, the rest (if any) as ``send`` does."""
+        if not self._out:
+            try:
+                sent = self.sock.send(data)
+            except OSError:     # full, or the peer is gone: _write tries again and handles it
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._write(memoryview(data), [])
+
     def _write(self, view: memoryview, fds: list[int]) -> None:
         if not self._out:
             sent = self._send_now(view, fds)
@@ -256,24 +276,31 @@ class Channel:
         # Read on while a message is incomplete and the socket has more: the
         # header and the rest of a message cost one wakeup, not two. Bounded,
         # so that a peer streaming a huge message does not starve the others.
+        conn = self.conn
         for _ in range(READS_PER_WAKEUP):
-            if not self._read_once() or self.closed or not self.conn.mid_message:
+            got = self._read_once()
+            if self.closed:
+                return
+            if not got or not self._mid:
                 break
-        if not self.closed:
-            mid = self.conn.mid_message
-            if not mid:
-                self._msg_since = None
-            elif self._msg_since is None:
-                self._msg_since = self._loop.time()
-            self._arm()
+        if not self._mid:
+            self._msg_since = None
+            if self._out_since is None and self.timeouts.idle is None \
+                    and conn.state is ConnState.READY:
+                return      # no deadline applies (``_arm``'s common case)
+        elif self._msg_since is None:
+            self._msg_since = self._loop.time()
+        self._arm()
 
     def _read_once(self) -> bool:
         """One recvmsg of at most the message in progress, its events handed
-        out; False when the socket had nothing (or the channel closed)."""
+        out; False when the socket had nothing (or the channel closed).
+        Leaves ``conn.mid_message`` in ``_mid``."""
+        conn = self.conn
         try:
             # CLOEXEC: received fds must not leak into processes we start.
-            boundary = not self.conn.mid_message
-            want = BOUNDARY_READ if boundary else min(self.conn.bytes_needed(), RECV_SIZE)
+            boundary = not self._mid
+            want = BOUNDARY_READ if boundary else min(conn.bytes_needed(), RECV_SIZE)
             data, ancdata, msg_flags, _ = self.sock.recvmsg(want, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return False
@@ -287,22 +314,34 @@ class Channel:
             # and we cannot tell where it ends with any certainty. Hang up.
             close_fds(fds)
             log.warning("%s: control data truncated; closing the connection", self.name)
-            self._finish(ConnectionClosed(partial=True, pending=self.conn.awaiting_replies))
+            self._finish(ConnectionClosed(partial=True, pending=conn.awaiting_replies))
             return False
         if self.trace > 1 and data:
             trace_log.debug("%s ← %d bytes %s fds=%s", self.name, len(data), data[:64].hex(), fds)
         last = _last_message_start(data) if fds and boundary else 0
         if last:                # the fds came with a later message (module doc)
-            self.conn.receive_data(data[:last])
-            self.conn.receive_data(data[last:], fds)
+            conn.receive_data(data[:last])
+            conn.receive_data(data[last:], fds)
         else:
-            self.conn.receive_data(data, fds)
+            conn.receive_data(data, fds)
+        serve, mid = self._serve_region, None
         while not self.closed:
             try:
-                event = self.conn.next_event()
+                if serve is not None:
+                    out = conn.serve_region(serve)
+                    if out is not None:     # answered (module doc)
+                        if out:
+                            self._send_reply(out)
+                        if self.timeouts.idle is not None:
+                            self._last_message = self._loop.time()
+                        if not (mid := conn.mid_message):
+                            break           # all answered: no need to ask next_event
+                        mid = None
+                        continue
+                event = conn.next_event()
             except Exception:  # a bug of ours: never leave the peer hanging
                 log.exception("%s: cannot parse the input; closing the connection", self.name)
-                self._finish(ConnectionClosed(partial=True, pending=self.conn.awaiting_replies))
+                self._finish(ConnectionClosed(partial=True, pending=conn.awaiting_replies))
                 return False
             if event is NEED_DATA:
                 break
@@ -314,6 +353,7 @@ class Channel:
                 self._finish(event)
                 break
             self.on_event(event)
+        self._mid = conn.mid_message if mid is None else mid
         return bool(data)
 
     def _finish(self, event: ConnectionClosed) -> None:
