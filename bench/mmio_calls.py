@@ -35,7 +35,7 @@ def count(n: int, which: str, top: int) -> tuple[float, float, list]:
     req, size = (read, rsize) if which == "read" else (write, wsize)
     counts = {"call": 0, "c_call": 0}
     where: Counter = Counter()
-    start, done = threading.Event(), threading.Event()
+    start = threading.Event()
 
     def prof(frame, event, arg):
         if event == "call":
@@ -54,6 +54,7 @@ def count(n: int, which: str, top: int) -> tuple[float, float, list]:
         srv = DeviceServer(dev, path)
         await srv.start()
         loop = asyncio.get_running_loop()
+        finished = loop.create_future()   # no polling timer while counting
 
         def client() -> None:
             fd = sealed_memfd("calls-ram", RAM)
@@ -68,7 +69,7 @@ def count(n: int, which: str, top: int) -> tuple[float, float, list]:
                 if len(sock.recv(size, socket.MSG_WAITALL)) != size:
                     raise RuntimeError("short reply")
             loop.call_soon_threadsafe(sys.setprofile, None)
-            loop.call_soon_threadsafe(done.set)
+            loop.call_soon_threadsafe(finished.set_result, None)
             sock.close()
             os.close(fd)
 
@@ -82,15 +83,13 @@ def count(n: int, which: str, top: int) -> tuple[float, float, list]:
         counts["call"] = counts["c_call"] = 0
         where.clear()
         started()
-        while not done.is_set():
-            await asyncio.sleep(0.01)
+        await finished
         t.join()
         await srv.close()
         dev.close()
         os.rmdir(tmp)
 
     asyncio.run(main())
-    # the sleep(0.01) polls above add a few calls each: negligible over n messages
     return counts["call"] / n, counts["c_call"] / n, where.most_common(top)
 
 

@@ -159,6 +159,7 @@ class Channel:
             return
         if (self._msg_since is None and self._out_since is None and self.timeouts.idle is None
                 and self.conn.state is ConnState.READY):
+            self._disarm()
             return  # the common case between messages: no deadline applies
         deadline = self._deadline()
         if deadline is None:
@@ -168,6 +169,13 @@ class Channel:
                 return
             self._timer.cancel()
         self._timer = self._loop.call_at(deadline[0], self._expired)
+
+    def _disarm(self) -> None:
+        """Drop the timer when no deadline applies: a pending one (the
+        handshake's, 10 s) costs the event loop a clock read on every turn."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _expired(self) -> None:
         self._timer = None
@@ -287,6 +295,8 @@ class Channel:
             self._msg_since = None
             if self._out_since is None and self.timeouts.idle is None \
                     and conn.state is ConnState.READY:
+                if self._timer is not None:
+                    self._disarm()
                 return      # no deadline applies (``_arm``'s common case)
         elif self._msg_since is None:
             self._msg_since = self._loop.time()
