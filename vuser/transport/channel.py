@@ -203,19 +203,6 @@ class Channel:
                 trace_log.debug("%s → %s", self.name, data[:64].hex())
         self._write(memoryview(data), fds)
 
-    def _send_reply(self, data: bytes) -> None:
-        """Reply bytes of ``Connection.serve_region``: sent now if nothing is
-        queued, the rest (if any) as ``send`` does."""
-        if not self._out:
-            try:
-                sent = self.sock.send(data)
-            except OSError:     # full, or the peer is gone: _write tries again and handles it
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        self._write(memoryview(data), [])
-
     def _write(self, view: memoryview, fds: list[int]) -> None:
         if not self._out:
             sent = self._send_now(view, fds)
@@ -340,8 +327,16 @@ class Channel:
                 if serve is not None:
                     out = conn.serve_region(serve)
                     if out is not None:     # answered (module doc)
-                        if out:
-                            self._send_reply(out)
+                        if out:             # sent now if nothing is queued (``_write``)
+                            if self._out:
+                                self._write(memoryview(out), [])
+                            else:
+                                try:
+                                    sent = self.sock.send(out)
+                                except OSError:     # full, or the peer is gone: _write
+                                    sent = 0        # tries again and handles it
+                                if sent != len(out):
+                                    self._write(memoryview(out)[sent:], [])
                         if self.timeouts.idle is not None:
                             self._last_message = self._loop.time()
                         if not (mid := conn.mid_message):
