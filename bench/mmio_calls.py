@@ -8,7 +8,10 @@ bound) and then sends ``--n`` 4-byte REGION_READs of ID, or non-posted
 the Python function calls and the C function calls (builtins and methods)
 the server makes, event loop included, and prints them per message.
 
-Run: ``.venv/bin/python bench/mmio_calls.py [--n N]``.
+``--floor`` counts the same for ``mmio_peers.py floor`` (REGION_READ only:
+the floor has no device to write to).
+
+Run: ``.venv/bin/python bench/mmio_calls.py [--n N] [--floor]``.
 """
 
 from __future__ import annotations
@@ -93,11 +96,60 @@ def count(n: int, which: str, top: int) -> tuple[float, float, list]:
     return counts["call"] / n, counts["c_call"] / n, where.most_common(top)
 
 
+def count_floor(n: int) -> tuple[float, float]:
+    """Calls per REGION_READ of ``mmio_peers.floor`` (same client, same counting)."""
+    import signal
+
+    import mmio_peers
+    read, rsize, _, _ = raw_messages()
+    counts = {"call": 0, "c_call": 0}
+    counting = [False]
+
+    def prof(frame, event, arg):
+        if counting[0] and event in counts:
+            counts[event] += 1
+
+    tmp = tempfile.mkdtemp(prefix="vuser-calls-")
+    path = os.path.join(tmp, "floor.sock")
+
+    def client() -> None:
+        while not os.path.exists(path):
+            threading.Event().wait(0.01)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        for _ in range(200):
+            sock.send(read)
+            sock.recv(rsize, socket.MSG_WAITALL)
+        counting[0] = True
+        for _ in range(n):
+            sock.send(read)
+            sock.recv(rsize, socket.MSG_WAITALL)
+        counting[0] = False
+        sock.close()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    t = threading.Thread(target=client)
+    t.start()
+    sys.setprofile(prof)
+    try:
+        mmio_peers.serve("floor", [path])
+    finally:
+        sys.setprofile(None)
+    t.join()
+    os.rmdir(tmp)
+    return counts["call"] / n, counts["c_call"] / n
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--top", type=int, default=0, help="also list the N most called")
+    p.add_argument("--floor", action="store_true", help="count mmio_peers.py floor instead")
     args = p.parse_args()
+    if args.floor:
+        py, c = count_floor(args.n)
+        print(f"floor REGION_READ 4 B: {py:.1f} Python calls, {c:.1f} C calls per message")
+        return
     for which in ("read", "write"):
         py, c, top = count(args.n, which, args.top)
         print(f"REGION_{which.upper()} 4 B: {py:.1f} Python calls, {c:.1f} C calls per message")
