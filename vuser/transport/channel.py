@@ -268,15 +268,87 @@ class Channel:
             self._reading = True
 
     def _readable(self) -> None:
+        """The reader callback: one recvmsg of at most the message in progress
+        (``BOUNDARY_READ`` between messages), its events handed out or its
+        region accesses answered; then the deadlines. One function, as the
+        path every guest MMIO access takes: a call per message costs more here
+        than the whole floor's parsing (bench/RESULTS.md)."""
+        conn = self.conn
         # Read on while a message is incomplete and the socket has more: the
         # header and the rest of a message cost one wakeup, not two. Bounded,
         # so that a peer streaming a huge message does not starve the others.
-        conn = self.conn
         for _ in range(READS_PER_WAKEUP):
-            got = self._read_once()
+            try:
+                # CLOEXEC: received fds must not leak into processes we start.
+                boundary = not self._mid
+                want = BOUNDARY_READ if boundary else min(conn.bytes_needed(), RECV_SIZE)
+                data, ancdata, msg_flags, _ = self.sock.recvmsg(want, _CMSG_SPACE,
+                                                                _MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                if e.errno not in (errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE):
+                    log.warning("%s: receive failed: %s", self.name, e)
+                data, ancdata, msg_flags = b"", [], 0
+            fds = fds_from_ancdata(ancdata) if ancdata else []
+            if msg_flags & _MSG_CTRUNC:
+                # The kernel dropped fds it had no room for: the message is unusable
+                # and we cannot tell where it ends with any certainty. Hang up.
+                close_fds(fds)
+                log.warning("%s: control data truncated; closing the connection", self.name)
+                self._finish(ConnectionClosed(partial=True, pending=conn.awaiting_replies))
+                return
+            if self.trace > 1 and data:
+                trace_log.debug("%s ← %d bytes %s fds=%s", self.name, len(data),
+                                data[:64].hex(), fds)
+            last = _last_message_start(data) if fds and boundary else 0
+            if last:                # the fds came with a later message (module doc)
+                conn.receive_data(data[:last])
+                conn.receive_data(data[last:], fds)
+            else:
+                conn.receive_data(data, fds)
+            serve, mid = self._serve_region, None
+            while not self.closed:
+                try:
+                    if serve is not None:
+                        out = conn.serve_region(serve)
+                        if out is not None:     # answered (module doc)
+                            if out:             # sent now if nothing is queued (``_write``)
+                                if self._out:
+                                    self._write(memoryview(out), [])
+                                else:
+                                    try:
+                                        sent = self.sock.send(out)
+                                    except OSError:     # full, or the peer is gone:
+                                        sent = 0        # _write tries again, handles it
+                                    if sent != len(out):
+                                        self._write(memoryview(out)[sent:], [])
+                            if self.timeouts.idle is not None:
+                                self._last_message = self._loop.time()
+                            if not (mid := conn.mid_message):
+                                break       # all answered: no need to ask next_event
+                            mid = None
+                            continue
+                    event = conn.next_event()
+                except Exception:  # a bug of ours: never leave the peer hanging
+                    log.exception("%s: cannot parse the input; closing the connection",
+                                  self.name)
+                    self._finish(ConnectionClosed(partial=True, pending=conn.awaiting_replies))
+                    return
+                if event is NEED_DATA:
+                    break
+                if self.timeouts.idle is not None:   # only the idle deadline reads it
+                    self._last_message = self._loop.time()
+                if self.trace:
+                    trace_log.debug("%s ← %s", self.name, describe(event))
+                if isinstance(event, ConnectionClosed):
+                    self._finish(event)
+                    break
+                self.on_event(event)
             if self.closed:
                 return
-            if not got or not self._mid:
+            self._mid = conn.mid_message if mid is None else mid
+            if not data or not self._mid:
                 break
         if not self._mid:
             self._msg_since = None
@@ -288,78 +360,6 @@ class Channel:
         elif self._msg_since is None:
             self._msg_since = self._loop.time()
         self._arm()
-
-    def _read_once(self) -> bool:
-        """One recvmsg of at most the message in progress, its events handed
-        out; False when the socket had nothing (or the channel closed).
-        Leaves ``conn.mid_message`` in ``_mid``."""
-        conn = self.conn
-        try:
-            # CLOEXEC: received fds must not leak into processes we start.
-            boundary = not self._mid
-            want = BOUNDARY_READ if boundary else min(conn.bytes_needed(), RECV_SIZE)
-            data, ancdata, msg_flags, _ = self.sock.recvmsg(want, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as e:
-            if e.errno not in (errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE):
-                log.warning("%s: receive failed: %s", self.name, e)
-            data, ancdata, msg_flags = b"", [], 0
-        fds = fds_from_ancdata(ancdata) if ancdata else []
-        if msg_flags & _MSG_CTRUNC:
-            # The kernel dropped fds it had no room for: the message is unusable
-            # and we cannot tell where it ends with any certainty. Hang up.
-            close_fds(fds)
-            log.warning("%s: control data truncated; closing the connection", self.name)
-            self._finish(ConnectionClosed(partial=True, pending=conn.awaiting_replies))
-            return False
-        if self.trace > 1 and data:
-            trace_log.debug("%s ← %d bytes %s fds=%s", self.name, len(data), data[:64].hex(), fds)
-        last = _last_message_start(data) if fds and boundary else 0
-        if last:                # the fds came with a later message (module doc)
-            conn.receive_data(data[:last])
-            conn.receive_data(data[last:], fds)
-        else:
-            conn.receive_data(data, fds)
-        serve, mid = self._serve_region, None
-        while not self.closed:
-            try:
-                if serve is not None:
-                    out = conn.serve_region(serve)
-                    if out is not None:     # answered (module doc)
-                        if out:             # sent now if nothing is queued (``_write``)
-                            if self._out:
-                                self._write(memoryview(out), [])
-                            else:
-                                try:
-                                    sent = self.sock.send(out)
-                                except OSError:     # full, or the peer is gone: _write
-                                    sent = 0        # tries again and handles it
-                                if sent != len(out):
-                                    self._write(memoryview(out)[sent:], [])
-                        if self.timeouts.idle is not None:
-                            self._last_message = self._loop.time()
-                        if not (mid := conn.mid_message):
-                            break           # all answered: no need to ask next_event
-                        mid = None
-                        continue
-                event = conn.next_event()
-            except Exception:  # a bug of ours: never leave the peer hanging
-                log.exception("%s: cannot parse the input; closing the connection", self.name)
-                self._finish(ConnectionClosed(partial=True, pending=conn.awaiting_replies))
-                return False
-            if event is NEED_DATA:
-                break
-            if self.timeouts.idle is not None:   # only the idle deadline reads it
-                self._last_message = self._loop.time()
-            if self.trace:
-                trace_log.debug("%s ← %s", self.name, describe(event))
-            if isinstance(event, ConnectionClosed):
-                self._finish(event)
-                break
-            self.on_event(event)
-        self._mid = conn.mid_message if mid is None else mid
-        return bool(data)
 
     def _finish(self, event: ConnectionClosed) -> None:
         self.close()
