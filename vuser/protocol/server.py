@@ -4,7 +4,9 @@
 (argsz, flags, indexes, ranges, fd counts), calls the ``ServerBackend`` or the
 DMA table with plain values, and returns the ``Reply`` or ``ErrorReply`` to
 send (None for NO_REPLY). Validate first, then act: nothing reaches the
-backend before every check has passed.
+backend before every check has passed. ``region_access`` is the same for
+REGION_READ/WRITE with plain values and no event objects, the ``access`` of
+``Connection.serve_region`` (the path of every guest MMIO access).
 
 Errno choices (a peer sees only the number; QEMU propagates or logs it):
 - EINVAL: a malformed or invalid request: bad argsz, unknown or conflicting
