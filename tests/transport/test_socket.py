@@ -12,7 +12,8 @@ import struct
 import pytest
 
 from proto_helpers import (
-    FakeBackend, REG_DMA_ADDR, REG_DMA_READ, REG_DONE, REG_DOORBELL, REG_SCRATCH, fill, message, open_fds,
+    REG_DMA_ADDR, REG_DMA_READ, REG_DONE, REG_DOORBELL, REG_SCRATCH, FakeBackend, fill, message,
+    open_fds,
 )
 from vuser.protocol.caps import Capabilities
 from vuser.protocol.consts import Command

@@ -61,7 +61,8 @@ from vuser.protocol.events import (
     NEED_DATA, BadMessage, ConnectionClosed, ErrorReply, Event, NeedData, Reply, Request,
 )
 from vuser.protocol.messages import (
-    HEADER_CODEC, REGION_HEAD_CODEC, Header, Kind, RegionData, Version, VfioUserRegionAccess, decode, encode,
+    HEADER_CODEC, REGION_HEAD_CODEC, Header, Kind, RegionData, Version, VfioUserRegionAccess,
+    decode, encode,
 )
 from vuser.protocol.state import ConnState, Role, Trigger, advance, can
 
