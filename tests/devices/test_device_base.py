@@ -189,3 +189,18 @@ async def test_reset_and_disconnect_cancel_tasks(tiny):
         end()
         await tiny.idle()
         assert task.cancelled()
+
+
+def test_register_file_one_register_reads_as_part_of_a_longer_read():
+    """A 4-byte read (served on its own) gives the bytes a 16-byte read gives there."""
+    calls = []
+    regs = RegisterFile(32, [Register(0, "A", reset=0x1122_3344),
+                             Register(4, "B", read=lambda: calls.append("B") or 0x1_DEAD_BEEF),
+                             Register(12, "D", reset=5)])
+    whole = regs.read(0, 16)
+    assert [regs.read(off, 4) for off in range(0, 16, 4)] == \
+        [whole[k:k + 4] for k in range(0, 16, 4)]
+    assert whole[4:8] == (0xDEAD_BEEF).to_bytes(4, "little") and calls == ["B", "B"]
+    for off, count in ((2, 4), (0, 2), (4, 6)):
+        with pytest.raises(RemoteProtocolError):
+            regs.read(off, count)

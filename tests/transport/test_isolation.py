@@ -170,3 +170,20 @@ async def test_a_client_that_never_answers_dma_read_fails_that_dma(tmp_path):
     finally:
         await server.close()
         backend.close()
+
+
+async def test_a_negotiated_quiet_client_leaves_no_timer_and_is_still_dropped_when_it_stalls(
+        two, caplog):
+    """Once VERSION is in and nothing is pending, no deadline applies: the
+    handshake timer is dropped (the event loop would read the clock for it on
+    every turn), and a message left incomplete later still arms one."""
+    (server, _), _ = two
+    reader, writer = await negotiated_raw(server.path)
+    writer.write(message(Command.REGION_READ, bytes(16), msg_id=2))     # 0 bytes at 0
+    hdr = Header.unpack(await asyncio.wait_for(reader.readexactly(16), TIMEOUT))
+    assert (hdr.msg_id, hdr.size, hdr.error) == (2, 32, 0)
+    await reader.readexactly(16)
+    assert server.session.channel._timer is None
+    writer.write(b"\x03\x00")                                           # then a stall
+    await dropped(server, reader, caplog, "a message left incomplete")
+    writer.close()

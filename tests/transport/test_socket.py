@@ -12,12 +12,14 @@ import struct
 import pytest
 
 from proto_helpers import (
-    REG_DMA_ADDR, REG_DMA_READ, REG_DONE, REG_DOORBELL, REG_SCRATCH, fill, message, open_fds,
+    REG_DMA_ADDR, REG_DMA_READ, REG_DONE, REG_DOORBELL, REG_SCRATCH, FakeBackend, fill, message,
+    open_fds,
 )
 from vuser.protocol.caps import Capabilities
 from vuser.protocol.consts import Command
 from vuser.protocol.messages import Version, VfioDeviceInfo, VfioUserDmaMap
 from vuser.transport.client import Client, VfioUserError
+from vuser.transport.server import DeviceServer
 from vuser.memory.seals import sealed_memfd
 
 MiB = 1 << 20
@@ -365,3 +367,42 @@ async def test_fds_go_to_the_last_message_of_a_boundary_read(served, first):
     assert maps[0x20000].file is not None
     sock.close()
     await asyncio.wait_for(server.wait_idle(), TIMEOUT)
+
+
+@pytest.mark.parametrize("trace", [0, 1])
+async def test_region_replies_stay_whole_and_in_order_when_the_client_reads_late(
+        tmp_path, trace):
+    """2,000 reads of 4 KiB sent before the client reads any reply: the server's
+    socket fills, the replies answered at once (``serve_region``) or through
+    events (tracing on) are queued, and every one arrives whole, in order."""
+    backend = FakeBackend()
+    backend.regs[:] = fill(7, 4096)
+    path = str(tmp_path / "late.sock")
+    server = DeviceServer(backend, path, name="late", trace=trace)
+    await server.start()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, _late_reader, sock, path)
+    finally:
+        sock.close()
+        await server.close()
+        backend.close()
+
+
+def _late_reader(sock: socket.socket, path: str) -> None:
+    sock.settimeout(TIMEOUT)
+    sock.connect(path)
+    sock.sendall(message(Command.VERSION, Version(caps={}).encode(), msg_id=1))
+    hdr = sock.recv(16, socket.MSG_WAITALL)
+    sock.recv(struct.unpack_from("<HHI", hdr)[2] - 16, socket.MSG_WAITALL)
+    n = 2000
+    reads = b"".join(message(Command.REGION_READ, struct.pack("<QII", 0, 0, 4096),
+                             msg_id=i + 2) for i in range(n))
+    sock.sendall(reads)                    # 64 KB of requests for 8 MB of replies
+    want = fill(7, 4096)
+    for i in range(n):
+        head = sock.recv(32, socket.MSG_WAITALL)
+        msg_id, command, size, flags, err = struct.unpack_from("<HHIII", head)
+        assert (msg_id, command, size, flags, err) == (i + 2, Command.REGION_READ, 32 + 4096,
+                                                        1, 0)
+        assert sock.recv(4096, socket.MSG_WAITALL) == want

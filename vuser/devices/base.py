@@ -252,11 +252,6 @@ class PciDevice:
         """The ``Vm`` this device's connection joined, or None."""
         return self.platform.vm_of(self) if self.platform is not None else None
 
-    def _check_bound(self, index: int) -> None:
-        if self.REQUIRE_BIND and (self.iommu is None or not self.iommu.bound):
-            raise RemoteProtocolError(errno.EINVAL, f"region {index}: the device is not bound "
-                                      "(no DMA_MAP of guest RAM with an fd yet)")
-
     # -- introspection (``DeviceIntrospection``, for the control RPC) ----------------
     def device_label(self) -> int | None:
         """The label the model knows this device by; None before ``join_platform``."""
@@ -310,7 +305,6 @@ class PciDevice:
     def region_read(self, index: int, offset: int, count: int) -> bytes:
         if index == VFIO_PCI_CONFIG_REGION_INDEX:
             return self.config.read(offset, count)
-        self._check_bound(index)
         region = self._region(index, offset, count)
         return region.read(offset, count) if count else b""
 
@@ -318,12 +312,16 @@ class PciDevice:
         if index == VFIO_PCI_CONFIG_REGION_INDEX:
             self.config.write(offset, data)
             return
-        self._check_bound(index)
         region = self._region(index, offset, len(data))
         if data:
             region.write(offset, data)
 
     def _region(self, index: int, offset: int, count: int) -> Region:
+        """The region a BAR/ROM access reaches, once every check has passed:
+        the bind (``REQUIRE_BIND``), the index, the region's bounds."""
+        if self.REQUIRE_BIND and (self.iommu is None or not self.iommu.bound):
+            raise RemoteProtocolError(errno.EINVAL, f"region {index}: the device is not bound "
+                                      "(no DMA_MAP of guest RAM with an fd yet)")
         if not 0 <= index < VFIO_PCI_NUM_REGIONS:
             raise RemoteProtocolError(errno.EINVAL, f"region index {index} out of range")
         region = self.regions.get(index)

@@ -84,6 +84,11 @@ class Register:
     write: Callable[[int], None] | None = None
 
 
+def _misaligned(offset: int, count: int) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        errno.EINVAL, f"register access {offset:#x}+{count} is not DWORD aligned")
+
+
 class RegisterFile(Region):
     """DWORD registers at fixed offsets (see the module doc)."""
 
@@ -104,13 +109,13 @@ class RegisterFile(Region):
         """Device-side store (masks ignored)."""
         self.values[self._by_name[name]] = value & 0xFFFF_FFFF
 
-    def _check(self, offset: int, count: int) -> None:
-        if offset % 4 or count % 4:
-            raise RemoteProtocolError(
-                errno.EINVAL, f"register access {offset:#x}+{count} is not DWORD aligned")
-
     def read(self, offset: int, count: int) -> bytes:
-        self._check(offset, count)
+        if offset % 4 or count % 4:
+            raise _misaligned(offset, count)
+        if count == 4:          # one register: nearly every access
+            reg = self.registers.get(offset)
+            value = 0 if reg is None else (reg.read() if reg.read else self.values[offset])
+            return (value & 0xFFFF_FFFF).to_bytes(4, "little")
         out = bytearray()
         for off in range(offset, offset + count, 4):
             reg = self.registers.get(off)
@@ -119,7 +124,8 @@ class RegisterFile(Region):
         return bytes(out)
 
     def write(self, offset: int, data: bytes) -> None:
-        self._check(offset, len(data))
+        if offset % 4 or len(data) % 4:
+            raise _misaligned(offset, len(data))
         for k in range(0, len(data), 4):
             reg = self.registers.get(offset + k)
             if reg is None:

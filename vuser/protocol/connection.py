@@ -32,6 +32,12 @@ header and access head, no payload copy for a read, no codec table. It takes
 only messages that the general path would accept, with the same results;
 anything else (fds, a bad size or count, a state or role that does not
 serve them) falls through to the general path and its errno.
+
+``serve_region(access)`` goes one step further for a server that answers
+at once: it takes the same messages, has ``access`` (``ServerCore.region_access``)
+run them with plain values, and returns the reply's bytes, with no event
+object and no pending-reply entry (the request is answered before it
+returns). The reply bytes are those the general path would send.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import os
 import struct
 from collections import deque
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from vuser.errors import LocalProtocolError, RemoteProtocolError
@@ -54,7 +61,8 @@ from vuser.protocol.events import (
     NEED_DATA, BadMessage, ConnectionClosed, ErrorReply, Event, NeedData, Reply, Request,
 )
 from vuser.protocol.messages import (
-    REGION_HEAD_CODEC, Header, Kind, RegionData, Version, VfioUserRegionAccess, decode, encode,
+    HEADER_CODEC, REGION_HEAD_CODEC, Header, Kind, RegionData, Version, VfioUserRegionAccess,
+    decode, encode,
 )
 from vuser.protocol.state import ConnState, Role, Trigger, advance, can
 
@@ -72,6 +80,12 @@ def close_fds(fds: Any) -> None:
 
 _REGION_HEAD = REGION_HEAD_CODEC.size
 _REGION_READ, _REGION_WRITE = Command.REGION_READ, Command.REGION_WRITE
+_ERROR_REPLY = VFIO_USER_F_TYPE_REPLY | VFIO_USER_F_ERROR
+
+#: ``access(msg_id, command, region, offset, count, data, no_reply)`` of
+#: ``Connection.serve_region``: the bytes read (REGION_READ, ``data`` None) or
+#: None (REGION_WRITE); ``RemoteProtocolError`` for an errno reply.
+RegionAccess = Callable[[int, int, int, int, int, "bytes | None", bool], "bytes | None"]
 
 
 @dataclass(slots=True)
@@ -242,6 +256,52 @@ class Connection:
                 queue = self._pending_in[msg_id] = deque()
             queue.append(_Pending(cmd, size, limit))
         return Request(msg_id, cmd, body, (), no_reply, size)
+
+    def serve_region(self, access: RegionAccess) -> bytes | None:
+        """Answer a REGION_READ/WRITE at the head of the buffer at once (module
+        doc): the reply's bytes (``b""`` when NO_REPLY), or None when the
+        buffer holds no such request that the fast path takes; then
+        ``next_event()`` has what there is. ``access`` raising
+        ``RemoteProtocolError`` gets the error reply the general path sends."""
+        buf = self._buf
+        if len(buf) < _REGION_HEAD or not self._serves_regions or self._fd_marks \
+                or self._discard or self.state is not ConnState.READY:
+            return None
+        msg_id, command, size, flags, _, offset, region, count = \
+            REGION_HEAD_CODEC.unpack_from(buf)
+        if flags & VFIO_USER_F_TYPE_MASK != VFIO_USER_F_TYPE_COMMAND or len(buf) < size:
+            return None
+        if command == _REGION_READ:
+            if size != _REGION_HEAD:
+                return None
+            data = None
+        elif command == _REGION_WRITE:
+            if size - _REGION_HEAD != count or size > self.max_msg_size:
+                return None
+            data = bytes(buf[_REGION_HEAD:size])
+        else:
+            return None
+        del buf[:size]
+        self._base += size
+        no_reply = bool(flags & VFIO_USER_F_NO_REPLY)
+        try:
+            out = access(msg_id, command, region, offset, count, data, no_reply)
+        except RemoteProtocolError as e:
+            if e.errno <= 0:
+                raise LocalProtocolError(f"an error reply needs a positive errno, "
+                                         f"not {e.errno}") from e
+            return b"" if no_reply else HEADER_CODEC.pack(msg_id, command, HEADER_SIZE,
+                                                           _ERROR_REPLY, e.errno)
+        if no_reply:
+            return b""
+        if data is not None:
+            return REGION_HEAD_CODEC.pack(msg_id, command, _REGION_HEAD, VFIO_USER_F_TYPE_REPLY,
+                                          0, offset, region, count)
+        if out is None or len(out) != count:
+            raise LocalProtocolError(f"region {region} read gave "
+                                     f"{None if out is None else len(out)} bytes, not {count}")
+        return REGION_HEAD_CODEC.pack(msg_id, command, _REGION_HEAD + count,
+                                      VFIO_USER_F_TYPE_REPLY, 0, offset, region, count) + out
 
     def _consume(self, n: int) -> tuple[bytearray, list[int]]:
         raw = self._buf[:n]

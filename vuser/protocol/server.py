@@ -4,7 +4,9 @@
 (argsz, flags, indexes, ranges, fd counts), calls the ``ServerBackend`` or the
 DMA table with plain values, and returns the ``Reply`` or ``ErrorReply`` to
 send (None for NO_REPLY). Validate first, then act: nothing reaches the
-backend before every check has passed.
+backend before every check has passed. ``region_access`` is the same for
+REGION_READ/WRITE with plain values and no event objects, the ``access`` of
+``Connection.serve_region`` (the path of every guest MMIO access).
 
 Errno choices (a peer sees only the number; QEMU propagates or logs it):
 - EINVAL: a malformed or invalid request: bad argsz, unknown or conflicting
@@ -146,6 +148,35 @@ class ServerCore:
                             event.msg_id, event.command.name, reply.errno)
             return None
         return reply
+
+    def region_access(self, msg_id: int, command: int, index: int, offset: int, count: int,
+                      data: bytes | None, no_reply: bool) -> bytes | None:
+        """REGION_READ (``data`` None) or REGION_WRITE with plain values: what
+        ``handle`` does for such a ``Request`` (same checks, same backend calls,
+        same log lines), for ``Connection.serve_region``. The bytes read, or
+        None for a write; ``RemoteProtocolError`` with the errno to reply
+        (EIO when the device failed)."""
+        try:
+            if data is None:
+                self._check_access(index, offset, count, VFIO_REGION_INFO_FLAG_READ)
+                out = self.backend.region_read(index, offset, count)
+                if len(out) != count:
+                    raise LocalProtocolError(f"region {index} read gave {len(out)} bytes, "
+                                             f"not {count}")
+                return out if out.__class__ is bytes else bytes(out)
+            self._check_access(index, offset, count, VFIO_REGION_INFO_FLAG_WRITE)
+            self.backend.region_write(index, offset, data)
+            return None
+        except RemoteProtocolError as e:
+            log.debug("msg %#x %s: %s", msg_id, Command(command).name, e)
+            err = e
+        except Exception:
+            log.exception("msg %#x %s: the device failed", msg_id, Command(command).name)
+            err = RemoteProtocolError(errno.EIO, "the device failed")
+        if no_reply:
+            log.warning("msg %#x %s (no reply wanted) failed: errno %d",
+                        msg_id, Command(command).name, err.errno)
+        raise err
 
     # --- device facts (static for the life of a device) ---------------------
 

@@ -17,6 +17,10 @@ Every complete message is handed to ``on_event`` from the reader callback, in
 order, before the next one is parsed: a server answers synchronous requests
 without ever awaiting, so requests are processed strictly in order and a
 reply can never wait on anything the client has yet to send.
+With ``serve_region`` (a server's ``ServerCore.region_access``), REGION_READ
+and REGION_WRITE are answered inside the read by ``Connection.serve_region``,
+with no event and the reply sent at once; tracing turns that off, so that a
+trace shows every message as an event.
 
 ``Timeouts`` bound how long a peer may hold the channel without progress
 (issue 14: a client sending one byte a second, or announcing 4 GiB and
@@ -41,7 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vuser.protocol.connection import Connection, close_fds
+from vuser.protocol.connection import Connection, RegionAccess, close_fds
 from vuser.protocol.consts import HEADER_SIZE, SCM_MAX_FD
 from vuser.protocol.events import NEED_DATA, ConnectionClosed, ErrorReply, Event, Reply, Request
 from vuser.protocol.messages import HEADER_CODEC, VfioIrqSet
@@ -109,16 +113,19 @@ class Channel:
 
     def __init__(self, sock: socket.socket, conn: Connection,
                  on_event: Callable[[Event], None], *, name: str = "vfio-user",
-                 trace: int = 0, timeouts: Timeouts = NO_TIMEOUTS) -> None:
+                 trace: int = 0, timeouts: Timeouts = NO_TIMEOUTS,
+                 serve_region: RegionAccess | None = None) -> None:
         sock.setblocking(False)
         self.sock, self.conn, self.on_event = sock, conn, on_event
         self.name, self.trace = name, trace
         self.timeouts = timeouts
+        self._serve_region = None if trace else serve_region
         self.closed = False
         self._loop = asyncio.get_running_loop()
         self._out: deque[tuple[memoryview, list[int]]] = deque()
         self._out_bytes = 0
         self._reading = False
+        self._mid = False       # conn.mid_message after the last read
         self._fd = sock.fileno()
         now = self._loop.time()
         self._started = self._last_message = now
@@ -152,6 +159,7 @@ class Channel:
             return
         if (self._msg_since is None and self._out_since is None and self.timeouts.idle is None
                 and self.conn.state is ConnState.READY):
+            self._disarm()
             return  # the common case between messages: no deadline applies
         deadline = self._deadline()
         if deadline is None:
@@ -161,6 +169,13 @@ class Channel:
                 return
             self._timer.cancel()
         self._timer = self._loop.call_at(deadline[0], self._expired)
+
+    def _disarm(self) -> None:
+        """Drop the timer when no deadline applies: a pending one (the
+        handshake's, 10 s) costs the event loop a clock read on every turn."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _expired(self) -> None:
         self._timer = None
@@ -253,68 +268,98 @@ class Channel:
             self._reading = True
 
     def _readable(self) -> None:
+        """The reader callback: one recvmsg of at most the message in progress
+        (``BOUNDARY_READ`` between messages), its events handed out or its
+        region accesses answered; then the deadlines. One function, as the
+        path every guest MMIO access takes: a call per message costs more here
+        than the whole floor's parsing (bench/RESULTS.md)."""
+        conn = self.conn
         # Read on while a message is incomplete and the socket has more: the
         # header and the rest of a message cost one wakeup, not two. Bounded,
         # so that a peer streaming a huge message does not starve the others.
         for _ in range(READS_PER_WAKEUP):
-            if not self._read_once() or self.closed or not self.conn.mid_message:
-                break
-        if not self.closed:
-            mid = self.conn.mid_message
-            if not mid:
-                self._msg_since = None
-            elif self._msg_since is None:
-                self._msg_since = self._loop.time()
-            self._arm()
-
-    def _read_once(self) -> bool:
-        """One recvmsg of at most the message in progress, its events handed
-        out; False when the socket had nothing (or the channel closed)."""
-        try:
-            # CLOEXEC: received fds must not leak into processes we start.
-            boundary = not self.conn.mid_message
-            want = BOUNDARY_READ if boundary else min(self.conn.bytes_needed(), RECV_SIZE)
-            data, ancdata, msg_flags, _ = self.sock.recvmsg(want, _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as e:
-            if e.errno not in (errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE):
-                log.warning("%s: receive failed: %s", self.name, e)
-            data, ancdata, msg_flags = b"", [], 0
-        fds = fds_from_ancdata(ancdata) if ancdata else []
-        if msg_flags & _MSG_CTRUNC:
-            # The kernel dropped fds it had no room for: the message is unusable
-            # and we cannot tell where it ends with any certainty. Hang up.
-            close_fds(fds)
-            log.warning("%s: control data truncated; closing the connection", self.name)
-            self._finish(ConnectionClosed(partial=True, pending=self.conn.awaiting_replies))
-            return False
-        if self.trace > 1 and data:
-            trace_log.debug("%s ← %d bytes %s fds=%s", self.name, len(data), data[:64].hex(), fds)
-        last = _last_message_start(data) if fds and boundary else 0
-        if last:                # the fds came with a later message (module doc)
-            self.conn.receive_data(data[:last])
-            self.conn.receive_data(data[last:], fds)
-        else:
-            self.conn.receive_data(data, fds)
-        while not self.closed:
             try:
-                event = self.conn.next_event()
-            except Exception:  # a bug of ours: never leave the peer hanging
-                log.exception("%s: cannot parse the input; closing the connection", self.name)
-                self._finish(ConnectionClosed(partial=True, pending=self.conn.awaiting_replies))
-                return False
-            if event is NEED_DATA:
+                # CLOEXEC: received fds must not leak into processes we start.
+                boundary = not self._mid
+                want = BOUNDARY_READ if boundary else min(conn.bytes_needed(), RECV_SIZE)
+                data, ancdata, msg_flags, _ = self.sock.recvmsg(want, _CMSG_SPACE,
+                                                                _MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
                 break
-            if self.timeouts.idle is not None:   # only the idle deadline reads it
-                self._last_message = self._loop.time()
-            if self.trace:
-                trace_log.debug("%s ← %s", self.name, describe(event))
-            if isinstance(event, ConnectionClosed):
-                self._finish(event)
+            except OSError as e:
+                if e.errno not in (errno.ECONNRESET, errno.ENOTCONN, errno.EPIPE):
+                    log.warning("%s: receive failed: %s", self.name, e)
+                data, ancdata, msg_flags = b"", [], 0
+            fds = fds_from_ancdata(ancdata) if ancdata else []
+            if msg_flags & _MSG_CTRUNC:
+                # The kernel dropped fds it had no room for: the message is unusable
+                # and we cannot tell where it ends with any certainty. Hang up.
+                close_fds(fds)
+                log.warning("%s: control data truncated; closing the connection", self.name)
+                self._finish(ConnectionClosed(partial=True, pending=conn.awaiting_replies))
+                return
+            if self.trace > 1 and data:
+                trace_log.debug("%s ← %d bytes %s fds=%s", self.name, len(data),
+                                data[:64].hex(), fds)
+            last = _last_message_start(data) if fds and boundary else 0
+            if last:                # the fds came with a later message (module doc)
+                conn.receive_data(data[:last])
+                conn.receive_data(data[last:], fds)
+            else:
+                conn.receive_data(data, fds)
+            serve, mid = self._serve_region, None
+            while not self.closed:
+                try:
+                    if serve is not None:
+                        out = conn.serve_region(serve)
+                        if out is not None:     # answered (module doc)
+                            if out:             # sent now if nothing is queued (``_write``)
+                                if self._out:
+                                    self._write(memoryview(out), [])
+                                else:
+                                    try:
+                                        sent = self.sock.send(out)
+                                    except OSError:     # full, or the peer is gone:
+                                        sent = 0        # _write tries again, handles it
+                                    if sent != len(out):
+                                        self._write(memoryview(out)[sent:], [])
+                            if self.timeouts.idle is not None:
+                                self._last_message = self._loop.time()
+                            if not (mid := conn.mid_message):
+                                break       # all answered: no need to ask next_event
+                            mid = None
+                            continue
+                    event = conn.next_event()
+                except Exception:  # a bug of ours: never leave the peer hanging
+                    log.exception("%s: cannot parse the input; closing the connection",
+                                  self.name)
+                    self._finish(ConnectionClosed(partial=True, pending=conn.awaiting_replies))
+                    return
+                if event is NEED_DATA:
+                    break
+                if self.timeouts.idle is not None:   # only the idle deadline reads it
+                    self._last_message = self._loop.time()
+                if self.trace:
+                    trace_log.debug("%s ← %s", self.name, describe(event))
+                if isinstance(event, ConnectionClosed):
+                    self._finish(event)
+                    break
+                self.on_event(event)
+            if self.closed:
+                return
+            self._mid = conn.mid_message if mid is None else mid
+            if not data or not self._mid:
                 break
-            self.on_event(event)
-        return bool(data)
+        if not self._mid:
+            self._msg_since = None
+            if self._out_since is None and self.timeouts.idle is None \
+                    and conn.state is ConnState.READY:
+                if self._timer is not None:
+                    self._disarm()
+                return      # no deadline applies (``_arm``'s common case)
+        elif self._msg_since is None:
+            self._msg_since = self._loop.time()
+        self._arm()
 
     def _finish(self, event: ConnectionClosed) -> None:
         self.close()

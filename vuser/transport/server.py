@@ -139,7 +139,8 @@ class _Session:
         self.core = ServerCore(server.backend, self.dma, server.caps)
         self.channel = Channel(sock, self.conn, self._on_event,
                                name=f"{server.name}#{server.sessions_served}",
-                               trace=server.trace, timeouts=server.timeouts)
+                               trace=server.trace, timeouts=server.timeouts,
+                               serve_region=self.core.region_access)
         self._waiters: dict[int, asyncio.Future[Event]] = {}
         self._ended = False
 
