@@ -457,3 +457,36 @@ def test_run_append_reaches_the_guest_and_trace_covers_the_run(image_ready, shor
     assert s.returncode == 0, s.stderr
     assert re.search(r"^events +\d+$", s.stdout, re.M), s.stdout
     assert "cut short" not in s.stdout  # the server wrote the footer when the guest ended
+
+
+def test_a_guest_that_hangs_does_not_stop_the_next_one(monkeypatch, capsys):
+    """With several guests, one that hangs is reported and the others still boot (no guest)."""
+    from types import SimpleNamespace
+
+    from vuser.commands import run as run_cmd
+    from vuser.errors import UserError
+
+    booted = []
+
+    def fake_launch(image, **kw):
+        booted.append(tuple(image.tests))
+        if len(booted) == 1:
+            return SimpleNamespace(console="KTAP version 1\n1..1\n", qemu_log="",
+                                   error="guest timed out after 9 s, guest running",
+                                   exit_status=None, duration_s=9.0, timed_out=True,
+                                   task_dump="")
+        ktap = "KTAP version 1\n1..1\n" + "".join(
+            f"ok {i} {n}\n" for i, n in enumerate(image.tests, 1))
+        return SimpleNamespace(console=ktap, qemu_log="", error=None, exit_status=0,
+                               duration_s=0.1, timed_out=False, task_dump="")
+
+    monkeypatch.setattr("vuser.qemu.find.find_qemu",
+                        lambda **kw: SimpleNamespace(version="11", source="test"))
+    monkeypatch.setattr("vuser.guest.image.build_image",
+                        lambda tests, **kw: SimpleNamespace(kernel_release="6.1", tests=tests))
+    monkeypatch.setattr("vuser.qemu.launcher.launch", fake_launch)
+    args = _args("-q", "--test", "environment", "--test", "dma_nested")
+    with pytest.raises(UserError, match="guest timed out after 9 s"):
+        run_cmd.run(args)
+    assert booted == [("environment",), ("dma_nested",)]
+    assert "pass       dma_nested" in capsys.readouterr().out  # the second guest's result

@@ -375,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(result.error)
         return 0
 
-    worst, programs, error = 0, [], None
+    worst, programs, errors = 0, [], []
     plans = _plan(args)
     if kernel.given:
         from vuser.guest.kernel_choice import merge_plans
@@ -412,12 +412,14 @@ def run(args: argparse.Namespace) -> int:
         status, error, found = _report(result, args.quiet, image.tests)
         programs += found
         worst = max(worst, status)
-        if error:  # the guest crashed, hung or lied: stop here
-            break
+        if error:  # the guest crashed, hung or lied: the next guest still boots
+            errors.append(error)
     if programs:
         _print_summary(programs)
-    if error:
-        raise UserError(error)
+    for e in errors[:-1]:
+        print(f"vuser: error: {e}", file=sys.stderr)
+    if errors:
+        raise UserError(errors[-1])
     if not (args.test or args.all):
         shown = [n for p in plans for n in p.programs]
         print(f"vuser: that was the demo ({_and(shown)}); `vuser run --all` runs "
