@@ -51,7 +51,7 @@ def run_guest(server_command: list[str] | None = None,
               ) -> tuple[dict[tuple[str, str], float], float | None, str]:
     """(µs per access by (device, read|write), seconds to the first KTAP line, error).
     ``server_command``: another server (default: the launcher's ``vuser serve``)."""
-    from vuser.commands.run import _results
+    from vuser.commands._run_report import results
     from vuser.guest.image import build_image
     from vuser.guest.manifest import load_manifest
     from vuser.qemu.launcher import launch
@@ -75,7 +75,7 @@ def run_guest(server_command: list[str] | None = None,
                qemu_extra=["-device", "edu"], server_command=server_command)
     boot = first_ktap[0] - start if first_ktap else None
     figures = {(m.group(1), m.group(2)): float(m.group(3)) for m in LINE.finditer(r.console)}
-    progs = _results(r.console)
+    progs = results(r.console)
     failed = [f"{p.name}: {c[0]} {c[1]}" for p in progs for c in p.cases if c[1] != "pass"]
     error = ""
     if not r.ok or failed:

@@ -91,14 +91,14 @@ def test_kernel_log_tail_without_boot_chatter():
 def test_run_summary_names_the_case_and_signal(capsys):
     from types import SimpleNamespace
 
-    from vuser.commands.run import _print_summary, _report
+    from vuser.commands._run_report import print_summary, report
 
     result = SimpleNamespace(console=transcript("crash_midway"), qemu_log="", error=None,
                              exit_status=1, duration_s=7.0, timed_out=False)
     declared = {"crash_midway": ["before_the_crash", "segfaults", "never_reached"]}
-    status, error, progs = _report(result, False, declared)
+    status, error, progs = report(result, False, declared)
     assert status == 1 and error is None
-    _print_summary(progs)
+    print_summary(progs)
     out = capsys.readouterr().out
     assert "killed by SIGSEGV (exit status 139) during case segfaults" in out
     assert "every case passed" not in out
@@ -137,15 +137,15 @@ def guest_with(tmp_path_factory):
 
 @pytest.mark.guest
 def test_a_real_segfault_names_its_case(guest_with, capsys):
-    from vuser.commands.run import _print_summary, _report
+    from vuser.commands._run_report import print_summary, report
 
     prog, result = guest_with("crash_midway", 120)
     assert result.error is None and result.exit_status == 1, result.console[-2000:]
     doc = ktap.parse(result.console)
     assert postmortem.program_death(prog.cases, doc.find("crash_midway")) == \
         "killed by SIGSEGV (exit status 139) during case segfaults"
-    _, _, progs = _report(result, True, {"crash_midway": list(prog.cases)})
-    _print_summary(progs)
+    _, _, progs = report(result, True, {"crash_midway": list(prog.cases)})
+    print_summary(progs)
     assert "killed by SIGSEGV (exit status 139) during case segfaults" in capsys.readouterr().out
     assert "segfault at 8" in klog.tail(result.console)
 

@@ -171,16 +171,16 @@ not ok 1 demo # exit status 1
 
 
 def test_summary_of_a_failed_program(capsys):
-    from vuser.commands.run import _print_summary, _results
+    from vuser.commands._run_report import print_summary, results
 
-    programs = _results(SPLIT_CONSOLE)
+    programs = results(SPLIT_CONSOLE)
     # The cases and the result line are one program, though kernel messages split them.
     assert [(p.name, p.status, p.reason) for p in programs] == [
         ("demo", "fail", "exit status 1"), ("(1 more program(s) announced)", "missing", "")]
     assert programs[0].cases == [("find_devices", "pass", ""), ("context_entry", "fail", ""),
                                  ("stage1_tables", "skip", "no hugepages")]
     assert not any(p.ok for p in programs)
-    _print_summary(programs)
+    print_summary(programs)
     assert capsys.readouterr().out.splitlines() == [
         "guest test results",
         "  fail       demo                           1 passed, 1 failed, 1 skipped, 1 not run  "

@@ -31,7 +31,7 @@ def _sample(pid: int) -> tuple[int, int]:
 
 
 def test_soak():
-    from vuser.commands.run import _results
+    from vuser.commands._run_report import results
     from vuser.guest.image import build_image
     from vuser.guest.manifest import load_manifest
     from vuser.qemu.launcher import launch
@@ -57,7 +57,7 @@ def test_soak():
                kernel_args=[f"vuser.soak_s={seconds}"], console_echo=echo,
                on_ready=lambda info: server_pid.append(info.server_pid))
     summary = re.search(r"soak: (\d+) copies verified.*", r.console)
-    progs = _results(r.console)
+    progs = results(r.console)
     assert r.ok and [(p.name, p.status) for p in progs] == [("soak", "pass")], (
         f"{r.error or ''}\n{r.console_tail(30)}")
     assert summary, r.console_tail(30)

@@ -7,7 +7,9 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+
+from vuser.commands._run_report import ProgramResult, print_summary, report
 
 HELP = "boot a Linux guest against vuser devices and run the demo, guest tests or a shell"
 DESCRIPTION = """\
@@ -211,80 +213,6 @@ def _on_ready(info, verbose: bool, control: str | None = None) -> None:
             print(f"vuser: device socket {sock}", file=sys.stderr)
 
 
-@dataclass
-class ProgramResult:
-    """One guest test program's outcome in a guest's KTAP."""
-
-    name: str
-    status: str = "unfinished"  # pass, fail, skip, xfail, unfinished, missing
-    reason: str = ""
-    cases: list[tuple[str, str, str]] = field(default_factory=list)  # (name, status, reason)
-    planned: int | None = None  # cases the program announced
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("pass", "skip", "xfail")
-
-
-def _results(console: str) -> list[ProgramResult]:
-    """The programs a guest's console reports, in order, one per name; a
-    program the top-level plan announced but never reported is ``missing``."""
-    from vuser.guest import ktap
-
-    doc = ktap.parse(console)
-    progs: dict[str, ProgramResult] = {}
-    for r in doc.results:
-        p = progs.setdefault(r.name, ProgramResult(r.name))
-        if r.subtests:
-            p.cases = [(c.name, c.status.value if c.status else "unfinished", c.reason)
-                       for c in r.subtests]
-            p.planned = r.plan
-        if r.status is not None:
-            p.status, p.reason = r.status.value, r.reason
-    out = list(progs.values())
-    if doc.plan is not None and len(out) < doc.plan:
-        out.append(ProgramResult(f"({doc.plan - len(out)} more program(s) announced)", "missing"))
-    return out
-
-
-def _counts(p: ProgramResult) -> str:
-    """'14 cases passed' or '7 passed, 1 failed, 1 not run'."""
-    tally: dict[str, int] = {}
-    for _, status, _ in p.cases:
-        tally[status] = tally.get(status, 0) + 1
-    not_run = (p.planned or 0) - len(p.cases)
-    if not_run > 0:
-        tally["not run"] = not_run
-    if not tally:
-        return ""
-    if set(tally) == {"pass"}:
-        return f"{tally['pass']} case{'s' if tally['pass'] != 1 else ''} passed"
-    words = {"pass": "passed", "fail": "failed", "skip": "skipped", "xfail": "expected failure",
-             "unfinished": "unfinished"}
-    return ", ".join(f"{n} {words.get(s, s)}" for s, n in tally.items())
-
-
-def _print_summary(programs: list[ProgramResult]) -> None:
-    """One line per program; the cases that did not pass below it."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    out = Console(stderr=False, highlight=False)
-    colour = {"pass": "green", "skip": "yellow", "xfail": "yellow"}
-    width = max((len(p.name) for p in programs), default=0)
-    out.print("[bold]guest test results[/]")
-    for p in programs:
-        line = f"{escape(p.name):<{width}}  {_counts(p)}".rstrip()
-        extra = f"  # {escape(p.reason)}" if p.reason else ""
-        out.print(f"  [{colour.get(p.status, 'red')}]{p.status:<10}[/] {line}{extra}",
-                  soft_wrap=True)
-        for name, status, reason in p.cases:
-            if status != "pass":
-                why = f"  # {escape(reason)}" if reason else ""
-                out.print(f"      [{colour.get(status, 'red')}]{status:<10}[/] {escape(name)}{why}",
-                          soft_wrap=True)
-
-
 def _exit_on_sigterm() -> None:
     """SIGTERM becomes SystemExit, so the launcher's teardown runs (no orphaned QEMU)."""
     import signal
@@ -409,13 +337,13 @@ def run(args: argparse.Namespace) -> int:
         elif trace is not None:  # no devices: the launcher starts no server
             print(f"vuser: no trace {trace}: this guest has no devices, so no server ran",
                   file=sys.stderr)
-        status, error, found = _report(result, args.quiet, image.tests)
+        status, error, found = report(result, args.quiet, image.tests)
         programs += found
         worst = max(worst, status)
         if error:  # the guest crashed, hung or lied: the next guest still boots
             errors.append(error)
     if programs:
-        _print_summary(programs)
+        print_summary(programs)
     for e in errors[:-1]:
         print(f"vuser: error: {e}", file=sys.stderr)
     if errors:
@@ -554,50 +482,3 @@ def _buildable(plans: list) -> tuple[list, list[ProgramResult]]:
     kept = [replace(p, programs=tuple(n for n in p.programs if n not in built.failed))
             for p in plans]
     return [p for p in kept if p.programs], failed
-
-
-def _explain(programs: list[ProgramResult], declared: dict, console: str,
-             timed_out: bool = False) -> None:
-    """Name the case a program died or hung in, and decode a signal's exit status."""
-    from vuser.guest import ktap, postmortem
-
-    doc = ktap.parse(console)
-    for p in programs:
-        cases = declared.get(p.name) if isinstance(declared, dict) else None
-        if not cases or p.status in ("pass", "skip", "xfail"):
-            continue
-        death = postmortem.program_death(tuple(cases), doc.find(p.name), timed_out)
-        p.reason = death if death else postmortem.describe_exit(p.reason)
-
-
-def _report(result, quiet: bool, declared: dict | None = None
-            ) -> tuple[int, str | None, list[ProgramResult]]:
-    """One guest's outcome: (exit status, error or None, its programs)."""
-    from vuser.guest import klog, postmortem
-
-    programs = _results(result.console)
-    _explain(programs, declared or {}, result.console, bool(getattr(result, "timed_out", False)))
-    for line in result.qemu_log.splitlines():
-        if line.strip():
-            print(f"vuser: QEMU: {line.strip()}", file=sys.stderr)
-    if result.error:
-        # A crash or a hang: the test failed; show how the console ended.
-        dump = getattr(result, "task_dump", "")
-        if quiet or result.timed_out:
-            console = result.console
-            if dump and (at := console.find(dump)) >= 0:
-                console = console[:at]
-            tail = klog.tail(console, 15)
-            print("vuser: last console lines:\n" + (tail or "(none)"),
-                  file=sys.stderr)
-        if tasks := postmortem.user_tasks(dump):
-            print("vuser: the guest's user tasks when it was stopped (SysRq t, l):\n" + tasks,
-                  file=sys.stderr)
-        return 1, result.error, programs
-    if not programs:
-        return 1, f"the guest printed no KTAP results (exit status {result.exit_status})", programs
-    status = result.exit_status
-    if status == 0 and not all(p.ok for p in programs):
-        return 1, "the guest exited 0 but its KTAP results show failures or missing tests", programs
-    print(f"vuser: guest exited with status {status} in {result.duration_s:.1f} s", file=sys.stderr)
-    return status, None, programs
