@@ -173,6 +173,17 @@ def test_debian_kernels_run_environment(suite, major):
     assert re.search(rf"# kernel {re.escape(major)}\S+-cloud-amd64", p.stdout)
 
 
+@pytest.mark.guest
+@pytest.mark.parametrize("suite,major", [("trixie", "6.12."), ("sid", "7.")])
+def test_a_new_users_first_try_prints_the_kernel_release(suite, major):
+    """The issue's first try: ``vuser run --kernel debian:SUITE --exec 'uname -r'``."""
+    p = vuser("run", "--kernel", f"debian:{suite}", "--exec", "uname -r")
+    if p.returncode != 0 and "Temporary failure resolving" in p.stderr:
+        pytest.skip(f"prerequisite missing: the Debian archive is unreachable: {p.stderr[-300:]}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert re.fullmatch(rf"{re.escape(major)}\S+-cloud-amd64\n", p.stdout), p.stdout
+
+
 def test_exec_with_a_live_9p_share_on_the_generic_flavour(generic, tmp_path):
     """The generic flavour has 9p (the cloud one does not): --share mounts the host
     directory itself, so what the guest writes there is on the host afterwards."""
