@@ -35,7 +35,7 @@ from .iotlb import IotlbEntry
 from .psc import PscFill
 from .pagetable.addresses import Gpa, Iova
 from .pagetable.results import Access, Fault, FaultKind, Stage
-from .pagetable.walker import second_stage_ok, walk_first_stage
+from .pagetable.walker import second_stage_ok, walk_first_stage_raw
 from .trace import TraceEvent, TraceHook
 from .uapi import ALL_PASIDS, U64_MAX
 
@@ -213,29 +213,34 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
         reason = FaultKind.CONTEXT_ENTRY_P if pasid is None else FaultKind.PASID_ENTRY_P
         return _report(ctx, bd, pasid, Fault(reason, Stage.BLOCKED, addr, access))
     s2: HwptPaging
-    if isinstance(hwpt, HwptNested):
+    if hwpt.__class__ is HwptNested:
         s2 = hwpt.parent
         stats.walks += 1
-        psc = ctx._iotlb.psc
+        tlb = ctx._iotlb
+        psc = tlb.psc
+        table, levels, modes, eafe = hwpt.walk_args
         # The paging-structure cache: resume below its deepest entry, and
         # fill it from a successful walk (the psc module doc).
-        fills: list[PscFill] | None = [] if psc.capacity else None
-        start = psc.lookup(dev_id, pasid, hwpt.id, addr, hwpt.levels) \
-            if fills is not None else None
-        t = walk_first_stage(s2, addr, access, root=hwpt.pgtbl_addr, levels=hwpt.levels,
-                             sre=hwpt.sre, wpe=hwpt.wpe, eafe=hwpt.eafe, start=start,
-                             tables=fills)
-        stats.memory_reads += t.reads
-        if isinstance(t, Fault):
-            return _report(ctx, bd, pasid, t)
-        stats.memory_writes += t.writes
+        if psc.capacity:
+            fills: list[PscFill] | None = []
+            start = psc.lookup(dev_id, pasid, hwpt.id, addr, levels)
+        else:
+            fills = start = None
+        t = walk_first_stage_raw(s2, addr, access, table, levels, modes, eafe, start, fills)
+        if t.__class__ is Fault:
+            stats.memory_reads += t.reads   # type: ignore[union-attr]
+            return _report(ctx, bd, pasid, t)   # type: ignore[arg-type]
+        t_iova, output, size, _level, ok, reads, writes, _dirty, _locs = t   # type: ignore[misc]
+        stats.memory_reads += reads
+        stats.memory_writes += writes
         if fills:
             psc.fill(dev_id, pasid, hwpt.id, s2, addr, fills)
-        gpa = t.output + (addr - t.iova)
-        size, ok, stage = t.size, t.ok, Stage.S1
+        gpa = output + (addr - t_iova)
+        stage = Stage.S1
     else:
         assert isinstance(hwpt, HwptPaging)
         s2 = hwpt
+        tlb = ctx._iotlb
         gpa, size, ok, stage = addr, 1 << 30, 0xFFFF, Stage.S2
     area = s2.ioas.iopt.find(gpa)
     if area is None:
@@ -252,11 +257,8 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
             break
         size >>= 9
     base_gpa = gpa & ~(size - 1)
-    off = area.offset + (base_gpa - area.iova)
-    base = area.pages.mem
-    e = IotlbEntry(dev_id, pasid, hwpt.id, s2, addr & ~(size - 1), size, base_gpa,
-                   base[off:off + size], ok & s2ok, base, off)
-    ctx._iotlb.insert(e)
+    e = tlb.add(dev_id, pasid, hwpt.id, s2, addr & ~(size - 1), size, base_gpa, ok & s2ok,
+                area.pages.mem, area.offset + (base_gpa - area.iova))
     if ctx._trace is not None:
         _trace_translate(ctx, e, addr, stage, False)
     return e

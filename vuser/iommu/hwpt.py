@@ -24,8 +24,9 @@ from .invalidation import hwpt_flush, run_entries
 from .io_pagetable import READABLE, WRITEABLE, check_range
 from .ioas import Ioas
 from .objects import IommufdObject, ObjType
-from .pagetable.formats import FIRST_STAGE_LEVELS
+from .pagetable.formats import DEFAULT_OAW, FIRST_STAGE_LEVELS, leaf_address_mask
 from .pagetable.results import Access, Fault, FaultKind, Stage
+from .pagetable.walker import walk_modes
 from .uapi import (
     U64_MAX, VTD_INV_FLAGS_LEAF, DirtyBitmapFlags, HwptAllocFlags, HwptDataType,
     HwptInvalidateDataType, IommuHwptVtdS1, IommuHwptVtdS1Invalidate, VtdS1Flags,
@@ -40,6 +41,8 @@ _ALLOC_FLAGS = int(HwptAllocFlags.NEST_PARENT | HwptAllocFlags.DIRTY_TRACKING
                    | HwptAllocFlags.FAULT_ID_VALID | HwptAllocFlags.PASID)
 _NESTED_FLAGS = int(HwptAllocFlags.FAULT_ID_VALID | HwptAllocFlags.PASID)
 _R, _W = int(Access.READ), int(Access.WRITE)
+#: The table-address bits of a first-stage root (``walk_first_stage``'s mask).
+_TABLE_MASK = leaf_address_mask(1, DEFAULT_OAW)
 
 
 class Hwpt(IommufdObject):
@@ -149,6 +152,11 @@ class HwptNested(Hwpt):
         self.sre = bool(s1.flags & VtdS1Flags.SRE)
         self.eafe = bool(s1.flags & VtdS1Flags.EAFE)
         self.wpe = bool(s1.flags & VtdS1Flags.WPE)
+        #: ``walk_first_stage_raw``'s ``(table, levels, modes, eafe)`` for this
+        #: HWPT, made once: none of these fields changes after allocation (a new
+        #: stage 1 is a new HWPT, attached in place of this one).
+        self.walk_args = (self.pgtbl_addr & _TABLE_MASK, self.levels,
+                          walk_modes(self.sre, self.wpe), self.eafe)
 
     def release(self, ctx: Any) -> None:
         super().release(ctx)

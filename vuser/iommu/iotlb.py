@@ -68,6 +68,10 @@ class IotlbEntry:
         self.run: Run | None = None
 
 
+#: Makes an ``IotlbEntry`` without running ``__init__`` (``Iotlb.add`` sets every slot).
+_new_entry = object.__new__
+
+
 class Run:
     """Consecutive 4 KiB entries served as one translation (see module doc)."""
 
@@ -170,6 +174,56 @@ class Iotlb:
         pl[e.level] += 1
         # ``_levels_changed``, once for the evictions too (inline: every miss comes here)
         self.levels = _LEVELS[(pl[1] > 0) << 1 | (pl[2] > 0) << 2 | (pl[3] > 0) << 3]
+
+    def add(self, dev_id: int, pasid: int | None, hwpt_id: int, s2: object, iova: int,
+            size: int, gpa: int, ok: int, base: memoryview, boff: int) -> IotlbEntry:
+        """``insert(IotlbEntry(...))`` for the miss path, in one call: the entry is
+        built here (``mem`` is ``base[boff:boff + size]``) and an evicted
+        entry is forgotten inline. Returns the new entry."""
+        e = _new_entry(IotlbEntry)
+        level = _SIZE_LEVEL[size]
+        key = (dev_id, pasid, iova >> _LEVEL_SHIFT[level], level)
+        e.key, e.level, e.dev_id, e.pasid, e.hwpt_id, e.s2 = key, level, dev_id, pasid, hwpt_id, s2
+        e.iova, e.size, e.gpa, e.mem, e.ok = iova, size, gpa, base[boff:boff + size], ok
+        e.base, e.boff, e.run = base, boff, None
+        m = self._map
+        pl = self._per_level
+        by_hwpt, by_s2 = self._by_hwpt, self._by_s2
+        old = m.pop(key, None)
+        if old is not None:
+            self._unindex(old, False)
+        while len(m) >= self.capacity:
+            _k, v = m.popitem(last=False)
+            # ``_unindex(v, False)``, inline: with a one-entry IOTLB every miss evicts
+            if v.run is not None:
+                self._kill_run(v.run)
+            vk = v.key
+            d = by_hwpt.get(v.hwpt_id)
+            if d is not None:
+                d.pop(vk, None)
+                if not d:
+                    del by_hwpt[v.hwpt_id]
+            s2v = id(v.s2)
+            d = by_s2.get(s2v)
+            if d is not None:
+                d.pop(vk, None)
+                if not d:
+                    del by_s2[s2v]
+            pl[v.level] -= 1
+            self.evictions += 1
+        m[key] = e
+        d = by_hwpt.get(hwpt_id)
+        if d is None:
+            d = by_hwpt[hwpt_id] = {}
+        d[key] = e
+        s2k = id(s2)
+        d = by_s2.get(s2k)
+        if d is None:
+            d = by_s2[s2k] = {}
+        d[key] = e
+        pl[level] += 1
+        self.levels = _LEVELS[(pl[1] > 0) << 1 | (pl[2] > 0) << 2 | (pl[3] > 0) << 3]
+        return e
 
     # -- runs ------------------------------------------------------------------
     def build_run(self, e: IotlbEntry) -> Run | None:

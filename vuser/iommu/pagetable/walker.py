@@ -119,6 +119,11 @@ def _fs_constants(oaw: int) -> tuple[dict[tuple[int, bool], int], dict[int, int]
     return first_stage_reserved(oaw), {lv: leaf_address_mask(lv, oaw) for lv in range(1, 6)}
 
 
+#: ``first_stage_ok`` by ``rw | us << 1 | xd << 2 | sre << 3 | wpe << 4 | dirty << 5``.
+_FS_OK = tuple(first_stage_ok(bool(i & 1), bool(i & 2), bool(i & 4), bool(i & 8),
+                              bool(i & 16), bool(i & 32)) for i in range(64))
+
+
 def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
                      levels: int = 4, sre: bool = False, wpe: bool = False,
                      eafe: bool = False, oaw: int = DEFAULT_OAW,
@@ -136,18 +141,52 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
     accessed flags of the entries above ``start`` are not touched (they were
     set by the walk that cached them).
     """
+    rsvd, leaf_masks = _fs_constants(oaw)
+    t = walk_first_stage_raw(s2, iova, access, root & leaf_masks[1], levels,
+                             walk_modes(sre, wpe), eafe, start, tables, rsvd, leaf_masks)
+    if t.__class__ is Fault:
+        return t  # type: ignore[return-value]
+    base, output, size, level, ok, reads, writes, dirty, locs = t  # type: ignore[misc]
+    return Translation(base, output, size, level, ok, reads, writes, dirty,
+                       [loc[0] for loc in locs])
+
+
+def walk_modes(sre: bool, wpe: bool) -> int:
+    """``walk_first_stage_raw``'s ``modes`` for a PASID entry's SRE and WPE."""
+    return bool(sre) << 3 | bool(wpe) << 4
+
+
+#: ``walk_first_stage_raw``'s result: ``(iova, output, size, level, ok, reads,
+#: writes, dirty, locs)`` as in ``Translation``, ``locs`` a list of ``(gpa, mem,
+#: offset, pte)`` per entry read (``Translation.path`` is their GPAs).
+RawTranslation = tuple[int, int, int, int, int, int, int, bool, list]
+
+
+def walk_first_stage_raw(s2: Stage2Port, iova: int, access: int, table: int, levels: int,
+                         modes: int, eafe: bool,
+                         start: tuple[int, int, bool, bool, bool] | None,
+                         tables: list[tuple[int, int, bool, bool, bool]] | None,
+                         rsvd: dict[tuple[int, bool], int] = _fs_constants(DEFAULT_OAW)[0],
+                         leaf_masks: dict[int, int] = _fs_constants(DEFAULT_OAW)[1],
+                         ) -> RawTranslation | Fault:
+    """``walk_first_stage`` with positional arguments and a tuple result, for
+    the model's miss path (no keyword parsing, no ``Translation``).
+
+    ``table`` is the root already masked to its table address; ``modes`` is
+    ``sre << 3 | wpe << 4``; ``rsvd`` and ``leaf_masks`` are ``_fs_constants``
+    of the output-address width (default: 48 bits). Same checks, same
+    accessed/dirty updates, same faults.
+    """
     top = iova >> (47 if levels == 4 else 56)
     if top and top != _CANON_ONES[levels]:
         return Fault(FaultKind.FS_NON_CANONICAL, Stage.S1, iova, access, level=levels)
-    rsvd, leaf_masks = _fs_constants(oaw)
     table_mask = leaf_masks[1]
     reads = 0
     if start is None:
-        level, table, rw, us, xd = levels, root & table_mask, True, True, False
+        level, rw, us, xd = levels, True, True, False
     else:
         level, table, rw, us, xd = start
-    path: list[int] = []
-    locs: list[tuple[memoryview, int, int]] = []
+    locs: list[tuple[int, memoryview, int, int]] = []
     nonleaf: list[tuple[int, int, bool, bool, bool]] = []
     while True:
         gpa = table + ((iova >> LEVEL_SHIFT[level]) & 511) * 8
@@ -168,8 +207,7 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
         rw = rw and bool(pte & _RW)
         us = us and bool(pte & _US)
         xd = xd or bool(pte & _XD)
-        path.append(gpa)
-        locs.append((mem, off, pte))
+        locs.append((gpa, mem, off, pte))
         if leaf:
             break
         table = pte & table_mask
@@ -178,23 +216,25 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
         level -= 1
     # Allowed once D is set (``first_stage_ok`` with dirty) is exactly "not
     # denied": the reason is looked for only when it is not.
-    ok_dirty = first_stage_ok(rw, us, xd, sre, wpe, True)
+    rights = rw | (us << 1) | (xd << 2) | modes
+    ok_dirty = _FS_OK[rights | 32]
     if not (ok_dirty >> access) & 1:
-        denied = _first_stage_denied(access, rw, us, xd, sre, wpe)
+        denied = _first_stage_denied(access, rw, us, xd, bool(modes & 8), bool(modes & 16))
         assert denied
         return Fault(denied, Stage.S1, iova, access, level=level, reads=reads)
     # Accessed/dirty updates, through stage 2 with write permission.
     writes = 0
     a_bits = _A | (_EA if eafe else 0)
     last = len(locs) - 1
-    dirty = bool(locs[last][2] & _D)
-    for i, (mem, off, pte) in enumerate(locs):
+    leaf_pte = locs[last][3]
+    dirty = bool(leaf_pte & _D)
+    for i, (gpa, mem, off, pte) in enumerate(locs):
         want = a_bits | (_D if i == last and access & W else 0)
         if pte & want == want:
             continue
-        got = s2.fetch(path[i], True)
+        got = s2.fetch(gpa, True)
         if got.__class__ is Fault:
-            return Fault(FaultKind.FS_BIT_UPDATE_FAILED, Stage.S2, iova, access, path[i],
+            return Fault(FaultKind.FS_BIT_UPDATE_FAILED, Stage.S2, iova, access, gpa,
                          level + last - i, s1_fetch=True, reads=reads)
         wmem, woff, _n2 = got  # the locked update reuses the fetch's stage-2 translation
         cur = _QWORD.unpack_from(wmem, woff)[0]
@@ -202,13 +242,11 @@ def walk_first_stage(s2: Stage2Port, iova: int, access: int, *, root: int,
         writes += 1
         if i == last and want & _D:
             dirty = True
-    if tables is not None:
+    if tables is not None and nonleaf:
         tables.extend(nonleaf)
     size = 1 << LEVEL_SHIFT[level]
-    leaf_pte = locs[last][2]
-    return Translation(iova & ~(size - 1), leaf_pte & leaf_masks[level], size, level,
-                       ok_dirty if dirty else first_stage_ok(rw, us, xd, sre, wpe, False),
-                       reads, writes, dirty, path)
+    return (iova & ~(size - 1), leaf_pte & leaf_masks[level], size, level,
+            ok_dirty if dirty else _FS_OK[rights], reads, writes, dirty, locs)
 
 
 def walk_second_stage(mem: memoryview, addr: int, access: int, *, root: int,
