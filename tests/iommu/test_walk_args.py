@@ -9,8 +9,8 @@ import itertools
 
 import pytest
 
-from iommu_helpers import DATA_GPA, MB, P, PASID, TABLES_GPA, NestedRig
-from vuser.iommu import Access, Fault, FaultKind
+from iommu_helpers import DATA_GPA, MB, P, PASID, TABLES_GPA, TABLES_SIZE, NestedRig
+from vuser.iommu import Access, Fault, FaultKind, Stage
 from vuser.iommu.hwpt import HwptNested
 from vuser.iommu.pagetable import PageTableBuilder, walk_first_stage
 from vuser.iommu.pagetable.walker import walk_first_stage_raw
@@ -75,3 +75,49 @@ def test_replacing_the_stage_1_walks_the_new_tables() -> None:
     rig.ctx.device_replace(rig.dev_id, rig.s1, pasid=PASID)   # and back
     assert rig.gpa_of(0) == DATA_GPA
     assert rig.gpa_of(0, R | PRIV).reason == FaultKind.FS_PRIV_VIOLATION
+
+
+# -- the stage-2 area a walk used last (``IoPagetable.recent``) ---------------
+
+def test_an_unmapped_table_area_is_not_used_by_the_next_walk() -> None:
+    """The walk's table fetches remember their area; a host unmap of it and a
+    new buffer mapped in its place: the next walk faults, then reads the new
+    buffer's tables, never the unmapped one's."""
+    rig = NestedRig(psc_capacity=0)                # every walk fetches all 4 levels
+    rig.pt.map(0, DATA_GPA, P)
+    rig.pt.map(P, DATA_GPA + P, P)
+    assert rig.gpa_of(0) == DATA_GPA
+    iopt = rig.ctx._objects.find(rig.ioas).iopt
+    assert iopt.recent is not None and iopt.recent.iova == TABLES_GPA
+    rig.ctx.ioas_unmap(rig.ioas, TABLES_GPA, TABLES_SIZE)
+    assert iopt.recent is None
+    f = rig.translate(P)
+    assert isinstance(f, Fault) and f.stage == Stage.S2 and f.s1_fetch
+    # The same tables, but page 1 now maps elsewhere, in a new buffer.
+    pte = rig.pt.entry_address(P, 1)
+    tables2 = bytearray(rig.tables)
+    tables2[pte - TABLES_GPA:pte - TABLES_GPA + 8] = \
+        rig.pt.leaf_entry(DATA_GPA + 5 * P, 1).to_bytes(8, "little")
+    rig.ctx.ioas_map(rig.ioas, tables2, TABLES_SIZE, TABLES_GPA)
+    assert rig.gpa_of(P) == DATA_GPA + 5 * P
+
+
+def test_a_page_in_a_replaced_area_is_the_new_buffers() -> None:
+    """Tables and data in one area (as guest RAM is): the miss path tests that
+    area first for the page; after an unmap and a new map at the same GPA the
+    page's memory is the new buffer's."""
+    rig = NestedRig(psc_capacity=0)
+    rig.pt.map(0, TABLES_GPA + MB // 2, P)           # data inside the tables area
+    rig.pt.map(P, TABLES_GPA + MB // 2 + P, P)
+    rig.tables[MB // 2 + P:MB // 2 + P + 4] = b"old!"
+    assert rig.gpa_of(0) == TABLES_GPA + MB // 2
+    rig.ctx.ioas_unmap(rig.ioas, TABLES_GPA, TABLES_SIZE)
+    tables2 = bytearray(rig.tables)
+    tables2[MB // 2 + P:MB // 2 + P + 4] = b"new!"
+    rig.ctx.ioas_map(rig.ioas, tables2, TABLES_SIZE, TABLES_GPA)
+    segs = rig.translate(P, 4)
+    assert not isinstance(segs, Fault) and bytes(segs[0].mem) == b"new!"
+    rig.ctx.ioas_unmap(rig.ioas, TABLES_GPA, TABLES_SIZE)
+    rig.ctx.ioas_map(rig.ioas, bytearray(TABLES_SIZE // 2), TABLES_SIZE // 2, TABLES_GPA)
+    f = rig.translate(2 * P)   # tables still there, not the (unmapped) upper half
+    assert isinstance(f, Fault)

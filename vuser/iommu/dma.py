@@ -203,7 +203,9 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
     stats.misses += 1
     if not 0 < access < 16:
         raise ValueError(f"bad access {access!r}")
-    bd = ctx._objects.get(dev_id, BoundDevice)   # get_device, without its frame
+    bd = ctx._objects.find(dev_id)
+    if bd.__class__ is not BoundDevice:
+        bd = get_device(ctx, dev_id)   # ENOENT
     hwpt = bd.attach.get(pasid)
     if hwpt is None and ctx._miss_resolvers:
         label, vp = bd.dev.label, bd.vpasid(pasid)
@@ -237,12 +239,18 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
             psc.fill(dev_id, pasid, hwpt.id, s2, addr, fills)
         gpa = output + (addr - t_iova)
         stage = Stage.S1
+        # The page is most often in the area the walk's table fetches used
+        # (guest RAM): test it before searching (``IoPagetable.recent``).
+        iopt = s2.ioas.iopt
+        area = iopt.recent
+        if area is None or not area.iova <= gpa <= area.last:
+            area = iopt.find(gpa)
     else:
         assert isinstance(hwpt, HwptPaging)
         s2 = hwpt
         tlb = ctx._iotlb
         gpa, size, ok, stage = addr, 1 << 30, 0xFFFF, Stage.S2
-    area = s2.ioas.iopt.find(gpa)
+        area = s2.ioas.iopt.find(gpa)
     if area is None:
         return _report(ctx, bd, pasid, Fault(FaultKind.PAGING_ENTRY_INV, Stage.S2, addr,
                                              access, gpa))

@@ -86,9 +86,14 @@ class HwptPaging(Hwpt):
 
     def fetch(self, gpa: int, write: bool) -> tuple[memoryview, int, int] | Fault:
         """Stage-2 port for the first-stage walker (see ``pagetable.walker``)."""
-        a = self.ioas.iopt.find(gpa)
-        if a is None:
-            return Fault(FaultKind.PAGING_ENTRY_INV, Stage.S2, None, _W if write else _R, gpa)
+        iopt = self.ioas.iopt
+        a = iopt.recent
+        if a is None or not a.iova <= gpa <= a.last:
+            a = iopt.find(gpa)
+            if a is None:
+                return Fault(FaultKind.PAGING_ENTRY_INV, Stage.S2, None, _W if write else _R,
+                             gpa)
+            iopt.recent = a
         if write:
             if not a.prot & WRITEABLE:
                 return Fault(FaultKind.WRITE, Stage.S2, None, _W, gpa)

@@ -82,6 +82,11 @@ class IoPagetable:
         self._map: IntervalMap[Area] = IntervalMap()
         #: The area containing an address, in O(log n) (``IntervalMap.find``).
         self.find = self._map.find
+        #: An area a caller found and may test first for its next address (a
+        #: walk's table fetches stay in few areas): any area, or None. Every
+        #: removal resets it, so it is always an area of this table; an insert
+        #: cannot overlap it.
+        self.recent: Area | None = None
         self.allowed: list[tuple[int, int]] = []
         self.reserved: dict[object, list[tuple[int, int]]] = {}
         #: Current IOVA alignment, and what asks for more than 1 byte.
@@ -215,6 +220,8 @@ class IoPagetable:
         while k < j and self._map.at(k)[0] >= iova and self._map.at(k)[1] <= last:
             k += 1
         removed = self._map.delete_span(i, k)
+        if removed:
+            self.recent = None
         err = None
         if k < j:
             err = fail(errno.ENOENT, "unmap would split an area")
@@ -224,6 +231,7 @@ class IoPagetable:
 
     def remove_all(self) -> list[Area]:
         """Remove every area (pages still pinned, as for ``remove_covering``)."""
+        self.recent = None
         return self._map.clear()
 
     @staticmethod

@@ -192,6 +192,17 @@ class Iotlb:
         old = m.pop(key, None)
         if old is not None:
             self._unindex(old, False)
+        # Indexed before the evictions: a victim of the same HWPT or stage 2
+        # then leaves its index dict non-empty (no delete and re-create).
+        d = by_hwpt.get(hwpt_id)
+        if d is None:
+            d = by_hwpt[hwpt_id] = {}
+        d[key] = e
+        s2k = id(s2)
+        d = by_s2.get(s2k)
+        if d is None:
+            d = by_s2[s2k] = {}
+        d[key] = e
         while len(m) >= self.capacity:
             _k, v = m.popitem(last=False)
             # ``_unindex(v, False)``, inline: with a one-entry IOTLB every miss evicts
@@ -212,15 +223,6 @@ class Iotlb:
             pl[v.level] -= 1
             self.evictions += 1
         m[key] = e
-        d = by_hwpt.get(hwpt_id)
-        if d is None:
-            d = by_hwpt[hwpt_id] = {}
-        d[key] = e
-        s2k = id(s2)
-        d = by_s2.get(s2k)
-        if d is None:
-            d = by_s2[s2k] = {}
-        d[key] = e
         pl[level] += 1
         self.levels = _LEVELS[(pl[1] > 0) << 1 | (pl[2] > 0) << 2 | (pl[3] > 0) << 3]
         return e
