@@ -183,17 +183,31 @@ class Iotlb:
         e = _new_entry(IotlbEntry)
         level = _SIZE_LEVEL[size]
         key = (dev_id, pasid, iova >> _LEVEL_SHIFT[level], level)
-        e.key, e.level, e.dev_id, e.pasid, e.hwpt_id, e.s2 = key, level, dev_id, pasid, hwpt_id, s2
-        e.iova, e.size, e.gpa, e.mem, e.ok = iova, size, gpa, base[boff:boff + size], ok
-        e.base, e.boff, e.run = base, boff, None
+        e.key = key
+        e.level = level
+        e.dev_id = dev_id
+        e.pasid = pasid
+        e.hwpt_id = hwpt_id
+        e.s2 = s2
+        e.iova = iova
+        e.size = size
+        e.gpa = gpa
+        e.mem = base[boff:boff + size]
+        e.ok = ok
+        e.base = base
+        e.boff = boff
+        e.run = None
         m = self._map
         pl = self._per_level
         by_hwpt, by_s2 = self._by_hwpt, self._by_s2
         old = m.pop(key, None)
         if old is not None:
             self._unindex(old, False)
-        # Indexed before the evictions: a victim of the same HWPT or stage 2
-        # then leaves its index dict non-empty (no delete and re-create).
+        # Counted and indexed before the evictions: a victim of the same level,
+        # HWPT or stage 2 then leaves its count non-zero and its index dicts
+        # non-empty (no level recomputation, no dict deleted and re-created).
+        pl[level] += 1
+        relevel = pl[level] == 1
         d = by_hwpt.get(hwpt_id)
         if d is None:
             d = by_hwpt[hwpt_id] = {}
@@ -221,10 +235,12 @@ class Iotlb:
                 if not d:
                     del by_s2[s2v]
             pl[v.level] -= 1
+            if not pl[v.level]:
+                relevel = True
             self.evictions += 1
         m[key] = e
-        pl[level] += 1
-        self.levels = _LEVELS[(pl[1] > 0) << 1 | (pl[2] > 0) << 2 | (pl[3] > 0) << 3]
+        if relevel:
+            self.levels = _LEVELS[(pl[1] > 0) << 1 | (pl[2] > 0) << 2 | (pl[3] > 0) << 3]
         return e
 
     # -- runs ------------------------------------------------------------------

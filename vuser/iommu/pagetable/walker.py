@@ -114,9 +114,17 @@ _CANON_ONES = {4: (1 << (64 - 47)) - 1, 5: (1 << (64 - 56)) - 1}
 
 
 @lru_cache(maxsize=None)
-def _fs_constants(oaw: int) -> tuple[dict[tuple[int, bool], int], dict[int, int]]:
-    """Reserved-bit masks and output-address masks by level, for ``oaw``."""
-    return first_stage_reserved(oaw), {lv: leaf_address_mask(lv, oaw) for lv in range(1, 6)}
+def _fs_constants(oaw: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Reserved-bit masks by ``level * 2 + leaf`` and output-address masks by
+    level, for ``oaw``, as tuples (indexing a tuple is the walk's cheapest
+    lookup). A combination the format has no entry for is all reserved."""
+    rsvd = first_stage_reserved(oaw)
+    return (tuple(rsvd.get((i >> 1, bool(i & 1)), ~0) for i in range(12)),
+            tuple(leaf_address_mask(lv, oaw) if lv else 0 for lv in range(6)))
+
+
+#: ``LEVEL_SHIFT`` as a tuple indexed by level.
+_SHIFT = tuple(LEVEL_SHIFT.get(lv, 0) for lv in range(6))
 
 
 #: ``first_stage_ok`` by ``rw | us << 1 | xd << 2 | sre << 3 | wpe << 4 | dirty << 5``.
@@ -166,8 +174,8 @@ def walk_first_stage_raw(s2: Stage2Port, iova: int, access: int, table: int, lev
                          modes: int, eafe: bool,
                          start: tuple[int, int, bool, bool, bool] | None,
                          tables: list[tuple[int, int, bool, bool, bool]] | None,
-                         rsvd: dict[tuple[int, bool], int] = _fs_constants(DEFAULT_OAW)[0],
-                         leaf_masks: dict[int, int] = _fs_constants(DEFAULT_OAW)[1],
+                         rsvd: tuple[int, ...] = _fs_constants(DEFAULT_OAW)[0],
+                         leaf_masks: tuple[int, ...] = _fs_constants(DEFAULT_OAW)[1],
                          ) -> RawTranslation | Fault:
     """``walk_first_stage`` with positional arguments and a tuple result, for
     the model's miss path (no keyword parsing, no ``Translation``).
@@ -189,7 +197,7 @@ def walk_first_stage_raw(s2: Stage2Port, iova: int, access: int, table: int, lev
     locs: list[tuple[int, memoryview, int, int]] = []
     nonleaf: list[tuple[int, int, bool, bool, bool]] = []
     while True:
-        gpa = table + ((iova >> LEVEL_SHIFT[level]) & 511) * 8
+        gpa = table + ((iova >> _SHIFT[level]) & 511) * 8
         got = s2.fetch(gpa, False)
         if got.__class__ is Fault:
             return got.with_(s1_fetch=True, iova=iova, access=access, level=level,
@@ -201,7 +209,7 @@ def walk_first_stage_raw(s2: Stage2Port, iova: int, access: int, table: int, lev
             return Fault(FaultKind.PAGING_ENTRY_INV, Stage.S1, iova, access, level=level,
                          reads=reads)
         leaf = level == 1 or (level <= 3 and bool(pte & _PS))
-        if pte & rsvd[(level, leaf)]:
+        if pte & rsvd[level * 2 + leaf]:
             return Fault(FaultKind.PAGING_ENTRY_RSVD, Stage.S1, iova, access, level=level,
                          reads=reads)
         rw = rw and bool(pte & _RW)
@@ -244,7 +252,7 @@ def walk_first_stage_raw(s2: Stage2Port, iova: int, access: int, table: int, lev
             dirty = True
     if tables is not None and nonleaf:
         tables.extend(nonleaf)
-    size = 1 << LEVEL_SHIFT[level]
+    size = 1 << _SHIFT[level]
     return (iova & ~(size - 1), leaf_pte & leaf_masks[level], size, level,
             ok_dirty if dirty else _FS_OK[rights], reads, writes, dirty, locs)
 
