@@ -42,7 +42,7 @@ from .uapi import ALL_PASIDS, U64_MAX
 _ADDR_END = 1 << 64
 _W = int(Access.WRITE)
 #: Allowed-access sets of an IOAS area by its prot (READABLE 4 | WRITEABLE 2).
-_AREA_OK = {p: second_stage_ok(bool(p & READABLE), bool(p & WRITEABLE)) for p in range(8)}
+_AREA_OK = tuple(second_stage_ok(bool(p & READABLE), bool(p & WRITEABLE)) for p in range(8))
 
 
 class Segment(NamedTuple):
@@ -234,7 +234,8 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
             return _report(ctx, bd, pasid, t)   # type: ignore[arg-type]
         t_iova, output, size, _level, ok, reads, writes, _dirty, _locs = t   # type: ignore[misc]
         stats.memory_reads += reads
-        stats.memory_writes += writes
+        if writes:
+            stats.memory_writes += writes
         if fills:
             psc.fill(dev_id, pasid, hwpt.id, s2, addr, fills)
         gpa = output + (addr - t_iova)

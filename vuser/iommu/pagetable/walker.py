@@ -195,7 +195,8 @@ def walk_first_stage_raw(s2: Stage2Port, iova: int, access: int, table: int, lev
     else:
         level, table, rw, us, xd = start
     locs: list[tuple[int, memoryview, int, int]] = []
-    nonleaf: list[tuple[int, int, bool, bool, bool]] = []
+    nonleaf: list[tuple[int, int, bool, bool, bool]] | None = [] if tables is not None else None
+    every = -1   # the bits set in every entry read (A is most often set in all)
     while True:
         gpa = table + ((iova >> _SHIFT[level]) & 511) * 8
         got = s2.fetch(gpa, False)
@@ -216,10 +217,11 @@ def walk_first_stage_raw(s2: Stage2Port, iova: int, access: int, table: int, lev
         us = us and bool(pte & _US)
         xd = xd or bool(pte & _XD)
         locs.append((gpa, mem, off, pte))
+        every &= pte
         if leaf:
             break
         table = pte & table_mask
-        if tables is not None:
+        if nonleaf is not None:
             nonleaf.append((level, table, rw, us, xd))
         level -= 1
     # Allowed once D is set (``first_stage_ok`` with dirty) is exactly "not
@@ -236,22 +238,23 @@ def walk_first_stage_raw(s2: Stage2Port, iova: int, access: int, table: int, lev
     last = len(locs) - 1
     leaf_pte = locs[last][3]
     dirty = bool(leaf_pte & _D)
-    for i, (gpa, mem, off, pte) in enumerate(locs):
-        want = a_bits | (_D if i == last and access & W else 0)
-        if pte & want == want:
-            continue
-        got = s2.fetch(gpa, True)
-        if got.__class__ is Fault:
-            return Fault(FaultKind.FS_BIT_UPDATE_FAILED, Stage.S2, iova, access, gpa,
-                         level + last - i, s1_fetch=True, reads=reads)
-        wmem, woff, _n2 = got  # the locked update reuses the fetch's stage-2 translation
-        cur = _QWORD.unpack_from(wmem, woff)[0]
-        _QWORD.pack_into(wmem, woff, cur | want)
-        writes += 1
-        if i == last and want & _D:
-            dirty = True
-    if tables is not None and nonleaf:
-        tables.extend(nonleaf)
+    if every & a_bits != a_bits or (access & W and not dirty):   # else nothing to set
+        for i, (gpa, mem, off, pte) in enumerate(locs):
+            want = a_bits | (_D if i == last and access & W else 0)
+            if pte & want == want:
+                continue
+            got = s2.fetch(gpa, True)
+            if got.__class__ is Fault:
+                return Fault(FaultKind.FS_BIT_UPDATE_FAILED, Stage.S2, iova, access, gpa,
+                             level + last - i, s1_fetch=True, reads=reads)
+            wmem, woff, _n2 = got  # the locked update reuses the fetch's stage-2 translation
+            cur = _QWORD.unpack_from(wmem, woff)[0]
+            _QWORD.pack_into(wmem, woff, cur | want)
+            writes += 1
+            if i == last and want & _D:
+                dirty = True
+    if nonleaf:
+        tables.extend(nonleaf)   # type: ignore[union-attr]
     size = 1 << _SHIFT[level]
     return (iova & ~(size - 1), leaf_pte & leaf_masks[level], size, level,
             ok_dirty if dirty else _FS_OK[rights], reads, writes, dirty, locs)
