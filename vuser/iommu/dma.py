@@ -127,6 +127,18 @@ def translate(ctx: ContextCore, dev_id: int, pasid: int | None, iova: Iova, leng
                     return [_new_tuple(Segment, (iova, e.gpa + off, e.mem[off:off + length]))]
                 first = e
                 break
+        if first is None and not (iova ^ (end - 1)) >> 12:
+            # Nothing cached and the DMA inside one 4 KiB page: the page the
+            # miss caches (4 KiB or larger, aligned) holds all of it.
+            if access.__class__ is not int:
+                access = int(access)
+            e = _miss(ctx, dev_id, pasid, iova, access)
+            if e.__class__ is Fault:
+                return e
+            off = iova - e.iova
+            if access & _W and e.s2.dirty_tracking:
+                e.s2.mark_dirty(e.gpa + off, length)
+            return [_new_tuple(Segment, (iova, e.gpa + off, e.mem[off:off + length]))]
     if access.__class__ is not int:
         access = int(access)
     probe = tlb.levels
