@@ -251,7 +251,6 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
         if fills:
             psc.fill(dev_id, pasid, hwpt.id, s2, addr, fills)
         gpa = output + (addr - t_iova)
-        stage = Stage.S1
         # The page is most often in the area the walk's table fetches used
         # (guest RAM): test it before searching (``IoPagetable.recent``).
         iopt = s2.ioas.iopt
@@ -262,7 +261,7 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
         assert isinstance(hwpt, HwptPaging)
         s2 = hwpt
         tlb = ctx._iotlb
-        gpa, size, ok, stage = addr, 1 << 30, 0xFFFF, Stage.S2
+        gpa, size, ok = addr, 1 << 30, 0xFFFF
         area = s2.ioas.iopt.find(gpa)
     if area is None:
         return _report(ctx, bd, pasid, Fault(FaultKind.PAGING_ENTRY_INV, Stage.S2, addr,
@@ -281,7 +280,7 @@ def _miss(ctx: ContextCore, dev_id: int, pasid: int | None, addr: int, access: i
     e = tlb.add(dev_id, pasid, hwpt.id, s2, addr & ~(size - 1), size, base_gpa, ok & s2ok,
                 area.pages.mem, area.offset + (base_gpa - area.iova))
     if ctx._trace is not None:
-        _trace_translate(ctx, e, addr, stage, False)
+        _trace_translate(ctx, e, addr, Stage.S1 if s2 is not hwpt else Stage.S2, False)
     return e
 
 

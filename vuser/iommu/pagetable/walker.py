@@ -196,7 +196,9 @@ def walk_first_stage_raw(s2: Stage2Port, iova: int, access: int, table: int, lev
         level, table, rw, us, xd = start
     locs: list[tuple[int, memoryview, int, int]] = []
     nonleaf: list[tuple[int, int, bool, bool, bool]] | None = [] if tables is not None else None
-    every = -1   # the bits set in every entry read (A is most often set in all)
+    # The bits set in every entry read, and in any: the rights R/W, U/S (AND)
+    # and XD (OR) of this walk's entries, and whether all have A already.
+    every, anyp = -1, 0
     while True:
         gpa = table + ((iova >> _SHIFT[level]) & 511) * 8
         got = s2.fetch(gpa, False)
@@ -213,17 +215,19 @@ def walk_first_stage_raw(s2: Stage2Port, iova: int, access: int, table: int, lev
         if pte & rsvd[level * 2 + leaf]:
             return Fault(FaultKind.PAGING_ENTRY_RSVD, Stage.S1, iova, access, level=level,
                          reads=reads)
-        rw = rw and bool(pte & _RW)
-        us = us and bool(pte & _US)
-        xd = xd or bool(pte & _XD)
         locs.append((gpa, mem, off, pte))
         every &= pte
+        anyp |= pte
         if leaf:
             break
         table = pte & table_mask
         if nonleaf is not None:
-            nonleaf.append((level, table, rw, us, xd))
+            nonleaf.append((level, table, rw and bool(every & _RW), us and bool(every & _US),
+                            xd or bool(anyp & _XD)))
         level -= 1
+    rw = rw and bool(every & _RW)
+    us = us and bool(every & _US)
+    xd = xd or bool(anyp & _XD)
     # Allowed once D is set (``first_stage_ok`` with dirty) is exactly "not
     # denied": the reason is looked for only when it is not.
     rights = rw | (us << 1) | (xd << 2) | modes
