@@ -121,3 +121,17 @@ def test_a_page_in_a_replaced_area_is_the_new_buffers() -> None:
     rig.ctx.ioas_map(rig.ioas, bytearray(TABLES_SIZE // 2), TABLES_SIZE // 2, TABLES_GPA)
     f = rig.translate(2 * P)   # tables still there, not the (unmapped) upper half
     assert isinstance(f, Fault)
+
+
+def test_a_miss_is_traced_with_the_stage_that_translated_it() -> None:
+    """The miss path names its stage only when tracing: S1 for a nested
+    attachment, S2 for a paging one."""
+    rig = NestedRig()
+    rig.pt.map(0, DATA_GPA, P)
+    rig.ctx.device_attach(rig.dev_id, rig.parent)   # the RID: stage 2 only
+    events: list = []
+    rig.ctx.set_trace(events.append)
+    assert rig.gpa_of(0x10) == DATA_GPA + 0x10
+    assert not isinstance(rig.translate(DATA_GPA + 0x20, pasid=None), Fault)
+    assert [(e.kind, e.stage, e.hit) for e in events] == [
+        ("translate", Stage.S1, False), ("translate", Stage.S2, False)]
