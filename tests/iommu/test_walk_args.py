@@ -109,6 +109,8 @@ def test_a_page_in_a_replaced_area_is_the_new_buffers() -> None:
     rig = NestedRig(psc_capacity=0)
     rig.pt.map(0, TABLES_GPA + MB // 2, P)           # data inside the tables area
     rig.pt.map(P, TABLES_GPA + MB // 2 + P, P)
+    rig.pt.map(2 * P, TABLES_GPA + MB // 2 + 2 * P, P)
+    assert rig.pt.entry_address(2 * P, 1) < TABLES_GPA + MB // 2   # tables in the lower half
     rig.tables[MB // 2 + P:MB // 2 + P + 4] = b"old!"
     assert rig.gpa_of(0) == TABLES_GPA + MB // 2
     rig.ctx.ioas_unmap(rig.ioas, TABLES_GPA, TABLES_SIZE)
@@ -117,10 +119,14 @@ def test_a_page_in_a_replaced_area_is_the_new_buffers() -> None:
     rig.ctx.ioas_map(rig.ioas, tables2, TABLES_SIZE, TABLES_GPA)
     segs = rig.translate(P, 4)
     assert not isinstance(segs, Fault) and bytes(segs[0].mem) == b"new!"
+    # Only the lower half (the tables) mapped again: the walk succeeds, and the
+    # page, in the upper half, is a stage-2 fault, not a page of an old area.
     rig.ctx.ioas_unmap(rig.ioas, TABLES_GPA, TABLES_SIZE)
-    rig.ctx.ioas_map(rig.ioas, bytearray(TABLES_SIZE // 2), TABLES_SIZE // 2, TABLES_GPA)
-    f = rig.translate(2 * P)   # tables still there, not the (unmapped) upper half
-    assert isinstance(f, Fault)
+    rig.ctx.ioas_map(rig.ioas, bytearray(tables2[:TABLES_SIZE // 2]), TABLES_SIZE // 2,
+                     TABLES_GPA)
+    f = rig.translate(2 * P)
+    assert isinstance(f, Fault) and f.stage == Stage.S2 and not f.s1_fetch
+    assert f.gpa == TABLES_GPA + MB // 2 + 2 * P
 
 
 def test_a_miss_is_traced_with_the_stage_that_translated_it() -> None:
