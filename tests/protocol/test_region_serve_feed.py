@@ -1,4 +1,4 @@
-"""``serve_region(access, data)`` is ``receive_data(data)`` then
+"""``serve_region(access, received)`` is ``receive_data(received)`` then
 ``serve_region(access)``: the same replies, events, state and errors, over
 random streams in random chunks, EOF and data after EOF included."""
 

@@ -260,20 +260,20 @@ class Connection:
             queue.append(_Pending(cmd, size, limit))
         return Request(msg_id, cmd, body, (), no_reply, size)
 
-    def serve_region(self, access: RegionAccess, data: bytes | None = None) -> bytes | None:
+    def serve_region(self, access: RegionAccess, received: bytes | None = None) -> bytes | None:
         """Answer a REGION_READ/WRITE at the head of the buffer at once (module
         doc): the reply's bytes (``b""`` when NO_REPLY), or None when the
         buffer holds no such request that the fast path takes; then
         ``next_event()`` has what there is. ``access`` raising
         ``RemoteProtocolError`` gets the error reply the general path sends.
-        ``data`` (bytes without fds), when given, is fed first, as
-        ``receive_data(data)`` would: a read and its answer in one call."""
-        if data is not None:
-            if data and not self._eof:
-                self._buf += data
+        ``received`` (bytes without fds), when given, is fed first, as
+        ``receive_data(received)`` would: a read and its answer in one call."""
+        if received is not None:
+            if received and not self._eof:
+                self._buf += received
                 self.mid_message = True
             else:
-                self.receive_data(data)     # EOF, or its error after EOF
+                self.receive_data(received)     # EOF, or its error after EOF
         buf = self._buf
         if len(buf) < _REGION_HEAD or not self._serves_regions or self._fd_marks \
                 or self._discard or self.state is not ConnState.READY:
