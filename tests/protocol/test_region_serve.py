@@ -71,10 +71,10 @@ class Dev(PciDevice):
         raise KeyError("a device bug")
 
     def bind(self) -> None:
-        self.iommu = SimpleNamespace(bound=True)   # what join_platform and a DMA_MAP give
+        self.iommu = SimpleNamespace(ctx=object())   # bound: what join_platform and a DMA_MAP give
 
     def unbind(self) -> None:
-        self.iommu = SimpleNamespace(bound=False)
+        self.iommu = SimpleNamespace(ctx=None)     # unbound
 
     def on_reset(self) -> None:
         self.calls.append(("reset",))

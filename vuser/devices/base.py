@@ -64,6 +64,7 @@ VUSER_VENDOR_ID = 0x5655  # "VU": experimental, see docs/sample-device.md
 _H = Type0Header.offset_of
 #: Offset of the Command register (read on every DMA descriptor: Bus Master Enable).
 _COMMAND = _H("command")
+_NO_REGION = Region(0)         # what an empty access to an absent region reaches
 
 if TYPE_CHECKING:
     from vuser.iommu import IommuDevice, IommuGroup
@@ -305,21 +306,19 @@ class PciDevice:
     def region_read(self, index: int, offset: int, count: int) -> bytes:
         if index == VFIO_PCI_CONFIG_REGION_INDEX:
             return self.config.read(offset, count)
-        region = self._region(index, offset, count)
-        return region.read(offset, count) if count else b""
+        return self._region(index, offset, count).checked_read(offset, count)
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
         if index == VFIO_PCI_CONFIG_REGION_INDEX:
             self.config.write(offset, data)
             return
-        region = self._region(index, offset, len(data))
-        if data:
-            region.write(offset, data)
+        self._region(index, offset, len(data)).checked_write(offset, data)
 
     def _region(self, index: int, offset: int, count: int) -> Region:
-        """The region a BAR/ROM access reaches, once every check has passed:
-        the bind (``REQUIRE_BIND``), the index, the region's bounds."""
-        if self.REQUIRE_BIND and (self.iommu is None or not self.iommu.bound):
+        """The region a BAR/ROM access reaches, once the bind (``REQUIRE_BIND``)
+        and the index are checked; its ``checked_read``/``checked_write`` check
+        the bounds. An absent region takes only empty accesses."""
+        if self.REQUIRE_BIND and (self.iommu is None or self.iommu.ctx is None):  # not bound
             raise RemoteProtocolError(errno.EINVAL, f"region {index}: the device is not bound "
                                       "(no DMA_MAP of guest RAM with an fd yet)")
         if not 0 <= index < VFIO_PCI_NUM_REGIONS:
@@ -328,8 +327,7 @@ class PciDevice:
         if region is None:
             if offset or count:
                 raise RemoteProtocolError(errno.EINVAL, f"region {index} is not implemented")
-            return Region(0)
-        region.access_check(offset, count)
+            return _NO_REGION
         return region
 
     def set_irqs(self, index: int, flags: int, start: int, count: int,

@@ -134,7 +134,7 @@ class _Queue:
     def reset(self) -> None:
         self.ring_lo = self.ring_hi = self.ring_size = 0
         self.head = self.tail = 0
-        self.ctrl = 0
+        self.set_ctrl(0)
         self.error = QueueError.NONE
         self.halted = False
         self.completed = 0
@@ -143,9 +143,11 @@ class _Queue:
         self.current: tuple[Descriptor, int | None] | None = None
         self.started = self.finished = 0     # descriptors fetched / retired
 
-    @property
-    def enabled(self) -> bool:
-        return bool(QCtrl.ENABLE.get(self.ctrl))
+    def set_ctrl(self, value: int) -> None:
+        """Store Q_CTRL; ``enabled`` is its ENABLE bit, a plain attribute that
+        changes only here (read by every RING_*/Q_CTRL write)."""
+        self.ctrl = value
+        self.enabled = bool(QCtrl.ENABLE.get(value))
 
     @property
     def ring(self) -> int:
@@ -313,7 +315,7 @@ class VuserDma(PciDevice):
 
     def _q_ctrl_written(self, q: _Queue, value: int) -> None:
         was = q.enabled
-        q.ctrl = value & (QCtrl.ENABLE.mask | QCtrl.VECTOR.mask | QCtrl.IRQ_ENABLE.mask)
+        q.set_ctrl(value & (QCtrl.ENABLE.mask | QCtrl.VECTOR.mask | QCtrl.IRQ_ENABLE.mask))
         if was and not q.enabled:
             self._stop(q, abort=True)
             q.halted = False

@@ -2,8 +2,9 @@
 
 A ``Region`` is what a REGION_READ/REGION_WRITE on index 0..6 reaches. Bounds
 are checked once, in ``Region.access_check`` (``RemoteProtocolError(EINVAL)``,
-like libvfio-user's ``is_valid_region_access``); the kinds then decide what an
-access means:
+like libvfio-user's ``is_valid_region_access``); ``checked_read`` and
+``checked_write`` are that check followed by ``read``/``write``, what the
+device calls. The kinds then decide what an access means:
 
 - ``RegisterFile``: little-endian registers of 4 bytes with read/write
   callbacks; accesses must be DWORD aligned and a multiple of 4 bytes (one
@@ -53,6 +54,17 @@ class Region:
             raise RemoteProtocolError(
                 errno.EINVAL, f"access {offset:#x}+{count} beyond region of {self.size:#x}")
 
+    def checked_read(self, offset: int, count: int) -> bytes:
+        """``access_check``, then ``read`` (nothing to read for 0 bytes)."""
+        self.access_check(offset, count)
+        return self.read(offset, count) if count else b""
+
+    def checked_write(self, offset: int, data: bytes) -> None:
+        """``access_check``, then ``write`` (nothing to write for 0 bytes)."""
+        self.access_check(offset, len(data))
+        if data:
+            self.write(offset, data)
+
     def read(self, offset: int, count: int) -> bytes:
         """Bounds already checked."""
         raise NotImplementedError
@@ -101,6 +113,35 @@ class RegisterFile(Region):
             self.registers[reg.offset] = reg
         self.values = {off: reg.reset for off, reg in self.registers.items()}
         self._by_name = {reg.name: reg.offset for reg in registers}
+        self._last_dword = size - 4     # the highest offset a 4-byte access may start at
+
+    def checked_read(self, offset: int, count: int) -> bytes:
+        """``Region.checked_read``; a 4-byte access within bounds and aligned (every
+        check passed, the bounds first as ``access_check`` has them) is one lookup."""
+        if count == 4 and 0 <= offset <= self._last_dword and not offset & 3:
+            reg = self.registers.get(offset)
+            if reg is None:
+                return b"\0\0\0\0"
+            read = reg.read
+            return ((read() if read else self.values[offset]) & 0xFFFF_FFFF).to_bytes(4, "little")
+        self.access_check(offset, count)
+        return self.read(offset, count) if count else b""
+
+    def checked_write(self, offset: int, data: bytes) -> None:
+        """``Region.checked_write``, with the same 4-byte case as ``checked_read``."""
+        if len(data) == 4 and 0 <= offset <= self._last_dword and not offset & 3:
+            reg = self.registers.get(offset)
+            if reg is not None:
+                value = int.from_bytes(data, "little")
+                wmask = reg.wmask
+                if wmask:
+                    self.values[offset] = (self.values[offset] & ~wmask) | (value & wmask)
+                if reg.write:
+                    reg.write(value)
+            return
+        self.access_check(offset, len(data))
+        if data:
+            self.write(offset, data)
 
     def __getitem__(self, name: str) -> int:
         return self.values[self._by_name[name]]

@@ -143,6 +143,10 @@ class Connection:
         self._fd_marks: deque[tuple[int, list[int]]] = deque()
         self._discard = 0                    # bytes of an oversized message to skip
         self._eof = False
+        #: True while part of a message (or of one being skipped) is buffered:
+        #: ``bool(_buf or _discard)``, a plain attribute (read after every region
+        #: access the channel serves) set wherever either of them changes.
+        self.mid_message = False
         self._pending_in: dict[int, deque[_Pending]] = {}
         self._pending_out: dict[int, _Pending] = {}
         self._proposed: Capabilities | None = None   # server: the client's VERSION caps
@@ -163,11 +167,7 @@ class Connection:
         if fds:
             self._fd_marks.append((self._base + len(self._buf), list(fds)))
         self._buf += data
-
-    @property
-    def mid_message(self) -> bool:
-        """True while part of a message (or of one being skipped) is buffered."""
-        return bool(self._buf or self._discard)
+        self.mid_message = True
 
     def bytes_needed(self) -> int:
         """How many bytes complete the message being received (at least 1).
@@ -201,6 +201,7 @@ class Connection:
             n = min(self._discard, len(self._buf))
             close_fds(self._consume(n)[1])
             self._discard -= n
+            self.mid_message = bool(self._buf or self._discard)
             if self._discard:
                 return self._closed(partial=True) if self._eof else NEED_DATA
         if len(self._buf) < HEADER_SIZE:
@@ -214,6 +215,7 @@ class Connection:
             n = min(hdr.size, len(self._buf))
             _, fds = self._consume(n)
             self._discard = hdr.size - n
+            self.mid_message = bool(self._buf or self._discard)
             return self._reject(hdr, fds, errno.E2BIG,
                                 f"message size {hdr.size} exceeds {self.max_msg_size}")
         if len(self._buf) < hdr.size:
@@ -249,6 +251,7 @@ class Connection:
             return None
         del buf[:size]
         self._base += size
+        self.mid_message = bool(buf)         # taken only with nothing to discard
         no_reply = bool(flags & VFIO_USER_F_NO_REPLY)
         if not no_reply:
             queue = self._pending_in.get(msg_id)
@@ -257,12 +260,20 @@ class Connection:
             queue.append(_Pending(cmd, size, limit))
         return Request(msg_id, cmd, body, (), no_reply, size)
 
-    def serve_region(self, access: RegionAccess) -> bytes | None:
+    def serve_region(self, access: RegionAccess, received: bytes | None = None) -> bytes | None:
         """Answer a REGION_READ/WRITE at the head of the buffer at once (module
         doc): the reply's bytes (``b""`` when NO_REPLY), or None when the
         buffer holds no such request that the fast path takes; then
         ``next_event()`` has what there is. ``access`` raising
-        ``RemoteProtocolError`` gets the error reply the general path sends."""
+        ``RemoteProtocolError`` gets the error reply the general path sends.
+        ``received`` (bytes without fds), when given, is fed first, as
+        ``receive_data(received)`` would: a read and its answer in one call."""
+        if received is not None:
+            if received and not self._eof:
+                self._buf += received
+                self.mid_message = True
+            else:
+                self.receive_data(received)     # EOF, or its error after EOF
         buf = self._buf
         if len(buf) < _REGION_HEAD or not self._serves_regions or self._fd_marks \
                 or self._discard or self.state is not ConnState.READY:
@@ -283,6 +294,7 @@ class Connection:
             return None
         del buf[:size]
         self._base += size
+        self.mid_message = bool(buf)         # taken only with nothing to discard
         no_reply = bool(flags & VFIO_USER_F_NO_REPLY)
         try:
             out = access(msg_id, command, region, offset, count, data, no_reply)
@@ -307,6 +319,7 @@ class Connection:
         raw = self._buf[:n]
         del self._buf[:n]
         self._base += n
+        self.mid_message = bool(self._buf or self._discard)
         fds: list[int] = []
         while self._fd_marks and self._fd_marks[0][0] < self._base:
             fds += self._fd_marks.popleft()[1]
@@ -322,6 +335,7 @@ class Connection:
         while self._fd_marks:
             close_fds(self._fd_marks.popleft()[1])
         self._buf.clear()
+        self.mid_message = bool(self._discard)
         self._pending_in.clear()
         self._pending_out.clear()
         self._eof = True

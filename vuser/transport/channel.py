@@ -301,17 +301,23 @@ class Channel:
             if self.trace > 1 and data:
                 trace_log.debug("%s ← %d bytes %s fds=%s", self.name, len(data),
                                 data[:64].hex(), fds)
-            last = _last_message_start(data) if fds and boundary else 0
-            if last:                # the fds came with a later message (module doc)
-                conn.receive_data(data[:last])
-                conn.receive_data(data[last:], fds)
+            serve, mid, feed = self._serve_region, None, None
+            if fds:
+                last = _last_message_start(data) if boundary else 0
+                if last:            # the fds came with a later message (module doc)
+                    conn.receive_data(data[:last])
+                    conn.receive_data(data[last:], fds)
+                else:
+                    conn.receive_data(data, fds)
+            elif serve is None:
+                conn.receive_data(data)
             else:
-                conn.receive_data(data, fds)
-            serve, mid = self._serve_region, None
+                feed = data         # fed by serve_region's first call
             while not self.closed:
                 try:
                     if serve is not None:
-                        out = conn.serve_region(serve)
+                        out = conn.serve_region(serve, feed)
+                        feed = None
                         if out is not None:     # answered (module doc)
                             if out:             # sent now if nothing is queued (``_write``)
                                 if self._out:
