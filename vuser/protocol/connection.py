@@ -226,9 +226,12 @@ class Connection:
             return self._receive_reply(hdr, payload, fds)
         return self._receive_request(hdr, payload, fds)
 
-    def _region_request(self) -> Request | None:
-        """A complete, valid REGION_READ/WRITE request at the head of the
-        buffer (server, READY, no fds buffered), or None for the general path."""
+    def _take_region(self) -> tuple | None:
+        """Take a complete, valid REGION_READ/WRITE command off the head of the
+        buffer: ``(msg_id, command, size, flags, offset, region, count, data)``
+        (``command`` the ``Command`` member, ``data`` None for a read), or None (nothing taken) when the general
+        path must decide. The caller has checked the state (server, READY, no
+        fds buffered, nothing to discard)."""
         buf = self._buf
         if len(buf) < _REGION_HEAD:
             return None
@@ -239,26 +242,34 @@ class Connection:
         if command == _REGION_READ:
             if size != _REGION_HEAD:
                 return None
-            cmd, limit = _REGION_READ, _REGION_HEAD + count
-            body: Any = VfioUserRegionAccess(offset, region, count)
+            command, data = _REGION_READ, None
         elif command == _REGION_WRITE:
             if size - _REGION_HEAD != count or size > self.max_msg_size:
                 return None
-            cmd, limit = _REGION_WRITE, size
-            body = RegionData(VfioUserRegionAccess(offset, region, count),
-                              bytes(buf[_REGION_HEAD:size]))
+            command, data = _REGION_WRITE, bytes(buf[_REGION_HEAD:size])
         else:
             return None
         del buf[:size]
         self._base += size
         self.mid_message = bool(buf)         # taken only with nothing to discard
+        return msg_id, command, size, flags, offset, region, count, data
+
+    def _region_request(self) -> Request | None:
+        """A REGION_READ/WRITE request event from ``_take_region``, or None."""
+        taken = self._take_region()
+        if taken is None:
+            return None
+        msg_id, command, size, flags, offset, region, count, data = taken
+        access = VfioUserRegionAccess(offset, region, count)
+        body: Any = access if data is None else RegionData(access, data)
         no_reply = bool(flags & VFIO_USER_F_NO_REPLY)
         if not no_reply:
+            limit = _REGION_HEAD + count if data is None else size
             queue = self._pending_in.get(msg_id)
             if queue is None:
                 queue = self._pending_in[msg_id] = deque()
-            queue.append(_Pending(cmd, size, limit))
-        return Request(msg_id, cmd, body, (), no_reply, size)
+            queue.append(_Pending(command, size, limit))
+        return Request(msg_id, command, body, (), no_reply, size)
 
     def serve_region(self, access: RegionAccess, received: bytes | None = None) -> bytes | None:
         """Answer a REGION_READ/WRITE at the head of the buffer at once (module
@@ -274,27 +285,13 @@ class Connection:
                 self.mid_message = True
             else:
                 self.receive_data(received)     # EOF, or its error after EOF
-        buf = self._buf
-        if len(buf) < _REGION_HEAD or not self._serves_regions or self._fd_marks \
-                or self._discard or self.state is not ConnState.READY:
+        if not self._serves_regions or self._fd_marks or self._discard \
+                or self.state is not ConnState.READY:
             return None
-        msg_id, command, size, flags, _, offset, region, count = \
-            REGION_HEAD_CODEC.unpack_from(buf)
-        if flags & VFIO_USER_F_TYPE_MASK != VFIO_USER_F_TYPE_COMMAND or len(buf) < size:
+        taken = self._take_region()
+        if taken is None:
             return None
-        if command == _REGION_READ:
-            if size != _REGION_HEAD:
-                return None
-            data = None
-        elif command == _REGION_WRITE:
-            if size - _REGION_HEAD != count or size > self.max_msg_size:
-                return None
-            data = bytes(buf[_REGION_HEAD:size])
-        else:
-            return None
-        del buf[:size]
-        self._base += size
-        self.mid_message = bool(buf)         # taken only with nothing to discard
+        msg_id, command, _, flags, offset, region, count, data = taken
         no_reply = bool(flags & VFIO_USER_F_NO_REPLY)
         try:
             out = access(msg_id, command, region, offset, count, data, no_reply)
