@@ -215,6 +215,7 @@ def test_server_restarted_while_qemu_runs(soak_image, workdir):
             assert asyncio.run(_clean_device(sock)) == VUSER_VENDOR_ID
     finally:
         qemu.kill()
+        first.stop()  # killed above, unless an assertion stopped the test first
         if second is not None:
             second.stop()
     assert second.proc.returncode == 0, "".join(second.lines)
