@@ -162,12 +162,18 @@ def test_vuser_dma_is_built_against_the_given_build_tree(generic, generic_header
     assert re.search(r"pass\s+kmod_dma\s+9 cases passed", p.stdout)
 
 
+def run_on_debian(suite: str, *args: str) -> subprocess.CompletedProcess:
+    """``vuser run --kernel debian:SUITE ARGS``; a skip only when the archive is unreachable."""
+    p = vuser("run", "--kernel", f"debian:{suite}", *args)
+    if p.returncode != 0 and "Temporary failure resolving" in p.stderr:
+        pytest.skip(f"prerequisite missing: the Debian archive is unreachable: {p.stderr[-300:]}")
+    return p
+
+
 @pytest.mark.guest
 @pytest.mark.parametrize("suite,major", [("trixie", "6.12."), ("sid", "7.")])
 def test_debian_kernels_run_environment(suite, major):
-    p = vuser("run", "--kernel", f"debian:{suite}", "--test", "environment")
-    if p.returncode != 0 and "Temporary failure resolving" in p.stderr:
-        pytest.skip(f"prerequisite missing: the Debian archive is unreachable: {p.stderr[-300:]}")
+    p = run_on_debian(suite, "--test", "environment")
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"booting kernel {major}" in p.stderr
     assert re.search(rf"# kernel {re.escape(major)}\S+-cloud-amd64", p.stdout)
@@ -177,9 +183,7 @@ def test_debian_kernels_run_environment(suite, major):
 @pytest.mark.parametrize("suite,major", [("trixie", "6.12."), ("sid", "7.")])
 def test_a_new_users_first_try_prints_the_kernel_release(suite, major):
     """The issue's first try: ``vuser run --kernel debian:SUITE --exec 'uname -r'``."""
-    p = vuser("run", "--kernel", f"debian:{suite}", "--exec", "uname -r")
-    if p.returncode != 0 and "Temporary failure resolving" in p.stderr:
-        pytest.skip(f"prerequisite missing: the Debian archive is unreachable: {p.stderr[-300:]}")
+    p = run_on_debian(suite, "--exec", "uname -r")
     assert p.returncode == 0, p.stderr[-3000:]
     assert re.fullmatch(rf"{re.escape(major)}\S+-cloud-amd64\n", p.stdout), p.stdout
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+# the pty helpers of the --shell tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "qemu"))
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -68,8 +72,9 @@ def test_share_of_a_missing_directory_is_one_line(image, tmp_path):
 
 def test_share_with_shell(image, tmp_path):
     import pty
-    import select
     import time
+
+    from qemu_helpers import exit_shell, read_until
 
     (tmp_path / "f").write_text("from-the-host\n")
     pid, fd = pty.fork()
@@ -77,37 +82,12 @@ def test_share_with_shell(image, tmp_path):
         os.execv(sys.executable, [sys.executable, "-m", "vuser", "run", "--shell", "--share",
                                   str(tmp_path)])
     buf = bytearray()
-
-    def until(pattern: bytes, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while pattern not in buf and time.monotonic() < deadline:
-            if select.select([fd], [], [], 0.2)[0]:
-                try:
-                    data = os.read(fd, 4096)
-                except OSError:
-                    break
-                if not data:
-                    break
-                buf.extend(data)
-        return pattern in buf
-
     try:
         # /init's note, after its greeting
-        assert until(f"share {tmp_path}: a copy".encode(), 120), buf[-2000:].decode(errors="replace")
+        assert read_until(fd, f"share {tmp_path}: a copy".encode(), 120, buf), \
+            buf[-2000:].decode(errors="replace")
         time.sleep(1.0)  # let the shell print its prompt
         os.write(fd, f"cat {tmp_path}/f | tr a-z A-Z\r".encode())
-        assert until(b"FROM-THE-HOST", 60), buf[-2000:].decode(errors="replace")
-        os.write(fd, b"exit\r")  # /init powers off; vuser run ends with status 0
-        deadline, status = time.monotonic() + 60, None
-        while status is None and time.monotonic() < deadline:
-            until(b"\0never", 0.5)
-            done, st = os.waitpid(pid, os.WNOHANG)
-            status = os.waitstatus_to_exitcode(st) if done else None
-        assert status == 0, buf[-2000:].decode(errors="replace")
+        assert read_until(fd, b"FROM-THE-HOST", 60, buf), buf[-2000:].decode(errors="replace")
     finally:
-        try:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+        exit_shell(fd, pid, buf)  # /init powers off; vuser run ends with status 0
